@@ -1,0 +1,35 @@
+"""li_httpd.config: the configuration pipeline and the pure routing core.
+
+TOML text -> desugar (easy form) -> typed canonical model -> validation -> explain, and
+the compiled router that the model feeds. Everything here is pure Python over data:
+no sockets, no processes, no trio; only validation rules about files (static roots, TLS
+certificates) read the filesystem. May import: the standard library and cryptography
+(certificate checks). Imported by every other li_httpd package; imports none of them.
+"""
+
+from .loader import DEFAULT_PATH, EMBEDDED_NAME, ENV_VAR, LoadedConfig, explain, load, load_text
+from .model import Config, Route
+from .paths import PathError, normalize_path
+from .problems import ConfigError, Problem
+from .router import Found, NotFound, Router
+from .version import VERSION
+
+__all__ = [
+    "DEFAULT_PATH",
+    "EMBEDDED_NAME",
+    "ENV_VAR",
+    "VERSION",
+    "Config",
+    "ConfigError",
+    "Found",
+    "LoadedConfig",
+    "NotFound",
+    "PathError",
+    "Problem",
+    "Route",
+    "Router",
+    "explain",
+    "load",
+    "load_text",
+    "normalize_path",
+]

@@ -1,0 +1,244 @@
+"""Field-level checks: pure predicates that return an error message or None.
+
+These back the ``check=`` of schema fields (see :mod:`.schema`) and the cross-field
+rules in :mod:`.validate`. Nothing here touches the filesystem or the network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from .paths import PathError, normalize_path
+
+TOKEN_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+")
+JSON_PATH_RE = re.compile(r"\$(\.([A-Za-z_][A-Za-z0-9_-]*|\*)(\[\*\])?)+")
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-connection", "proxy-authenticate", "proxy-authorization",
+})
+"""RFC 9110 §7.6.1 connection-specific fields plus the legacy Proxy-Connection."""
+
+GATEWAY_MANAGED = frozenset({"host", "content-length", "transfer-encoding", "expect"})
+"""Framing and routing fields the gateway always sets itself."""
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""Methods a route may name. CONNECT (tunnels) and TRACE (echoes credentials) are refused."""
+
+DETECTOR_IDS = (
+    "openai_sk", "anthropic_key", "aws_access_key", "github_token", "jwt_bearer",
+    "pem_private", "slack_token", "google_api_key", "stripe_key",
+)
+"""Built-in secret detectors, shared by the leak censor and log redaction."""
+
+
+def header_name(value: Any) -> str | None:
+    if not isinstance(value, str) or not TOKEN_RE.fullmatch(value):
+        return f"{value!r} is not a lowercase header field name (RFC 9110 token)"
+    return None
+
+
+def header_toward_upstream(value: Any) -> str | None:
+    """Names a client or a route may send to the upstream."""
+    problem = header_name(value)
+    if problem:
+        return problem
+    name = str(value)
+    if name.startswith(("x-upstream-", "x-route-")):
+        return f"{name!r}: x-upstream-* and x-route-* are reserved to the gateway"
+    if name in HOP_BY_HOP or name.startswith("proxy-"):
+        return f"{name!r} is a hop-by-hop header; the gateway handles it and never forwards it"
+    if name in GATEWAY_MANAGED:
+        return f"{name!r} is set by the gateway itself and cannot be listed"
+    return None
+
+
+def header_toward_client(value: Any) -> str | None:
+    """Names an upstream response may pass back to the client."""
+    problem = header_name(value)
+    if problem:
+        return problem
+    name = str(value)
+    if name in HOP_BY_HOP or name.startswith("proxy-") or name in GATEWAY_MANAGED:
+        return f"{name!r} is a framing or hop-by-hop header; the gateway sets it itself"
+    return None
+
+
+def each(check: Any) -> Any:
+    """Lift a per-item check to a tuple of items."""
+
+    def check_all(values: Any) -> str | None:
+        for item in values:
+            problem: str | None = check(item)
+            if problem:
+                return problem
+        return None
+
+    return check_all
+
+
+def literal_value(value: Any) -> str | None:
+    """Injected header values are literals: no variables, no line breaks, printable."""
+    if not isinstance(value, str):
+        return "header values must be strings"
+    if any(c in value for c in "\r\n\0"):
+        return "header values cannot contain CR, LF or NUL"
+    if "$" in value:
+        return "header values are literals; '$' (variable syntax) is refused"
+    if any(ord(c) < 0x20 and c != "\t" for c in value) or "\x7f" in value:
+        return "header values cannot contain control characters"
+    if len(value) > 4096:
+        return "header values are limited to 4096 characters"
+    return None
+
+
+def inject_map(value: Any) -> str | None:
+    for name, literal in value.items():
+        problem = header_toward_upstream(name) or literal_value(literal)
+        if problem:
+            return problem
+    return None
+
+
+def identifier(value: Any) -> str | None:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        return (f"{value!r} is not a valid name: use letters, digits, '_' and '-' "
+                "(at most 64, starting with a letter or digit)")
+    return None
+
+
+def sha256_hex(value: Any) -> str | None:
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
+        return ("expected a SHA-256 digest as 64 lowercase hex digits "
+                "(print one with `li-httpd hash-key`)")
+    return None
+
+
+def email(value: Any) -> str | None:
+    if value and not EMAIL_RE.fullmatch(str(value)):
+        return f"{value!r} is not a valid e-mail address"
+    return None
+
+
+def json_path(value: Any) -> str | None:
+    if not isinstance(value, str) or not JSON_PATH_RE.fullmatch(value):
+        return (f"{value!r} is not a supported JSON path: use $.field, $.a.b, $.items[*].field "
+                "or $.obj.*")
+    return None
+
+
+def detector_id(value: Any) -> str | None:
+    if value not in DETECTOR_IDS:
+        return f"{value!r} is not a built-in detector; known: {', '.join(DETECTOR_IDS)}"
+    return None
+
+
+def method_name(value: Any) -> str | None:
+    if value == "*":
+        return None
+    if value in ("CONNECT", "TRACE"):
+        return f"{value} is refused by li-httpd (no tunnels, no request echo)"
+    if value not in METHODS:
+        return f"{value!r} is not a supported method; use one of {', '.join(METHODS)} or '*'"
+    return None
+
+
+def host_value(value: Any) -> str | None:
+    if not isinstance(value, str) or not HOSTNAME_RE.fullmatch(value):
+        return f"{value!r} is not a lowercase host name"
+    return None
+
+
+def config_path(value: Any) -> str | None:
+    """A path written in the config must already be in normal form."""
+    if not isinstance(value, str):
+        return "paths must be strings"
+    try:
+        normal = normalize_path(value)
+    except PathError as exc:
+        return f"path {value!r} is not allowed: {exc}"
+    if "%" in value:
+        return f"path {value!r} contains a %-escape; write the decoded form"
+    if normal != value:
+        return f"path {value!r} is not normalized (normal form {normal!r})"
+    return None
+
+
+def split_host_port(address: str) -> tuple[str, int] | None:
+    """``"127.0.0.1:8080"``, ``"[::1]:8080"`` or ``":443"`` (all interfaces)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or len(port_text) > 5:
+        return None
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+        return host, port
+    if host == "":
+        return "0.0.0.0", port
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None if host != "localhost" else ("127.0.0.1", port)
+    return host, port
+
+
+def listen_address(value: Any) -> str | None:
+    if not isinstance(value, str) or split_host_port(value) is None:
+        return (f"{value!r} is not a listen address: write IP:PORT, [IPv6]:PORT or :PORT "
+                "(all interfaces)")
+    return None
+
+
+def is_loopback(address: str) -> bool:
+    parsed = split_host_port(address)
+    if parsed is None:
+        return False
+    return ipaddress.ip_address(parsed[0]).is_loopback
+
+
+def peer_url(value: Any) -> str | None:
+    """Upstream peers are literal ``http(s)://host:port`` origins and nothing else."""
+    if not isinstance(value, str):
+        return "peer URLs must be strings"
+    if "$" in value or "{" in value:
+        return f"peer {value!r}: variables are not allowed; peers are literal origins"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return f"peer {value!r} is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"peer {value!r} must start with http:// or https://"
+    if "@" in parts.netloc:
+        return f"peer {value!r} must not contain userinfo (user:password@)"
+    if parts.query or "?" in value:
+        return f"peer {value!r} must not contain a query"
+    if parts.fragment or "#" in value:
+        return f"peer {value!r} must not contain a fragment"
+    if parts.path not in ("", "/"):
+        return f"peer {value!r} must be an origin without a path"
+    if port is None:
+        return f"peer {value!r} must name its port explicitly (http://host:port)"
+    host = parts.hostname or ""
+    if not host:
+        return f"peer {value!r} has no host"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host_value(host):
+            return f"peer {value!r} has an invalid host {host!r}"
+    return None

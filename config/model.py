@@ -1,0 +1,521 @@
+"""The canonical config model: frozen dataclasses, one per TOML section.
+
+Every field declares its documentation, default, bounds (the schema ceiling a user may
+only tighten below) and checks with :func:`~.schema.setting`. This module is the single
+source of truth for the config schema: the decoder, ``explain-config`` and
+docs/configuration.md are all derived from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from . import checks
+from .schema import setting
+from .units import Millis, Size
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+SECOND = 1000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+Profile = Literal["production", "dev", "exploit"]
+TlsMode = Literal["off", "manual", "self_signed", "lets_encrypt"]
+RngMode = Literal["os", "prng", "sim", "bad"]
+Balance = Literal["round_robin", "least_conn"]
+LimitKey = Literal["api_key", "agent_id", "ip"]
+AuthMode = Literal["api_key", "none"]
+OnDetect = Literal["redact", "block_502", "abort_stream"]
+LogLevel = Literal["trace", "debug", "info", "warn", "error"]
+LogFormat = Literal["human", "json"]
+HostKind = Literal["any", "exact", "suffix"]
+PathKind = Literal["exact", "prefix", "prefix_strip", "glob_one", "glob_rest"]
+
+
+def _empty_map() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+# -- [server] -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsManual:
+    cert: str = setting("", doc="PEM certificate chain file (leaf first).")
+    key: str = setting("", doc="PEM private key file for `cert`.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSelfSigned:
+    dev: bool = setting(False, doc="Required to use a self-signed certificate on a "
+                                   "non-loopback listener (development only).")
+    valid_days: int = setting(90, doc="Validity of the generated certificate.",
+                              minimum=1, maximum=365)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsLetsEncrypt:
+    email: str = setting("", doc="ACME account contact; required.", check=checks.email,
+                         check_rule="lets_encrypt")
+    domains: tuple[str, ...] = setting((), doc="Certificate names; each must be the host "
+                                               "of some route.",
+                                       check=checks.each(checks.host_value),
+                                       check_rule="lets_encrypt")
+    environment: Literal["staging", "production"] | None = setting(
+        None, doc="Let's Encrypt environment; required: `staging` or `production`.")
+    renew_before: Millis = setting(Millis(30 * DAY), doc="Renew when less time than this "
+                                   "is left on the certificate.",
+                                   minimum=DAY, maximum=60 * DAY)
+    http01_bind: str = setting("0.0.0.0:80", doc="Listener for the HTTP-01 challenge.",
+                               check=checks.listen_address, check_rule="listen")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tls:
+    mode: TlsMode = setting("off", doc="`off` (loopback listeners only), `manual`, "
+                                       "`self_signed` or `lets_encrypt`.")
+    min_protocol: Literal["1.2", "1.3"] = setting("1.3", doc="Lowest TLS version accepted.")
+    cert_dir: str = setting("/var/lib/li-httpd/certs", doc="Directory (created 0700) for "
+                            "generated and ACME certificates.")
+    manual: TlsManual = setting(doc="Used when mode = manual.", factory=TlsManual)
+    self_signed: TlsSelfSigned = setting(doc="Used when mode = self_signed.",
+                                         factory=TlsSelfSigned)
+    lets_encrypt: TlsLetsEncrypt = setting(doc="Used when mode = lets_encrypt.",
+                                           factory=TlsLetsEncrypt)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rng:
+    mode: RngMode = setting("os", doc="`os` (the kernel CSPRNG), `prng` (seeded, "
+                                      "reproducible), `sim` (test schedules), `bad` "
+                                      "(exploit profile only).")
+    seed: int = setting(0, doc="Seed for `prng` and `sim`.", minimum=0, maximum=2**63 - 1)
+    allow_insecure_rng: bool = setting(False, doc="Allow `prng` under the production "
+                                                  "profile (predictable secrets).")
+    bad_pattern: Literal["constant", "repeat", "short_cycle", "partial_fill"] = setting(
+        "constant", doc="Failure pattern for mode = bad.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Server:
+    listen: tuple[str, ...] = setting(("127.0.0.1:8080",),
+                                      doc="Listen addresses (IP:PORT, [IPv6]:PORT, :PORT). "
+                                          "A non-loopback address is public and needs TLS.",
+                                      check=checks.each(checks.listen_address),
+                                      check_rule="listen")
+    host: str | None = setting(None, doc="Default Host for routes that do not name one; "
+                                         "unset = any host.",
+                               check=checks.host_value, check_rule="host")
+    profile: Profile = setting("production", doc="`production` (strict), `dev` or "
+                                                 "`exploit` (test harness only).")
+    workers: int | Literal["auto"] = setting("auto", doc="Worker processes; `auto` = "
+                                             "number of CPU cores.", minimum=1, maximum=64)
+    shutdown_timeout: Millis = setting(Millis(30 * SECOND), doc="Graceful stop: how long "
+                                       "in-flight requests and streams may take to finish.",
+                                       minimum=0, maximum=HOUR)
+    control_socket: str = setting("auto", doc="Unix socket for `li-httpd ctl`; `auto` = "
+                                  "/run/li-httpd/control.sock as root, else under "
+                                  "$XDG_RUNTIME_DIR or the temp directory.")
+    expose_upstream_errors: bool = setting(False, doc="Pass upstream error bodies through "
+                                           "unchanged (refused under production).")
+    tls: Tls = setting(doc="TLS termination.", factory=Tls)
+    rng: Rng = setting(doc="Randomness source.", factory=Rng)
+
+
+# -- [limits] -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    max_body: Size = setting(Size(1 * MiB), doc="Largest request body (413 above).",
+                             minimum=0, maximum=256 * MiB)
+    max_request_line: Size = setting(Size(8 * KiB), doc="Longest request line (414 above).",
+                                     minimum=256, maximum=64 * KiB)
+    max_header_bytes: Size = setting(Size(32 * KiB), doc="Largest header block "
+                                     "(431 above).", minimum=1 * KiB, maximum=256 * KiB)
+    max_headers: int = setting(100, doc="Most header fields in a request (431 above).",
+                               minimum=8, maximum=500)
+    max_chunk_extension: Size = setting(Size(256), doc="Longest chunk extension in a "
+                                        "chunked body (400 above).", minimum=0, maximum=4 * KiB)
+    header_timeout: Millis = setting(Millis(10 * SECOND), doc="Time to receive a whole "
+                                     "request head (408 after).",
+                                     minimum=100, maximum=2 * MINUTE)
+    body_timeout: Millis = setting(Millis(30 * SECOND), doc="Longest pause between body "
+                                   "reads (408 after).", minimum=100, maximum=10 * MINUTE)
+    keepalive_timeout: Millis = setting(Millis(60 * SECOND), doc="Idle time before a "
+                                        "keep-alive connection is closed.",
+                                        minimum=0, maximum=10 * MINUTE)
+    keepalive_requests: int = setting(1000, doc="Requests served on one connection before "
+                                      "it is closed.", minimum=1, maximum=1_000_000)
+    send_timeout: Millis = setting(Millis(60 * SECOND), doc="Longest time a client may "
+                                   "leave a response write blocked.",
+                                   minimum=100, maximum=10 * MINUTE)
+    max_connections: int = setting(4096, doc="Client connections per worker; further "
+                                   "connections wait in the listen backlog.",
+                                   minimum=1, maximum=65536)
+    max_rate_keys: int = setting(65536, doc="Rate-limit keys tracked at once (shared "
+                                 "memory is sized from this).", minimum=16, maximum=1 << 20)
+
+
+# -- [upstreams.NAME] ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    url: str = setting(doc="Literal origin http(s)://host:port.", check=checks.peer_url,
+                       check_rule="peer_url")
+    weight: int = setting(1, doc="Share of traffic relative to the other peers.",
+                          minimum=1, maximum=100)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    peers: tuple[Peer, ...] = setting(doc="1 to 32 peers. Easy form: a list of URL strings.",
+                                      style="inline")
+    balance: Balance = setting("round_robin", doc="`round_robin` or `least_conn` "
+                               "(counted across all workers).")
+    max_fails: int = setting(3, doc="Failures within `fail_timeout` that mark a peer down "
+                             "(0 = never).", minimum=0, maximum=100)
+    fail_timeout: Millis = setting(Millis(10 * SECOND), doc="Failure window, and how long "
+                                   "a failed peer is skipped.", minimum=SECOND, maximum=HOUR)
+    connect_timeout: Millis = setting(Millis(5 * SECOND), doc="TCP connect timeout.",
+                                      minimum=10, maximum=MINUTE)
+    read_timeout: Millis = setting(Millis(5 * MINUTE), doc="Longest wait for upstream "
+                                   "bytes (response head or body).",
+                                   minimum=100, maximum=HOUR)
+    keepalive: int = setting(32, doc="Idle keep-alive connections kept per peer per "
+                             "worker.", minimum=0, maximum=1024)
+    keepalive_timeout: Millis = setting(Millis(60 * SECOND), doc="Idle time before a "
+                                        "pooled connection is closed.",
+                                        minimum=SECOND, maximum=10 * MINUTE)
+    max_retries: int = setting(1, doc="Further peers tried after a failure, when replay "
+                               "is safe.", minimum=0, maximum=5)
+    retry_statuses: tuple[int, ...] = setting((502, 503, 504), doc="Upstream statuses that "
+                                              "count as failures and may be retried.",
+                                              check=checks.each(
+                                                  lambda s: None if 500 <= s <= 599 else
+                                                  f"{s} is not a 5xx status"))
+
+
+# -- [static.NAME] ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticRoot:
+    root: str = setting(doc="Absolute, canonical, existing directory (not / nor a "
+                            "system tree).")
+    index: str = setting("index.html", doc="File served for a directory path; \"\" = none "
+                         "(there is never a directory listing).")
+
+
+# -- [auth] -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    id: str = setting(doc="Key id shown in logs and metrics.", check=checks.identifier,
+                      check_rule="auth")
+    sha256: str = setting(doc="SHA-256 of the raw key, hex (`li-httpd hash-key`).",
+                          check=checks.sha256_hex, check_rule="auth")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    keys: tuple[ApiKey, ...] = setting((), doc="Accepted API keys (`Authorization: Bearer`); "
+                                       "only hashes are stored.", style="inline")
+
+
+# -- [log] --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogSink:
+    enabled: bool = setting(True, doc="Write this sink.")
+    path: str = setting(doc="File name under `log.dir` (or an absolute path).")
+    level: LogLevel = setting("info", doc="Lowest level written.")
+    format: LogFormat = setting("human", doc="`human` lines or `json` lines.")
+
+
+def _access_sink() -> LogSink:
+    return LogSink(path="access.log")
+
+
+def _error_sink() -> LogSink:
+    return LogSink(path="error.log", level="warn")
+
+
+def _audit_sink() -> LogSink:
+    return LogSink(path="audit.jsonl", format="json")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StderrSink:
+    enabled: bool = setting(True, doc="Write human lines to stderr.")
+    level: LogLevel = setting("info", doc="Lowest level written.")
+    color: Literal["auto", "always", "never"] = setting("auto", doc="Colour; `auto` = only "
+                                                        "on a terminal.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rotation:
+    max_size: Size = setting(Size(100 * MiB), doc="Rotate a file above this size.",
+                             minimum=64 * KiB, maximum=10 * GiB)
+    max_age: Millis = setting(Millis(7 * DAY), doc="Rotate a file older than this.",
+                              minimum=MINUTE, maximum=365 * DAY)
+    max_backups: int = setting(10, doc="Rotated files kept per sink.", minimum=0, maximum=1000)
+    compress: bool = setting(True, doc="gzip rotated files (off the event loop).")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redact:
+    headers: tuple[str, ...] = setting((), doc="Header names redacted in every sink, in "
+                                       "addition to authorization, cookie, set-cookie and "
+                                       "proxy-authorization (always redacted).",
+                                       check=checks.each(checks.header_name),
+                                       check_rule="header_name")
+    patterns: tuple[str, ...] = setting(checks.DETECTOR_IDS, doc="Secret detectors applied "
+                                        "to every logged value.",
+                                        check=checks.each(checks.detector_id),
+                                        check_rule="detector")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Log:
+    dir: str | None = setting(None, doc="Directory for log files (created 0750); default "
+                              "/var/log/li-httpd, or ./logs under the dev profile.")
+    level: LogLevel = setting("info", doc="Default level.")
+    queue_size: int = setting(8192, doc="Log records buffered per worker; on overload the "
+                              "oldest diagnostics are dropped and counted.",
+                              minimum=64, maximum=1_000_000)
+    access: LogSink = setting(doc="One line per request.", factory=_access_sink)
+    error: LogSink = setting(doc="Errors and warnings.", factory=_error_sink)
+    audit: LogSink = setting(doc="JSONL audit record per proxied request.",
+                             factory=_audit_sink)
+    stderr: StderrSink = setting(doc="Human-readable stderr.", factory=StderrSink)
+    rotation: Rotation = setting(doc="Rotation of every file sink.", factory=Rotation)
+    redact: Redact = setting(doc="Extra redaction (redaction is always on).", factory=Redact)
+
+
+# -- [metrics] ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    enabled: bool = setting(False, doc="Serve Prometheus metrics on a separate listener.")
+    listen: str = setting("127.0.0.1:9464", doc="Metrics listener.",
+                          check=checks.listen_address, check_rule="listen")
+    path: str = setting("/metrics", doc="Path of the metrics endpoint.",
+                        check=checks.config_path, check_rule="path_normalized")
+    allow_non_loopback: bool = setting(False, doc="Allow a non-loopback metrics listener.")
+
+
+# -- leak censor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeakCensorGlobal:
+    enabled: bool = setting(False, doc="Master switch: false = no route scrubs bodies "
+                            "(the response header allowlist still applies).")
+    ack_disable_censor: bool = setting(False, doc="Silence the production warning when the "
+                                       "censor is off.")
+    generated_file: str = setting("", doc="leak_censor.generated.toml from `setup-censor`, "
+                                  "merged into routes with include_generated.")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteCensor:
+    enabled: bool = setting(True, doc="Scrub this route when the master switch is on.")
+    on_detect: OnDetect = setting("redact", doc="`redact`, `block_502` or `abort_stream`.")
+    max_scrub_bytes: Size = setting(Size(1 * MiB), doc="Largest JSON body buffered for "
+                                    "field redaction.", minimum=4 * KiB, maximum=16 * MiB)
+    patterns: tuple[str, ...] = setting(checks.DETECTOR_IDS, doc="Detectors applied to "
+                                        "every chunk and SSE event.",
+                                        check=checks.each(checks.detector_id),
+                                        check_rule="detector")
+    json_deny_paths: tuple[str, ...] = setting((), doc="JSON fields replaced by "
+                                               "\"[REDACTED]\", e.g. $.api_key, "
+                                               "$.users[*].password.",
+                                               check=checks.each(checks.json_path),
+                                               check_rule="json_path")
+    deny_headers: tuple[str, ...] = setting((), doc="Response headers always removed.",
+                                            check=checks.each(checks.header_name),
+                                            check_rule="header_name")
+    include_generated: bool = setting(False, doc="Merge `leak_censor.generated_file`.")
+
+
+# -- route sections -----------------------------------------------------------------------------
+
+DEFAULT_INGRESS = ("authorization", "content-type", "accept", "user-agent", "traceparent",
+                   "tracestate", "x-request-id", "x-agent-id", "x-model", "idempotency-key")
+DEFAULT_EGRESS = ("content-type", "accept", "user-agent", "traceparent", "tracestate",
+                  "x-request-id", "x-model", "idempotency-key")
+DEFAULT_RESPONSE = ("content-type", "content-encoding", "cache-control", "retry-after",
+                    "x-request-id", "etag", "last-modified", "vary", "location")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ingress:
+    allow: tuple[str, ...] = setting(DEFAULT_INGRESS, doc="Client headers accepted; "
+                                     "others are dropped.",
+                                     check=checks.each(checks.header_toward_upstream),
+                                     check_rule="header_policy")
+    require: tuple[str, ...] = setting((), doc="Headers that must be present (400 if "
+                                       "missing).",
+                                       check=checks.each(checks.header_toward_upstream),
+                                       check_rule="header_policy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Egress:
+    allow: tuple[str, ...] = setting(DEFAULT_EGRESS, doc="Accepted headers forwarded to "
+                                     "the upstream.",
+                                     check=checks.each(checks.header_toward_upstream),
+                                     check_rule="header_policy")
+    inject: Mapping[str, str] = setting(doc="Literal headers added toward the upstream.",
+                                        factory=_empty_map, check=checks.inject_map,
+                                        check_rule="header_policy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseHeaders:
+    allow: tuple[str, ...] = setting(DEFAULT_RESPONSE, doc="Upstream response headers "
+                                     "passed to the client.",
+                                     check=checks.each(checks.header_toward_client),
+                                     check_rule="header_policy")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteHeaders:
+    ingress: Ingress = setting(doc="Client to gateway allowlist.", factory=Ingress,
+                               inherit=True)
+    egress: Egress = setting(doc="Gateway to upstream allowlist and literal injections.",
+                             factory=Egress, inherit=True)
+    response: ResponseHeaders = setting(doc="Upstream to client allowlist.",
+                                        factory=ResponseHeaders, inherit=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    key: LimitKey = setting("api_key", doc="`api_key` (Authorization: Bearer, hashed), "
+                            "`agent_id` (x-agent-id) or `ip` (needs allow_ip_key).")
+    allow_ip_key: bool = setting(False, doc="Permit key = ip (clients behind one NAT share "
+                                 "a limit).")
+    requests_per_sec: int = setting(10, doc="Sustained request rate per key.", minimum=1,
+                                    maximum=100_000)
+    burst: int = setting(20, doc="Requests allowed above the rate at once.", minimum=0,
+                         maximum=100_000)
+    concurrent_streams: int = setting(32, doc="Responses in flight at once per key.",
+                                      minimum=1, maximum=100_000)
+    bytes_in_per_sec: Size = setting(Size(8 * MiB), doc="Request body bytes per second "
+                                     "per key.", minimum=1 * KiB, maximum=1 * GiB)
+    stream_max_duration: Millis = setting(Millis(600 * SECOND), doc="Longest response "
+                                          "stream.", minimum=SECOND, maximum=DAY)
+    stream_idle_timeout: Millis = setting(Millis(120 * SECOND), doc="Longest gap between "
+                                          "upstream chunks (stall detector).",
+                                          minimum=SECOND, maximum=HOUR)
+    ttfb_timeout: Millis = setting(Millis(60 * SECOND), doc="Longest wait for the first "
+                                   "upstream byte.", minimum=SECOND, maximum=HOUR)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostMatch:
+    kind: HostKind = setting("any", doc="`any`, `exact` or `suffix` (value starts with '.').",
+                             key="type")
+    value: str = setting("", doc="Host name (lowercase).")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathMatch:
+    kind: PathKind = setting(doc="`exact`, `prefix`, `prefix_strip`, `glob_one` or "
+                                 "`glob_rest`.", key="type")
+    value: str = setting(doc="Normalized path pattern.")
+    max_depth: int | None = setting(None, doc="Most segments a prefix_strip/glob_rest may "
+                                    "match beyond its prefix.", minimum=1, maximum=64)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderLiteral:
+    name: str = setting(doc="Lowercase header name.", check=checks.header_name,
+                        check_rule="header_name")
+    equals: str = setting(doc="Exact value.", check=checks.literal_value,
+                          check_rule="header_name")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Match:
+    methods: tuple[str, ...] = setting(("*",), doc="Methods; [\"*\"] = any. GET also "
+                                       "matches HEAD.",
+                                       check=checks.each(checks.method_name),
+                                       check_rule="method")
+    host: HostMatch = setting(doc="Host match.", factory=HostMatch)
+    path: PathMatch = setting(doc="Path match.")
+    headers: tuple[HeaderLiteral, ...] = setting((), doc="Header literals, all required.",
+                                                 style="inline")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    name: str = setting(doc="Unique route name (logs, metrics).", check=checks.identifier,
+                        check_rule="route_name")
+    priority: int = setting(doc="Lower runs first; the easy form uses file order.",
+                            minimum=1, maximum=1_000_000)
+    match: Match = setting(doc="What the route matches.", style="dotted")
+    proxy: str | None = setting(None, doc="Upstream pool name.")
+    static: str | None = setting(None, doc="Static root name or built-in responder "
+                                 "(`healthcheck`).")
+    auth: AuthMode = setting("none", doc="`api_key` requires a key from [auth]; default "
+                             "`api_key` for proxy routes when keys exist.")
+    headers: RouteHeaders = setting(doc="Header policy.", factory=RouteHeaders)
+    rate_limit: RateLimit | None = setting(None, doc="Per-key limits; required on public "
+                                           "listeners.", inherit=True)
+    leak_censor: RouteCensor = setting(doc="Body scrubbing policy.", factory=RouteCensor,
+                                       inherit=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Defaults:
+    headers: RouteHeaders = setting(doc="Header policy for routes without their own.",
+                                    factory=RouteHeaders)
+    rate_limit: RateLimit | None = setting(None, doc="Rate limit for routes without their "
+                                           "own.")
+    leak_censor: RouteCensor = setting(doc="Censor policy for routes without their own.",
+                                       factory=RouteCensor)
+
+
+def _empty_upstreams() -> Mapping[str, Upstream]:
+    return MappingProxyType({})
+
+
+def _empty_static() -> Mapping[str, StaticRoot]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    server: Server = setting(doc="Listeners, process model, TLS, randomness.", factory=Server)
+    limits: Limits = setting(doc="Request limits and client timeouts.", factory=Limits)
+    upstreams: Mapping[str, Upstream] = setting(doc="Upstream pools by name.",
+                                                factory=_empty_upstreams,
+                                                key_check=checks.identifier,
+                                                check_rule="name")
+    static: Mapping[str, StaticRoot] = setting(doc="Static roots by name.",
+                                               factory=_empty_static,
+                                               key_check=checks.identifier,
+                                               check_rule="name")
+    auth: Auth = setting(doc="API keys.", factory=Auth)
+    log: Log = setting(doc="Logging.", factory=Log)
+    metrics: Metrics = setting(doc="Prometheus metrics.", factory=Metrics)
+    leak_censor: LeakCensorGlobal = setting(doc="Leak censor master switch.",
+                                            factory=LeakCensorGlobal)
+    defaults: Defaults = setting(doc="Route defaults.", factory=Defaults)
+    route: tuple[Route, ...] = setting((), doc="Routes (canonical form); see [routes] for "
+                                       "the easy form.")
+
+BUILTIN_STATIC = ("healthcheck",)
+"""Built-in responders a route may name as ``static:<name>``."""

@@ -1,0 +1,517 @@
+"""Cross-field validation rules of SPEC §3, run on the decoded model.
+
+Field-level rules (types, bounds, header-name syntax, peer URL syntax, ...) are enforced
+by the decoder through the schema in :mod:`.model`; the rules here relate several parts
+of the config. Each rule has a stable id, listed with the decoder's ids in
+:data:`RULES` (and in docs/configuration.md); each has a reject case under
+tests/config_reject/. Only :func:`_check_static_root` and :func:`_check_manual_cert`
+look at the filesystem, because those rules are about files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from . import checks
+from .locate import KeyPath
+from .matching import covers, host_matches, path_matches, pattern_of, split_path
+from .model import BUILTIN_STATIC, Config, Match, RateLimit, Route, RouteCensor
+from .problems import Problems
+from .schema import suggest
+
+MAX_PEERS = 32
+SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/root", "/boot")
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    summary: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("toml_syntax", "The file is not valid TOML (including duplicate keys)."),
+    Rule("unknown_key", "A key the schema does not know; the message suggests the closest."),
+    Rule("type", "A value of the wrong type (string where a number is expected, ...)."),
+    Rule("enum", "A value outside the allowed set of an enum field."),
+    Rule("size", "A size that is not digits with an optional k/m/g unit."),
+    Rule("duration", "A duration without a unit or with an unknown unit."),
+    Rule("ceiling", "A value above the schema ceiling (limits may only be tightened)."),
+    Rule("minimum", "A value below the schema minimum."),
+    Rule("required", "A required key is missing."),
+    Rule("routes_mixed", "The easy [routes] form mixed with canonical [[route]] tables."),
+    Rule("route_syntax", "An easy route key or target that cannot be read unambiguously."),
+    Rule("duplicate_route", "Two easy route keys that mean the same match."),
+    Rule("route_target", "A route needs exactly one of proxy or static."),
+    Rule("unknown_target", "A proxy: target that is not a declared upstream, or a static: "
+                           "target that is neither declared nor built in."),
+    Rule("name", "Upstream and static names: letters, digits, '_' and '-'."),
+    Rule("route_name", "Route names: letters, digits, '_' and '-'."),
+    Rule("duplicate_name", "Two routes with the same name."),
+    Rule("duplicate_priority", "Two routes with the same priority (order would be a guess)."),
+    Rule("route_shadowed", "A route an earlier route fully covers: it could never match."),
+    Rule("path_normalized", "Config paths must be in normal form: no '..', '//', %-escapes "
+                            "or '\\', and the pattern must fit its match type."),
+    Rule("max_depth", "max_depth only on prefix_strip/glob_rest, and required for them on "
+                      "a public listener."),
+    Rule("host", "Host values: a lowercase name; suffix values start with '.'."),
+    Rule("method", "Methods: GET HEAD POST PUT PATCH DELETE OPTIONS or '*' alone; "
+                   "CONNECT and TRACE are refused."),
+    Rule("header_name", "Header names are lowercase RFC 9110 tokens; literals are plain."),
+    Rule("header_policy", "Header policies cannot name x-upstream-*, x-route-*, hop-by-hop "
+                          "or framing headers; inject values are literals (no CR, LF, NUL, "
+                          "'$'); required headers must be allowed."),
+    Rule("peer_count", "An upstream has 1 to 32 peers."),
+    Rule("peer_url", "Peers are literal http(s)://host:port origins: no userinfo, path, "
+                     "query, fragment or '$'."),
+    Rule("duplicate_peer", "The same peer twice in one upstream."),
+    Rule("static_root", "Static roots are absolute, canonical, existing directories, not / "
+                        "nor a system tree (/etc, /proc, /sys, /dev, /root, /boot)."),
+    Rule("listen", "Listen addresses are IP:PORT, [IPv6]:PORT or :PORT, each used once."),
+    Rule("public_tls", "A public (non-loopback) listener requires TLS."),
+    Rule("self_signed_public", "self_signed on a public listener requires "
+                               "server.tls.self_signed.dev = true."),
+    Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route hosts, "
+                         "and environment = staging or production."),
+    Rule("acme_reserved", "With lets_encrypt, no route may match "
+                          "/.well-known/acme-challenge/."),
+    Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
+                        "not expired (a warning when it expires within renew_before)."),
+    Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
+                              "or [defaults.rate_limit])."),
+    Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true."),
+    Rule("auth", "Keys: unique ids and hashes; a route with auth = api_key needs keys."),
+    Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
+                        "mode = bad only under the exploit profile."),
+    Rule("expose_upstream_errors", "expose_upstream_errors is refused under production."),
+    Rule("audit_required", "A public listener requires the audit log."),
+    Rule("censor_disabled", "Warning: under production the leak censor is off and "
+                            "ack_disable_censor is not set."),
+    Rule("censor_generated", "include_generated needs leak_censor.generated_file."),
+    Rule("detector", "Detector ids must be built-in ids."),
+    Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field subset."),
+    Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
+                             "and differs from the main listeners."),
+    Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),
+)
+
+_RULE_IDS = frozenset(rule.id for rule in RULES)
+
+
+def validate(config: Config, problems: Problems) -> None:
+    """Run every cross-field rule, appending to ``problems``."""
+    for check in _CHECKS:
+        check(config, problems)
+    unknown = {p.rule for p in problems.items} - _RULE_IDS
+    if unknown:
+        raise AssertionError(f"undocumented rule ids: {sorted(unknown)}")
+
+
+def is_public(config: Config) -> bool:
+    return any(not checks.is_loopback(a) for a in config.server.listen)
+
+
+def _route_path(index: int, *rest: str | int) -> KeyPath:
+    return ("route", index, *rest)
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+def _check_targets(config: Config, problems: Problems) -> None:
+    for index, route in enumerate(config.route):
+        if (route.proxy is None) == (route.static is None):
+            problems.error(_route_path(index), "route_target",
+                           "a route needs exactly one of proxy = \"<upstream>\" or "
+                           "static = \"<name>\"")
+            continue
+        if route.proxy is not None and route.proxy not in config.upstreams:
+            hint = suggest(route.proxy, config.upstreams)
+            problems.error(_route_path(index, "proxy"), "unknown_target",
+                           f"proxy target {route.proxy!r} is not a declared "
+                           f"[upstreams.{route.proxy}]{hint}")
+        if route.static is not None and route.static not in config.static \
+                and route.static not in BUILTIN_STATIC:
+            hint = suggest(route.static, [*config.static, *BUILTIN_STATIC])
+            problems.error(_route_path(index, "static"), "unknown_target",
+                           f"static target {route.static!r} is neither a declared "
+                           f"[static.{route.static}] nor a built-in responder "
+                           f"({', '.join(BUILTIN_STATIC)}){hint}")
+
+
+def _check_names_and_priorities(config: Config, problems: Problems) -> None:
+    names: dict[str, int] = {}
+    priorities: dict[int, int] = {}
+    for index, route in enumerate(config.route):
+        if route.name in names:
+            problems.error(_route_path(index, "name"), "duplicate_name",
+                           f"route name {route.name!r} is already used by route "
+                           f"{names[route.name]}")
+        names.setdefault(route.name, index)
+        if route.priority in priorities:
+            problems.error(_route_path(index, "priority"), "duplicate_priority",
+                           f"priority {route.priority} is already used by route "
+                           f"{priorities[route.priority]}; ties would make the order a guess")
+        priorities.setdefault(route.priority, index)
+
+
+def _path_shape_problem(match: Match) -> str | None:
+    path = match.path
+    problem = checks.config_path(path.value)
+    if problem:
+        return problem
+    segments, _ = split_path(path.value)
+    if any("*" in s and s not in ("*", "**") for s in segments):
+        return f"{path.value!r}: '*' must be a whole segment"
+    globs = [s for s in segments if s == "*"]
+    rest = [s for s in segments if s == "**"]
+    if path.kind in ("exact", "prefix", "prefix_strip") and (globs or rest):
+        return f"{path.kind} paths cannot contain '*'; use glob_one or glob_rest"
+    if path.kind in ("prefix", "prefix_strip") and not path.value.endswith("/"):
+        return f"{path.kind} values end with '/' (e.g. \"/v1/\")"
+    if path.kind == "glob_one" and (not globs or rest):
+        return "glob_one values contain at least one '*' segment and no '**'"
+    if path.kind == "glob_rest" and (not path.value.endswith("/**") or len(rest) != 1):
+        return "glob_rest values end with '/**' (and use '**' only there)"
+    return None
+
+
+def _check_matches(config: Config, problems: Problems) -> None:
+    public = is_public(config)
+    for index, route in enumerate(config.route):
+        match = route.match
+        problem = _path_shape_problem(match)
+        if problem:
+            problems.error(_route_path(index, "match", "path"), "path_normalized", problem)
+        depth_kinds = ("prefix_strip", "glob_rest")
+        if match.path.max_depth is not None and match.path.kind not in depth_kinds:
+            problems.error(_route_path(index, "match", "path"), "max_depth",
+                           "max_depth applies only to prefix_strip and glob_rest")
+        if public and match.path.kind in depth_kinds and match.path.max_depth is None:
+            problems.error(_route_path(index, "match", "path"), "max_depth",
+                           f"{match.path.kind} on a public listener needs max_depth "
+                           "(write the route in canonical form with match.path.max_depth)")
+        host = match.host
+        if host.kind == "any" and host.value:
+            problems.error(_route_path(index, "match", "host"), "host",
+                           "host type 'any' takes no value")
+        elif host.kind == "exact" and checks.host_value(host.value):
+            problems.error(_route_path(index, "match", "host"), "host",
+                           f"{host.value!r} is not a lowercase host name")
+        elif host.kind == "suffix" and (not host.value.startswith(".")
+                                        or checks.host_value(host.value[1:])):
+            problems.error(_route_path(index, "match", "host"), "host",
+                           f"suffix {host.value!r} must look like \".example.com\"")
+        if "*" in match.methods and len(match.methods) > 1:
+            problems.error(_route_path(index, "match", "methods"), "method",
+                           "'*' already means any method; do not combine it")
+        if len(set(match.methods)) != len(match.methods):
+            problems.error(_route_path(index, "match", "methods"), "method",
+                           "a method is listed twice")
+        names = [lit.name for lit in match.headers]
+        if len(set(names)) != len(names):
+            problems.error(_route_path(index, "match", "headers"), "header_name",
+                           "a header literal names the same header twice")
+
+
+def _check_shadowing(config: Config, problems: Problems) -> None:
+    ordered = sorted(enumerate(config.route), key=lambda item: item[1].priority)
+    for position, (index, route) in enumerate(ordered):
+        if _path_shape_problem(route.match):
+            continue
+        for _, earlier in ordered[:position]:
+            if not _path_shape_problem(earlier.match) and covers(earlier.match, route.match):
+                problems.error(_route_path(index), "route_shadowed",
+                               f"route {route.name!r} can never match: route {earlier.name!r} "
+                               "comes first and matches every request it would")
+                break
+
+
+def _check_acme_reserved(config: Config, problems: Problems) -> None:
+    if config.server.tls.mode != "lets_encrypt":
+        return
+    segments, slash = split_path(ACME_CHALLENGE_PATH + "token")
+    for index, route in enumerate(config.route):
+        methods = route.match.methods
+        if "*" not in methods and "GET" not in methods:
+            continue
+        hosts = config.server.tls.lets_encrypt.domains or ("",)
+        reaches = any(route.match.host.kind == "any" or host_matches(route.match.host, h)
+                      for h in hosts)
+        if reaches and path_matches(pattern_of(route.match.path), segments, slash):
+            problems.error(_route_path(index, "match", "path"), "acme_reserved",
+                           f"{ACME_CHALLENGE_PATH} is reserved for ACME HTTP-01 challenges "
+                           "while lets_encrypt is on; narrow this route")
+
+
+# -- upstreams and static -------------------------------------------------------------------
+
+
+def _check_upstreams(config: Config, problems: Problems) -> None:
+    for name, pool in config.upstreams.items():
+        count = len(pool.peers)
+        if not 1 <= count <= MAX_PEERS:
+            problems.error(("upstreams", name, "peers"), "peer_count",
+                           f"an upstream has 1 to {MAX_PEERS} peers, not {count}")
+        seen: set[str] = set()
+        for position, peer in enumerate(pool.peers):
+            key = peer.url.rstrip("/").lower()
+            if key in seen:
+                problems.error(("upstreams", name, "peers", position), "duplicate_peer",
+                               f"peer {peer.url!r} is listed twice")
+            seen.add(key)
+
+
+def _check_static_root(config: Config, problems: Problems) -> None:
+    for name, static in config.static.items():
+        path: KeyPath = ("static", name, "root")
+        if name in BUILTIN_STATIC:
+            problems.error(("static", name), "name",
+                           f"{name!r} is a built-in responder; choose another name")
+        root = static.root
+        if not os.path.isabs(root):
+            problems.error(path, "static_root", f"root {root!r} must be an absolute path")
+            continue
+        if root != "/" and root.endswith("/"):
+            problems.error(path, "static_root", f"write root {root!r} without a trailing '/'")
+            continue
+        real = os.path.realpath(root)
+        if real != root:
+            problems.error(path, "static_root",
+                           f"root {root!r} is not canonical (it resolves to {real!r}); "
+                           "write the resolved path")
+            continue
+        if real == "/" or any(real == t or real.startswith(t + "/") for t in SYSTEM_TREES):
+            problems.error(path, "static_root",
+                           f"root {root!r} exposes a system tree; serve a dedicated directory")
+            continue
+        if not os.path.isdir(real):
+            problems.error(path, "static_root", f"root {root!r} is not an existing directory")
+        if static.index and ("/" in static.index or static.index in (".", "..")):
+            problems.error(("static", name, "index"), "static_root",
+                           "index is a plain file name")
+
+
+# -- listeners, TLS, profile ------------------------------------------------------------------
+
+
+def _check_listeners(config: Config, problems: Problems) -> None:
+    seen: dict[tuple[str, int], int] = {}
+    for position, address in enumerate(config.server.listen):
+        parsed = checks.split_host_port(address)
+        if parsed is None:
+            continue
+        if parsed in seen:
+            problems.error(("server", "listen", position), "listen",
+                           f"{address!r} is listed twice")
+        seen[parsed] = position
+    if not config.server.listen:
+        problems.error(("server", "listen"), "listen", "at least one listen address is needed")
+    tls = config.server.tls
+    public = [a for a in config.server.listen if not checks.is_loopback(a)]
+    if public and tls.mode == "off":
+        problems.error(("server", "listen"), "public_tls",
+                       f"{public[0]!r} is a public listener and TLS is off; set "
+                       "[server.tls] mode (manual, self_signed with dev = true, or "
+                       "lets_encrypt) or listen on 127.0.0.1")
+    if public and tls.mode == "self_signed" and not tls.self_signed.dev:
+        problems.error(("server", "tls", "mode"), "self_signed_public",
+                       "a self-signed certificate on a public listener needs "
+                       "[server.tls.self_signed] dev = true (development only)")
+    metrics = config.metrics
+    if metrics.enabled:
+        if not checks.is_loopback(metrics.listen) and not metrics.allow_non_loopback:
+            problems.error(("metrics", "listen"), "metrics_listener",
+                           f"{metrics.listen!r} is not loopback; set allow_non_loopback = "
+                           "true to expose metrics beyond this host")
+        parsed = checks.split_host_port(metrics.listen)
+        if parsed is not None and any(parsed[1] == port for _, port in seen):
+            problems.error(("metrics", "listen"), "metrics_listener",
+                           "the metrics listener must use a port of its own")
+
+
+def _check_lets_encrypt(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    if tls.mode != "lets_encrypt":
+        return
+    le = tls.lets_encrypt
+    base: KeyPath = ("server", "tls", "lets_encrypt")
+    if not le.email:
+        problems.error((*base, "email"), "lets_encrypt", "lets_encrypt needs an account email")
+    if le.environment is None:
+        problems.error((*base, "environment"), "lets_encrypt",
+                       "lets_encrypt needs environment = \"staging\" or \"production\"")
+    if not le.domains:
+        problems.error((*base, "domains"), "lets_encrypt", "lets_encrypt needs domains")
+    for position, domain in enumerate(le.domains):
+        if not any(r.match.host.kind != "any" and host_matches(r.match.host, domain)
+                   for r in config.route):
+            problems.error((*base, "domains", position), "lets_encrypt",
+                           f"domain {domain!r} is not the host of any route; certificates "
+                           "are only requested for names this gateway serves")
+
+
+def _check_manual_cert(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    if tls.mode != "manual":
+        return
+    base: KeyPath = ("server", "tls", "manual")
+    for field in ("cert", "key"):
+        path = getattr(tls.manual, field)
+        if not path:
+            problems.error((*base, field), "manual_cert", f"manual TLS needs {field} = \"...\"")
+        elif not os.access(path, os.R_OK) or not os.path.isfile(path):
+            problems.error((*base, field), "manual_cert", f"{path!r} is not a readable file")
+    cert_path = tls.manual.cert
+    if not cert_path or not os.access(cert_path, os.R_OK):
+        return
+    try:
+        with open(cert_path, "rb") as handle:
+            certificate = x509.load_pem_x509_certificate(handle.read())
+    except (OSError, ValueError) as exc:
+        problems.error((*base, "cert"), "manual_cert",
+                       f"{cert_path!r} is not a PEM certificate ({exc})")
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    expires = certificate.not_valid_after_utc
+    if expires <= now:
+        problems.error((*base, "cert"), "manual_cert",
+                       f"certificate {cert_path!r} expired at {expires.isoformat()}")
+    elif certificate.not_valid_before_utc > now:
+        problems.error((*base, "cert"), "manual_cert",
+                       f"certificate {cert_path!r} is not valid before "
+                       f"{certificate.not_valid_before_utc.isoformat()}")
+    elif expires - now < datetime.timedelta(days=30):
+        problems.warning((*base, "cert"), "manual_cert",
+                         f"certificate {cert_path!r} expires at {expires.isoformat()}")
+
+
+def _check_profile(config: Config, problems: Problems) -> None:
+    server = config.server
+    rng = server.rng
+    if rng.mode == "prng":
+        if server.profile == "production" and not rng.allow_insecure_rng:
+            problems.error(("server", "rng", "mode"), "rng_profile",
+                           "rng.mode = \"prng\" makes secrets predictable; refused under the "
+                           "production profile unless allow_insecure_rng = true")
+        elif server.profile != "exploit":
+            problems.warning(("server", "rng", "mode"), "rng_profile",
+                             "rng.mode = \"prng\": generated secrets are predictable")
+    if rng.mode == "bad" and server.profile != "exploit":
+        problems.error(("server", "rng", "mode"), "rng_profile",
+                       "rng.mode = \"bad\" exists for the exploit harness only "
+                       "(profile = \"exploit\")")
+    if server.expose_upstream_errors and server.profile == "production":
+        problems.error(("server", "expose_upstream_errors"), "expose_upstream_errors",
+                       "upstream error bodies can leak internals; refused under production")
+    if is_public(config) and not config.log.audit.enabled:
+        problems.error(("log", "audit", "enabled"), "audit_required",
+                       "a public listener requires the audit log")
+    censor = config.leak_censor
+    if server.profile == "production" and not censor.enabled and not censor.ack_disable_censor:
+        problems.warning(("leak_censor", "enabled"), "censor_disabled",
+                         "the leak censor is off under production; enable it or set "
+                         "ack_disable_censor = true")
+
+
+# -- policy sections ----------------------------------------------------------------------
+
+
+def _policy_sections(config: Config) -> list[tuple[KeyPath, Route | None]]:
+    """Each distinct policy owner: [defaults] once, then routes with their own sections."""
+    return [(("defaults",), None), *((("route", i), r) for i, r in enumerate(config.route))]
+
+
+def _own(route: Route | None, config: Config, name: str) -> object:
+    """The route's own section, or None when it equals [defaults] (checked there once)."""
+    if route is None:
+        return _section(config.defaults, name)
+    value = _section(route, name)
+    return None if value == _section(config.defaults, name) else value
+
+
+def _section(owner: object, name: str) -> object:
+    node = owner
+    for part in name.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_rate_limits(config: Config, problems: Problems) -> None:
+    public = is_public(config)
+    for base, route in _policy_sections(config):
+        limit = _own(route, config, "rate_limit")
+        if isinstance(limit, RateLimit) and limit.key == "ip" and not limit.allow_ip_key:
+            problems.error((*base, "rate_limit", "key"), "ip_key",
+                           "key = \"ip\" merges every client behind one address; set "
+                           "allow_ip_key = true to accept that")
+        if route is not None and public and route.rate_limit is None:
+            problems.error(base, "public_rate_limit",
+                           f"route {route.name!r} is on a public listener and has no rate "
+                           "limit; add [route.rate_limit] or [defaults.rate_limit]")
+
+
+def _check_header_policies(config: Config, problems: Problems) -> None:
+    for base, route in _policy_sections(config):
+        ingress = _own(route, config, "headers.ingress")
+        if ingress is None:
+            continue
+        allow = getattr(ingress, "allow", ())
+        for position, name in enumerate(getattr(ingress, "require", ())):
+            if name not in allow:
+                problems.error((*base, "headers", "ingress", "require", position),
+                               "header_policy",
+                               f"required header {name!r} is not in ingress.allow")
+
+
+def _check_auth(config: Config, problems: Problems) -> None:
+    ids: set[str] = set()
+    hashes: set[str] = set()
+    for position, key in enumerate(config.auth.keys):
+        if key.id in ids:
+            problems.error(("auth", "keys", position), "auth", f"key id {key.id!r} repeats")
+        if key.sha256 in hashes:
+            problems.error(("auth", "keys", position), "auth", "the same key hash repeats")
+        ids.add(key.id)
+        hashes.add(key.sha256)
+    if config.auth.keys:
+        return
+    for index, route in enumerate(config.route):
+        if route.auth == "api_key":
+            problems.error(_route_path(index, "auth"), "auth",
+                           "auth = \"api_key\" but [auth] declares no keys: nobody could "
+                           "ever call this route")
+
+
+def _check_censor(config: Config, problems: Problems) -> None:
+    for base, route in _policy_sections(config):
+        censor = _own(route, config, "leak_censor")
+        if isinstance(censor, RouteCensor) and censor.include_generated \
+                and not config.leak_censor.generated_file:
+            problems.error((*base, "leak_censor", "include_generated"), "censor_generated",
+                           "include_generated needs [leak_censor] generated_file")
+
+
+_CHECKS: tuple[Callable[[Config, Problems], None], ...] = (
+    _check_targets,
+    _check_names_and_priorities,
+    _check_matches,
+    _check_shadowing,
+    _check_acme_reserved,
+    _check_upstreams,
+    _check_static_root,
+    _check_listeners,
+    _check_lets_encrypt,
+    _check_manual_cert,
+    _check_profile,
+    _check_rate_limits,
+    _check_header_policies,
+    _check_auth,
+    _check_censor,
+)

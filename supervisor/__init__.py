@@ -1,0 +1,6 @@
+"""li_httpd.supervisor: the master process and the command line.
+
+The only code that forks. The master stays synchronous (no trio): it validates the
+config, binds listeners, creates shared memory, forks and supervises workers and actors,
+and handles signals and the control socket. May import every other li_httpd package.
+"""

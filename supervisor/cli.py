@@ -1,0 +1,59 @@
+"""The `li-httpd` command line: argument parsing and dispatch, nothing else.
+
+Each subcommand lives in its own module; this one only wires arguments to them and
+turns their results into exit codes (0 ok, 1 config error, 2 start/bind error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from li_httpd.config import VERSION
+
+from . import commands
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="config file (default: $LI_HTTPD_CONFIG, then "
+                             "/etc/li-httpd/li-httpd.toml, then the embedded dev default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="li-httpd",
+        description="AI/agent-native HTTP gateway.",
+    )
+    parser.add_argument("--version", action="version", version=f"li-httpd {VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate-config", help="check a config; print ok or errors")
+    _add_config_option(validate)
+
+    explain = sub.add_parser("explain-config", help="print the canonical config")
+    _add_config_option(explain)
+
+    route = sub.add_parser("explain-route", help="show which route a request would take")
+    _add_config_option(route)
+    route.add_argument("--method", required=True)
+    route.add_argument("--host", required=True)
+    route.add_argument("--path", required=True)
+    route.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE",
+                       help="request header (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "validate-config": commands.validate_config,
+        "explain-config": commands.explain_config,
+        "explain-route": commands.explain_route,
+    }
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

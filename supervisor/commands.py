@@ -1,0 +1,74 @@
+"""Config subcommands: validate-config, explain-config, explain-route."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+from li_httpd.config import ConfigError, Found, LoadedConfig, PathError, Router, load
+from li_httpd.config.matching import normalize_host
+from li_httpd.config.paths import normalize_path
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+
+
+def _load_or_report(path: str | None) -> LoadedConfig | None:
+    try:
+        loaded = load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.render(exc.filename), file=sys.stderr)
+        return None
+    for warning in loaded.warnings:
+        print(warning.render(loaded.filename), file=sys.stderr)
+    return loaded
+
+
+def validate_config(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    print("ok")
+    return EXIT_OK
+
+
+def explain_config(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    sys.stdout.write(loaded.canonical)
+    return EXIT_OK
+
+
+def explain_route(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"li-httpd: -H expects NAME=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        name = name.strip().lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    raw_path = args.path.partition("?")[0]
+    try:
+        path = normalize_path(raw_path)
+    except PathError as exc:
+        _print_json({"status": 400, "error": str(exc)})
+        return EXIT_OK
+    result = Router(loaded.config.route).lookup(args.method.upper(), normalize_host(args.host),
+                                                path, headers)
+    if isinstance(result, Found):
+        _print_json({"route": result.route.name, "action": result.route.action,
+                     "target": result.route.target, "upstream_path": result.upstream_path})
+    else:
+        _print_json({"status": result.status})
+    return EXIT_OK
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
