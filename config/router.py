@@ -12,7 +12,7 @@ path (:func:`~.paths.normalize_path`) and the host (:func:`~.matching.normalize_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .checks import METHODS
@@ -127,13 +127,19 @@ def _miss(candidates: Iterable[CompiledRoute], host: str, segments: list[str], s
     return NotFound(404)
 
 
-def naive_lookup(routes: Iterable[Route], method: str, host: str, path: str,
-                 headers: Mapping[str, str]) -> Lookup:
-    """Reference semantics: scan every route in priority order."""
-    compiled = [_compile_one(r) for r in sorted(routes, key=lambda r: r.priority)]
+def scan(compiled: Sequence[CompiledRoute], method: str, host: str, path: str,
+         headers: Mapping[str, str]) -> Lookup:
+    """Reference semantics: try every route in priority order (no index)."""
     segments, slash = split_path(path)
     for candidate in compiled:
         method_ok = candidate.methods is None or method in candidate.methods
         if method_ok and candidate.matches_except_method(host, segments, slash, headers):
             return Found(candidate, upstream_path(candidate.pattern, path))
     return _miss(compiled, host, segments, slash, headers)
+
+
+def naive_lookup(routes: Iterable[Route], method: str, host: str, path: str,
+                 headers: Mapping[str, str]) -> Lookup:
+    """:func:`scan` over freshly compiled routes: what the indexed Router must agree with."""
+    compiled = [_compile_one(r) for r in sorted(routes, key=lambda r: r.priority)]
+    return scan(compiled, method, host, path, headers)

@@ -126,7 +126,7 @@ def _strip_optional(tp: Any) -> Any:
     return args[0] if len(args) == 1 else typing.Union[tuple(args)]  # noqa: UP007
 
 
-def _describe(tp: Any) -> str:
+def describe(tp: Any) -> str:
     if tp is Size:
         return 'a size such as "4k"'
     if tp is Millis:
@@ -145,7 +145,7 @@ def _describe(tp: Any) -> str:
     if dataclasses.is_dataclass(tp) or origin in (Mapping, dict):
         return "a table"
     if _is_union(tp):
-        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+        return " or ".join(describe(a) for a in typing.get_args(tp) if a is not type(None))
     return str(tp)
 
 
@@ -277,7 +277,7 @@ class Decoder:
                     return self._typed(member, raw, path, spec, inherited)
                 if member is int and isinstance(raw, int) and not isinstance(raw, bool):
                     return self._typed(member, raw, path, spec, inherited)
-            self._fail(path, "type", f"expected {_describe(tp)}, got {_type_name(raw)}")
+            self._fail(path, "type", f"expected {describe(tp)}, got {_type_name(raw)}")
         if origin is tuple:
             (element_type, _) = typing.get_args(tp)
             if not isinstance(raw, list):

@@ -1,0 +1,1 @@
+"""li_httpd.ops.bench: the benchmark harness, its load drivers and micro-benchmarks."""
