@@ -100,6 +100,8 @@ class Router:
                 self._by_method[(method, segment)] = tuple(
                     r for r in by_segment if r.methods is None or method in r.methods)
         self._firsts = frozenset(firsts)
+        self.needs_headers = any(r.route.match.headers for r in self.routes)
+        """False when no route has header literals: callers may pass an empty mapping."""
 
     def lookup(self, method: str, host: str, path: str,
                headers: Mapping[str, str]) -> Lookup:

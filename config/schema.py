@@ -164,14 +164,16 @@ class Decoder:
     def section(self, cls: type[Any], raw: object, path: KeyPath,
                 inherited: object | None = None) -> Any:
         """Decode a table into ``cls``; raises :class:`InvalidValue` after reporting."""
-        return self._dataclass(cls, raw, path, inherited)
+        return self._dataclass(cls, raw, path, inherited, None)
 
     def _fail(self, path: KeyPath, rule: str, message: str) -> typing.NoReturn:
         self.problems.error(path, rule, message)
         raise InvalidValue
 
     def _dataclass(self, cls: type[Any], raw: object, path: KeyPath,
-                   inherited: object | None) -> Any:
+                   inherited: object | None, base: object | None) -> Any:
+        """``base``: the section's own default (e.g. [log.audit]'s path and format), which
+        keys the user left out of a partly written section keep."""
         if not isinstance(raw, dict):
             self._fail(path, "type", f"expected a table, got {_type_name(raw)}")
         fields = dataclasses.fields(cls)
@@ -193,11 +195,11 @@ class Decoder:
                 if key in raw:
                     child_inherit = None if spec.inherit else inherited_value
                     values[f.name] = self.value(hints[f.name], raw[key], (*path, key), spec,
-                                                child_inherit)
+                                                child_inherit, base=_section_default(f, base))
                 elif spec.inherit and inherited_value is not None:
                     values[f.name] = inherited_value
-                elif has_default(f):
-                    default = default_of(f)
+                elif base is not None or has_default(f):
+                    default = getattr(base, f.name) if base is not None else default_of(f)
                     # A section the user left out entirely still picks up inherited parts.
                     if inherited_value is not None and dataclasses.is_dataclass(default):
                         default = inherited_value
@@ -211,10 +213,10 @@ class Decoder:
         return cls(**values)
 
     def value(self, tp: Any, raw: object, path: KeyPath, spec: Spec | None = None,
-              inherited: object | None = None) -> Any:
+              inherited: object | None = None, *, base: object | None = None) -> Any:
         """Decode one value of type ``tp``; raises :class:`InvalidValue` after reporting."""
         spec = spec or _PLAIN
-        decoded = self._typed(tp, raw, path, spec, inherited)
+        decoded = self._typed(tp, raw, path, spec, inherited, base)
         if spec.check is not None and decoded is not None:
             message = spec.check(decoded)
             if message:
@@ -238,7 +240,7 @@ class Decoder:
         return number
 
     def _typed(self, tp: Any, raw: object, path: KeyPath, spec: Spec,
-               inherited: object | None) -> Any:
+               inherited: object | None, base: object | None = None) -> Any:
         if _is_optional(tp):
             tp = _strip_optional(tp)
         if tp is Size:
@@ -314,9 +316,20 @@ class Decoder:
                 raise InvalidValue
             return types.MappingProxyType(entries)
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            return self._dataclass(tp, raw, path, inherited)
+            return self._dataclass(tp, raw, path, inherited, base)
         raise TypeError(f"unsupported schema type {tp!r} at {format_path(path)}")
 
+
+
+def _section_default(f: dataclasses.Field[Any], base: object | None) -> object | None:
+    """The default section object of field ``f`` (within the parent's default ``base``)."""
+    if base is not None:
+        value = getattr(base, f.name)
+    elif has_default(f):
+        value = default_of(f)
+    else:
+        return None
+    return value if dataclasses.is_dataclass(value) and not isinstance(value, type) else None
 
 
 # -- canonical TOML output -------------------------------------------------------------

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from . import checks
 from .locate import KeyPath
-from .matching import covers, host_matches, path_matches, pattern_of, split_path
+from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
 from .model import BUILTIN_STATIC, Config, Match, RateLimit, Route, RouteCensor
 from .problems import Problems
 from .schema import suggest
@@ -236,7 +236,7 @@ def _check_shadowing(config: Config, problems: Problems) -> None:
 def _check_acme_reserved(config: Config, problems: Problems) -> None:
     if config.server.tls.mode != "lets_encrypt":
         return
-    segments, slash = split_path(ACME_CHALLENGE_PATH + "token")
+    reserved = tuple(split_path(ACME_CHALLENGE_PATH)[0])
     for index, route in enumerate(config.route):
         methods = route.match.methods
         if "*" not in methods and "GET" not in methods:
@@ -244,10 +244,28 @@ def _check_acme_reserved(config: Config, problems: Problems) -> None:
         hosts = config.server.tls.lets_encrypt.domains or ("",)
         reaches = any(route.match.host.kind == "any" or host_matches(route.match.host, h)
                       for h in hosts)
-        if reaches and path_matches(pattern_of(route.match.path), segments, slash):
+        if reaches and _reaches_below(pattern_of(route.match.path), reserved):
             problems.error(_route_path(index, "match", "path"), "acme_reserved",
                            f"{ACME_CHALLENGE_PATH} is reserved for ACME HTTP-01 challenges "
                            "while lets_encrypt is on; narrow this route")
+
+
+def _reaches_below(pattern: PathPattern, prefix: tuple[str, ...]) -> bool:
+    """True when ``pattern`` matches some path at or below the directory ``/prefix/``.
+
+    Every path there is the prefix segments plus any (non-empty) segments, so the check
+    is on the pattern's shape, not on one sample path: an exact route on one token is as
+    reserved as a prefix route over all of them.
+    """
+    count, need = len(pattern.segments), len(prefix)
+    if any(want not in (GLOB, have) for want, have in zip(pattern.segments, prefix,
+                                                           strict=False)):
+        return False
+    if pattern.tail == "end":
+        return count > need
+    if pattern.tail == "slash":
+        return count >= need
+    return count >= need or pattern.max_depth is None or need - count <= pattern.max_depth
 
 
 # -- upstreams and static -------------------------------------------------------------------

@@ -42,15 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--path", required=True)
     route.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE",
                        help="request header (repeatable)")
+
+    start = sub.add_parser("start", help="validate, bind, fork workers and serve "
+                                         "(foreground)")
+    _add_config_option(start)
+
+    # Listed for --help; its own options are parsed by li_httpd.ops.mock_upstream.
+    sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible upstream "
+                                         "(see mock-upstream --help)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["mock-upstream"]:
+        return commands.mock_upstream(arguments[1:])
+    args = build_parser().parse_args(arguments)
     handlers = {
         "validate-config": commands.validate_config,
         "explain-config": commands.explain_config,
         "explain-route": commands.explain_route,
+        "start": commands.start,
     }
     return handlers[args.command](args)
 

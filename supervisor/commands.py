@@ -1,4 +1,4 @@
-"""Config subcommands: validate-config, explain-config, explain-route."""
+"""Subcommands: validate-config, explain-config, explain-route, start, mock-upstream."""
 
 from __future__ import annotations
 
@@ -72,3 +72,18 @@ def explain_route(args: argparse.Namespace) -> int:
 
 def _print_json(value: object) -> None:
     sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+def start(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return EXIT_CONFIG
+    from .master import start as start_master
+
+    return start_master(loaded)
+
+
+def mock_upstream(arguments: list[str]) -> int:
+    from li_httpd.ops.mock_upstream import main as mock_main
+
+    return mock_main(arguments)

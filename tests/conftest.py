@@ -1,0 +1,142 @@
+"""Shared fixtures for the config and routing suites.
+
+- ``cli``: runs the real ``li-httpd`` command line as a subprocess (never with the
+  machine's /etc/li-httpd config: ``LI_HTTPD_CONFIG`` is removed and ``-c`` is always
+  passed by the callers).
+- ``config_env``: a session-wide scratch directory (symlinks resolved) with the files
+  config tests point at: a static root, a symlink to it and freshly generated TLS
+  certificates (valid, expired, not yet valid, expiring soon, garbage). Test data
+  files refer to them with ``@NAME@`` placeholders; ``config_env.fill(text)`` substitutes
+  them. No PEM file is committed to the repository.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+CLI_TIMEOUT = 60
+
+
+def _cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("li-httpd")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "li_httpd.supervisor.cli"]
+
+
+def _cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LI_HTTPD_CONFIG"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+RunCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def cli() -> RunCli:
+    """``cli("validate-config", "-c", path)`` -> CompletedProcess with text output."""
+    command = _cli_command()
+    env = _cli_env()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, *args], capture_output=True, text=True, env=env,
+                              timeout=CLI_TIMEOUT, check=False)
+
+    return run
+
+
+def make_certificate(directory: Path, name: str, *, not_before: datetime.datetime,
+                     not_after: datetime.datetime) -> tuple[Path, Path]:
+    """A self-signed EC certificate and its key, written as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.com")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("api.example.com")]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = directory / f"{name}.pem"
+    key_path = directory / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class ConfigEnv:
+    root: Path
+    placeholders: dict[str, str]
+
+    def fill(self, text: str) -> str:
+        for name, value in self.placeholders.items():
+            text = text.replace(f"@{name}@", value)
+        leftover = [part for part in text.split("@") if part.isupper() and part.isidentifier()]
+        assert not leftover, f"unknown placeholders: {leftover}"
+        return text
+
+
+@pytest.fixture(scope="session")
+def config_env(tmp_path_factory: pytest.TempPathFactory) -> ConfigEnv:
+    root = Path(os.path.realpath(tmp_path_factory.mktemp("config_env")))
+    www = root / "www"
+    www.mkdir()
+    (www / "index.html").write_text("<h1>hello</h1>\n")
+    assets = root / "assets"
+    assets.mkdir()
+    link = root / "www-link"
+    link.symlink_to(www, target_is_directory=True)
+    (root / "plain-file").write_text("not a directory\n")
+    certs = root / "certs"
+    certs.mkdir()
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    valid = make_certificate(certs, "valid", not_before=now - day, not_after=now + 300 * day)
+    expired = make_certificate(certs, "expired", not_before=now - 400 * day,
+                               not_after=now - 10 * day)
+    not_yet = make_certificate(certs, "notyet", not_before=now + 10 * day,
+                               not_after=now + 400 * day)
+    expiring = make_certificate(certs, "expiring", not_before=now - 80 * day,
+                                not_after=now + 5 * day)
+    garbage = certs / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n"
+                       "-----END CERTIFICATE-----\n")
+    placeholders = {
+        "TMP": str(root),
+        "WWW": str(www),
+        "ASSETS": str(assets),
+        "WWW_LINK": str(link),
+        "PLAIN_FILE": str(root / "plain-file"),
+        "MISSING": str(root / "does-not-exist"),
+        "CERT": str(valid[0]),
+        "KEY": str(valid[1]),
+        "EXPIRED_CERT": str(expired[0]),
+        "EXPIRED_KEY": str(expired[1]),
+        "NOTYET_CERT": str(not_yet[0]),
+        "NOTYET_KEY": str(not_yet[1]),
+        "EXPIRING_CERT": str(expiring[0]),
+        "EXPIRING_KEY": str(expiring[1]),
+        "GARBAGE_CERT": str(garbage),
+    }
+    return ConfigEnv(root, placeholders)

@@ -1,0 +1,367 @@
+"""The data plane through real processes: `li-httpd start` in front of the mock upstream.
+
+Every test talks to the gateway with a real client (the OpenAI SDK, httpx, raw sockets)
+and checks what the upstream saw through the mock's /echo and /stats endpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import MockUpstream, gateway_config, raw_exchange
+
+pytestmark = pytest.mark.integration
+
+
+def _sse_events(response: httpx.Response) -> list[tuple[float, str]]:
+    """(arrival time, data) for each SSE event of a streamed response."""
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            events.append((time.time(), line[6:]))
+    return events
+
+
+def test_openai_sdk_chat_and_streamed_chat(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-test-not-real",
+                           max_retries=0)
+    completion = client.chat.completions.create(
+        model="mock-chat", messages=[{"role": "user", "content": "hello"}])
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+
+    stream = client.chat.completions.create(
+        model="mock-chat", messages=[{"role": "user", "content": "hello"}], stream=True,
+        extra_query={"tokens": "5", "delay_ms": "20"})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None
+
+
+def test_first_sse_event_arrives_while_upstream_still_streams(mock: MockUpstream,
+                                                               start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    body = {"model": "mock-chat", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with gateway.client() as client, client.stream(
+            "POST", "/v1/chat/completions?tokens=6&delay_ms=150", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert response.headers.get("transfer-encoding") == "chunked"
+        events = _sse_events(response)
+    payloads = [json.loads(data) for _, data in events if data != "[DONE]"]
+    first_arrival = events[0][0]
+    last_sent = max(p["x_mock_sent_at"] for p in payloads)
+    # The first event reached the client before the upstream produced its last one.
+    assert first_arrival < last_sent - 0.3
+    assert events[-1][1] == "[DONE]"
+
+
+def test_client_disconnect_closes_upstream_within_a_second(mock: MockUpstream,
+                                                           start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    before = mock.stats()
+    payload = json.dumps({"model": "m", "stream": True,
+                          "messages": [{"role": "user", "content": "x"}]}).encode()
+    request = (b"POST /v1/chat/completions?stall_after=2 HTTP/1.1\r\nHost: t\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(payload), payload))
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.sendall(request)
+    received = b""
+    while received.count(b"data: ") < 2:
+        data = sock.recv(65536)
+        assert data
+        received += data
+    assert mock.stats()["streams_aborted_by_client"] == before["streams_aborted_by_client"]
+    closed_at = time.monotonic()
+    sock.close()
+    while mock.stats()["streams_aborted_by_client"] == before["streams_aborted_by_client"]:
+        assert time.monotonic() - closed_at < 1.0, "upstream still streaming after 1 s"
+        time.sleep(0.02)
+
+
+def test_header_policy_drops_requires_and_injects(mock: MockUpstream, start_gateway) -> None:
+    extra = """
+[[route]]
+name = "echo"
+priority = 5
+match.path = { type = "exact", value = "/echo" }
+proxy = "main"
+[route.headers.ingress]
+allow = ["content-type", "traceparent", "x-agent-id", "x-model", "authorization",
+         "x-request-id"]
+require = ["traceparent"]
+[route.headers.egress]
+allow = ["content-type", "traceparent", "x-model"]
+inject = { "via" = "li-httpd/1", "x-tenant" = "blue" }
+[route.headers.response]
+allow = ["content-type"]
+
+[[route]]
+name = "health"
+priority = 10
+match.methods = ["GET"]
+match.path = { type = "exact", value = "/health" }
+static = "healthcheck"
+"""
+    config = gateway_config(mock.origin, routes=None).split("[routes]")[0] + extra
+    gateway = start_gateway(config)
+    with gateway.client() as client:
+        missing = client.get("/echo")
+        assert missing.status_code == 400
+        assert "traceparent" in missing.json()["error"]["message"]
+        response = client.get("/echo", headers={
+            "traceparent": "00-abc-def-01", "x-model": "gpt", "x-agent-id": "agent-7",
+            "authorization": "Bearer sk-secret", "x-upstream-host": "evil",
+            "x-route-override": "1", "cookie": "a=b", "x-request-id": "client-id-1",
+            "connection": "x-model"})
+    assert response.status_code == 200
+    seen = {name.lower(): value for name, value in response.json()["headers"]}
+    assert seen["traceparent"] == "00-abc-def-01"
+    assert seen["via"] == "li-httpd/1" and seen["x-tenant"] == "blue"
+    for dropped in ("x-agent-id", "authorization", "x-upstream-host", "x-route-override",
+                    "cookie", "x-model"):  # x-model: named by the client's Connection header
+        assert dropped not in seen, dropped
+    assert seen["x-request-id"] == "client-id-1"
+    assert response.headers["x-request-id"] == "client-id-1"
+    # Response allowlist: the mock's x-mock-* headers do not reach the client.
+    assert not [h for h in response.headers if h.startswith("x-mock")]
+
+
+def test_default_policy_assigns_request_id_and_strips_hop_by_hop(
+        mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    with gateway.client() as client:
+        response = client.get("/echo", headers={"te": "trailers", "upgrade": "websocket",
+                                                "proxy-authorization": "x", "keep-alive": "5",
+                                                "x-request-id": "bad id with spaces"})
+    seen = {name.lower(): value for name, value in response.json()["headers"]}
+    for hop in ("te", "upgrade", "proxy-authorization", "keep-alive", "connection"):
+        assert hop not in seen
+    assert seen["x-request-id"] == response.headers["x-request-id"] != "bad id with spaces"
+    assert seen["host"] == mock.url.removeprefix("http://")
+
+
+def test_routing_errors_are_json(mock: MockUpstream, start_gateway) -> None:
+    routes = '"GET /health" = "static:healthcheck"\n"POST /v1/*" = "proxy:main"\n'
+    gateway = start_gateway(gateway_config(mock.origin, routes=routes))
+    with gateway.client() as client:
+        not_found = client.get("/nowhere")
+        wrong_method = client.get("/v1/models")
+        bad_path = client.get("/v1/%2e%2e/secret")
+    assert not_found.status_code == 404
+    assert not_found.json()["error"]["request_id"] == not_found.headers["x-request-id"]
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert bad_path.status_code == 400
+
+
+def test_keepalive_pipelining_and_http10(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    pipelined = (b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n"
+                 b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+                 b"GET /small HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    reply = raw_exchange(gateway.port, pipelined)
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    assert reply.index(b"Hello, world!") < reply.index(b'{"status":"ok"}')
+    http10 = raw_exchange(gateway.port, b"GET /small HTTP/1.0\r\n\r\n")
+    assert http10.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in http10
+    assert http10.endswith(b"Hello, world!\n")
+    keep10 = raw_exchange(gateway.port, b"GET /small HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                                        b"GET /small HTTP/1.0\r\n\r\n")
+    assert keep10.count(b"Hello, world!") == 2
+
+
+def test_http10_client_gets_close_delimited_stream(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    payload = b'{"model":"m","stream":true,"messages":[]}'
+    reply = raw_exchange(gateway.port, b"POST /v1/chat/completions?tokens=3&delay_ms=20 "
+                         b"HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head and b"connection: close" in head
+    assert body.rstrip().endswith(b"data: [DONE]")
+
+
+def test_expect_continue_and_chunked_upload(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        interim = sock.recv(65536)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        final = sock.recv(65536)
+    assert final.startswith(b"HTTP/1.1 200")
+    echoed = json.loads(final.partition(b"\r\n\r\n")[2])
+    assert echoed["body_bytes"] == 5
+    big = os.urandom(300_000)
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 70_000]), big[i:i + 70_000])
+                      for i in range(0, len(big), 70_000)) + b"0\r\n\r\n"
+    reply = raw_exchange(gateway.port, b"POST /echo HTTP/1.1\r\nHost: a\r\nConnection: close"
+                         b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    echoed = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert echoed["body_bytes"] == len(big)
+    assert echoed["body_sha256"] == hashlib.sha256(big).hexdigest()
+
+
+def test_body_limit_and_large_download(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, extra='[limits]\nmax_body = "1k"\n'))
+    reply = raw_exchange(gateway.port, b"POST /echo HTTP/1.1\r\nHost: a\r\n"
+                         b"Content-Length: 2000\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413")
+    with gateway.client() as client:
+        big = client.get("/bytes", params={"n": str(5 * 1024 * 1024)})
+    assert big.status_code == 200 and len(big.content) == 5 * 1024 * 1024
+
+
+def test_timeouts(mock: MockUpstream, start_gateway) -> None:
+    upstreams = (f'[upstreams.main]\npeers = ["{mock.origin}"]\nread_timeout = "500ms"\n')
+    extra = '[limits]\nheader_timeout = "300ms"\n'
+    gateway = start_gateway(gateway_config(mock.origin, upstreams=upstreams, extra=extra))
+    started = time.monotonic()
+    reply = raw_exchange(gateway.port, b"GET /small HTTP/1.1\r\nHost: a\r\n")
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert time.monotonic() - started < 3
+    with gateway.client() as client:
+        slow = client.get("/small", params={"ttfb_ms": "3000"})
+    assert slow.status_code == 504
+    payload = json.dumps({"model": "m", "stream": True, "messages": []})
+    with gateway.client() as client, client.stream(
+            "POST", "/v1/chat/completions?stall_after=2", content=payload,
+            headers={"content-type": "application/json"}) as response:
+        events = [data for _, data in _sse_events(response)]
+    # The stall detector ends the stream with an error event the OpenAI SDK understands.
+    assert len(events) == 3
+    assert json.loads(events[-1])["error"]["code"] == 504
+
+
+def test_failover_to_a_live_peer(mock: MockUpstream, start_gateway) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there: connect is refused
+    upstreams = (f'[upstreams.main]\npeers = ["http://127.0.0.1:{dead_port}", '
+                 f'"{mock.origin}"]\nmax_retries = 1\n')
+    gateway = start_gateway(gateway_config(mock.origin, upstreams=upstreams))
+    with gateway.client() as client:
+        statuses = [client.get("/small").status_code for _ in range(10)]
+    assert statuses == [200] * 10
+
+
+def test_static_files(mock: MockUpstream, start_gateway, tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "index.html").write_text("<h1>docs</h1>")
+    (root / "data.json").write_bytes(b'{"k": 1}' * 5000)
+    (root / ".env").write_text("SECRET=1")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside the root")
+    (root / "escape.txt").symlink_to(outside)
+    config = gateway_config(mock.origin, routes='"GET /files/**" = "static:site"\n',
+                            extra=f'[static.site]\nroot = "{root.resolve()}"\n')
+    gateway = start_gateway(config)
+    with gateway.client() as client:
+        whole = client.get("/files/data.json")
+        assert whole.status_code == 200 and len(whole.content) == 40000
+        assert whole.headers["content-type"] == "application/json"
+        etag = whole.headers["etag"]
+        assert client.get("/files/data.json", headers={"if-none-match": etag}).status_code == 304
+        ranged = client.get("/files/data.json", headers={"range": "bytes=10-19"})
+        assert ranged.status_code == 206 and ranged.content == whole.content[10:20]
+        assert ranged.headers["content-range"] == "bytes 10-19/40000"
+        assert client.get("/files/data.json",
+                          headers={"range": "bytes=50000-"}).status_code == 416
+        assert client.get("/files/docs/").text == "<h1>docs</h1>"
+        redirect = client.get("/files/docs")
+        assert redirect.status_code == 301 and redirect.headers["location"] == "/files/docs/"
+        for probe in ("/files/escape.txt", "/files/.env", "/files/docs/../../outside.txt",
+                      "/files/%2e%2e/outside.txt", "/files/..%2foutside.txt",
+                      "/files/docs%2f..%2f..%2foutside.txt", "/files/nope"):
+            answer = client.get(probe)
+            assert answer.status_code in (400, 404), probe
+            assert b"outside the root" not in answer.content
+        head = client.head("/files/data.json")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == "40000"
+
+
+def test_sigterm_lets_a_live_stream_finish(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    payload = json.dumps({"model": "m", "stream": True, "messages": []})
+    received: list[str] = []
+
+    def consume() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=20) as client, client.stream(
+                "POST", "/v1/chat/completions?tokens=10&delay_ms=150", content=payload,
+                headers={"content-type": "application/json"}) as response:
+            received.extend(data for _, data in _sse_events(response))
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    time.sleep(0.5)
+    gateway.signal(signal.SIGTERM)
+    thread.join(20)
+    assert received and received[-1] == "[DONE]"
+    assert gateway.wait(20) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{gateway.url}/health", timeout=2)
+
+
+def test_worker_killed_is_respawned(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    workers = gateway.workers()
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    give_up = time.monotonic() + 10
+    while True:
+        current = gateway.workers()
+        if len(current) == 2 and workers[0] not in current:
+            break
+        assert time.monotonic() < give_up, "worker not respawned"
+        time.sleep(0.05)
+    with gateway.client() as client:
+        assert all(client.get("/small", headers={"connection": "close"}).status_code == 200
+                   for _ in range(20))
+    assert "killed by SIGKILL" in gateway.output.text()
+
+
+def test_sigquit_stops_at_once(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin))
+    gateway.signal(signal.SIGQUIT)
+    assert gateway.wait(10) == 0
+
+
+def test_config_and_bind_errors_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nlisten = "0.0.0.0:8080"\n')
+    result = subprocess.run([sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
+                             str(bad)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1 and "public_tls" not in result.stderr
+    assert f"{bad}:2: server.listen:" in result.stderr
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = tmp_path / "busy.toml"
+    busy.write_text(f'[server]\nlisten = "127.0.0.1:{holder.getsockname()[1]}"\n'
+                    'profile = "dev"\n')
+    result = subprocess.run([sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
+                             str(busy)], capture_output=True, text=True, timeout=30, check=False)
+    holder.close()
+    assert result.returncode == 2 and "cannot listen" in result.stderr

@@ -1,0 +1,227 @@
+"""The connection actor: one task per client connection, requests in order.
+
+Life of a connection: read a request head (header timeout for the first request, idle
+keep-alive timeout between requests), route it, apply the route's header policy, then
+hand it to the healthcheck, static or proxy handler, which writes the whole response and
+says whether the connection may be kept alive. Any protocol error is answered (400, 408,
+413, 414, 431, ...) and the connection closed.
+
+All of a connection's work runs inside one cancel scope. Timeouts and client
+disconnects cancel that scope (see :mod:`.housekeeping`), after which :meth:`run` knows
+from the deadline's reason what was going on and finishes as well as it still can: a
+408 or 504 when no response byte was sent yet, an SSE error event on a stream, or just
+closing. The upstream connection in use, if any, is closed, so the upstream sees the
+request go away.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+
+import orjson
+import trio
+from li_httpd.config import Found, PathError, normalize_path
+from li_httpd.config.matching import normalize_host
+
+from .context import WorkerContext
+from .http1 import CLOSED, END, NEED_DATA, HttpError, RequestHead, RequestReader
+from .policy import request_id_from
+from .proxy import proxy_request
+from .responses import error_response, json_response
+from .sockio import Deadline, PeerGone, SocketIO
+from .static_response import serve_static
+from .upstream import UpstreamConn
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                    "OPTIONS")}
+_HEALTH_BODY = orjson.dumps({"status": "ok"})
+_AFTER_TIMEOUT_SEND = 1.0
+_QUIET_REASONS = frozenset({"idle", "client_gone", "send", "drain"})
+_CLIENT_TIMEOUTS = frozenset({"header", "body"})
+
+
+class ClientConnection:
+    """State of one client connection; see the module docstring."""
+
+    __slots__ = ("ctx", "deadline", "io", "peer", "reader", "request_id", "requests",
+                 "response_chunked", "response_sse", "response_started", "scope", "upstream")
+
+    def __init__(self, ctx: WorkerContext, sock: socket.socket, peer: object) -> None:
+        self.ctx = ctx
+        self.scope = trio.CancelScope()
+        self.deadline = Deadline(self.scope)
+        self.io = SocketIO(sock, self.deadline, ctx.timeouts.send)
+        self.reader = RequestReader(ctx.limits)
+        self.peer = peer
+        self.upstream: UpstreamConn | None = None
+        self.request_id = b""
+        self.requests = 0
+        self.response_started = False
+        self.response_chunked = False
+        self.response_sse = False
+
+    async def run(self) -> None:
+        housekeeping = self.ctx.housekeeping
+        housekeeping.deadlines.add(self.deadline)
+        try:
+            with self.scope:
+                await self._serve()
+            if self.scope.cancelled_caught:
+                await self._after_deadline(self.deadline.fired)
+        except PeerGone:
+            pass
+        except Exception as exc:  # a bug must cost one connection, never the worker
+            report_crash(exc, self.request_id)
+        finally:
+            housekeeping.deadlines.discard(self.deadline)
+            housekeeping.unwatch(self.io.fd)
+            if self.upstream is not None:
+                self.upstream.close()
+                self.upstream = None
+            self.io.close()
+
+    async def _serve(self) -> None:
+        ctx = self.ctx
+        timeouts = ctx.timeouts
+        reader = self.reader
+        io = self.io
+        deadline = self.deadline
+        housekeeping = ctx.housekeeping
+        keepalive_requests = ctx.config.config.limits.keepalive_requests
+        first = True
+        while True:
+            if first:
+                deadline.set(timeouts.header, "header")
+            else:
+                if housekeeping.draining:
+                    return
+                deadline.set(timeouts.keepalive, "idle")
+            try:
+                event = reader.next_event()
+                if event is END:  # the end of a previous request that had no body
+                    event = reader.next_event()
+                while event is NEED_DATA:
+                    if first or reader.buffered:
+                        data = await io.recv()
+                    else:
+                        data = await io.recv_after_wait()
+                    if data and deadline.reason == "idle":
+                        deadline.set(timeouts.header, "header")
+                    reader.feed(data)
+                    event = reader.next_event()
+            except HttpError as exc:
+                self.request_id = ctx.request_ids.next()
+                await self.io.send_all(error_response(
+                    exc.status, self.request_id, housekeeping.date, keep_alive=False,
+                    message=exc.message))
+                return
+            if event is CLOSED or not isinstance(event, RequestHead):
+                return
+            first = False
+            self.requests += 1
+            self.response_started = self.response_chunked = self.response_sse = False
+            try:
+                keep = await self._handle(event)
+            except HttpError as exc:  # the request body broke the protocol
+                if not self.response_started:
+                    await self.io.send_all(error_response(
+                        exc.status, self.request_id, housekeeping.date, keep_alive=False,
+                        message=exc.message))
+                return
+            if not keep or self.requests >= keepalive_requests:
+                return
+
+    async def _handle(self, head: RequestHead) -> bool:
+        """Answer one request; True when the connection may serve another."""
+        ctx = self.ctx
+        self.request_id = request_id = ctx.request_ids.next()
+        keep = head.keep_alive
+        if head.content_length is not None and head.content_length > ctx.limits.max_body:
+            return await self.reject(head, 413, keep=False)
+        try:
+            path = normalize_path(head.path.decode("latin-1"))
+        except PathError as exc:
+            return await self.reject(head, 400, message=f"invalid path: {exc}")
+        host = normalize_host(head.host.decode("latin-1")) if head.host else ""
+        method = _METHODS.get(head.method) or head.method.decode("latin-1")
+        headers = ({n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
+                   if ctx.router.needs_headers else {})
+        result = ctx.router.lookup(method, host, path, headers)
+        if not isinstance(result, Found):
+            extra = [(b"allow", ", ".join(result.allow).encode())] if result.allow else []
+            return await self.reject(head, result.status, extra=extra)
+        plan = ctx.plans[result.route.name]
+        missing = plan.policy.missing_required(head.headers)
+        if missing is not None:
+            return await self.reject(head, 400,
+                                     message=f"missing required header {missing.decode()}")
+        if plan.policy.accepts_request_id:
+            self.request_id = request_id = request_id_from(head.headers) or request_id
+        if plan.healthcheck:
+            await self.io.send_all(json_response(
+                200, _HEALTH_BODY, request_id, ctx.housekeeping.date,
+                keep_alive=keep and not head.has_body, head_only=head.method == b"HEAD"))
+            return keep and not head.has_body
+        if plan.static is not None:
+            return await serve_static(self, head, plan, result.upstream_path, path)
+        return await proxy_request(self, head, plan, result.upstream_path)
+
+    async def reject(self, head: RequestHead, status: int, *, message: str | None = None,
+                     keep: bool = True, extra: list[tuple[bytes, bytes]] | None = None) -> bool:
+        """Answer with a JSON error without reading the request body. A connection
+        whose request body was not read cannot be reused."""
+        keep = keep and head.keep_alive and not head.has_body
+        await self.io.send_all(error_response(
+            status, self.request_id, self.ctx.housekeeping.date, keep_alive=keep,
+            message=message, extra=extra or (), head_only=head.method == b"HEAD"))
+        self.response_started = True
+        return keep
+
+    async def _after_deadline(self, reason: str) -> None:
+        """The connection scope was cancelled by a timeout or a disconnect."""
+        if self.upstream is not None:
+            self.upstream.io.abort()
+            self.upstream = None
+        if reason in _QUIET_REASONS:
+            return
+        with trio.move_on_after(_AFTER_TIMEOUT_SEND):
+            try:
+                if not self.response_started:
+                    status = 408 if reason in _CLIENT_TIMEOUTS else 504
+                    await self.io.send_all(error_response(
+                        status, self.request_id or self.ctx.request_ids.next(),
+                        self.ctx.housekeeping.date, keep_alive=False))
+                elif self.response_sse and self.response_chunked:
+                    await self.io.send_all(sse_error_chunk(reason, self.request_id))
+            except PeerGone:
+                pass
+
+
+def report_crash(exc: BaseException, request_id: bytes) -> None:
+    """Last-resort report of an unexpected error on one connection (stderr)."""
+    lines = traceback.format_exception(exc)
+    sys.stderr.write(f"li-httpd worker {os.getpid()}: connection error "
+                     f"(request {request_id.decode('ascii', 'replace')}): "
+                     + "".join(lines[-6:]))
+
+
+def sse_error_chunk(reason: str, request_id: bytes) -> bytes:
+    """A final SSE event telling the client why its stream ended, then the last chunk."""
+    message = {"upstream_idle": "upstream stream stalled",
+               "stream_max": "stream exceeded its maximum duration",
+               "upstream_ttfb": "upstream did not start in time"}.get(reason, "stream aborted")
+    event = b"data: " + orjson.dumps({"error": {
+        "message": message, "type": "gateway_timeout", "code": 504,
+        "request_id": request_id.decode("ascii", "replace")}}) + b"\n\n"
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
+
+
+async def handle_connection(ctx: WorkerContext, sock: socket.socket, peer: object) -> None:
+    """Entry point for the accept loop."""
+    await ClientConnection(ctx, sock, peer).run()
+
+
+__all__ = ["ClientConnection", "Deadline", "handle_connection"]

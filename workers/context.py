@@ -1,0 +1,114 @@
+"""Per-worker state compiled once from a config generation.
+
+:class:`WorkerContext` holds what every connection of a worker shares: the router, one
+:class:`RoutePlan` per route (header policy, upstream group or static site, timeouts,
+all precomputed so the request path does no config work), parse limits, request-id
+generation and the housekeeping task.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from li_httpd.config import LoadedConfig, Router
+from li_httpd.config.model import Route
+
+from .housekeeping import Housekeeping
+from .http1 import ParseLimits
+from .policy import HeaderPolicy
+from .static import StaticSite
+from .upstream import UpstreamGroup
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Client-side timeouts, in seconds."""
+
+    header: float
+    body: float
+    keepalive: float
+    send: float
+
+
+@dataclass(slots=True)
+class RoutePlan:
+    route: Route
+    name_bytes: bytes
+    policy: HeaderPolicy
+    group: UpstreamGroup | None
+    static: StaticSite | None
+    healthcheck: bool
+    ttfb_timeout: float
+    idle_timeout: float
+    max_duration: float
+
+
+class RequestIds:
+    """``<worker prefix>-<counter>``: unique across workers and restarts, cheap."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self, seed_bytes: bytes) -> None:
+        self._prefix = seed_bytes.hex().encode() + b"-"
+        self._count = 0
+
+    def next(self) -> bytes:
+        self._count += 1
+        return self._prefix + b"%x" % self._count
+
+
+def _seed(config: LoadedConfig) -> bytes:
+    rng = config.config.server.rng
+    if rng.mode in ("prng", "sim"):
+        return random.Random(rng.seed ^ os.getpid()).randbytes(6)
+    return os.urandom(6)
+
+
+class WorkerContext:
+    __slots__ = ("config", "groups", "housekeeping", "limits", "plans", "request_ids",
+                 "router", "timeouts")
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        config = loaded.config
+        self.config = loaded
+        limits = config.limits
+        self.limits = ParseLimits(
+            max_request_line=limits.max_request_line,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            max_chunk_extension=limits.max_chunk_extension,
+            max_body=limits.max_body,
+        )
+        self.timeouts = Timeouts(limits.header_timeout / 1000, limits.body_timeout / 1000,
+                                 limits.keepalive_timeout / 1000, limits.send_timeout / 1000)
+        self.router = Router(config.route)
+        self.housekeeping = Housekeeping()
+        self.request_ids = RequestIds(_seed(loaded))
+        self.groups = {name: UpstreamGroup(name, upstream, self.limits)
+                       for name, upstream in config.upstreams.items()}
+        self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
+        sites = {name: StaticSite(root) for name, root in config.static.items()}
+        self.plans: dict[str, RoutePlan] = {}
+        for route in config.route:
+            group = self.groups.get(route.proxy) if route.proxy else None
+            read_timeout = group.settings.read_timeout / 1000 if group else 60.0
+            limit = route.rate_limit
+            self.plans[route.name] = RoutePlan(
+                route=route,
+                name_bytes=route.name.encode(),
+                policy=HeaderPolicy(route.headers),
+                group=group,
+                static=sites.get(route.static) if route.static else None,
+                healthcheck=route.static == "healthcheck",
+                ttfb_timeout=min(read_timeout, limit.ttfb_timeout / 1000)
+                if limit else read_timeout,
+                idle_timeout=min(read_timeout, limit.stream_idle_timeout / 1000)
+                if limit else read_timeout,
+                max_duration=limit.stream_max_duration / 1000 if limit else float("inf"),
+            )
+
+    def close(self) -> None:
+        for group in self.groups.values():
+            group.close_all()

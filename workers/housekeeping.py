@@ -1,0 +1,131 @@
+"""One background task per worker: deadlines, client-disconnect detection, clocks.
+
+Every :data:`~.sockio.TICK` it
+
+- expires connection deadlines (:class:`~.sockio.Deadline`): this is how every client
+  and upstream timeout fires without a cancel scope per operation;
+- refreshes the cached ``Date`` header value;
+- once a second, closes idle upstream connections past their keep-alive timeout.
+
+Client disconnects: while a proxied request waits for or streams its response, nothing
+reads the client socket, so a client that hangs up would go unnoticed until the next
+write. Requests register in :attr:`Housekeeping.inflight` (a dict insert, no syscall);
+those still running after :data:`WATCH_AFTER` seconds have their client socket added to
+a private epoll set (EPOLLIN | EPOLLRDHUP), which this task waits on. When the client
+closes, the request's deadline is expired with reason ``client_gone``: the connection
+scope is cancelled and the upstream connection is closed at once, so the upstream sees
+the request go away (SPEC §5). Fast requests never pay for a syscall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+from trio.lowlevel import wait_readable
+
+from .responses import http_date
+from .sockio import TICK, Deadline
+
+WATCH_AFTER = 0.05
+SWEEP_EVERY = 1.0
+_WATCH_FLAGS = select.EPOLLIN | select.EPOLLRDHUP
+
+
+class _Watched:
+    __slots__ = ("deadline", "registered", "sock", "started")
+
+    def __init__(self, sock: socket.socket, deadline: Deadline, started: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.started = started
+        self.registered = False
+
+
+class Housekeeping:
+    __slots__ = ("_epoll", "_last_sweep", "_second", "date", "deadlines", "draining",
+                 "inflight", "sweepers")
+
+    def __init__(self) -> None:
+        self.deadlines: set[Deadline] = set()
+        self.inflight: dict[int, _Watched] = {}
+        self.sweepers: list[Callable[[float], None]] = []
+        self.draining = False
+        self._epoll = select.epoll()
+        self._second = 0
+        self._last_sweep = 0.0
+        self.date = http_date(time.time())
+
+    # -- request registration (hot path: dict operations only) ----------------------------
+
+    def watch(self, sock: socket.socket, fd: int, deadline: Deadline) -> None:
+        self.inflight[fd] = _Watched(sock, deadline, trio.current_time())
+
+    def unwatch(self, fd: int) -> None:
+        entry = self.inflight.pop(fd, None)
+        if entry is not None and entry.registered:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                with trio.move_on_after(TICK):
+                    await wait_readable(self._epoll.fileno())
+                    self._client_events()
+                self.tick(trio.current_time())
+        finally:
+            self._epoll.close()
+
+    def tick(self, now: float) -> None:
+        for deadline in tuple(self.deadlines):
+            deadline.expire_if_due(now)
+        if self.draining:
+            for deadline in tuple(self.deadlines):
+                if deadline.reason == "idle":
+                    deadline.at = now
+                    deadline.expire_if_due(now)
+        wall = time.time()
+        if int(wall) != self._second:
+            self._second = int(wall)
+            self.date = http_date(wall)
+        for fd, entry in tuple(self.inflight.items()):
+            if not entry.registered and now - entry.started >= WATCH_AFTER:
+                try:
+                    self._epoll.register(fd, _WATCH_FLAGS)
+                    entry.registered = True
+                except OSError:
+                    self.inflight.pop(fd, None)
+        if now - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = now
+            for sweep in self.sweepers:
+                sweep(now)
+
+    def _client_events(self) -> None:
+        for fd, _flags in self._epoll.poll(0):
+            entry = self.inflight.get(fd)
+            if entry is None:
+                continue
+            try:
+                data = entry.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            # Pending bytes are a pipelined request: the client is alive; stop watching.
+            self.unwatch(fd)
+            if not data:
+                entry.deadline.reason = "client_gone"
+                entry.deadline.at = 0.0
+                entry.deadline.expire_if_due(trio.current_time())
+
+    def drain(self) -> None:
+        """Graceful stop: idle keep-alive connections close at the next tick."""
+        self.draining = True

@@ -1,0 +1,150 @@
+"""A worker process: one trio event loop serving the listeners it inherited.
+
+Started by the master right after ``fork()``: :func:`run_worker` resets signal handling,
+then runs :func:`serve` under ``trio.run``. Structure (no orphan tasks):
+
+    root nursery
+    ├── housekeeping (deadlines, disconnect watch, Date, pool sweeps)
+    ├── signal watcher (SIGTERM: drain; SIGQUIT: stop now)
+    └── connections nursery  ← every connection actor lives here
+        └── accept scope: one accept loop per listener
+
+Graceful stop (SIGTERM): the accept loops end (the master keeps the listening sockets,
+other workers keep accepting during a reload), idle keep-alive connections close at the
+next housekeeping tick, busy ones finish their current request or stream, and after
+``server.shutdown_timeout`` whatever remains is cancelled. Then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+from li_httpd.config import LoadedConfig
+from trio.lowlevel import checkpoint, wait_readable
+
+from .connection import handle_connection
+from .context import WorkerContext
+
+_RETRY_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BURST = 16
+PARENT_CHECK = 1.0
+
+
+def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
+               ready_fd: int | None) -> int:
+    """Body of a forked worker process; returns its exit status."""
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGCHLD):
+        signal.signal(number, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group; the master coordinates the stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    trio.run(serve, loaded, listeners, ready_fd, os.getppid())
+    return 0
+
+
+async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
+                ready_fd: int | None, parent_pid: int | None = None) -> None:
+    ctx = WorkerContext(loaded)
+    shutdown_timeout = loaded.config.server.shutdown_timeout / 1000
+    max_connections = loaded.config.limits.max_connections
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT) as signals:
+            async with trio.open_nursery() as root:
+                await root.start(ctx.housekeeping.run)
+                async with trio.open_nursery() as connections:
+                    accepting = trio.CancelScope()
+                    stop = _Stopper(ctx, accepting, connections.cancel_scope,
+                                    root.cancel_scope, shutdown_timeout)
+                    root.start_soon(stop.watch_signals, signals)
+                    if parent_pid is not None:
+                        root.start_soon(stop.watch_parent, parent_pid)
+                    limiter = trio.Semaphore(max_connections)
+                    with accepting:
+                        async with trio.open_nursery() as acceptors:
+                            for listener in listeners:
+                                acceptors.start_soon(_accept_loop, ctx, listener,
+                                                     connections, limiter)
+                            if ready_fd is not None:
+                                os.write(ready_fd, b"R")
+                                os.close(ready_fd)
+                                ready_fd = None
+                root.cancel_scope.cancel()
+    finally:
+        ctx.close()
+
+
+class _Stopper:
+    def __init__(self, ctx: WorkerContext, accepting: trio.CancelScope,
+                 connections: trio.CancelScope, root: trio.CancelScope,
+                 shutdown_timeout: float) -> None:
+        self.ctx = ctx
+        self.accepting = accepting
+        self.connections = connections
+        self.root = root
+        self.shutdown_timeout = shutdown_timeout
+
+    async def watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for number in signals:
+            if number == signal.SIGQUIT:
+                self.connections.cancel()
+                self.root.cancel()
+                return
+            await self.drain()
+
+    async def watch_parent(self, parent_pid: int) -> None:
+        """A worker whose master died stops gracefully instead of lingering."""
+        while os.getppid() == parent_pid:
+            await trio.sleep(PARENT_CHECK)
+        await self.drain()
+
+    async def drain(self) -> None:
+        self.ctx.housekeeping.drain()
+        self.accepting.cancel()
+        await trio.sleep(self.shutdown_timeout)
+        self.connections.cancel()
+
+
+async def _accept_loop(ctx: WorkerContext, listener: socket.socket,
+                       connections: trio.Nursery, limiter: trio.Semaphore) -> None:
+    burst = 0
+    while True:
+        await limiter.acquire()
+        while True:
+            try:
+                sock, peer = listener.accept()
+                break
+            except BlockingIOError:
+                burst = 0
+                await wait_readable(listener)
+            except OSError as exc:
+                if exc.errno in _RETRY_ACCEPT:
+                    sys.stderr.write(f"li-httpd worker {os.getpid()}: accept: {exc}\n")
+                    await trio.sleep(0.1)
+                elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    limiter.release()
+                    raise
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connections.start_soon(_connection, ctx, sock, peer, limiter)
+        burst += 1
+        if burst >= _ACCEPT_BURST:
+            burst = 0
+            await checkpoint()
+
+
+async def _connection(ctx: WorkerContext, sock: socket.socket, peer: object,
+                      limiter: trio.Semaphore) -> None:
+    try:
+        await handle_connection(ctx, sock, peer)
+    finally:
+        limiter.release()
