@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
