@@ -48,9 +48,15 @@ def embedded_default() -> str:
     return importlib.resources.files(__package__).joinpath("dev_default.toml").read_text()
 
 
+EMBEDDED = ":embedded:"
+"""Pass as the explicit path to use the embedded dev default whatever files exist."""
+
+
 def resolve_path(explicit: str | None, environ: dict[str, str] | None = None) -> str | None:
     """The config file to read, or None for the embedded default."""
     env = os.environ if environ is None else environ
+    if explicit == EMBEDDED:
+        return None
     if explicit:
         return explicit
     if env.get(ENV_VAR):

@@ -196,6 +196,8 @@ class Upstream:
                                         minimum=SECOND, maximum=10 * MINUTE)
     max_retries: int = setting(1, doc="Further peers tried after a failure, when replay "
                                "is safe.", minimum=0, maximum=5)
+    ca_file: str = setting("", doc="PEM CA bundle that verifies https peers; \"\" = the "
+                           "system trust store.")
     retry_statuses: tuple[int, ...] = setting((502, 503, 504), doc="Upstream statuses that "
                                               "count as failures and may be retried.",
                                               check=checks.each(

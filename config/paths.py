@@ -17,6 +17,8 @@ the same path. The function is idempotent (property-tested).
 
 from __future__ import annotations
 
+import re
+
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -27,12 +29,24 @@ _REFUSED_ESCAPES = {
 }
 
 
+_SEGMENT = r"/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+"
+_ALREADY_NORMAL = re.compile(rf"(?:{_SEGMENT})*/?")
+"""Paths in normal form: no escapes, no empty, '.' or '..' segments (checked by a test)."""
+
+
 class PathError(ValueError):
     """The path cannot be normalized safely; the request is refused with 400."""
 
 
 def normalize_path(raw: str) -> str:
     """Return the normal form of ``raw`` or raise :class:`PathError`."""
+    if raw and _ALREADY_NORMAL.fullmatch(raw):
+        return raw  # the common case, and what normalize_slow returns for it
+    return normalize_slow(raw)
+
+
+def normalize_slow(raw: str) -> str:
+    """The normalization algorithm itself, without the fast path."""
     if not raw.startswith("/"):
         raise PathError("path must start with '/'")
     decoded: list[str] = []

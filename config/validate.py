@@ -71,6 +71,7 @@ RULES: tuple[Rule, ...] = (
     Rule("peer_url", "Peers are literal http(s)://host:port origins: no userinfo, path, "
                      "query, fragment or '$'."),
     Rule("duplicate_peer", "The same peer twice in one upstream."),
+    Rule("ca_file", "An upstream's ca_file must be a readable file."),
     Rule("static_root", "Static roots are absolute, canonical, existing directories, not / "
                         "nor a system tree (/etc, /proc, /sys, /dev, /root, /boot)."),
     Rule("listen", "Listen addresses are IP:PORT, [IPv6]:PORT or :PORT, each used once."),
@@ -277,6 +278,10 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
         if not 1 <= count <= MAX_PEERS:
             problems.error(("upstreams", name, "peers"), "peer_count",
                            f"an upstream has 1 to {MAX_PEERS} peers, not {count}")
+        if pool.ca_file and not (os.path.isfile(pool.ca_file)
+                                 and os.access(pool.ca_file, os.R_OK)):
+            problems.error(("upstreams", name, "ca_file"), "ca_file",
+                           f"ca_file {pool.ca_file!r} is not a readable file")
         seen: set[str] = set()
         for position, peer in enumerate(pool.peers):
             key = peer.url.rstrip("/").lower()

@@ -26,7 +26,8 @@ from li_httpd.config.model import Upstream
 from trio.lowlevel import wait_writable
 
 from .http1 import ParseLimits, ResponseReader
-from .sockio import Deadline, SocketIO
+from .sockio import Deadline, PeerGone, SocketIO
+from .tls_io import TlsSocketIO, TlsUpstreamError
 
 DNS_TTL = 30.0
 FRESH = 0.25
@@ -61,12 +62,15 @@ def peer_targets(upstream: Upstream) -> tuple[PeerTarget, ...]:
     return tuple(targets)
 
 
+StreamIO = SocketIO | TlsSocketIO
+
+
 class UpstreamConn:
     """One connection to a peer, with the reader that frames its responses."""
 
     __slots__ = ("idle_since", "io", "peer", "reader", "reused")
 
-    def __init__(self, io: SocketIO, peer: PeerTarget, limits: ParseLimits) -> None:
+    def __init__(self, io: StreamIO, peer: PeerTarget, limits: ParseLimits) -> None:
         self.io = io
         self.peer = peer
         self.reader = ResponseReader(limits)
@@ -148,7 +152,8 @@ class PeerPool:
         self._resolved_at = now
         return self._addresses
 
-    async def _connect(self, deadline: Deadline, send_timeout: float) -> SocketIO:
+    async def _connect(self, deadline: Deadline, send_timeout: float) -> StreamIO:
+        """Connect (and for https, handshake) within connect_timeout."""
         addresses = await self._resolve()
         last_error = "no address"
         with trio.move_on_after(self.settings.connect_timeout / 1000) as scope:
@@ -165,7 +170,19 @@ class PeerPool:
                     sock.close()
                     raise
                 if code == 0:
-                    return SocketIO(sock, deadline, send_timeout)
+                    io = SocketIO(sock, deadline, send_timeout)
+                    if not self.peer.tls:
+                        return io
+                    tls = TlsSocketIO(io, self.peer.host, self.settings.ca_file)
+                    try:
+                        await tls.handshake()
+                    except (TlsUpstreamError, PeerGone) as exc:
+                        io.close()
+                        raise UpstreamConnectError(f"{self.peer.label}: TLS: {exc}") from None
+                    except BaseException:
+                        io.close()
+                        raise
+                    return tls
                 sock.close()
                 last_error = os.strerror(code)
         if scope.cancelled_caught:

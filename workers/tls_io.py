@@ -1,0 +1,116 @@
+"""TLS over a :class:`~.sockio.SocketIO`, for ``https://`` upstream peers.
+
+``ssl.SSLObject`` with memory BIOs does the TLS work; this class moves bytes between
+those BIOs and the socket with the same non-blocking, deadline-bounded I/O as plain
+connections, and offers the same methods, so the proxy does not care which it has.
+Certificates are verified against the system trust store (or the upstream's
+``ca_file``) with the peer's host name (SNI and hostname check); TLS 1.2 is the minimum.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from functools import lru_cache
+
+from .sockio import Deadline, PeerGone, SocketIO
+
+_READ_SIZE = 65536
+
+
+@lru_cache(maxsize=16)
+def client_context(ca_file: str = "") -> ssl.SSLContext:
+    """Verifying client context: the system trust store, or only ``ca_file`` if set."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class TlsUpstreamError(Exception):
+    """The TLS handshake with an upstream failed (certificate, protocol, reset)."""
+
+
+class TlsSocketIO:
+    """A TLS client session over a connected socket; the SocketIO interface."""
+
+    __slots__ = ("_incoming", "_outgoing", "_raw", "_tls")
+
+    def __init__(self, raw: SocketIO, server_hostname: str, ca_file: str = "") -> None:
+        self._raw = raw
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = client_context(ca_file).wrap_bio(self._incoming, self._outgoing,
+                                                     server_hostname=server_hostname)
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._raw.sock
+
+    @property
+    def fd(self) -> int:
+        return self._raw.fd
+
+    @property
+    def deadline(self) -> Deadline:
+        return self._raw.deadline
+
+    @deadline.setter
+    def deadline(self, value: Deadline) -> None:
+        self._raw.deadline = value
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+                continue
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                raise TlsUpstreamError(str(exc)) from None
+            await self._flush()
+            return
+
+    async def _flush(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            await self._raw.send_all(pending)
+
+    async def _fill(self) -> None:
+        data = await self._raw.recv()
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    async def recv(self) -> bytes:
+        while True:
+            try:
+                return self._tls.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._fill()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            except ssl.SSLError as exc:
+                raise PeerGone(f"TLS error: {exc}") from None
+
+    async def recv_after_wait(self) -> bytes:
+        return await self.recv()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            raise PeerGone(f"TLS error: {exc}") from None
+        await self._flush()
+
+    def readable_now(self) -> bool:
+        return self._tls.pending() > 0 or self._raw.readable_now()
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def abort(self) -> None:
+        self._raw.abort()
