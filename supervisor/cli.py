@@ -18,7 +18,8 @@ from . import commands
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="config file (default: $LI_HTTPD_CONFIG, then "
-                             "/etc/li-httpd/li-httpd.toml, then the embedded dev default)")
+                             "/etc/li-httpd/li-httpd.toml, then the embedded dev default; "
+                             "':embedded:' forces the embedded default)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,7 @@ def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             body = b"secure hello"
             self.send_response(200)
             self.send_header("content-type", "text/plain")

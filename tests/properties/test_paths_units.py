@@ -9,7 +9,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from li_httpd.config import PathError, normalize_path
 from li_httpd.config.units import (
-    UnitError,
     format_duration,
     format_size,
     parse_duration,
