@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from li_httpd.config import VERSION, LoadedConfig
 from li_httpd.config.checks import split_host_port
 
+from .tls import ServerTls, TlsSetupError, server_tls
+
 EXIT_OK = 0
 EXIT_START = 2
 CRASH_WINDOW = 30.0
@@ -94,6 +96,7 @@ class Master:
         self.slots: list[WorkerSlot] = []
         self.pending_signals: deque[int] = deque()
         self.stopping = False
+        self.tls: ServerTls | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -106,6 +109,13 @@ class Master:
         except StartError as exc:
             self._say(f"error: {exc}")
             return EXIT_START
+        try:
+            self.tls = server_tls(self.loaded.config)
+        except TlsSetupError as exc:
+            self._say(f"error: {exc}")
+            return EXIT_START
+        if self.tls is not None:
+            self._say(self.tls.note)
         self._install_signals()
         count = worker_count(self.loaded)
         self.slots = [WorkerSlot(i) for i in range(count)]
@@ -192,7 +202,8 @@ class Master:
                 os.close(self._wake_w)
                 from li_httpd.workers.worker import run_worker
 
-                code = run_worker(self.loaded, self.listeners, ready_w)
+                code = run_worker(self.loaded, self.listeners, ready_w,
+                                  self.tls.context if self.tls else None)
             except BaseException as exc:  # report, then leave the child
                 sys.stderr.write(f"li-httpd worker {os.getpid()}: fatal: {exc!r}\n")
             finally:

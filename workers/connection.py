@@ -33,13 +33,14 @@ from .proxy import proxy_request
 from .responses import error_response, json_response
 from .sockio import Deadline, PeerGone, SocketIO
 from .static_response import serve_static
+from .tls_io import StreamIO, TlsSocketIO, TlsHandshakeError
 from .upstream import UpstreamConn
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
                                     "OPTIONS")}
 _HEALTH_BODY = orjson.dumps({"status": "ok"})
 _AFTER_TIMEOUT_SEND = 1.0
-_QUIET_REASONS = frozenset({"idle", "client_gone", "send", "drain"})
+_QUIET_REASONS = frozenset({"idle", "client_gone", "send", "drain", "handshake"})
 _CLIENT_TIMEOUTS = frozenset({"header", "body"})
 
 
@@ -53,7 +54,8 @@ class ClientConnection:
         self.ctx = ctx
         self.scope = trio.CancelScope()
         self.deadline = Deadline(self.scope)
-        self.io = SocketIO(sock, self.deadline, ctx.timeouts.send)
+        raw = SocketIO(sock, self.deadline, ctx.timeouts.send)
+        self.io: StreamIO = TlsSocketIO(raw, ctx.server_tls) if ctx.server_tls else raw
         self.reader = RequestReader(ctx.limits)
         self.peer = peer
         self.upstream: UpstreamConn | None = None
@@ -68,11 +70,14 @@ class ClientConnection:
         housekeeping.deadlines.add(self.deadline)
         try:
             with self.scope:
+                if isinstance(self.io, TlsSocketIO):
+                    self.deadline.set(self.ctx.timeouts.header, "handshake")
+                    await self.io.handshake()
                 await self._serve()
             if self.scope.cancelled_caught:
                 await self._after_deadline(self.deadline.fired)
-        except PeerGone:
-            pass
+        except (PeerGone, TlsHandshakeError):
+            pass  # the client went away or failed the TLS handshake
         except Exception as exc:  # a bug must cost one connection, never the worker
             report_crash(exc, self.request_id)
         finally:

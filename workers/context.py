@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from dataclasses import dataclass
 
 from li_httpd.config import LoadedConfig, Router
@@ -68,11 +69,12 @@ def _seed(config: LoadedConfig) -> bytes:
 
 class WorkerContext:
     __slots__ = ("config", "groups", "housekeeping", "limits", "plans", "request_ids",
-                 "router", "timeouts")
+                 "router", "server_tls", "timeouts")
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None) -> None:
         config = loaded.config
         self.config = loaded
+        self.server_tls = server_tls
         limits = config.limits
         self.limits = ParseLimits(
             max_request_line=limits.max_request_line,

@@ -9,6 +9,8 @@ Certificates are verified against the system trust store (or the upstream's
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import ssl
 from functools import lru_cache
@@ -27,21 +29,27 @@ def client_context(ca_file: str = "") -> ssl.SSLContext:
     return context
 
 
-class TlsUpstreamError(Exception):
-    """The TLS handshake with an upstream failed (certificate, protocol, reset)."""
+class TlsHandshakeError(Exception):
+    """A TLS handshake failed (certificate, protocol version, alert)."""
 
 
 class TlsSocketIO:
-    """A TLS client session over a connected socket; the SocketIO interface."""
+    """A TLS session over a connected socket, with the SocketIO interface.
+
+    Client side (``server_hostname`` set) for https peers; server side for TLS
+    listeners, with the master's server context.
+    """
 
     __slots__ = ("_incoming", "_outgoing", "_raw", "_tls")
 
-    def __init__(self, raw: SocketIO, server_hostname: str, ca_file: str = "") -> None:
+    def __init__(self, raw: SocketIO, context: ssl.SSLContext, *,
+                 server_hostname: str | None = None) -> None:
         self._raw = raw
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._tls = client_context(ca_file).wrap_bio(self._incoming, self._outgoing,
-                                                     server_hostname=server_hostname)
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_side=server_hostname is None,
+                                     server_hostname=server_hostname)
 
     @property
     def sock(self) -> socket.socket:
@@ -60,15 +68,20 @@ class TlsSocketIO:
         self._raw.deadline = value
 
     async def handshake(self) -> None:
+        """Complete the handshake; raises TlsHandshakeError (or PeerGone) on failure."""
         while True:
             try:
                 self._tls.do_handshake()
             except ssl.SSLWantReadError:
                 await self._flush()
+                if self._incoming.eof:
+                    raise PeerGone("closed during the TLS handshake") from None
                 await self._fill()
                 continue
             except (ssl.SSLError, ssl.CertificateError) as exc:
-                raise TlsUpstreamError(str(exc)) from None
+                with contextlib.suppress(PeerGone):
+                    await self._flush()  # the alert tells the peer why
+                raise TlsHandshakeError(str(exc)) from None
             await self._flush()
             return
 
@@ -106,6 +119,16 @@ class TlsSocketIO:
             raise PeerGone(f"TLS error: {exc}") from None
         await self._flush()
 
+    async def sendfile(self, file_fd: int, offset: int, count: int) -> None:
+        """No sendfile(2) through TLS: read and encrypt in bounded pieces."""
+        while count > 0:
+            data = os.pread(file_fd, min(count, _READ_SIZE), offset)
+            if not data:
+                raise PeerGone("file shrank while sending")
+            await self.send_all(data)
+            offset += len(data)
+            count -= len(data)
+
     def readable_now(self) -> bool:
         return self._tls.pending() > 0 or self._raw.readable_now()
 
@@ -114,3 +137,7 @@ class TlsSocketIO:
 
     def abort(self) -> None:
         self._raw.abort()
+
+
+StreamIO = SocketIO | TlsSocketIO
+"""A connection's byte stream, plain or TLS: the proxy handles both alike."""

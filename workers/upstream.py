@@ -27,7 +27,7 @@ from trio.lowlevel import wait_writable
 
 from .http1 import ParseLimits, ResponseReader
 from .sockio import Deadline, PeerGone, SocketIO
-from .tls_io import TlsSocketIO, TlsUpstreamError
+from .tls_io import StreamIO, TlsSocketIO, TlsHandshakeError, client_context
 
 DNS_TTL = 30.0
 FRESH = 0.25
@@ -60,9 +60,6 @@ def peer_targets(upstream: Upstream) -> tuple[PeerTarget, ...]:
         targets.append(PeerTarget(index, peer.url, host, port, parts.scheme == "https",
                                   peer.weight, f"{shown}:{port}".encode(), f"{shown}:{port}"))
     return tuple(targets)
-
-
-StreamIO = SocketIO | TlsSocketIO
 
 
 class UpstreamConn:
@@ -173,10 +170,11 @@ class PeerPool:
                     io = SocketIO(sock, deadline, send_timeout)
                     if not self.peer.tls:
                         return io
-                    tls = TlsSocketIO(io, self.peer.host, self.settings.ca_file)
+                    tls = TlsSocketIO(io, client_context(self.settings.ca_file),
+                                      server_hostname=self.peer.host)
                     try:
                         await tls.handshake()
-                    except (TlsUpstreamError, PeerGone) as exc:
+                    except (TlsHandshakeError, PeerGone) as exc:
                         io.close()
                         raise UpstreamConnectError(f"{self.peer.label}: TLS: {exc}") from None
                     except BaseException:

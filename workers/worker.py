@@ -21,6 +21,7 @@ import errno
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
 
@@ -37,7 +38,7 @@ PARENT_CHECK = 1.0
 
 
 def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
-               ready_fd: int | None) -> int:
+               ready_fd: int | None, server_tls: ssl.SSLContext | None = None) -> int:
     """Body of a forked worker process; returns its exit status."""
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -47,13 +48,14 @@ def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    trio.run(serve, loaded, listeners, ready_fd, os.getppid())
+    trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls)
     return 0
 
 
 async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
-                ready_fd: int | None, parent_pid: int | None = None) -> None:
-    ctx = WorkerContext(loaded)
+                ready_fd: int | None, parent_pid: int | None = None,
+                server_tls: ssl.SSLContext | None = None) -> None:
+    ctx = WorkerContext(loaded, server_tls)
     shutdown_timeout = loaded.config.server.shutdown_timeout / 1000
     max_connections = loaded.config.limits.max_connections
     try:

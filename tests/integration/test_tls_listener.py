@@ -1,0 +1,94 @@
+"""TLS termination: self_signed and manual certificates on the gateway's listener."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from li_httpd.config import load_text
+from li_httpd.supervisor.tls import ensure_self_signed
+
+from .conftest import MockUpstream, gateway_config, raw_exchange
+
+pytestmark = pytest.mark.integration
+
+
+def _tls_config(mock: MockUpstream, tls: str, static_root: Path | None = None) -> str:
+    routes = '"GET /health" = "static:healthcheck"\n"/v1/*" = "proxy:main"\n'
+    extra = tls
+    if static_root is not None:
+        routes += '"GET /files/**" = "static:site"\n'
+        extra += f'\n[static.site]\nroot = "{static_root}"\n'
+    return gateway_config(mock.origin, routes=routes, extra=extra)
+
+
+def test_self_signed_certificate_is_generated_and_served(mock: MockUpstream, start_gateway,
+                                                         tmp_path: Path) -> None:
+    cert_dir = tmp_path / "certs"
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "big.bin").write_bytes(bytes(range(256)) * 1024)
+    config = _tls_config(mock, f'[server.tls]\nmode = "self_signed"\ncert_dir = "{cert_dir}"\n',
+                         root.resolve())
+    gateway = start_gateway(config)
+    assert gateway.url.startswith("https://")
+    cert = cert_dir / "self_signed.crt"
+    assert (cert_dir.stat().st_mode & 0o777) == 0o700
+    assert ((cert_dir / "self_signed.key").stat().st_mode & 0o777) == 0o600
+    assert "sha256=" in gateway.output.text()
+    context = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(base_url=gateway.url, verify=context, timeout=10) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        payload = {"model": "m", "stream": True, "messages": []}
+        with client.stream("POST", "/v1/chat/completions?tokens=4&delay_ms=20",
+                           json=payload) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        assert json.loads(lines[0][6:])["object"] == "chat.completion.chunk"
+        big = client.get("/files/big.bin")  # larger than one TLS record: no sendfile path
+        assert big.content == bytes(range(256)) * 1024
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{gateway.url}/health", timeout=5)  # untrusted without the pinned cert
+
+
+def test_plaintext_to_a_tls_listener_gets_nothing_useful(mock: MockUpstream, start_gateway,
+                                                         tmp_path: Path) -> None:
+    config = _tls_config(mock, f'[server.tls]\nmode = "self_signed"\n'
+                               f'cert_dir = "{tmp_path / "c"}"\n')
+    gateway = start_gateway(config)
+    reply = raw_exchange(gateway.port, b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
+    assert b'{"status":"ok"}' not in reply
+
+
+def test_manual_certificate(mock: MockUpstream, start_gateway, tmp_path: Path) -> None:
+    # Reuse the self-signed generator to make a certificate, then configure it manually.
+    scratch = tmp_path / "made"
+    made = load_text(_tls_config(mock, f'[server.tls]\nmode = "self_signed"\n'
+                                       f'cert_dir = "{scratch}"\n'), "x.toml").config
+    cert, key = ensure_self_signed(made)
+    config = _tls_config(mock, f'[server.tls]\nmode = "manual"\n'
+                               f'[server.tls.manual]\ncert = "{cert}"\nkey = "{key}"\n')
+    gateway = start_gateway(config)
+    context = ssl.create_default_context(cafile=cert)
+    response = httpx.get(f"{gateway.url}/health", verify=context, timeout=10)
+    assert response.status_code == 200
+    assert response.extensions["http_version"] == b"HTTP/1.1"
+
+
+def test_lets_encrypt_without_the_acme_actor_fails_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "le.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nhost = "a.example"\n'
+                      '[server.tls]\nmode = "lets_encrypt"\n[server.tls.lets_encrypt]\n'
+                      'email = "ops@a.example"\ndomains = ["a.example"]\n'
+                      'environment = "staging"\n[routes]\n"GET /health" = '
+                      '"static:healthcheck"\n')
+    result = subprocess.run([sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
+                             str(config)], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 2
+    assert "ACME" in result.stderr
