@@ -33,7 +33,7 @@ from .proxy import proxy_request
 from .responses import error_response, json_response
 from .sockio import Deadline, PeerGone, SocketIO
 from .static_response import serve_static
-from .tls_io import StreamIO, TlsSocketIO, TlsHandshakeError
+from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO
 from .upstream import UpstreamConn
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",

@@ -27,7 +27,7 @@ from trio.lowlevel import wait_writable
 
 from .http1 import ParseLimits, ResponseReader
 from .sockio import Deadline, PeerGone, SocketIO
-from .tls_io import StreamIO, TlsSocketIO, TlsHandshakeError, client_context
+from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
 DNS_TTL = 30.0
 FRESH = 0.25
