@@ -287,7 +287,11 @@ class Master:
                 pass
 
     def _stop(self, *, graceful: bool) -> None:
+        """Stop every worker. The master's listener copies close first so that, once
+        the workers stop accepting, new connections are refused rather than queued."""
         self.stopping = True
+        for sock in self.listeners:
+            sock.close()
         sig = signal.SIGTERM if graceful else signal.SIGQUIT
         self._signal_workers(sig)
         grace = self.loaded.config.server.shutdown_timeout / 1000 + KILL_GRACE \
@@ -301,8 +305,6 @@ class Master:
             while any(slot.pid for slot in self.slots):
                 self._reap()
                 time.sleep(0.02)
-        for sock in self.listeners:
-            sock.close()
 
     def _signal_workers(self, sig: int) -> None:
         for slot in self.slots:

@@ -138,17 +138,26 @@ _TOKEN_RE = re.compile(_TOKEN)
 _CRLF2: Final = b"\r\n\r\n"
 
 
-class _HeadCollector:
-    """httptools protocol object that only collects header fields."""
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
+                             b"expect"})
 
-    __slots__ = ("complete", "headers")
+
+class _HeadCollector:
+    """httptools protocol object that collects header fields, setting aside the few
+    that decide framing so the checks after parsing need not scan every field."""
+
+    __slots__ = ("complete", "framing", "headers")
 
     def __init__(self) -> None:
         self.headers: list[Header] = []
+        self.framing: list[Header] = []
         self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        field = (name.lower(), value)
+        self.headers.append(field)
+        if field[0] in _FRAMING_FIELDS:
+            self.framing.append(field)
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -168,6 +177,8 @@ def _run_llhttp(parser: httptools.HttpRequestParser | httptools.HttpResponsePars
 
 
 def _connection_tokens(value: bytes) -> tuple[bytes, ...]:
+    if b"," not in value:
+        return (value.strip().lower(),)
     return tuple(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
@@ -198,7 +209,7 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
     encodings = 0
     close = False
     keep_alive_token = False
-    for name, value in headers:
+    for name, value in collector.framing:
         if name == b"host":
             hosts += 1
             request.host = value
@@ -252,7 +263,7 @@ def parse_response_head(head: bytes, limits: ParseLimits) -> ResponseHead:
     encodings = 0
     close = False
     keep_alive_token = False
-    for name, value in headers:
+    for name, value in collector.framing:
         if name == b"content-length":
             lengths += 1
             if not value.isdigit() or len(value) > 18:

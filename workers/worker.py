@@ -79,6 +79,10 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                                 os.write(ready_fd, b"R")
                                 os.close(ready_fd)
                                 ready_fd = None
+                    # This process's copies only: other workers (a reload's new
+                    # generation) may still accept on the same sockets.
+                    for listener in listeners:
+                        listener.close()
                 root.cancel_scope.cancel()
     finally:
         ctx.close()
