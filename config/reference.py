@@ -52,9 +52,14 @@ def _dataclass_type(tp: Any) -> type[Any] | None:
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
-def _row(key: str, tp: Any, f: dataclasses.Field[Any]) -> str:
+def _row(key: str, tp: Any, f: dataclasses.Field[Any], instance: object | None) -> str:
+    """One key. ``instance`` is the section's default object when its parent builds
+    it with a factory (e.g. [log.error]), whose values override the class defaults."""
     spec = spec_of(f)
-    if not has_default(f):
+    if instance is not None:
+        value = getattr(instance, f.name)
+        default = "unset" if value is None else f"`{inline(tp, value)}`"
+    elif not has_default(f):
         default = "required"
     else:
         value = default_of(f)
@@ -66,11 +71,12 @@ def _row(key: str, tp: Any, f: dataclasses.Field[Any]) -> str:
             f"{_cell(spec.doc)} |")
 
 
-def _section_rows(cls: type[Any], header: str, title: str, out: list[str]) -> None:
+def _section_rows(cls: type[Any], header: str, title: str, out: list[str],
+                  instance: object | None = None) -> None:
     """Document one section; nested sections follow it. ``title`` is how it is written."""
     hints = field_types(cls)
     rows: list[str] = []
-    nested: list[tuple[str, str, type[Any]]] = []
+    nested: list[tuple[str, str, type[Any], object | None]] = []
     for f in dataclasses.fields(cls):
         spec = spec_of(f)
         tp = _strip(hints[f.name])
@@ -82,32 +88,34 @@ def _section_rows(cls: type[Any], header: str, title: str, out: list[str]) -> No
             if origin in (Mapping, dict, tuple) else None
         section = _dataclass_type(tp)
         if section is not None and spec.style == "table":
-            nested.append((child, f"[{child}]", section))
+            default = getattr(instance, f.name) if instance is not None else (
+                default_of(f) if has_default(f) else None)
+            nested.append((child, f"[{child}]", section, default))
         elif section is not None and spec.style == "dotted":
             sub_hints = field_types(section)
             for sub in dataclasses.fields(section):
                 sub_tp = _strip(sub_hints[sub.name])
                 sub_key = f"{key}.{toml_key(sub)}"
-                rows.append(_row(sub_key, sub_tp, sub))
+                rows.append(_row(sub_key, sub_tp, sub, None))
                 inner = _dataclass_type(typing.get_args(sub_tp)[0] if typing.get_origin(sub_tp)
                                         is tuple else sub_tp)
                 if inner is not None:
                     nested.append((f"{header}.{sub_key}", f"{header}.{sub_key} (inline table)",
-                                   inner))
+                                   inner, None))
         elif origin in (Mapping, dict) and element is not None:
-            nested.append((f"{child}.NAME", f"[{child}.NAME]", element))
+            nested.append((f"{child}.NAME", f"[{child}.NAME]", element, None))
         elif origin is tuple and element is not None and spec.style == "table":
-            nested.append((child, f"[[{child}]]", element))
+            nested.append((child, f"[[{child}]]", element, None))
         else:
-            rows.append(_row(key, tp, f))
+            rows.append(_row(key, tp, f, instance))
             if origin is tuple and element is not None:
-                nested.append((child, f"{child} (array of inline tables)", element))
+                nested.append((child, f"{child} (array of inline tables)", element, None))
     if rows and header:
         out += [f"### `{title}`" if "(" not in title else f"### {title}", "",
                 "| key | type | default | min .. ceiling | rule | meaning |",
                 "|---|---|---|---|---|---|", *rows, ""]
-    for child_header, child_title, child_cls in nested:
-        _section_rows(child_cls, child_header, child_title, out)
+    for child_header, child_title, child_cls, child_default in nested:
+        _section_rows(child_cls, child_header, child_title, out, child_default)
 
 
 def render_reference() -> str:

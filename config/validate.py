@@ -83,7 +83,7 @@ RULES: tuple[Rule, ...] = (
     Rule("acme_reserved", "With lets_encrypt, no route may match "
                           "/.well-known/acme-challenge/."),
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
-                        "not expired (a warning when it expires within renew_before)."),
+                        "currently valid (a warning when it expires within 30 days)."),
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
                               "or [defaults.rate_limit])."),
     Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true."),

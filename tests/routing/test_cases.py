@@ -125,7 +125,8 @@ def test_case_files_are_well_formed() -> None:
             if "status" in expect:
                 assert set(expect) <= _STATUS_KEYS, where
                 assert expect["status"] in (400, 404, 405), where
-                assert "allow" not in expect or expect["status"] == 405, where
+                assert ("allow" in expect) == (expect["status"] == 405), (
+                    f"{where}: a 405 case names its Allow methods, other statuses do not")
             else:
                 assert {"route", "action"} <= set(expect) <= _FOUND_KEYS, where
                 assert expect["action"] in ("proxy", "static"), where
