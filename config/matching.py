@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from .checks import METHODS
 from .model import HostMatch, Match, PathMatch
 
 Tail = Literal["end", "slash", "rest"]
@@ -100,10 +101,11 @@ def host_matches(match: HostMatch, host: str) -> bool:
     return host.endswith(match.value) and len(host) > len(match.value)
 
 
-def effective_methods(methods: tuple[str, ...]) -> frozenset[str] | None:
-    """None = any method. GET also answers HEAD."""
+def effective_methods(methods: tuple[str, ...]) -> frozenset[str]:
+    """The methods a route answers: ``*`` means every supported method (never TRACE,
+    CONNECT or an unknown extension method); GET also answers HEAD."""
     if "*" in methods:
-        return None
+        return frozenset(METHODS)
     found = set(methods)
     if "GET" in found:
         found.add("HEAD")
@@ -147,10 +149,7 @@ def covers_host(a: HostMatch, b: HostMatch) -> bool:
 
 
 def covers_methods(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    ea, eb = effective_methods(a), effective_methods(b)
-    if ea is None:
-        return True
-    return eb is not None and eb <= ea
+    return effective_methods(b) <= effective_methods(a)
 
 
 def covers(a: Match, b: Match) -> bool:

@@ -410,7 +410,8 @@ class RateLimit:
                                  "a limit).")
     requests_per_sec: int = setting(10, doc="Sustained request rate per key.", minimum=1,
                                     maximum=100_000)
-    burst: int = setting(20, doc="Requests allowed above the rate at once.", minimum=0,
+    burst: int = setting(20, doc="Requests admitted at one instant; over any window of t "
+                         "seconds at most burst + requests_per_sec × t.", minimum=1,
                          maximum=100_000)
     concurrent_streams: int = setting(32, doc="Responses in flight at once per key.",
                                       minimum=1, maximum=100_000)

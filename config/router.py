@@ -36,7 +36,7 @@ _OTHER_METHOD = ""
 class CompiledRoute:
     route: Route
     pattern: PathPattern
-    methods: frozenset[str] | None
+    methods: frozenset[str]
     first_segment: str | None
     """The literal first segment every matching path has, or None."""
 
@@ -98,7 +98,7 @@ class Router:
             self._any_method[segment] = by_segment
             for method in method_keys:
                 self._by_method[(method, segment)] = tuple(
-                    r for r in by_segment if r.methods is None or method in r.methods)
+                    r for r in by_segment if method in r.methods)
         self._firsts = frozenset(firsts)
         self.needs_headers = any(r.route.match.headers for r in self.routes)
         """False when no route has header literals: callers may pass an empty mapping."""
@@ -120,9 +120,7 @@ def _miss(candidates: Iterable[CompiledRoute], host: str, segments: list[str], s
           headers: Mapping[str, str]) -> NotFound:
     allowed: set[str] = set()
     for candidate in candidates:
-        # A route open to every method cannot get here: it would have matched.
-        if candidate.methods is not None and candidate.matches_except_method(
-                host, segments, slash, headers):
+        if candidate.matches_except_method(host, segments, slash, headers):
             allowed |= candidate.methods
     if allowed:
         return NotFound(405, tuple(m for m in METHODS if m in allowed))
@@ -134,8 +132,8 @@ def scan(compiled: Sequence[CompiledRoute], method: str, host: str, path: str,
     """Reference semantics: try every route in priority order (no index)."""
     segments, slash = split_path(path)
     for candidate in compiled:
-        method_ok = candidate.methods is None or method in candidate.methods
-        if method_ok and candidate.matches_except_method(host, segments, slash, headers):
+        if method in candidate.methods and candidate.matches_except_method(
+                host, segments, slash, headers):
             return Found(candidate, upstream_path(candidate.pattern, path))
     return _miss(compiled, host, segments, slash, headers)
 

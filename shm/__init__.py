@@ -1,6 +1,34 @@
 """li_httpd.shm: the only code that knows shared-memory layouts.
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
-counters, least-connection counts, passive health). The master creates segments before
-it forks; workers use what they inherit. May import li_httpd.config only.
+counters, least-connection counts, passive health), in one segment the master creates
+before it forks (:mod:`.state`), plus the pure arithmetic on that state (:mod:`.gcra`,
+:mod:`.health`). May import li_httpd.config only.
 """
+
+from .state import Layout, SharedState
+
+__all__ = ["Layout", "SharedState", "layout_for", "peer_ids"]
+
+from li_httpd.config.model import Config
+
+from .state import SLOTS_PER_BUCKET
+
+GENERATIONS = 2
+"""Worker slots per configured worker: a reload's new generation uses fresh columns."""
+
+
+def layout_for(config: Config, workers: int) -> Layout:
+    capacity = -(-config.limits.max_rate_keys // SLOTS_PER_BUCKET) * SLOTS_PER_BUCKET
+    peers = sum(len(pool.peers) for pool in config.upstreams.values())
+    return Layout(capacity, workers * GENERATIONS, max(peers, 1))
+
+
+def peer_ids(config: Config) -> dict[str, tuple[int, ...]]:
+    """Global peer numbers per upstream pool, in config order (stable across workers)."""
+    ids: dict[str, tuple[int, ...]] = {}
+    next_id = 0
+    for name, pool in config.upstreams.items():
+        ids[name] = tuple(range(next_id, next_id + len(pool.peers)))
+        next_id += len(pool.peers)
+    return ids

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE",
                        help="request header (repeatable)")
 
+    sub.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin "
+                                    "(for [auth] keys)")
+
     start = sub.add_parser("start", help="validate, bind, fork workers and serve "
                                          "(foreground)")
     _add_config_option(start)
@@ -64,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain-config": commands.explain_config,
         "explain-route": commands.explain_route,
         "start": commands.start,
+        "hash-key": commands.hash_key,
     }
     return handlers[args.command](args)
 

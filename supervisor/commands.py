@@ -1,4 +1,5 @@
-"""Subcommands: validate-config, explain-config, explain-route, start, mock-upstream."""
+"""Subcommands: validate-config, explain-config, explain-route, start, hash-key,
+mock-upstream."""
 
 from __future__ import annotations
 
@@ -87,3 +88,17 @@ def mock_upstream(arguments: list[str]) -> int:
     from li_httpd.ops.mock_upstream import main as mock_main
 
     return mock_main(arguments)
+
+
+def hash_key(_args: argparse.Namespace) -> int:
+    """Read a raw API key from stdin (one line, never an argument: shell history and
+    process listings would keep it) and print the digest to put in [auth] keys."""
+    from li_httpd.workers.identity import hash_key as digest
+
+    raw = sys.stdin.readline().rstrip("\r\n")
+    if not raw or raw.strip() != raw:
+        print("li-httpd: hash-key reads one key (no surrounding spaces) from stdin",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    print(digest(raw))
+    return EXIT_OK

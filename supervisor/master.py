@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from li_httpd.config import VERSION, LoadedConfig
 from li_httpd.config.checks import split_host_port
+from li_httpd.shm import SharedState, layout_for
 
 from .tls import ServerTls, TlsSetupError, server_tls
 
@@ -97,6 +98,7 @@ class Master:
         self.pending_signals: deque[int] = deque()
         self.stopping = False
         self.tls: ServerTls | None = None
+        self.shared: SharedState | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
@@ -119,6 +121,7 @@ class Master:
         self._install_signals()
         count = worker_count(self.loaded)
         self.slots = [WorkerSlot(i) for i in range(count)]
+        self.shared = SharedState.create(layout_for(self.loaded.config, count))
         try:
             ready = self._start_workers()
         except StartError as exc:
@@ -203,7 +206,8 @@ class Master:
                 from li_httpd.workers.worker import run_worker
 
                 code = run_worker(self.loaded, self.listeners, ready_w,
-                                  self.tls.context if self.tls else None)
+                                  self.tls.context if self.tls else None, self.shared,
+                                  slot.index)
             except BaseException as exc:  # report, then leave the child
                 sys.stderr.write(f"li-httpd worker {os.getpid()}: fatal: {exc!r}\n")
             finally:
@@ -226,6 +230,9 @@ class Master:
 
     def _worker_exited(self, slot: WorkerSlot, status: int) -> None:
         slot.pid = 0
+        if self.shared is not None:
+            # Streams and active requests the dead worker held are gone with it.
+            self.shared.clear_worker(slot.index)
         if self.stopping:
             return
         now = time.monotonic()

@@ -25,16 +25,18 @@ import orjson
 import trio
 from li_httpd.config import Found, PathError, normalize_path
 from li_httpd.config.matching import normalize_host
+from li_httpd.shm import gcra
 
-from .context import WorkerContext
+from .context import RoutePlan, WorkerContext
 from .http1 import CLOSED, END, NEED_DATA, HttpError, RequestHead, RequestReader
+from .identity import Caller, key_hash, limit_key_value
 from .policy import request_id_from
 from .proxy import proxy_request
 from .responses import error_response, json_response
 from .sockio import Deadline, PeerGone, SocketIO
 from .static_response import serve_static
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO
-from .upstream import UpstreamConn
+from .upstream import UpstreamConn, UpstreamGroup
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
                                     "OPTIONS")}
@@ -42,13 +44,18 @@ _HEALTH_BODY = orjson.dumps({"status": "ok"})
 _AFTER_TIMEOUT_SEND = 1.0
 _QUIET_REASONS = frozenset({"idle", "client_gone", "send", "drain", "handshake"})
 _CLIENT_TIMEOUTS = frozenset({"header", "body"})
+_NOBODY = Caller(None, None, False)
+_LIMIT_MESSAGES = {"rate": "rate limit exceeded",
+                   "streams": "too many concurrent streams for this key",
+                   "table_full": "rate limit state is full; retry shortly"}
 
 
 class ClientConnection:
     """State of one client connection; see the module docstring."""
 
-    __slots__ = ("ctx", "deadline", "io", "peer", "reader", "request_id", "requests",
-                 "response_chunked", "response_sse", "response_started", "scope", "upstream")
+    __slots__ = ("ctx", "deadline", "io", "key_id", "metered", "peer", "reader",
+                 "request_id", "requests", "response_chunked", "response_sse",
+                 "response_started", "scope", "upstream", "upstream_group")
 
     def __init__(self, ctx: WorkerContext, sock: socket.socket, peer: object) -> None:
         self.ctx = ctx
@@ -59,6 +66,10 @@ class ClientConnection:
         self.reader = RequestReader(ctx.limits)
         self.peer = peer
         self.upstream: UpstreamConn | None = None
+        self.upstream_group: UpstreamGroup | None = None
+        self.metered: tuple[int, int, gcra.Rate] | None = None
+        """(entry, key, byte rate) when the route meters request-body bytes."""
+        self.key_id: str | None = None
         self.request_id = b""
         self.requests = 0
         self.response_started = False
@@ -142,8 +153,7 @@ class ClientConnection:
     async def _handle(self, head: RequestHead) -> bool:
         """Answer one request; True when the connection may serve another."""
         ctx = self.ctx
-        self.request_id = request_id = ctx.request_ids.next()
-        keep = head.keep_alive
+        self.request_id = ctx.request_ids.next()
         if head.content_length is not None and head.content_length > ctx.limits.max_body:
             return await self.reject(head, 413, keep=False)
         try:
@@ -164,15 +174,59 @@ class ClientConnection:
             return await self.reject(head, 400,
                                      message=f"missing required header {missing.decode()}")
         if plan.policy.accepts_request_id:
-            self.request_id = request_id = request_id_from(head.headers) or request_id
+            self.request_id = request_id_from(head.headers) or self.request_id
+        caller = ctx.keyring.identify(head.headers) if ctx.keyring else _NOBODY
+        self.key_id = caller.key_id
+        if plan.requires_key and caller.key_id is None:
+            challenge = b'Bearer realm="li-httpd", error="invalid_token"' \
+                if caller.presented else b'Bearer realm="li-httpd"'
+            return await self.reject(head, 401, extra=[(b"www-authenticate", challenge)],
+                                     message="a valid API key is required"
+                                     if caller.presented else "an API key is required")
+        limit = plan.limit
+        if limit is None:
+            return await self._dispatch(head, plan, result.upstream_path, path)
+        client_ip = self.peer[0] if isinstance(self.peer, tuple) else ""
+        key = key_hash(plan.name_bytes, limit_key_value(limit.key_kind, caller, head.headers,
+                                                         client_ip))
+        admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
+        if not admission.allowed:
+            retry = b"%d" % gcra.retry_after_seconds(admission.retry_after_ns)
+            return await self.reject(head, 429, extra=[(b"retry-after", retry)],
+                                     message=_LIMIT_MESSAGES[admission.reason])
+        self.metered = (admission.index, key, limit.byte_rate)
+        try:
+            return await self._dispatch(head, plan, result.upstream_path, path)
+        finally:
+            self.metered = None
+            ctx.shared.release_stream(admission.index)
+
+    async def _dispatch(self, head: RequestHead, plan: RoutePlan, upstream_path: str,
+                        path: str) -> bool:
+        ctx = self.ctx
+        keep = head.keep_alive
         if plan.healthcheck:
             await self.io.send_all(json_response(
-                200, _HEALTH_BODY, request_id, ctx.housekeeping.date,
+                200, _HEALTH_BODY, self.request_id, ctx.housekeeping.date,
                 keep_alive=keep and not head.has_body, head_only=head.method == b"HEAD"))
             return keep and not head.has_body
         if plan.static is not None:
-            return await serve_static(self, head, plan, result.upstream_path, path)
-        return await proxy_request(self, head, plan, result.upstream_path)
+            return await serve_static(self, head, plan, upstream_path, path)
+        return await proxy_request(self, head, plan, upstream_path)
+
+    async def meter_body(self, count: int) -> None:
+        """Charge request-body bytes to the caller's byte rate, pausing (backpressure on
+        the client) when it sends faster than ``bytes_in_per_sec``."""
+        metered = self.metered
+        if metered is None:
+            return
+        index, key, rate = metered
+        delay = self.ctx.shared.consume_bytes(index, key, rate, count)
+        if delay:
+            saved = self.deadline.at
+            self.deadline.clear()
+            await trio.sleep(delay / gcra.NS_PER_SECOND)
+            self.deadline.at = saved
 
     async def reject(self, head: RequestHead, status: int, *, message: str | None = None,
                      keep: bool = True, extra: list[tuple[bytes, bytes]] | None = None) -> bool:
@@ -188,6 +242,8 @@ class ClientConnection:
     async def _after_deadline(self, reason: str) -> None:
         """The connection scope was cancelled by a timeout or a disconnect."""
         if self.upstream is not None:
+            if reason == "upstream_ttfb" and self.upstream_group is not None:
+                self.upstream_group.failed(self.upstream.peer)
             self.upstream.io.abort()
             self.upstream = None
         if reason in _QUIET_REASONS:

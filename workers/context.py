@@ -14,10 +14,12 @@ import ssl
 from dataclasses import dataclass
 
 from li_httpd.config import LoadedConfig, Router
-from li_httpd.config.model import Route
+from li_httpd.config.model import RateLimit, Route
+from li_httpd.shm import SharedState, gcra, layout_for, peer_ids
 
 from .housekeeping import Housekeeping
 from .http1 import ParseLimits
+from .identity import KeyRing
 from .policy import HeaderPolicy
 from .static import StaticSite
 from .upstream import UpstreamGroup
@@ -33,6 +35,22 @@ class Timeouts:
     send: float
 
 
+@dataclass(frozen=True, slots=True)
+class RouteLimit:
+    """A route's ``[route.rate_limit]``, compiled."""
+
+    key_kind: str
+    rate: gcra.Rate
+    byte_rate: gcra.Rate
+    max_streams: int
+
+    @classmethod
+    def of(cls, limit: RateLimit) -> RouteLimit:
+        return cls(limit.key, gcra.Rate.of(limit.requests_per_sec, limit.burst),
+                   gcra.Rate.of(limit.bytes_in_per_sec, limit.bytes_in_per_sec),
+                   limit.concurrent_streams)
+
+
 @dataclass(slots=True)
 class RoutePlan:
     route: Route
@@ -41,6 +59,8 @@ class RoutePlan:
     group: UpstreamGroup | None
     static: StaticSite | None
     healthcheck: bool
+    requires_key: bool
+    limit: RouteLimit | None
     ttfb_timeout: float
     idle_timeout: float
     max_duration: float
@@ -68,13 +88,19 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = ("config", "groups", "housekeeping", "limits", "plans", "request_ids",
-                 "router", "server_tls", "timeouts")
+    __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "plans",
+                 "request_ids", "router", "server_tls", "shared", "timeouts")
 
-    def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
+                 shared: SharedState | None = None, slot: int = 0) -> None:
+        """``shared``: the master's segment (a private one is made when None, for a
+        worker run in-process); ``slot``: this worker's column in it."""
         config = loaded.config
         self.config = loaded
         self.server_tls = server_tls
+        self.shared = shared or SharedState.create(layout_for(config, 1))
+        self.shared.slot = slot
+        self.keyring = KeyRing(config.auth.keys)
         limits = config.limits
         self.limits = ParseLimits(
             max_request_line=limits.max_request_line,
@@ -88,8 +114,10 @@ class WorkerContext:
         self.router = Router(config.route)
         self.housekeeping = Housekeeping()
         self.request_ids = RequestIds(_seed(loaded))
-        self.groups = {name: UpstreamGroup(name, upstream, self.limits)
-                       for name, upstream in config.upstreams.items()}
+        ids = peer_ids(config)
+        self.groups = {name: UpstreamGroup(name, upstream, self.limits, self.shared, index,
+                                           ids[name])
+                       for index, (name, upstream) in enumerate(config.upstreams.items())}
         self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
         sites = {name: StaticSite(root) for name, root in config.static.items()}
         self.plans: dict[str, RoutePlan] = {}
@@ -104,6 +132,8 @@ class WorkerContext:
                 group=group,
                 static=sites.get(route.static) if route.static else None,
                 healthcheck=route.static == "healthcheck",
+                requires_key=route.auth == "api_key",
+                limit=RouteLimit.of(limit) if limit else None,
                 ttfb_timeout=min(read_timeout, limit.ttfb_timeout / 1000)
                 if limit else read_timeout,
                 idle_timeout=min(read_timeout, limit.stream_idle_timeout / 1000)

@@ -131,10 +131,12 @@ class ResponseHead:
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
-_VERSION_ONLY = re.compile(rb"[^ ]+ [^ ]+ HTTP/[0-9]\.[0-9]")
+# A well-formed request line whose version is not 1.0/1.1 (505); anything else is 400.
+_VERSION_ONLY = re.compile(rb"[^ ]+ [^ ]+ HTTP/(?!1\.[01]\Z)[0-9]\.[0-9]")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9]) ?([\t\x20-\x7e\x80-\xff]*)")
 _HOST_VALUE = re.compile(rb"[A-Za-z0-9.\-]*(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _TOKEN_RE = re.compile(_TOKEN)
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # no control bytes, as llhttp
 _CRLF2: Final = b"\r\n\r\n"
 
 
@@ -154,7 +156,8 @@ class _HeadCollector:
         self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        field = (name.lower(), value)
+        # llhttp keeps trailing OWS in the value; RFC 9112 §5 excludes it.
+        field = (name.lower(), value.rstrip(b" \t"))
         self.headers.append(field)
         if field[0] in _FRAMING_FIELDS:
             self.framing.append(field)
@@ -241,7 +244,7 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
         if encodings > 1 or lengths or not http11:
             raise HttpError(400, "ambiguous message framing (Transfer-Encoding)")
         request.chunked = True
-    request.keep_alive = (not close) if http11 else keep_alive_token
+    request.keep_alive = not close and (http11 or keep_alive_token)  # RFC 9112 §9.3
     return request
 
 
@@ -285,7 +288,7 @@ def parse_response_head(head: bytes, limits: ParseLimits) -> ResponseHead:
             raise UpstreamProtocolError(502, "ambiguous upstream framing")
         response.chunked = True
     http11 = match.group(1) == b"1"
-    response.keep_alive = (not close) if http11 else keep_alive_token
+    response.keep_alive = not close and (http11 or keep_alive_token)
     return response
 
 
@@ -302,8 +305,8 @@ class _MessageReader:
     """Buffering and body framing shared by the request and response readers."""
 
     __slots__ = ("_body_cap", "_buf", "_chunk_left", "_chunk_state", "_eof", "_error",
-                 "_error_status", "_limits", "_remaining", "_scanned", "_state",
-                 "_trailer_bytes", "body_bytes")
+                 "_error_status", "_leading_crlf", "_limits", "_remaining", "_scanned",
+                 "_state", "_trailer_bytes", "body_bytes")
 
     def __init__(self, limits: ParseLimits, error: type[HttpError], error_status: int,
                  body_cap: int | None) -> None:
@@ -315,6 +318,7 @@ class _MessageReader:
         self._eof = False
         self._state = _HEAD
         self._scanned = 0
+        self._leading_crlf = 0
         self._remaining = 0
         self._chunk_state = _CHUNK_SIZE
         self._chunk_left = 0
@@ -351,11 +355,12 @@ class _MessageReader:
     def _find_head(self) -> bytes | None:
         """Return a complete head, or None when more data is needed. Enforces sizes."""
         buf = self._buf
-        skipped = 0
+        skipped = self._leading_crlf  # counted across feeds: the split must not matter
         while buf.startswith(b"\r\n") and skipped < _MAX_LEADING_CRLF:
             buf = buf[2:]
             skipped += 1
-        if skipped:
+        if skipped != self._leading_crlf:
+            self._leading_crlf = skipped
             self._buf = buf
             self._scanned = 0
         end = buf.find(_CRLF2, max(0, self._scanned - 3))
@@ -379,6 +384,7 @@ class _MessageReader:
             self._fail(431, "header block too large")
         self._buf = buf[head_end:]
         self._scanned = 0
+        self._leading_crlf = 0
         return buf[:head_end]
 
     def _fail(self, request_status: int, message: str) -> NoReturn:
@@ -434,7 +440,11 @@ class _MessageReader:
                 return END
             return NEED_DATA
         if state == _BODY_CHUNKED:
-            return self._chunked_event()
+            try:
+                return self._chunked_event()
+            except HttpError:
+                self._state = _FAILED  # errors are final: never parse past a bad chunk
+                raise
         raise self._error(self._error_status, "reader used after an error")
 
     def _chunked_event(self) -> bytes | _Signal:
@@ -494,8 +504,9 @@ class _MessageReader:
             self._trailer_bytes += len(line) + 2
             if self._trailer_bytes > limits.max_header_bytes:
                 raise self._error(error_status, "trailer section too large")
-            name, colon, _ = line.partition(b":")
-            if not colon or not _TOKEN_RE.fullmatch(name):
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN_RE.fullmatch(name) or \
+                    not _FIELD_VALUE.fullmatch(value):
                 raise self._error(error_status, "malformed trailer field")
         if self._eof:
             self._state = _FAILED

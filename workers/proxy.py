@@ -64,33 +64,36 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _small_body(conn: ClientConnection, head: RequestHead) -> bytes | None:
-    """Read a small Content-Length body completely (it then stays replayable for
-    retries); None for chunked or large bodies, which are streamed instead."""
-    length = head.content_length
-    if head.chunked or length is None or length > REPLAYABLE_BODY:
-        return None
+async def _body_start(conn: ClientConnection, head: RequestHead) -> tuple[bytes, bool]:
+    """Read and decode the request body until it is complete or REPLAYABLE_BODY bytes
+    are in hand, before any upstream is contacted. Returns (bytes, complete). A complete
+    body is replayable on retries; a malformed body fails here (400) and never reaches an
+    upstream, even partly."""
     reader = conn.reader
-    if reader.buffered < length:
-        if head.expect_continue:
-            await conn.io.send_all(CONTINUE)
-        deadline = conn.deadline
-        body_timeout = conn.ctx.timeouts.body
-        while reader.buffered < length:
-            deadline.set(body_timeout, "body")
-            data = await conn.io.recv()
-            if not data:
-                raise HttpError(400, "request body truncated")
-            reader.feed(data)
     pieces: list[bytes] = []
+    total = 0
+    asked_continue = False
+    deadline = conn.deadline
+    body_timeout = conn.ctx.timeouts.body
     while True:
         event = reader.next_event()
         if event is END:
-            return b"".join(pieces)
+            return b"".join(pieces), True
         if isinstance(event, bytes):
             pieces.append(event)
-        else:
-            raise HttpError(400, "request body framing")
+            total += len(event)
+            await conn.meter_body(len(event))
+            if total >= REPLAYABLE_BODY:
+                return b"".join(pieces), False
+            continue
+        if head.expect_continue and not asked_continue:
+            asked_continue = True
+            await conn.io.send_all(CONTINUE)
+        deadline.set(body_timeout, "body")
+        data = await conn.io.recv()
+        if not data:
+            raise HttpError(400, "request body truncated")
+        reader.feed(data)
 
 
 def _request_head(head: RequestHead, plan: RoutePlan, upstream_path: str, host: bytes,
@@ -123,58 +126,76 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
     if group is None:  # validation guarantees a target; stay total anyway
         return await conn.reject(head, 502)
     settings = group.settings
-    body = await _small_body(conn, head) if head.has_body else b""
+    start, complete = await _body_start(conn, head) if head.has_body else (b"", True)
+    body = start if complete else None
     replayable = body is not None and head.method in IDEMPOTENT
     # A streamed body is consumed by the first attempt: no retry, no keep-alive on error.
     retry_ok = body is not None
     tried: list[int] = []
     failovers_left = settings.max_retries
     stale_retry_left = True
+    shared = group.shared
+    conn.upstream_group = group
     while True:
         pool = group.pick(exclude=tried)
         if pool is None:
-            return await conn.reject(head, 502, keep=retry_ok,
-                                     message="no upstream peer could be reached")
+            message = "every upstream peer failed" if tried else "all upstream peers are down"
+            return await conn.reject(head, 502, keep=retry_ok, message=message)
+        peer = pool.peer
+        shared.add_active(peer.shared_id, 1)
         try:
-            up = await pool.acquire(conn.deadline, conn.ctx.timeouts.send)
-        except UpstreamConnectError:
-            tried.append(pool.peer.index)
-            if retry_ok and failovers_left > 0:
-                failovers_left -= 1
-                continue
-            return await conn.reject(head, 502, keep=retry_ok,
-                                     message="upstream connection failed")
-        conn.upstream = up
-        try:
-            response = await _exchange(conn, up, head, plan, upstream_path, body)
-        except _UpstreamFailed as failure:
-            conn.upstream = None
-            up.close()
-            safe = retry_ok and (not failure.request_sent or replayable)
-            if up.reused and stale_retry_left and safe:
-                stale_retry_left = False
-                continue
-            tried.append(pool.peer.index)
-            if safe and failovers_left > 0:
-                failovers_left -= 1
-                continue
-            return await conn.reject(head, 502, keep=retry_ok, message="upstream failed")
-        except UpstreamProtocolError:
-            conn.upstream = None
-            up.close()
-            return await conn.reject(head, 502, keep=False, message="invalid upstream response")
-        if response.status in settings.retry_statuses and replayable and failovers_left > 0:
-            conn.upstream = None
-            up.close()
-            tried.append(pool.peer.index)
-            failovers_left -= 1
-            continue
-        return await _relay(conn, up, pool, head, plan, response)
+            try:
+                up = await pool.acquire(conn.deadline, conn.ctx.timeouts.send)
+            except UpstreamConnectError:
+                group.failed(peer)
+                tried.append(peer.index)
+                if retry_ok and failovers_left > 0:
+                    failovers_left -= 1
+                    continue
+                return await conn.reject(head, 502, keep=retry_ok,
+                                         message="upstream connection failed")
+            conn.upstream = up
+            try:
+                response = await _exchange(conn, up, head, plan, upstream_path, body, start)
+            except _UpstreamFailed as failure:
+                conn.upstream = None
+                up.close()
+                safe = retry_ok and (not failure.request_sent or replayable)
+                if up.reused and stale_retry_left and safe:
+                    stale_retry_left = False  # a stale pooled connection: not the peer's fault
+                    continue
+                group.failed(peer)
+                tried.append(peer.index)
+                if safe and failovers_left > 0:
+                    failovers_left -= 1
+                    continue
+                return await conn.reject(head, 502, keep=retry_ok, message="upstream failed")
+            except UpstreamProtocolError:
+                conn.upstream = None
+                up.close()
+                group.failed(peer)
+                return await conn.reject(head, 502, keep=False,
+                                         message="invalid upstream response")
+            if response.status in settings.retry_statuses:
+                group.failed(peer)
+                if replayable and failovers_left > 0:
+                    conn.upstream = None
+                    up.close()
+                    tried.append(peer.index)
+                    failovers_left -= 1
+                    continue
+            else:
+                group.succeeded(peer)
+            return await _relay(conn, up, pool, head, plan, response)
+        finally:
+            shared.add_active(peer.shared_id, -1)
 
 
 async def _exchange(conn: ClientConnection, up: UpstreamConn, head: RequestHead,
-                    plan: RoutePlan, upstream_path: str, body: bytes | None) -> ResponseHead:
-    """Send the request and read the response head (skipping 1xx)."""
+                    plan: RoutePlan, upstream_path: str, body: bytes | None,
+                    start: bytes) -> ResponseHead:
+    """Send the request (the whole ``body``, or ``start`` then the streamed rest) and read
+    the response head (skipping 1xx)."""
     request_head = _request_head(head, plan, upstream_path, up.peer.host_header,
                                  conn.request_id, body)
     io = up.io
@@ -182,7 +203,7 @@ async def _exchange(conn: ClientConnection, up: UpstreamConn, head: RequestHead,
         if body is not None:
             await io.send_all(request_head + body if body else request_head)
         else:
-            await io.send_all(request_head)
+            await io.send_all(request_head + (_chunk(start) if head.chunked else start))
             await _stream_request_body(conn, up, head)
     except PeerGone as exc:
         raise _UpstreamFailed(str(exc), request_sent=False) from None
@@ -212,20 +233,18 @@ async def _stream_request_body(conn: ClientConnection, up: UpstreamConn,
     deadline = conn.deadline
     body_timeout = conn.ctx.timeouts.body
     chunked = head.chunked
-    if head.expect_continue and not reader.buffered:
-        await client.send_all(CONTINUE)
     while True:
         event = reader.next_event()
         if event is NEED_DATA:
             deadline.set(body_timeout, "body")
-            data = await client.recv()
-            reader.feed(data)
+            reader.feed(await client.recv())
             continue
         if event is END:
             if chunked:
                 await upstream.send_all(b"0\r\n\r\n")
             return
         if isinstance(event, bytes):
+            await conn.meter_body(len(event))
             await upstream.send_all(_chunk(event) if chunked else event)
 
 

@@ -7,7 +7,7 @@ ask to close; before reuse it is checked without blocking for a pending close or
 bytes (either one discards it). Connection timeouts use their own cancel scope because a
 connect failure must fail over to the next peer, not end the client's connection.
 
-Peer choice is smooth weighted round robin (nginx's algorithm) within this worker.
+Peer choice (:class:`UpstreamGroup`) uses the shared state, so it holds across workers.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import ipaddress
 import os
 import socket
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import trio
 from li_httpd.config.model import Upstream
+from li_httpd.shm import SharedState
 from trio.lowlevel import wait_writable
 
 from .http1 import ParseLimits, ResponseReader
@@ -30,7 +31,6 @@ from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
 DNS_TTL = 30.0
-FRESH = 0.25
 
 
 class UpstreamConnectError(Exception):
@@ -40,6 +40,9 @@ class UpstreamConnectError(Exception):
 @dataclass(frozen=True, slots=True)
 class PeerTarget:
     index: int
+    """Position in its pool."""
+    shared_id: int
+    """Number in the shared-memory peer table (health, active requests)."""
     url: str
     host: str
     port: int
@@ -50,14 +53,15 @@ class PeerTarget:
     """``host:port``: how logs and metrics name the peer."""
 
 
-def peer_targets(upstream: Upstream) -> tuple[PeerTarget, ...]:
+def peer_targets(upstream: Upstream, shared_ids: tuple[int, ...]) -> tuple[PeerTarget, ...]:
     targets = []
     for index, peer in enumerate(upstream.peers):
         parts = urlsplit(peer.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         shown = f"[{host}]" if ":" in host else host
-        targets.append(PeerTarget(index, peer.url, host, port, parts.scheme == "https",
+        targets.append(PeerTarget(index, shared_ids[index], peer.url, host, port,
+                                  parts.scheme == "https",
                                   peer.weight, f"{shown}:{port}".encode(), f"{shown}:{port}"))
     return tuple(targets)
 
@@ -99,10 +103,10 @@ class PeerPool:
         idle_limit = self.settings.keepalive_timeout / 1000
         while self.idle:
             conn = self.idle.pop()
-            idle_for = now - conn.idle_since
-            # A connection idle for a moment cannot have hit an upstream keep-alive
-            # timeout; skip the peek syscall then (a close it sent anyway is retried).
-            if idle_for > idle_limit or (idle_for > FRESH and conn.io.readable_now()):
+            # Any byte (or close) pending on an idle connection means the upstream sent
+            # something after its response: reusing it could hand those bytes to the next
+            # request as its response, so it is discarded.
+            if now - conn.idle_since > idle_limit or conn.io.readable_now():
                 conn.close()
                 continue
             conn.io.deadline = deadline
@@ -189,34 +193,48 @@ class PeerPool:
 
 
 class UpstreamGroup:
-    """A configured upstream pool as one worker sees it: peers, pools and selection."""
+    """A configured upstream pool as one worker sees it: peers, pools and selection.
 
-    __slots__ = ("_current", "name", "peers", "pools", "settings")
+    Selection reads and updates the shared state, so it holds across workers:
+    ``round_robin`` is one smooth weighted round robin for all workers (under the
+    pool's lock), ``least_conn`` picks the peer with the fewest active requests per
+    weight summed over every worker. Peers marked down by passive health are skipped.
+    """
 
-    def __init__(self, name: str, settings: Upstream, limits: ParseLimits) -> None:
+    __slots__ = ("_ids", "_rotate", "_weights", "name", "peers", "pool_index", "pools",
+                 "settings", "shared")
+
+    def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
+                 pool_index: int, shared_ids: tuple[int, ...]) -> None:
         self.name = name
         self.settings = settings
-        self.peers = peer_targets(settings)
+        self.shared = shared
+        self.pool_index = pool_index
+        self.peers = peer_targets(settings, shared_ids)
         self.pools = tuple(PeerPool(p, settings, limits) for p in self.peers)
-        self._current = [0] * len(self.peers)
+        self._ids = shared_ids
+        self._weights = tuple(p.weight for p in self.peers)
+        self._rotate = 0
 
-    def pick(self, exclude: Iterable[int] = ()) -> PeerPool | None:
-        """Smooth weighted round robin over the peers not in ``exclude``."""
-        excluded = set(exclude)
-        best = -1
-        total = 0
-        current = self._current
-        for index, peer in enumerate(self.peers):
-            if index in excluded:
-                continue
-            current[index] += peer.weight
-            total += peer.weight
-            if best < 0 or current[index] > current[best]:
-                best = index
-        if best < 0:
-            return None
-        current[best] -= total
-        return self.pools[best]
+    def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
+        """The next peer to try, or None when every peer is excluded or down."""
+        if self.settings.balance == "least_conn":
+            self._rotate += 1
+            position = self.shared.pick_least_conn(self._ids, self._weights, exclude,
+                                                   self._rotate % len(self._ids))
+        else:
+            position = self.shared.pick_round_robin(self.pool_index, self._ids, self._weights,
+                                                    exclude)
+        return self.pools[position] if position >= 0 else None
+
+    def failed(self, peer: PeerTarget) -> None:
+        """Passive health: count a failure against ``peer`` (all workers see it)."""
+        settings = self.settings
+        self.shared.peer_failed(peer.shared_id, settings.max_fails,
+                                settings.fail_timeout * 1_000_000)
+
+    def succeeded(self, peer: PeerTarget) -> None:
+        self.shared.peer_succeeded(peer.shared_id)
 
     def sweep(self, now: float) -> None:
         for pool in self.pools:

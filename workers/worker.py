@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 from li_httpd.config import LoadedConfig
+from li_httpd.shm import SharedState
 from trio.lowlevel import checkpoint, wait_readable
 
 from .connection import handle_connection
@@ -38,7 +39,8 @@ PARENT_CHECK = 1.0
 
 
 def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
-               ready_fd: int | None, server_tls: ssl.SSLContext | None = None) -> int:
+               ready_fd: int | None, server_tls: ssl.SSLContext | None = None,
+               shared: SharedState | None = None, slot: int = 0) -> int:
     """Body of a forked worker process; returns its exit status."""
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -48,14 +50,15 @@ def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls)
+    trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls, shared, slot)
     return 0
 
 
 async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                 ready_fd: int | None, parent_pid: int | None = None,
-                server_tls: ssl.SSLContext | None = None) -> None:
-    ctx = WorkerContext(loaded, server_tls)
+                server_tls: ssl.SSLContext | None = None, shared: SharedState | None = None,
+                slot: int = 0) -> None:
+    ctx = WorkerContext(loaded, server_tls, shared, slot)
     shutdown_timeout = loaded.config.server.shutdown_timeout / 1000
     max_connections = loaded.config.limits.max_connections
     try:

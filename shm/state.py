@@ -1,0 +1,336 @@
+"""The shared-memory segment: layout, locking, and every cross-worker operation.
+
+The master creates one anonymous shared file (``memfd_create``) before it forks, sizes
+it from the config and maps it; workers use the inherited mapping and descriptor. No
+name exists in the filesystem, so nothing is left behind by a crash.
+
+Layout (version 1; all integers little-endian, 8-byte aligned)::
+
+    offset 0      Header        magic "LIHTTPD1", version, capacities (64 bytes)
+    keys          KeyEntry × key_capacity        (buckets of SLOTS_PER_BUCKET)
+                  ┌──────────┬──────────┬────────────┬──────────┐
+                  │ key u64  │ tat i64  │ btat i64   │ reserved │  32 bytes
+                  └──────────┴──────────┴────────────┴──────────┘
+                  key = 0: free. tat: GCRA state of the request rate,
+                  btat: GCRA state of the request-body byte rate (ns, monotonic).
+    streams       i32 × key_capacity × worker_slots   (one column per worker slot)
+    peers         PeerEntry × peer_count
+                  ┌─────────┬─────────┬────────────┬─────────────┬───────────┐
+                  │fails i64│win  i64 │ down i64   │ current i64 │ reserved  │ 40 bytes
+                  └─────────┴─────────┴────────────┴─────────────┴───────────┘
+                  passive health (shm/health.py) and the smooth weighted
+                  round-robin weight shared by every worker.
+    active        i32 × peer_count × worker_slots     (least_conn, one column per slot)
+
+Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
+the others or leak capacity:
+
+- *Counters* (streams, active requests) are single-writer: a worker only ever writes
+  its own column; readers sum the columns; the master zeroes a dead worker's column
+  (:meth:`SharedState.clear_worker`) before its replacement starts.
+- *Read-modify-write* that must be global (a key's GCRA state together with its
+  stream-cap check, a pool's round-robin weights, a peer's failure count) happens under
+  an ``fcntl`` byte-range lock on the segment's descriptor: one lock byte per key
+  bucket, per pool and per peer. The kernel releases such locks when the holder dies.
+  Lock holders never await, so a trio task cannot be suspended while holding one.
+- Single 8-byte aligned loads and stores are atomic on the supported platforms, so
+  lock-free readers (is a peer down? how many streams?) see whole values.
+
+Key table eviction: a key's entry is reused for another key only when it is *idle*:
+its full burst and byte budget are available again and it has no stream open. An
+attacker flooding new keys therefore cannot reset the state of a key that is limited
+or streaming; when a bucket has no idle entry, the *new* key is refused (429) until one
+frees up (a limited key becomes idle after at most burst/rate seconds).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import gcra
+from .health import PeerHealth, on_failure, on_success
+
+MAGIC = b"LIHTTPD1"
+VERSION = 1
+SLOTS_PER_BUCKET = 8
+HEADER_SIZE = 64
+KEY_ENTRY = 32
+KEY_FIELDS = KEY_ENTRY // 8
+PEER_ENTRY = 40
+PEER_FIELDS = PEER_ENTRY // 8
+_HEADER = struct.Struct("<8sIIIII")
+
+# Lock byte namespaces (fcntl locks may lie beyond the end of the file).
+_LOCK_BUCKETS = 1 << 40
+_LOCK_POOLS = 2 << 40
+_LOCK_PEERS = 3 << 40
+
+Clock = Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    key_capacity: int
+    worker_slots: int
+    peer_count: int
+
+    @property
+    def buckets(self) -> int:
+        return self.key_capacity // SLOTS_PER_BUCKET
+
+    @property
+    def keys_offset(self) -> int:
+        return HEADER_SIZE
+
+    @property
+    def streams_offset(self) -> int:
+        return self.keys_offset + self.key_capacity * KEY_ENTRY
+
+    @property
+    def peers_offset(self) -> int:
+        return _align(self.streams_offset + self.key_capacity * self.worker_slots * 4)
+
+    @property
+    def active_offset(self) -> int:
+        return self.peers_offset + self.peer_count * PEER_ENTRY
+
+    @property
+    def size(self) -> int:
+        return _align(self.active_offset + self.peer_count * self.worker_slots * 4)
+
+
+def _align(value: int, to: int = 64) -> int:
+    return -(-value // to) * to
+
+
+class TableFull(Exception):  # noqa: N818 - a condition the caller turns into a 429
+    """No entry for a new key: its bucket has no idle entry to reuse."""
+
+
+class SharedState:
+    """One mapped segment. Create in the master with :meth:`create`; after fork every
+    process uses the same object (inherited), setting :attr:`slot` to its worker slot."""
+
+    def __init__(self, fd: int, memory: mmap.mmap, layout: Layout, clock: Clock) -> None:
+        self.fd = fd
+        self.memory = memory
+        self.layout = layout
+        self.clock = clock
+        self.slot = 0
+        view = memoryview(memory)
+        self.keys = view[layout.keys_offset:layout.streams_offset].cast("q")
+        self.streams = view[layout.streams_offset:layout.streams_offset
+                            + layout.key_capacity * layout.worker_slots * 4].cast("i")
+        self.peers = view[layout.peers_offset:layout.active_offset].cast("q")
+        self.active = view[layout.active_offset:layout.active_offset
+                           + layout.peer_count * layout.worker_slots * 4].cast("i")
+
+    @classmethod
+    def create(cls, layout: Layout, clock: Clock = time.monotonic_ns) -> SharedState:
+        fd = os.memfd_create("li-httpd-state")
+        os.ftruncate(fd, layout.size)
+        memory = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        _HEADER.pack_into(memory, 0, MAGIC, VERSION, layout.key_capacity, SLOTS_PER_BUCKET,
+                          layout.worker_slots, layout.peer_count)
+        return cls(fd, memory, layout, clock)
+
+    def check_header(self) -> None:
+        magic, version, capacity, per_bucket, slots, peers = _HEADER.unpack_from(self.memory)
+        expected = (MAGIC, VERSION, self.layout.key_capacity, SLOTS_PER_BUCKET,
+                    self.layout.worker_slots, self.layout.peer_count)
+        if (magic, version, capacity, per_bucket, slots, peers) != expected:
+            raise RuntimeError("shared state layout mismatch")
+
+    def close(self) -> None:
+        for view in (self.keys, self.streams, self.peers, self.active):
+            view.release()
+        self.memory.close()
+        os.close(self.fd)
+
+    # -- locks --------------------------------------------------------------------------------
+
+    def _lock(self, byte: int) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, byte)
+
+    def _unlock(self, byte: int) -> None:
+        fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, byte)
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def _entry_for(self, key: int, now: int) -> int:
+        """Index of ``key``'s entry, claiming an idle one if new. Caller holds the lock."""
+        keys = self.keys
+        base = (key % self.layout.buckets) * SLOTS_PER_BUCKET
+        reusable = -1
+        for index in range(base, base + SLOTS_PER_BUCKET):
+            stored = keys[index * KEY_FIELDS]
+            if stored == key:
+                return index
+            if reusable < 0 and (stored == 0 or self._idle(index, now)):
+                reusable = index
+        if reusable < 0:
+            raise TableFull
+        field = reusable * KEY_FIELDS
+        keys[field] = key
+        keys[field + 1] = 0
+        keys[field + 2] = 0
+        return reusable
+
+    def _idle(self, index: int, now: int) -> bool:
+        field = index * KEY_FIELDS
+        return (gcra.is_idle(self.keys[field + 1], now) and gcra.is_idle(self.keys[field + 2], now)
+                and self.streams_of(index) == 0)
+
+    def streams_of(self, index: int) -> int:
+        width = self.layout.worker_slots
+        return sum(self.streams[index * width:(index + 1) * width])
+
+    def admit(self, key: int, rate: gcra.Rate, max_streams: int) -> Admission:
+        """Charge one request to ``key`` and open a stream, or say why not (atomic)."""
+        now = self.clock()
+        bucket = key % self.layout.buckets
+        self._lock(_LOCK_BUCKETS + bucket)
+        try:
+            try:
+                index = self._entry_for(key, now)
+            except TableFull:
+                return Admission(False, -1, gcra.NS_PER_SECOND, "table_full")
+            field = index * KEY_FIELDS
+            decision = gcra.decide(rate, self.keys[field + 1], now)
+            if not decision.allowed:
+                return Admission(False, index, decision.retry_after_ns, "rate")
+            if self.streams_of(index) >= max_streams:
+                return Admission(False, index, gcra.NS_PER_SECOND, "streams")
+            self.keys[field + 1] = decision.new_tat
+            self.streams[index * self.layout.worker_slots + self.slot] += 1
+            return Admission(True, index, 0, "")
+        finally:
+            self._unlock(_LOCK_BUCKETS + bucket)
+
+    def release_stream(self, index: int) -> None:
+        """Close a stream opened by :meth:`admit` in this worker (own column: no lock)."""
+        self.streams[index * self.layout.worker_slots + self.slot] -= 1
+
+    def consume_bytes(self, index: int, key: int, rate: gcra.Rate, count: int) -> int:
+        """Charge ``count`` body bytes to an admitted key; returns the delay (ns) to wait."""
+        bucket = key % self.layout.buckets
+        self._lock(_LOCK_BUCKETS + bucket)
+        try:
+            field = index * KEY_FIELDS + 2
+            new_tat, delay = gcra.consume(rate, self.keys[field], self.clock(), count)
+            self.keys[field] = new_tat
+            return delay
+        finally:
+            self._unlock(_LOCK_BUCKETS + bucket)
+
+    # -- peers --------------------------------------------------------------------------------
+
+    def health(self, peer: int) -> PeerHealth:
+        field = peer * PEER_FIELDS
+        peers = self.peers
+        return PeerHealth(peers[field], peers[field + 1], peers[field + 2])
+
+    def peer_up(self, peer: int, now: int) -> bool:
+        return self.peers[peer * PEER_FIELDS + 2] <= now
+
+    def peer_failed(self, peer: int, max_fails: int, fail_timeout_ns: int) -> bool:
+        """Record a failure; True when it marked the peer down."""
+        self._lock(_LOCK_PEERS + peer)
+        try:
+            before = self.health(peer)
+            after = on_failure(before, self.clock(), max_fails, fail_timeout_ns)
+            self._store_health(peer, after)
+            return after.down_until_ns != before.down_until_ns
+        finally:
+            self._unlock(_LOCK_PEERS + peer)
+
+    def peer_succeeded(self, peer: int) -> None:
+        if self.peers[peer * PEER_FIELDS] == 0:
+            return  # the common case needs no lock
+        self._lock(_LOCK_PEERS + peer)
+        try:
+            self._store_health(peer, on_success(self.health(peer)))
+        finally:
+            self._unlock(_LOCK_PEERS + peer)
+
+    def _store_health(self, peer: int, state: PeerHealth) -> None:
+        field = peer * PEER_FIELDS
+        self.peers[field] = state.fails
+        self.peers[field + 1] = state.window_start_ns
+        self.peers[field + 2] = state.down_until_ns
+
+    def active_of(self, peer: int) -> int:
+        width = self.layout.worker_slots
+        return sum(self.active[peer * width:(peer + 1) * width])
+
+    def add_active(self, peer: int, delta: int) -> None:
+        self.active[peer * self.layout.worker_slots + self.slot] += delta
+
+    def pick_round_robin(self, pool: int, peers: Sequence[int], weights: Sequence[int],
+                         exclude: Sequence[int]) -> int:
+        """Smooth weighted round robin shared by all workers; -1 when no peer is up."""
+        now = self.clock()
+        self._lock(_LOCK_POOLS + pool)
+        try:
+            shared = self.peers
+            best = -1
+            best_weight = 0
+            total = 0
+            for position, peer in enumerate(peers):
+                if position in exclude or not self.peer_up(peer, now):
+                    continue
+                field = peer * PEER_FIELDS + 3
+                current = shared[field] + weights[position]
+                shared[field] = current
+                total += weights[position]
+                if best < 0 or current > best_weight:
+                    best, best_weight = position, current
+            if best >= 0:
+                shared[peers[best] * PEER_FIELDS + 3] -= total
+            return best
+        finally:
+            self._unlock(_LOCK_POOLS + pool)
+
+    def pick_least_conn(self, peers: Sequence[int], weights: Sequence[int],
+                        exclude: Sequence[int], start: int) -> int:
+        """The up peer with the fewest active requests per weight (lock-free read; ties
+        go round from ``start``); -1 when no peer is up."""
+        now = self.clock()
+        best = -1
+        best_load = 0.0
+        count = len(peers)
+        for step in range(count):
+            position = (start + step) % count
+            peer = peers[position]
+            if position in exclude or not self.peer_up(peer, now):
+                continue
+            load = self.active_of(peer) / weights[position]
+            if best < 0 or load < best_load:
+                best, best_load = position, load
+        return best
+
+    # -- the master's cleanup -------------------------------------------------------------------
+
+    def clear_worker(self, slot: int) -> None:
+        """Zero a dead worker's counter columns (its streams and active requests)."""
+        width = self.layout.worker_slots
+        for index in range(slot, len(self.streams), width):
+            self.streams[index] = 0
+        for index in range(slot, len(self.active), width):
+            self.active[index] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    allowed: bool
+    index: int
+    """The key's entry (to release the stream, to meter body bytes)."""
+    retry_after_ns: int
+    reason: str
+    """"rate", "streams" or "table_full" when refused."""

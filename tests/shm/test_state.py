@@ -1,0 +1,123 @@
+"""The shared segment across real processes: exact limits, crash safety, balancing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from li_httpd.shm import gcra
+from li_httpd.shm.state import Layout, SharedState
+
+NS = gcra.NS_PER_SECOND
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100 * NS
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def _state(capacity: int = 64, slots: int = 4, peers: int = 3, clock: object = None) -> SharedState:
+    return SharedState.create(Layout(capacity, slots, peers),
+                              clock if clock is not None else time.monotonic_ns)  # type: ignore[arg-type]
+
+
+def test_burst_and_streams_on_one_key() -> None:
+    clock = FakeClock()
+    state = _state(clock=clock)
+    rate = gcra.Rate.of(10, 3)
+    results = [state.admit(12345, rate, max_streams=100) for _ in range(5)]
+    assert [r.allowed for r in results] == [True, True, True, False, False]
+    assert results[3].reason == "rate" and results[3].retry_after_ns > 0
+    clock.now += results[3].retry_after_ns
+    assert state.admit(12345, rate, 100).allowed
+    capped = _state(clock=clock)
+    loose = gcra.Rate.of(1000, 1000)
+    admitted = [capped.admit(7, loose, max_streams=2) for _ in range(3)]
+    assert [a.allowed for a in admitted] == [True, True, False]
+    assert admitted[2].reason == "streams"
+    capped.release_stream(admitted[0].index)
+    assert capped.admit(7, loose, 2).allowed
+
+
+def test_table_full_refuses_new_keys_but_keeps_old_state() -> None:
+    clock = FakeClock()
+    state = _state(capacity=8, clock=clock)  # one bucket of 8
+    rate = gcra.Rate.of(1, 1)
+    for key in range(1, 9):
+        assert state.admit(key, rate, 10).allowed  # each now limited for 1 s
+    flood = state.admit(999, rate, 10)
+    assert not flood.allowed and flood.reason == "table_full"
+    assert not state.admit(1, rate, 10).allowed  # key 1 was not reset by the flood
+    clock.now += NS  # every key is idle again, but key 1..8 hold streams
+    assert state.admit(999, rate, 10).reason == "table_full"
+    for index in range(8):
+        state.release_stream(index)
+    assert state.admit(999, rate, 10).allowed  # an idle entry was reused
+
+
+def test_counters_hold_across_processes_and_survive_a_kill() -> None:
+    state = _state(slots=4)
+    rate = gcra.Rate.of(100_000, 100_000)
+    children = []
+    for slot in range(1, 4):
+        pid = os.fork()
+        if pid == 0:
+            state.slot = slot
+            for _ in range(50):
+                state.admit(42, rate, max_streams=10_000)
+            if slot == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # dies holding its streams
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    index = state.admit(42, rate, 10_000).index  # slot 0 (this process) opens one more
+    assert state.streams_of(index) == 151
+    state.clear_worker(3)
+    assert state.streams_of(index) == 101
+
+
+def test_a_killed_lock_holder_does_not_block_others() -> None:
+    state = _state()
+    pid = os.fork()
+    if pid == 0:
+        state._lock(1 << 40)  # holds a bucket lock forever
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    started = time.monotonic()
+    assert state.admit(0, gcra.Rate.of(10, 10), 10).allowed  # bucket 0's lock is free
+    assert time.monotonic() - started < 1
+
+
+def test_round_robin_is_global_and_skips_down_peers() -> None:
+    state = _state(peers=3)
+    peers, weights = [0, 1, 2], [1, 1, 1]
+    picks = []
+    for _ in range(30):
+        pid_pick = state.pick_round_robin(0, peers, weights, ())
+        picks.append(pid_pick)
+    assert picks.count(0) == picks.count(1) == picks.count(2) == 10
+    for _ in range(2):
+        state.peer_failed(1, max_fails=2, fail_timeout_ns=10 * NS)
+    picks = [state.pick_round_robin(0, peers, weights, ()) for _ in range(10)]
+    assert 1 not in picks
+    assert state.pick_round_robin(0, peers, weights, (0, 2)) == -1
+
+
+def test_least_conn_reads_every_worker() -> None:
+    state = _state(slots=2, peers=3)
+    state.slot = 1
+    state.add_active(0, 5)
+    state.slot = 0
+    state.add_active(1, 2)
+    assert state.pick_least_conn([0, 1, 2], [1, 1, 1], (), 0) == 2
+    state.add_active(2, 3)
+    assert state.pick_least_conn([0, 1, 2], [1, 1, 1], (), 0) == 1
+    assert state.pick_least_conn([0, 1, 2], [1, 4, 1], (), 0) == 1

@@ -1,0 +1,100 @@
+"""Who is calling: API-key authentication and the rate-limit key of a request (pure).
+
+API keys are configured as SHA-256 digests with an id (``[auth] keys``). A request's
+``Authorization: Bearer <token>`` is hashed and looked up; the digest comparison uses
+:func:`hmac.compare_digest`. Raw tokens are never stored or logged; only the key id
+(or, for unknown tokens used as a rate-limit key, a hash) leaves this module.
+
+The rate-limit key is an enum (SPEC §7): ``api_key`` (the authenticated key id, else a
+hash of the presented token, else "anonymous"), ``agent_id`` (a well-formed
+``x-agent-id`` header) or ``ip`` (the client address). Keys are folded with the route
+name into a 64-bit hash, the identity used by the shared rate-limit table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from li_httpd.config.model import ApiKey
+
+from .http1 import Header
+
+_BEARER = re.compile(rb"[Bb]earer +([\x21-\x7e]{1,4096})")
+_AGENT_ID = re.compile(rb"[A-Za-z0-9._:@/-]{1,128}")
+ANONYMOUS = b"anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: str | None
+    """The authenticated API key's id, or None."""
+    token_hash: bytes | None
+    """SHA-256 of a presented bearer token (authenticated or not)."""
+    presented: bool
+    """A bearer token was presented (used for the 401 error detail)."""
+
+
+class KeyRing:
+    """The configured API keys, indexed by the first 8 bytes of their digest.
+
+    A lookup hashes the presented token, finds the candidates sharing its digest's
+    prefix and compares full digests with :func:`hmac.compare_digest`. What timing can
+    reveal is limited to the prefix of the digest of a token the caller chose, which
+    says nothing about any configured key.
+    """
+
+    __slots__ = ("_by_prefix",)
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._by_prefix: dict[bytes, list[tuple[bytes, str]]] = {}
+        for key in keys:
+            digest = bytes.fromhex(key.sha256)
+            self._by_prefix.setdefault(digest[:8], []).append((digest, key.id))
+
+    def __bool__(self) -> bool:
+        return bool(self._by_prefix)
+
+    def identify(self, headers: Iterable[Header]) -> Caller:
+        for name, value in headers:
+            if name == b"authorization":
+                found = _BEARER.fullmatch(value)
+                if found is None:
+                    return Caller(None, None, True)
+                digest = hashlib.sha256(found.group(1)).digest()
+                for candidate, key_id in self._by_prefix.get(digest[:8], ()):
+                    if hmac.compare_digest(candidate, digest):
+                        return Caller(key_id, digest, True)
+                return Caller(None, digest, True)
+        return Caller(None, None, False)
+
+
+def limit_key_value(kind: str, caller: Caller, headers: Iterable[Header],
+                    client_ip: str) -> bytes:
+    """The value a rate limit counts by, per the route's ``rate_limit.key``."""
+    if kind == "api_key":
+        if caller.key_id is not None:
+            return b"id:" + caller.key_id.encode()
+        if caller.token_hash is not None:
+            return b"token:" + caller.token_hash.hex().encode()
+        return ANONYMOUS
+    if kind == "agent_id":
+        for name, value in headers:
+            if name == b"x-agent-id" and _AGENT_ID.fullmatch(value):
+                return b"agent:" + value
+        return ANONYMOUS
+    return b"ip:" + client_ip.encode()
+
+
+def key_hash(route: bytes, value: bytes) -> int:
+    """A non-zero 64-bit identity for (route, key value)."""
+    digest = hashlib.blake2b(route + b"\0" + value, digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def hash_key(raw: str) -> str:
+    """What ``li-httpd hash-key`` prints: the SHA-256 hex digest of a raw key."""
+    return hashlib.sha256(raw.encode()).hexdigest()
