@@ -306,7 +306,7 @@ class _MessageReader:
 
     __slots__ = ("_body_cap", "_buf", "_chunk_left", "_chunk_state", "_eof", "_error",
                  "_error_status", "_leading_crlf", "_limits", "_remaining", "_scanned",
-                 "_state", "_trailer_bytes", "body_bytes")
+                 "_state", "_overhead_bytes", "body_bytes")
 
     def __init__(self, limits: ParseLimits, error: type[HttpError], error_status: int,
                  body_cap: int | None) -> None:
@@ -322,7 +322,7 @@ class _MessageReader:
         self._remaining = 0
         self._chunk_state = _CHUNK_SIZE
         self._chunk_left = 0
-        self._trailer_bytes = 0
+        self._overhead_bytes = 0
         self.body_bytes = 0
 
     # -- feeding --------------------------------------------------------------------------
@@ -399,7 +399,7 @@ class _MessageReader:
         if chunked:
             self._state = _BODY_CHUNKED
             self._chunk_state = _CHUNK_SIZE
-            self._trailer_bytes = 0
+            self._overhead_bytes = 0
         elif content_length:
             self._state = _BODY_LENGTH
             self._remaining = content_length
@@ -501,9 +501,9 @@ class _MessageReader:
             if not line:
                 self._state = _HEAD
                 return END
-            self._trailer_bytes += len(line) + 2
-            if self._trailer_bytes > limits.max_header_bytes:
-                raise self._error(error_status, "trailer section too large")
+            self._overhead_bytes += len(line) + 2
+            if self._overhead_bytes > limits.max_header_bytes:
+                raise self._error(error_status, "chunk extensions and trailers too large")
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN_RE.fullmatch(name) or \
                     not _FIELD_VALUE.fullmatch(value):
@@ -521,6 +521,11 @@ class _MessageReader:
         if semicolon:
             if len(extension) > self._limits.max_chunk_extension:
                 raise self._error(error_status, "chunk extension too long")
+            # Extensions and trailers of one message share max_header_bytes, so tiny
+            # chunks with extensions cannot make parsing cost a multiple of the body.
+            self._overhead_bytes += len(extension)
+            if self._overhead_bytes > self._limits.max_header_bytes:
+                raise self._error(error_status, "chunk extensions and trailers too large")
             if any(c < 0x20 and c != 0x09 for c in extension) or 0x7F in extension:
                 raise self._error(error_status, "control byte in chunk extension")
         return int(size_text, 16)
