@@ -28,12 +28,14 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import wait_readable
 
+from . import sockio
 from .responses import http_date
 from .sockio import TICK, Deadline
 
 WATCH_AFTER = 0.05
 SWEEP_EVERY = 1.0
 _WATCH_FLAGS = select.EPOLLIN | select.EPOLLRDHUP
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 class _Watched:
@@ -63,7 +65,7 @@ class Housekeeping:
     # -- request registration (hot path: dict operations only) ----------------------------
 
     def watch(self, sock: socket.socket, fd: int, deadline: Deadline) -> None:
-        self.inflight[fd] = _Watched(sock, deadline, trio.current_time())
+        self.inflight[fd] = _Watched(sock, deadline, sockio.now())
 
     def unwatch(self, fd: int) -> None:
         entry = self.inflight.pop(fd, None)
@@ -80,7 +82,7 @@ class Housekeeping:
                 with trio.move_on_after(TICK):
                     await wait_readable(self._epoll.fileno())
                     self._client_events()
-                self.tick(trio.current_time())
+                self.tick(sockio.now())
         finally:
             self._epoll.close()
 
@@ -114,7 +116,7 @@ class Housekeeping:
             if entry is None:
                 continue
             try:
-                data = entry.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data = entry.sock.recv(1, _PEEK)
             except BlockingIOError:
                 continue
             except OSError:
@@ -124,7 +126,7 @@ class Housekeeping:
             if not data:
                 entry.deadline.reason = "client_gone"
                 entry.deadline.at = 0.0
-                entry.deadline.expire_if_due(trio.current_time())
+                entry.deadline.expire_if_due(sockio.now())
 
     def drain(self) -> None:
         """Graceful stop: idle keep-alive connections close at the next tick."""

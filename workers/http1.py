@@ -304,9 +304,22 @@ _MAX_LEADING_CRLF = 8
 class _MessageReader:
     """Buffering and body framing shared by the request and response readers."""
 
-    __slots__ = ("_body_cap", "_buf", "_chunk_left", "_chunk_state", "_eof", "_error",
-                 "_error_status", "_leading_crlf", "_limits", "_remaining", "_scanned",
-                 "_state", "_overhead_bytes", "body_bytes")
+    __slots__ = (
+        "_body_cap",
+        "_buf",
+        "_chunk_left",
+        "_chunk_state",
+        "_eof",
+        "_error",
+        "_error_status",
+        "_leading_crlf",
+        "_limits",
+        "_overhead_bytes",
+        "_remaining",
+        "_scanned",
+        "_state",
+        "body_bytes",
+    )
 
     def __init__(self, limits: ParseLimits, error: type[HttpError], error_status: int,
                  body_cap: int | None) -> None:
@@ -569,6 +582,23 @@ class ResponseReader(_MessageReader):
     def __init__(self, limits: ParseLimits) -> None:
         super().__init__(limits, UpstreamProtocolError, 502, body_cap=None)
         self.request_was_head = False
+
+    def take_whole_body(self) -> bytes | None:
+        """Fast path: when the current response's body is a Content-Length (or empty)
+        body that has fully arrived, take it and finish the message in one step;
+        otherwise None and nothing changes (use :meth:`next_event`)."""
+        state = self._state
+        if state == _END:
+            self._state = _HEAD
+            return b""
+        if state == _BODY_LENGTH and len(self._buf) >= self._remaining:
+            buf, remaining = self._buf, self._remaining
+            self._buf = buf[remaining:] if len(buf) > remaining else b""
+            self.body_bytes += remaining
+            self._remaining = 0
+            self._state = _HEAD
+            return buf[:remaining] if len(buf) > remaining else buf
+        return None
 
     def expect_response(self, to_head_request: bool) -> None:
         """Prepare for the response to the request just sent."""

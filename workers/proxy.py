@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import trio
-
+from . import sockio
 from .http1 import (
     END,
     NEED_DATA,
@@ -274,10 +273,16 @@ async def _relay(conn: ClientConnection, up: UpstreamConn, pool: PeerPool,
     conn.response_sse = sse
     keep = head.keep_alive
     pieces: list[bytes] = []
-    try:
-        complete = _collect(reader, pieces)
-    except UpstreamProtocolError:
-        return await _upstream_broke(conn, up, head)
+    whole = reader.take_whole_body()
+    if whole is not None:
+        complete = True
+        if whole:
+            pieces.append(whole)
+    else:
+        try:
+            complete = _collect(reader, pieces)
+        except UpstreamProtocolError:
+            return await _upstream_broke(conn, up, head)
     if head.method == b"HEAD" or response.status in (204, 304):
         pass
     elif response.content_length is not None:
@@ -324,10 +329,10 @@ async def _stream_response_body(conn: ClientConnection, up: UpstreamConn, plan: 
     client = conn.io
     deadline = conn.deadline
     idle = plan.idle_timeout
-    limit_at = trio.current_time() + plan.max_duration
+    limit_at = sockio.now() + plan.max_duration
     pieces: list[bytes] = []
     while True:
-        now = trio.current_time()
+        now = sockio.now()
         if now + idle < limit_at:
             deadline.at, deadline.reason = now + idle, "upstream_idle"
         else:

@@ -26,6 +26,7 @@ from li_httpd.config.model import Upstream
 from li_httpd.shm import SharedState
 from trio.lowlevel import wait_writable
 
+from . import sockio
 from .http1 import ParseLimits, ResponseReader
 from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
@@ -99,7 +100,7 @@ class PeerPool:
 
     async def acquire(self, deadline: Deadline, send_timeout: float) -> UpstreamConn:
         """A pooled connection if a healthy one is idle, else a new one."""
-        now = trio.current_time()
+        now = sockio.now()
         idle_limit = self.settings.keepalive_timeout / 1000
         while self.idle:
             conn = self.idle.pop()
@@ -120,7 +121,7 @@ class PeerPool:
         if len(self.idle) >= self.max_idle or conn.reader.buffered:
             conn.close()
             return
-        conn.idle_since = trio.current_time()
+        conn.idle_since = sockio.now()
         self.idle.append(conn)
 
     def sweep(self, now: float) -> None:
@@ -142,7 +143,7 @@ class PeerPool:
         else:
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             return [(family, (host, port))]
-        now = trio.current_time()
+        now = sockio.now()
         if self._addresses and now - self._resolved_at < DNS_TTL:
             return self._addresses
         try:
@@ -218,6 +219,9 @@ class UpstreamGroup:
 
     def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
         """The next peer to try, or None when every peer is excluded or down."""
+        if len(self.pools) == 1:  # nothing to balance: skip the shared lock
+            up = not exclude and self.shared.peer_up(self._ids[0], self.shared.clock())
+            return self.pools[0] if up else None
         if self.settings.balance == "least_conn":
             self._rotate += 1
             position = self.shared.pick_least_conn(self._ids, self._weights, exclude,
