@@ -414,8 +414,11 @@ class MockUpstream:
     virtual clock). Neither closes the listening socket it was given.
     """
 
-    def __init__(self, *, models: Sequence[str] = DEFAULT_MODELS, peer: str | None = None) -> None:
+    def __init__(self, *, models: Sequence[str] = DEFAULT_MODELS, peer: str | None = None,
+                 defaults: dict[str, str] | None = None) -> None:
         self.models = tuple(models)
+        self.defaults = dict(defaults or {})
+        """Server-wide knob values (``--default name=value``), under each request's own."""
         self.stats = Stats()
         self.peer = peer or "unbound"
         self.address: tuple[str, int] | None = None
@@ -753,9 +756,10 @@ class _Connection:
             request.keep_alive = False
             return self._simple(request, 413, _JSON, body)
         knobs = DEFAULT_KNOBS
-        if (request.has_knobs or mark >= 0) and path != b"/stats":
+        if (request.has_knobs or mark >= 0 or self.server.defaults) and path != b"/stats":
             try:
-                knobs = parse_knobs(_knob_values(request.headers, target))
+                knobs = parse_knobs({**self.server.defaults,
+                                     **_knob_values(request.headers, target)})
             except KnobError as exc:
                 return self._simple(request, 400, _JSON,
                                     _error_body(400, str(exc), "invalid_mock_knob"))
@@ -1102,10 +1106,11 @@ async def serve(listener: socket.socket | trio.SocketListener, *,
 # -------------------------------------------------------------------------------- CLI
 
 
-async def _run(sock: socket.socket, models: Sequence[str]) -> None:
+async def _run(sock: socket.socket, models: Sequence[str],
+               defaults: dict[str, str] | None = None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            server = MockUpstream(models=models)
+            server = MockUpstream(models=models, defaults=defaults)
             await nursery.start(server.serve, sock)
             print(f"mock-upstream listening on {server.url}", flush=True)
             async for _ in signals:
@@ -1127,7 +1132,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="port to listen on; 0 picks a free one")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help="comma-separated model ids for GET /v1/models")
+    parser.add_argument("--default", action="append", default=[], metavar="KNOB=VALUE",
+                        help="a knob value for every request that does not set it "
+                             "(e.g. --default ttfb_ms=50 makes a slow peer); repeatable")
     args = parser.parse_args(argv)
+    defaults: dict[str, str] = {}
+    for item in args.default:
+        name, sep, value = item.partition("=")
+        if not sep or name not in KNOB_NAMES:
+            print(f"mock-upstream: --default expects KNOB=VALUE with a knob of "
+                  f"{', '.join(sorted(KNOB_NAMES))}", file=sys.stderr)
+            return 2
+        defaults[name] = value
+    try:
+        parse_knobs(defaults)
+    except KnobError as exc:
+        print(f"mock-upstream: {exc}", file=sys.stderr)
+        return 2
     models = [model.strip() for model in args.models.split(",") if model.strip()]
     try:
         sock = bind(args.host, args.port)
@@ -1135,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mock-upstream: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     with sock:
-        trio.run(_run, sock, models)
+        trio.run(_run, sock, models, defaults)
     return 0
 
 

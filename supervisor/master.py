@@ -6,10 +6,13 @@ respawns dead workers with backoff, and performs stops. Listening sockets are bo
 before any fork and stay open in the master for its whole life, so a respawned worker
 serves the same sockets and the kernel's accept queue survives a worker crash.
 
-Crash handling: a worker that dies is respawned after a delay that doubles with each
-recent crash of its slot (0.1 s up to 5 s). If the workers keep dying
-(:data:`CRASH_LIMIT` crashes within :data:`CRASH_WINDOW` seconds) the master gives up
-loudly: it stops everything and exits with status 2 instead of spinning.
+Crash handling: a worker that dies is respawned; if it died young (within
+:data:`YOUNG` seconds of its start) the delay doubles with each recent early death of
+its slot (0.1 s up to 5 s). Early deaths are what a crash loop looks like (a worker that
+cannot start or dies on its first requests); when :data:`CRASH_LIMIT` of them happen
+within :data:`CRASH_WINDOW` seconds the master gives up loudly: it stops everything and
+exits with status 2 instead of spinning. A worker that ran for a while and was killed
+(OOM killer, an operator) is simply replaced at once.
 
 Exit status: 0 after a clean stop, 2 when binding or starting failed (config errors
 are reported by the CLI before the master exists, with status 1).
@@ -38,6 +41,7 @@ EXIT_OK = 0
 EXIT_START = 2
 CRASH_WINDOW = 30.0
 CRASH_LIMIT = 10
+YOUNG = 1.0
 READY_TIMEOUT = 30.0
 KILL_GRACE = 5.0
 BACKLOG = 4096
@@ -236,10 +240,13 @@ class Master:
         if self.stopping:
             return
         now = time.monotonic()
-        slot.crashes.append(now)
         while slot.crashes and now - slot.crashes[0] > CRASH_WINDOW:
             slot.crashes.popleft()
-        delay = min(0.1 * 2 ** (len(slot.crashes) - 1), 5.0)
+        if now - slot.started < YOUNG:
+            slot.crashes.append(now)
+            delay = min(0.1 * 2 ** (len(slot.crashes) - 1), 5.0)
+        else:
+            delay = 0.0
         slot.respawn_at = now + delay
         self._say(f"worker {slot.index} exited ({_describe_status(status)}); "
                   f"restarting in {delay:.1f}s")

@@ -16,6 +16,7 @@ request go away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -91,6 +92,11 @@ class ClientConnection:
             pass  # the client went away or failed the TLS handshake
         except Exception as exc:  # a bug must cost one connection, never the worker
             report_crash(exc, self.request_id)
+            if not self.response_started:
+                with trio.move_on_after(_AFTER_TIMEOUT_SEND), contextlib.suppress(Exception):
+                    await self.io.send_all(error_response(
+                        500, self.request_id or b"-", self.ctx.housekeeping.date,
+                        keep_alive=False))
         finally:
             housekeeping.deadlines.discard(self.deadline)
             housekeeping.unwatch(self.io.fd)
@@ -138,6 +144,8 @@ class ClientConnection:
                 return
             first = False
             self.requests += 1
+            if self.requests >= keepalive_requests:
+                event.keep_alive = False  # the response says Connection: close
             self.response_started = self.response_chunked = self.response_sse = False
             try:
                 keep = await self._handle(event)

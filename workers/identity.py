@@ -90,9 +90,10 @@ def limit_key_value(kind: str, caller: Caller, headers: Iterable[Header],
 
 
 def key_hash(route: bytes, value: bytes) -> int:
-    """A non-zero 64-bit identity for (route, key value)."""
+    """A non-zero 63-bit identity for (route, key value) (it is stored in a signed
+    64-bit field of the shared table)."""
     digest = hashlib.blake2b(route + b"\0" + value, digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
+    return (int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
 
 def hash_key(raw: str) -> str:
