@@ -1,0 +1,37 @@
+"""The master's respawn policy: young deaths back off and count toward giving up."""
+
+from __future__ import annotations
+
+import time
+
+from li_httpd.config import load
+from li_httpd.supervisor import master
+from li_httpd.supervisor.master import Master, WorkerSlot
+
+
+def _master() -> Master:
+    return Master(load(":embedded:"))
+
+
+def test_young_deaths_back_off_and_add_up_to_a_crash_loop() -> None:
+    m = _master()
+    m.slots = [WorkerSlot(0)]
+    slot = m.slots[0]
+    delays = []
+    for _ in range(master.CRASH_LIMIT):
+        slot.started = time.monotonic()  # it dies right after starting
+        m._worker_exited(slot, 256)
+        delays.append(slot.respawn_at - time.monotonic())
+    assert delays[0] < delays[3] <= 5.0
+    assert m._crash_loop()
+
+
+def test_a_worker_killed_after_running_is_replaced_at_once() -> None:
+    m = _master()
+    m.slots = [WorkerSlot(0)]
+    slot = m.slots[0]
+    for _ in range(master.CRASH_LIMIT * 2):
+        slot.started = time.monotonic() - 10 * master.YOUNG
+        m._worker_exited(slot, 9)
+        assert slot.respawn_at <= time.monotonic()
+    assert not m._crash_loop()
