@@ -21,6 +21,11 @@ Layout (version 1; all integers little-endian, 8-byte aligned)::
                   passive health (shm/health.py) and the smooth weighted
                   round-robin weight shared by every worker.
     active        i32 × peer_count × worker_slots     (least_conn, one column per slot)
+    workers       WorkerEntry × worker_slots          (each written by its worker only)
+                  ┌───────────┬─────────────────┬──────────┬──────────┐
+                  │ pid i64   │ connections i64 │ requests │ started  │ 32 bytes
+                  └───────────┴─────────────────┴──────────┴──────────┘
+                  what `li-httpd ctl status` shows per worker.
 
 Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
 the others or leak capacity:
@@ -64,6 +69,8 @@ KEY_ENTRY = 32
 KEY_FIELDS = KEY_ENTRY // 8
 PEER_ENTRY = 40
 PEER_FIELDS = PEER_ENTRY // 8
+WORKER_ENTRY = 32
+WORKER_FIELDS = WORKER_ENTRY // 8
 _HEADER = struct.Struct("<8sIIIII")
 
 # Lock byte namespaces (fcntl locks may lie beyond the end of the file).
@@ -101,8 +108,12 @@ class Layout:
         return self.peers_offset + self.peer_count * PEER_ENTRY
 
     @property
+    def workers_offset(self) -> int:
+        return _align(self.active_offset + self.peer_count * self.worker_slots * 4, 8)
+
+    @property
     def size(self) -> int:
-        return _align(self.active_offset + self.peer_count * self.worker_slots * 4)
+        return _align(self.workers_offset + self.worker_slots * WORKER_ENTRY)
 
 
 def _align(value: int, to: int = 64) -> int:
@@ -130,6 +141,8 @@ class SharedState:
         self.peers = view[layout.peers_offset:layout.active_offset].cast("q")
         self.active = view[layout.active_offset:layout.active_offset
                            + layout.peer_count * layout.worker_slots * 4].cast("i")
+        self.workers = view[layout.workers_offset:layout.workers_offset
+                            + layout.worker_slots * WORKER_ENTRY].cast("q")
 
     @classmethod
     def create(cls, layout: Layout, clock: Clock = time.monotonic_ns) -> SharedState:
@@ -148,7 +161,7 @@ class SharedState:
             raise RuntimeError("shared state layout mismatch")
 
     def close(self) -> None:
-        for view in (self.keys, self.streams, self.peers, self.active):
+        for view in (self.keys, self.streams, self.peers, self.active, self.workers):
             view.release()
         self.memory.close()
         os.close(self.fd)
@@ -315,15 +328,48 @@ class SharedState:
                 best, best_load = position, load
         return best
 
+    def inherit(self, old: SharedState, peer_map: dict[int, int]) -> None:
+        """Carry state into a new segment at a reload: the key table (rate-limit state;
+        key hashes include the route name, so they stay meaningful) when the capacity is
+        unchanged, and the health of peers present in both configs (``peer_map``: old
+        number -> new number). Stream and request counters stay with the old workers."""
+        if old.layout.key_capacity == self.layout.key_capacity:
+            self.keys[:] = old.keys
+        for old_peer, new_peer in peer_map.items():
+            self._store_health(new_peer, old.health(old_peer))
+
+    # -- per-worker statistics (own slot only) -----------------------------------------------
+
+    def worker_started(self, pid: int) -> None:
+        field = self.slot * WORKER_FIELDS
+        self.workers[field] = pid
+        self.workers[field + 1] = 0
+        self.workers[field + 2] = 0
+        self.workers[field + 3] = self.clock()
+
+    def add_connection(self, delta: int) -> None:
+        self.workers[self.slot * WORKER_FIELDS + 1] += delta
+
+    def count_request(self) -> None:
+        self.workers[self.slot * WORKER_FIELDS + 2] += 1
+
+    def worker_stats(self, slot: int) -> tuple[int, int, int, int]:
+        """(pid, open connections, requests served, started ns) of a worker slot."""
+        field = slot * WORKER_FIELDS
+        workers = self.workers
+        return (workers[field], workers[field + 1], workers[field + 2], workers[field + 3])
+
     # -- the master's cleanup -------------------------------------------------------------------
 
     def clear_worker(self, slot: int) -> None:
-        """Zero a dead worker's counter columns (its streams and active requests)."""
+        """Zero a dead worker's columns (its streams, active requests and statistics)."""
         width = self.layout.worker_slots
         for index in range(slot, len(self.streams), width):
             self.streams[index] = 0
         for index in range(slot, len(self.active), width):
             self.active[index] = 0
+        for field in range(slot * WORKER_FIELDS, (slot + 1) * WORKER_FIELDS):
+            self.workers[field] = 0
 
 
 @dataclass(frozen=True, slots=True)

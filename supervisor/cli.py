@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from li_httpd.config import VERSION
 
 from . import commands
+from .ctl import run as ctl_command
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE",
                        help="request header (repeatable)")
 
+    ctl = sub.add_parser("ctl", help="talk to a running master: status, reload, reopen, stop")
+    _add_config_option(ctl)
+    ctl.add_argument("--socket", metavar="PATH", help="control socket (default: from the "
+                                                      "config's server.control_socket)")
+    ctl.add_argument("ctl_command", metavar="COMMAND",
+                     choices=("status", "reload", "reopen", "stop"))
+    ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
     sub.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin "
                                     "(for [auth] keys)")
 
@@ -68,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain-route": commands.explain_route,
         "start": commands.start,
         "hash-key": commands.hash_key,
+        "ctl": ctl_command,
     }
     return handlers[args.command](args)
 

@@ -79,9 +79,11 @@ def start(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
         return EXIT_CONFIG
+    from li_httpd.config.loader import resolve_path
+
     from .master import start as start_master
 
-    return start_master(loaded)
+    return start_master(loaded, resolve_path(args.config))
 
 
 def mock_upstream(arguments: list[str]) -> int:

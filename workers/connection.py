@@ -80,6 +80,8 @@ class ClientConnection:
     async def run(self) -> None:
         housekeeping = self.ctx.housekeeping
         housekeeping.deadlines.add(self.deadline)
+        shared = self.ctx.shared
+        shared.add_connection(1)
         try:
             with self.scope:
                 if isinstance(self.io, TlsSocketIO):
@@ -98,6 +100,7 @@ class ClientConnection:
                         500, self.request_id or b"-", self.ctx.housekeeping.date,
                         keep_alive=False))
         finally:
+            shared.add_connection(-1)
             housekeeping.deadlines.discard(self.deadline)
             housekeeping.unwatch(self.io.fd)
             if self.upstream is not None:
@@ -118,8 +121,6 @@ class ClientConnection:
             if first:
                 deadline.set(timeouts.header, "header")
             else:
-                if housekeeping.draining:
-                    return
                 deadline.set(timeouts.keepalive, "idle")
             try:
                 event = reader.next_event()
@@ -144,7 +145,8 @@ class ClientConnection:
                 return
             first = False
             self.requests += 1
-            if self.requests >= keepalive_requests:
+            ctx.shared.count_request()
+            if self.requests >= keepalive_requests or housekeeping.draining:
                 event.keep_alive = False  # the response says Connection: close
             self.response_started = self.response_chunked = self.response_sse = False
             try:

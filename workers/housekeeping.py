@@ -33,6 +33,7 @@ from .responses import http_date
 from .sockio import TICK, Deadline
 
 WATCH_AFTER = 0.05
+DRAIN_IDLE = 1.0
 SWEEP_EVERY = 1.0
 _WATCH_FLAGS = select.EPOLLIN | select.EPOLLRDHUP
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -49,7 +50,8 @@ class _Watched:
 
 
 class Housekeeping:
-    __slots__ = ("_epoll", "_last_sweep", "_second", "date", "deadlines", "draining",
+    __slots__ = ("_drain_started", "_epoll", "_last_sweep", "_second", "date", "deadlines",
+                 "draining",
                  "inflight", "sweepers")
 
     def __init__(self) -> None:
@@ -57,6 +59,7 @@ class Housekeeping:
         self.inflight: dict[int, _Watched] = {}
         self.sweepers: list[Callable[[float], None]] = []
         self.draining = False
+        self._drain_started = 0.0
         self._epoll = select.epoll()
         self._second = 0
         self._last_sweep = 0.0
@@ -90,9 +93,12 @@ class Housekeeping:
         for deadline in tuple(self.deadlines):
             deadline.expire_if_due(now)
         if self.draining:
+            # Idle keep-alive connections get DRAIN_IDLE more seconds: a client that was
+            # about to send still gets an answer (with Connection: close), the others go.
+            last_call = self._drain_started + DRAIN_IDLE
             for deadline in tuple(self.deadlines):
-                if deadline.reason == "idle":
-                    deadline.at = now
+                if deadline.reason == "idle" and deadline.at > last_call:
+                    deadline.at = last_call
                     deadline.expire_if_due(now)
         wall = time.time()
         if int(wall) != self._second:
@@ -129,5 +135,7 @@ class Housekeeping:
                 entry.deadline.expire_if_due(sockio.now())
 
     def drain(self) -> None:
-        """Graceful stop: idle keep-alive connections close at the next tick."""
+        """Graceful stop: every response from now on says Connection: close, and idle
+        keep-alive connections close after at most DRAIN_IDLE seconds."""
         self.draining = True
+        self._drain_started = sockio.now()

@@ -59,6 +59,7 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                 server_tls: ssl.SSLContext | None = None, shared: SharedState | None = None,
                 slot: int = 0) -> None:
     ctx = WorkerContext(loaded, server_tls, shared, slot)
+    ctx.shared.worker_started(os.getpid())
     shutdown_timeout = loaded.config.server.shutdown_timeout / 1000
     max_connections = loaded.config.limits.max_connections
     try:

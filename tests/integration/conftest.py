@@ -13,14 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from li_httpd.supervisor import control
 
 START_TIMEOUT = 20.0
 BANNER = re.compile(r"listen=(\S+)")
@@ -105,10 +108,24 @@ class Process:
 class Gateway(Process):
     config_path: Path = field(default=Path())
 
+    @property
+    def control_socket(self) -> str:
+        found = re.search(r'control_socket = "([^"]+)"', self.config_path.read_text())
+        assert found, "gateway config has no control_socket"
+        return found.group(1)
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cli_command("ctl", "--socket", self.control_socket, *args),
+                              capture_output=True, text=True, timeout=120, check=False)
+
     def workers(self) -> list[int]:
-        """Current worker pids (children of the master)."""
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        return [int(p) for p in path.read_text().split()]
+        """Pids of the current generation's running workers (from the control socket)."""
+        status = self.status()
+        return [w["pid"] for w in status["workers"]
+                if w["generation"] == status["generation"] and w["pid"]]
+
+    def status(self) -> dict[str, Any]:
+        return control.request(self.control_socket, "status", timeout=10)
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0, **kwargs)  # type: ignore[arg-type]
@@ -167,6 +184,11 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     def start(config: str, *, name: str = "gateway.toml") -> Gateway:
         path = tmp_path / name
+        if "control_socket" not in config:
+            # A private control socket per gateway (tests run many at once); unix socket
+            # paths are short-limited, so not under tmp_path.
+            control = tempfile.mkdtemp(prefix="lictl-") + "/control.sock"
+            config = config.replace("[server]\n", f'[server]\ncontrol_socket = "{control}"\n', 1)
         path.write_text(config)
         popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER)
         gateway = Gateway(popen, found.group(1), lines, path)

@@ -1,0 +1,117 @@
+"""The control socket: the master's side (ControlServer) and `li-httpd ctl`'s (request).
+
+Protocol: one JSON object per connection, newline-terminated, each way:
+``{"command": "status" | "reload" | "reopen" | "stop"}`` → a JSON object. The socket is
+a unix socket with mode 0600 (only the gateway's user may talk to the master). The
+master serves it from its synchronous main loop, one short connection at a time;
+`reload` answers only when the reload has succeeded or failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+MAX_MESSAGE = 64 * 1024
+CLIENT_TIMEOUT = 120.0
+SERVER_READ_TIMEOUT = 2.0
+COMMANDS = ("status", "reload", "reopen", "stop")
+
+
+class ControlError(Exception):
+    """The control socket cannot be used; the message is for the operator."""
+
+
+class ControlServer:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.path.exists(path):
+            if _answers(path):
+                raise ControlError(f"another li-httpd master is running at {path}")
+            os.unlink(path)  # left behind by a master that died
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        previous = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(previous)
+        os.chmod(path, 0o600)
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def serve_one(self, dispatch: Callable[[str], dict[str, Any]]) -> None:
+        """Accept and answer one pending request (never raises on client errors)."""
+        try:
+            connection, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        with connection:
+            connection.settimeout(SERVER_READ_TIMEOUT)
+            try:
+                request = _read_message(connection)
+                command = request.get("command") if isinstance(request, dict) else None
+                if command not in COMMANDS:
+                    reply: dict[str, Any] = {"ok": False,
+                                             "error": f"unknown command {command!r}"}
+                else:
+                    reply = dispatch(str(command))
+                connection.settimeout(SERVER_READ_TIMEOUT)
+                connection.sendall(orjson.dumps(reply) + b"\n")
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _read_message(connection: socket.socket) -> Any:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_MESSAGE:
+            raise ValueError("message too large")
+    return orjson.loads(data)
+
+
+def _answers(path: str) -> bool:
+    try:
+        request(path, "status", timeout=2.0)
+    except ControlError:
+        return False
+    return True
+
+
+def request(path: str, command: str, timeout: float = CLIENT_TIMEOUT) -> dict[str, Any]:
+    """Send one command to a running master; raises ControlError when none answers."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect(path)
+        client.sendall(orjson.dumps({"command": command}) + b"\n")
+        reply = _read_message(client)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise ControlError(f"no li-httpd master is running at {path}") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path} (run as the gateway's user)") from None
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"control socket {path}: {exc}") from None
+    finally:
+        client.close()
+    if not isinstance(reply, dict):
+        raise ControlError("unexpected answer from the master")
+    return reply

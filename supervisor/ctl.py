@@ -1,0 +1,91 @@
+"""`li-httpd ctl`: talk to a running master over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+from li_httpd.config import ConfigError, load
+
+from .control import ControlError, request
+from .runtime import control_socket_path
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NO_MASTER = 2
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    """--socket, else the config's control_socket (-c / $LI_HTTPD_CONFIG / default)."""
+    if args.socket:
+        return str(args.socket)
+    return control_socket_path(load(args.config).config)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = socket_path(args)
+    except ConfigError as exc:
+        print(f"li-httpd ctl: cannot read the config to find the control socket "
+              f"({exc.problems[0].render(exc.filename)}); pass --socket", file=sys.stderr)
+        return EXIT_NO_MASTER
+    try:
+        reply = request(path, args.ctl_command)
+    except ControlError as exc:
+        print(f"li-httpd ctl: {exc}", file=sys.stderr)
+        return EXIT_NO_MASTER
+    if args.json:
+        print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
+    elif args.ctl_command == "status":
+        print(render_status(reply))
+    elif args.ctl_command == "reload":
+        print(render_reload(reply))
+    else:
+        print("ok" if reply.get("ok") else f"failed: {reply.get('error', reply)}")
+    return EXIT_OK if reply.get("ok") else EXIT_FAILED
+
+
+def render_reload(reply: dict[str, Any]) -> str:
+    if reply.get("result") == "failed":
+        errors = reply.get("errors") or [reply.get("reason", "")]
+        return "reload failed; the running configuration is unchanged:\n" + "\n".join(
+            f"  {e}" for e in errors)
+    if reply.get("result") == "unchanged":
+        return f"config unchanged ({reply.get('config_hash')})"
+    return f"reloaded: generation {reply.get('generation')}, config {reply.get('config_hash')}"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"li-httpd {status['version']}  pid {status['pid']}  up {status['uptime_s']}s",
+        f"config   {status['config_file']}  hash {status['config_hash']}  "
+        f"generation {status['generation']}",
+        f"listen   {' '.join(status['listen'])}",
+        f"control  {status['control_socket']}",
+    ]
+    last = status.get("last_reload", {})
+    if last.get("result", "none") != "none":
+        detail = f"  line {last['line']}: {last['reason']}" if last.get("result") == "failed" \
+            else f"  config {last.get('config_hash', '')}"
+        lines.append(f"reload   {last['result']}{detail}")
+    workers = [["slot", "pid", "gen", "state", "conns", "requests", "uptime"]]
+    workers += [[str(w["slot"]), str(w["pid"]), str(w["generation"]), w["state"],
+                 str(w["connections"]), str(w["requests"]), f"{w['uptime_s']}s"]
+                for w in status["workers"]]
+    lines += ["workers", _table(workers)]
+    if status["upstreams"]:
+        peers = [["pool", "peer", "health", "active", "fails", "circuit"]]
+        peers += [[p["pool"], p["peer"], p["health"] + (f" ({p['down_for_s']}s)"
+                                                        if p["health"] == "down" else ""),
+                   str(p["active"]), str(p["fails"]), p["circuit"]]
+                  for p in status["upstreams"]]
+        lines += ["upstreams", _table(peers)]
+    return "\n".join(lines)

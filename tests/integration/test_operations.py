@@ -1,0 +1,207 @@
+"""Operating a running gateway: ctl status, atomic reload (SIGHUP / ctl), the reload
+actor, ctl stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Gateway, MockUpstream, cli_command, gateway_config
+
+pytestmark = pytest.mark.integration
+
+V1_ROUTES = ('"GET /health" = "static:healthcheck"\n"/v1/*" = "proxy:main"\n'
+             '"/small" = "proxy:main"\n')
+V2_ROUTES = V1_ROUTES + '"/echo" = "proxy:main"\n'
+
+
+def _rewrite(gateway: Gateway, config: str) -> None:
+    """Replace the config file in place, keeping the test's private control socket."""
+    control = gateway.control_socket
+    config = config.replace("[server]\n", f'[server]\ncontrol_socket = "{control}"\n', 1)
+    temporary = gateway.config_path.with_suffix(".new")
+    temporary.write_text(config)
+    os.replace(temporary, gateway.config_path)
+
+
+def _get(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path)
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def test_ctl_status_shows_workers_peers_and_config(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    assert _get(gateway.port, "/small") == 200
+    result = gateway.ctl("status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["generation"] == 0 and status["config_hash"]
+    assert [w["state"] for w in status["workers"]] == ["running", "running"]
+    assert sum(w["requests"] for w in status["workers"]) >= 1
+    assert status["upstreams"][0]["peer"] == mock.origin
+    assert status["upstreams"][0]["health"] == "up"
+    assert status["listen"] == [gateway.url]
+    table = gateway.ctl("status")
+    assert "workers" in table.stdout and "upstreams" in table.stdout and mock.origin in table.stdout
+
+
+def test_ctl_without_a_master_says_so(tmp_path) -> None:
+    result = subprocess.run(cli_command("ctl", "--socket", str(tmp_path / "none.sock"), "status"),
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "no li-httpd master is running" in result.stderr
+
+
+def test_reload_adds_a_route_and_retires_the_old_workers(mock: MockUpstream,
+                                                          start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    old_workers = gateway.workers()
+    assert _get(gateway.port, "/echo") == 404
+    _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES))
+    result = gateway.ctl("reload")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reloaded: generation 1" in result.stdout
+    assert _get(gateway.port, "/echo") == 200
+    status = gateway.status()
+    assert status["generation"] == 1 and status["last_reload"]["result"] == "ok"
+    deadline = time.monotonic() + 10
+    while any(pid in [w["pid"] for w in gateway.status()["workers"]] for pid in old_workers):
+        assert time.monotonic() < deadline, "old generation did not exit"
+        time.sleep(0.1)
+
+
+def test_invalid_reload_changes_nothing_and_reports_the_line(mock: MockUpstream,
+                                                             start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    before = gateway.status()
+    broken = gateway_config(mock.origin, routes=V1_ROUTES + '"/x" = "proxy:missing"\n')
+    _rewrite(gateway, broken)
+    result = gateway.ctl("reload")
+    assert result.returncode == 1
+    assert "unchanged" in result.stdout and "missing" in result.stdout
+    status = gateway.status()
+    assert status["generation"] == before["generation"]
+    assert status["config_hash"] == before["config_hash"]
+    failure = status["last_reload"]
+    assert failure["result"] == "failed"
+    broken_line = broken.splitlines().index('"/x" = "proxy:missing"') + 2  # + control line
+    assert failure["line"] == broken_line, failure
+    assert "missing" in failure["reason"]
+    assert _get(gateway.port, "/small") == 200
+    assert gateway.workers() == [w["pid"] for w in before["workers"]]
+    assert "reload   failed" in gateway.ctl("status").stdout
+
+
+def test_sighup_reloads_and_the_actor_is_supervised(mock: MockUpstream,
+                                                    start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    children = Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()
+    workers = {str(pid) for pid in gateway.workers()}
+    actor = next(int(pid) for pid in children if pid not in workers)
+    os.kill(actor, signal.SIGKILL)  # the master restarts it
+    time.sleep(1.5)
+    _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES))
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while gateway.status()["generation"] != 1:
+        assert time.monotonic() < deadline, gateway.output.text()
+        time.sleep(0.1)
+    assert _get(gateway.port, "/echo") == 200
+    assert "reload actor exited (killed by SIGKILL)" in gateway.output.text()
+
+
+def test_reload_under_load_fails_nothing_and_cuts_no_stream(mock: MockUpstream,
+                                                            start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    stop = threading.Event()
+    failures: list[str] = []
+    completed = [0]
+    streams: list[list[str]] = []
+
+    def hammer() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        while not stop.is_set():
+            try:
+                connection.request("GET", "/small")
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(f"status {response.status}")
+                completed[0] += 1
+                if response.getheader("connection") == "close":
+                    connection.close()
+            except (http.client.HTTPException, OSError) as exc:
+                failures.append(repr(exc))
+                connection.close()
+        connection.close()
+
+    def stream() -> None:
+        payload = json.dumps({"model": "m", "stream": True, "messages": []})
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        connection.request("POST", "/v1/chat/completions?tokens=20&delay_ms=100", body=payload,
+                           headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        events = [line.decode().strip() for line in response if line.startswith(b"data: ")]
+        streams.append(events)
+        connection.close()
+
+    hammers = [threading.Thread(target=hammer) for _ in range(4)]
+    streamers = [threading.Thread(target=stream) for _ in range(3)]
+    for thread in hammers + streamers:
+        thread.start()
+    time.sleep(1.0)
+    _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES))
+    result = gateway.ctl("reload")
+    assert result.returncode == 0, result.stdout + result.stderr
+    time.sleep(1.5)
+    assert _get(gateway.port, "/echo") == 200
+    stop.set()
+    for thread in hammers + streamers:
+        thread.join(30)
+    assert failures == []
+    assert completed[0] > 300
+    assert len(streams) == 3
+    for events in streams:
+        assert events[-1] == "data: [DONE]", events[-3:]
+
+
+def test_rate_limit_state_survives_a_reload(mock: MockUpstream, start_gateway) -> None:
+    limit = ('[defaults.rate_limit]\nkey = "ip"\nallow_ip_key = true\n'
+             'requests_per_sec = 1\nburst = 2\n')
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES, extra=limit))
+    assert [_get(gateway.port, "/small") for _ in range(3)] == [200, 200, 429]
+    _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES, extra=limit))
+    assert gateway.ctl("reload").returncode == 0
+    assert _get(gateway.port, "/small") == 429  # the key is still limited
+
+
+def test_reload_binds_a_new_listener(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    port = spare.getsockname()[1]
+    spare.close()
+    config = gateway_config(mock.origin, routes=V1_ROUTES).replace(
+        'listen = "127.0.0.1:0"', f'listen = ["127.0.0.1:{gateway.port}", "127.0.0.1:{port}"]')
+    _rewrite(gateway, config)
+    assert gateway.ctl("reload").returncode == 0
+    assert _get(port, "/small") == 200 and _get(gateway.port, "/small") == 200
+
+
+def test_ctl_stop_is_graceful(mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    result = gateway.ctl("stop")
+    assert result.returncode == 0
+    assert gateway.wait(20) == 0
