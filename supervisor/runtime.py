@@ -2,9 +2,10 @@
 
 Defaults: ``$RUNTIME_DIRECTORY`` when systemd provides one (the unit's
 ``RuntimeDirectory=li-httpd``, i.e. /run/li-httpd); as root ``/run/li-httpd``; otherwise
-``$XDG_RUNTIME_DIR/li-httpd``, else ``<tmp>/li-httpd-<uid>``. The master also makes a fresh 0700 directory of its own under
-it (``master-XXXX``) for ZeroMQ ``ipc://`` endpoints, so two gateways on one host never
-share endpoints, and removes it when it stops.
+``$XDG_RUNTIME_DIR/li-httpd``, else ``<tmp>/li-httpd-<uid>``. The master also makes a
+fresh 0700 directory of its own under it (``master-XXXX``) for ZeroMQ ``ipc://``
+endpoints, so two gateways on one host never share endpoints, and removes it when it
+stops.
 """
 
 from __future__ import annotations
