@@ -47,6 +47,9 @@ from li_httpd.actors.reload import ReloadClient, run_actor
 from li_httpd.config import VERSION, ConfigError, LoadedConfig, load_text
 from li_httpd.config.checks import split_host_port
 from li_httpd.shm import SharedState, layout_for, peer_ids
+from li_httpd.workers.log.files import Rotator
+from li_httpd.workers.log.master import MasterLog
+from li_httpd.workers.log.records import Level
 
 from . import sdnotify
 from .control import ControlError, ControlServer
@@ -139,6 +142,9 @@ class Master:
         self.started_at = time.monotonic()
         self.last_reload: dict[str, Any] = {"result": "none"}
         self.control: ControlServer | None = None
+        self.log: MasterLog | None = None
+        self.rotator: Rotator | None = None
+        self._next_rotation_check = 0.0
         self.runtime_dir = ""
         self.reload_client: ReloadClient | None = None
         self.actor_pid = 0
@@ -158,17 +164,22 @@ class Master:
     def run(self) -> int:
         config = self.loaded.config
         try:
+            self._open_logs(self.loaded)
+        except OSError as exc:
+            self._say(f"error: cannot open the log files: {exc}")
+            return EXIT_START
+        try:
             for address in config.server.listen:
                 self.listeners[address] = bind_listener(address)
             tls = server_tls(config)
             self.control = ControlServer(control_socket_path(config))
             self.runtime_dir = private_directory(runtime_base())
         except (StartError, TlsSetupError, ControlError) as exc:
-            self._say(f"error: {exc}")
+            self._say(f"error: {exc}", "error")
             self._close_listeners(list(self.listeners))
             return EXIT_START
         except OSError as exc:
-            self._say(f"error: runtime directory: {exc}")
+            self._say(f"error: runtime directory: {exc}", "error")
             self._close_listeners(list(self.listeners))
             return EXIT_START
         if tls is not None:
@@ -183,16 +194,35 @@ class Master:
         try:
             ready = self._start_generation(generation)
         except StartError as exc:
-            self._say(f"error: {exc}")
+            self._say(f"error: {exc}", "error")
             ready = False
         if not ready:
-            self._say("error: workers did not become ready")
+            self._say("error: workers did not become ready", "error")
             self._stop(graceful=False)
             return EXIT_START
         self.current = generation
         self._banner()
         sdnotify.ready(f"serving, generation 0, config {self.loaded.hash}")
         return self._main_loop()
+
+    def _open_logs(self, loaded: LoadedConfig) -> None:
+        """The master's log and rotation for ``loaded`` (prepares every log file, so an
+        unwritable log directory is an error before anything changes)."""
+        log = MasterLog(loaded.config.log)
+        if self.log is not None:
+            self.log.close()
+        self.log = log
+        self.rotator = Rotator(log.paths, loaded.config.log.rotation,
+                               on_error=lambda path, exc: self._say(
+                                   f"log rotation of {path} failed: {exc}", "error"))
+
+    def _rotate_logs(self) -> None:
+        now = time.monotonic()
+        if self.rotator is None or now < self._next_rotation_check:
+            return
+        self._next_rotation_check = now + 1.0
+        if self.rotator.tick(time.time()):
+            self.reopen()
 
     def _banner(self) -> None:
         assert self.current is not None
@@ -201,10 +231,14 @@ class Master:
         self._say(f"li-httpd {VERSION} config={self.current.loaded.hash} listen={urls} "
                   f"workers={len(self.current.slots)} pid={os.getpid()}")
 
-    @staticmethod
-    def _say(line: str) -> None:
-        sys.stderr.write(f"li-httpd: {line}\n")
-        sys.stderr.flush()
+    def _say(self, line: str, level: Level = "info") -> None:
+        """A master event: to the error log and stderr (plain stderr before the log
+        exists or when it cannot be opened)."""
+        if self.log is None:
+            sys.stderr.write(f"li-httpd: {line}\n")
+            sys.stderr.flush()
+        else:
+            self.log.diagnostic(level, f"li-httpd: {line}")
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -319,7 +353,8 @@ class Master:
                 self.actor_pid = 0
                 self.actor_respawn_at = time.monotonic() + 0.5
                 if not self.stopping:
-                    self._say(f"reload actor exited ({_describe_status(status)}); restarting")
+                    self._say(f"reload actor exited ({_describe_status(status)}); restarting",
+                              "warn")
                 continue
             for generation in self._generations():
                 for slot in generation.slots:
@@ -342,7 +377,7 @@ class Master:
             delay = 0.0
         slot.respawn_at = now + delay
         self._say(f"worker {slot.index} exited ({_describe_status(status)}); "
-                  f"restarting in {delay:.1f}s")
+                  f"restarting in {delay:.1f}s", "warn")
 
     def _crash_loop(self) -> bool:
         return sum(len(slot.crashes) for slot in self.slots) >= CRASH_LIMIT
@@ -377,7 +412,7 @@ class Master:
             self._reap()
             if self._crash_loop():
                 self._say(f"error: workers crashed {CRASH_LIMIT} times within "
-                          f"{CRASH_WINDOW:.0f}s of starting; giving up")
+                          f"{CRASH_WINDOW:.0f}s of starting; giving up", "error")
                 self._stop(graceful=False)
                 return EXIT_START
             self._maintain()
@@ -395,6 +430,7 @@ class Master:
                 self._retired(generation)
         if self.actor_pid == 0 and now >= self.actor_respawn_at:
             self._start_actor()
+        self._rotate_logs()
 
     def _sleep(self, seconds: float) -> bool:
         """Wait for a signal, a control request or the next timer; True when a control
@@ -429,7 +465,7 @@ class Master:
             sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
         self.last_reload = {**result, "at": time.time()}
         if result["result"] == "failed":
-            self._say(f"reload failed: {result['reason']}")
+            self._say(f"reload failed: {result['reason']}", "error")
         else:
             self._say(f"reload {result['result']}: config={result.get('config_hash', '')}")
         return result
@@ -455,6 +491,12 @@ class Master:
         if loaded.hash == current.loaded.hash:
             return {"result": "unchanged", "config_hash": loaded.hash}
         config = loaded.config
+        if config.log != current.loaded.config.log:
+            try:
+                self._open_logs(loaded)
+            except OSError as exc:
+                return {"result": "failed", "reason": f"cannot open the log files: {exc}",
+                        "line": 0}
         bound: list[str] = []
         try:
             for address in config.server.listen:
@@ -545,7 +587,9 @@ class Master:
     # -- control ----------------------------------------------------------------------------
 
     def reopen(self) -> None:
-        """SIGUSR1 / ctl reopen: every worker reopens its log files."""
+        """SIGUSR1 / ctl reopen / rotation: the master and every worker reopen their logs."""
+        if self.log is not None:
+            self.log.reopen()
         for generation in self._generations():
             self._signal_slots(generation.slots, signal.SIGUSR1)
 
@@ -625,6 +669,10 @@ class Master:
             self.reload_client.close()
         if self.runtime_dir:
             remove_directory(self.runtime_dir)
+        if self.rotator is not None:
+            self.rotator.wait(5.0)
+        if self.log is not None:
+            self.log.close()
 
     def _wait_for_exit(self, slots: list[WorkerSlot], seconds: float | None) -> None:
         give_up = None if seconds is None else time.monotonic() + seconds

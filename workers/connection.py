@@ -6,6 +6,9 @@ hand it to the healthcheck, static or proxy handler, which writes the whole resp
 says whether the connection may be kept alive. Any protocol error is answered (400, 408,
 413, 414, 431, ...) and the connection closed.
 
+Every request is logged once, however it ends (access line, and an audit record on
+proxy routes): :class:`Exchange` collects what the log needs while the request runs.
+
 All of a connection's work runs inside one cancel scope. Timeouts and client
 disconnects cancel that scope (see :mod:`.housekeeping`), after which :meth:`run` knows
 from the deadline's reason what was going on and finishes as well as it still can: a
@@ -17,9 +20,8 @@ request go away.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import sys
+import time
 import traceback
 
 import orjson
@@ -51,10 +53,30 @@ _LIMIT_MESSAGES = {"rate": "rate limit exceeded",
                    "table_full": "rate limit state is full; retry shortly"}
 
 
+class Exchange:
+    """What one request did, for its access line and audit record."""
+
+    __slots__ = ("audited", "key_id", "method", "model", "path", "peer", "route",
+                 "sent_mark", "started", "status", "ttfb_ms")
+
+    def __init__(self, head: RequestHead, sent_mark: int) -> None:
+        self.started = time.monotonic()
+        self.method = head.method
+        self.path = head.path
+        self.sent_mark = sent_mark
+        self.status = 0
+        self.route: bytes | None = None
+        self.peer: str | None = None
+        self.ttfb_ms: float | None = None
+        self.key_id: str | None = None
+        self.model: str | None = None
+        self.audited = False
+
+
 class ClientConnection:
     """State of one client connection; see the module docstring."""
 
-    __slots__ = ("ctx", "deadline", "io", "key_id", "metered", "peer", "reader",
+    __slots__ = ("client", "ctx", "deadline", "exchange", "io", "metered", "peer", "reader",
                  "request_id", "requests", "response_chunked", "response_sse",
                  "response_started", "scope", "upstream", "upstream_group")
 
@@ -66,11 +88,13 @@ class ClientConnection:
         self.io: StreamIO = TlsSocketIO(raw, ctx.server_tls) if ctx.server_tls else raw
         self.reader = RequestReader(ctx.limits)
         self.peer = peer
+        self.client = (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2
+                       else "-")
+        self.exchange: Exchange | None = None
         self.upstream: UpstreamConn | None = None
         self.upstream_group: UpstreamGroup | None = None
         self.metered: tuple[int, int, gcra.Rate] | None = None
         """(entry, key, byte rate) when the route meters request-body bytes."""
-        self.key_id: str | None = None
         self.request_id = b""
         self.requests = 0
         self.response_started = False
@@ -93,13 +117,17 @@ class ClientConnection:
         except (PeerGone, TlsHandshakeError):
             pass  # the client went away or failed the TLS handshake
         except Exception as exc:  # a bug must cost one connection, never the worker
-            report_crash(exc, self.request_id)
+            self.ctx.log.diagnostic("error", "connection error", request_id=self.request_id,
+                                    error="".join(traceback.format_exception(exc)[-4:]))
             if not self.response_started:
+                self.begin_response(500)
                 with trio.move_on_after(_AFTER_TIMEOUT_SEND), contextlib.suppress(Exception):
                     await self.io.send_all(error_response(
                         500, self.request_id or b"-", self.ctx.housekeeping.date,
                         keep_alive=False))
         finally:
+            if self.exchange is not None:
+                self._finish()
             shared.add_connection(-1)
             housekeeping.deadlines.discard(self.deadline)
             housekeeping.unwatch(self.io.fd)
@@ -137,6 +165,8 @@ class ClientConnection:
                     event = reader.next_event()
             except HttpError as exc:
                 self.request_id = ctx.request_ids.next()
+                ctx.log.diagnostic("info", "bad request", request_id=self.request_id,
+                                   client=self.client, status=exc.status, detail=exc.detail)
                 await self.io.send_all(error_response(
                     exc.status, self.request_id, housekeeping.date, keep_alive=False,
                     message=exc.message))
@@ -149,14 +179,17 @@ class ClientConnection:
             if self.requests >= keepalive_requests or housekeeping.draining:
                 event.keep_alive = False  # the response says Connection: close
             self.response_started = self.response_chunked = self.response_sse = False
+            self.exchange = Exchange(event, io.sent)
             try:
                 keep = await self._handle(event)
             except HttpError as exc:  # the request body broke the protocol
                 if not self.response_started:
+                    self.begin_response(exc.status)
                     await self.io.send_all(error_response(
                         exc.status, self.request_id, housekeeping.date, keep_alive=False,
                         message=exc.message))
-                return
+                keep = False
+            self._finish()
             if not keep or self.requests >= keepalive_requests:
                 return
 
@@ -179,6 +212,10 @@ class ClientConnection:
             extra = [(b"allow", ", ".join(result.allow).encode())] if result.allow else []
             return await self.reject(head, result.status, extra=extra)
         plan = ctx.plans[result.route.name]
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.route = plan.name_bytes
+            exchange.audited = plan.group is not None
         missing = plan.policy.missing_required(head.headers)
         if missing is not None:
             return await self.reject(head, 400,
@@ -186,7 +223,8 @@ class ClientConnection:
         if plan.policy.accepts_request_id:
             self.request_id = request_id_from(head.headers) or self.request_id
         caller = ctx.keyring.identify(head.headers) if ctx.keyring else _NOBODY
-        self.key_id = caller.key_id
+        if exchange is not None:
+            exchange.key_id = caller.key_id
         if plan.requires_key and caller.key_id is None:
             challenge = b'Bearer realm="li-httpd", error="invalid_token"' \
                 if caller.presented else b'Bearer realm="li-httpd"'
@@ -216,6 +254,7 @@ class ClientConnection:
         ctx = self.ctx
         keep = head.keep_alive
         if plan.healthcheck:
+            self.begin_response(200)
             await self.io.send_all(json_response(
                 200, _HEALTH_BODY, self.request_id, ctx.housekeeping.date,
                 keep_alive=keep and not head.has_body, head_only=head.method == b"HEAD"))
@@ -243,11 +282,37 @@ class ClientConnection:
         """Answer with a JSON error without reading the request body. A connection
         whose request body was not read cannot be reused."""
         keep = keep and head.keep_alive and not head.has_body
+        self.begin_response(status)
         await self.io.send_all(error_response(
             status, self.request_id, self.ctx.housekeeping.date, keep_alive=keep,
             message=message, extra=extra or (), head_only=head.method == b"HEAD"))
-        self.response_started = True
         return keep
+
+    def begin_response(self, status: int) -> None:
+        """Called just before a response head is written."""
+        self.response_started = True
+        if self.exchange is not None:
+            self.exchange.status = status
+
+    def _finish(self) -> None:
+        """Log the request that just ended (normally or not) exactly once."""
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        log = self.ctx.log
+        latency_ms = (time.monotonic() - exchange.started) * 1000
+        bytes_in = self.reader.body_bytes
+        bytes_out = self.io.sent - exchange.sent_mark
+        status = exchange.status
+        log.access(self.request_id, exchange.route, exchange.peer or "-", status, latency_ms,
+                   bytes_in, bytes_out, exchange.method, exchange.path)
+        if exchange.audited:
+            decision = ("rate_limited" if status == 429 else "deny" if status in (401, 403)
+                        else "error" if status >= 500 or status == 0 else "allow")
+            log.audit(self.request_id, exchange.key_id, exchange.route, exchange.model,
+                      exchange.method, exchange.path, status, decision, exchange.peer,
+                      latency_ms, exchange.ttfb_ms, bytes_in, bytes_out)
 
     async def _after_deadline(self, reason: str) -> None:
         """The connection scope was cancelled by a timeout or a disconnect."""
@@ -262,6 +327,7 @@ class ClientConnection:
             try:
                 if not self.response_started:
                     status = 408 if reason in _CLIENT_TIMEOUTS else 504
+                    self.begin_response(status)
                     await self.io.send_all(error_response(
                         status, self.request_id or self.ctx.request_ids.next(),
                         self.ctx.housekeeping.date, keep_alive=False))
@@ -269,14 +335,6 @@ class ClientConnection:
                     await self.io.send_all(sse_error_chunk(reason, self.request_id))
             except PeerGone:
                 pass
-
-
-def report_crash(exc: BaseException, request_id: bytes) -> None:
-    """Last-resort report of an unexpected error on one connection (stderr)."""
-    lines = traceback.format_exception(exc)
-    sys.stderr.write(f"li-httpd worker {os.getpid()}: connection error "
-                     f"(request {request_id.decode('ascii', 'replace')}): "
-                     + "".join(lines[-6:]))
 
 
 def sse_error_chunk(reason: str, request_id: bytes) -> bytes:

@@ -20,6 +20,7 @@ from li_httpd.shm import SharedState, gcra, layout_for, peer_ids
 from .housekeeping import Housekeeping
 from .http1 import ParseLimits
 from .identity import KeyRing
+from .log.writer import WorkerLog
 from .policy import HeaderPolicy
 from .static import StaticSite
 from .upstream import UpstreamGroup
@@ -88,11 +89,12 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "plans",
+    __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "log", "plans",
                  "request_ids", "router", "server_tls", "shared", "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
-                 shared: SharedState | None = None, slot: int = 0) -> None:
+                 shared: SharedState | None = None, slot: int = 0,
+                 log: WorkerLog | None = None) -> None:
         """``shared``: the master's segment (a private one is made when None, for a
         worker run in-process); ``slot``: this worker's column in it."""
         config = loaded.config
@@ -101,6 +103,7 @@ class WorkerContext:
         self.shared = shared or SharedState.create(layout_for(config, 1))
         self.shared.slot = slot
         self.keyring = KeyRing(config.auth.keys)
+        self.log = log or WorkerLog(config.log)
         limits = config.limits
         self.limits = ParseLimits(
             max_request_line=limits.max_request_line,

@@ -25,6 +25,8 @@ read exactly to its end.
 
 from __future__ import annotations
 
+import re
+import time
 from typing import TYPE_CHECKING
 
 from . import sockio
@@ -95,6 +97,19 @@ async def _body_start(conn: ClientConnection, head: RequestHead) -> tuple[bytes,
         reader.feed(data)
 
 
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
+
+
+def _model_of(head: RequestHead, body_start: bytes) -> str | None:
+    """The model a request names: ``x-model``, else a JSON body's ``model`` field (found
+    with a bounded search of the body's start; no full JSON parse on the hot path)."""
+    for name, value in head.headers:
+        if name == b"x-model":
+            return value.decode("latin-1")
+    found = _MODEL.search(body_start, 0, 4096) if body_start else None
+    return found.group(1).decode("utf-8", "replace") if found else None
+
+
 def _request_head(head: RequestHead, plan: RoutePlan, upstream_path: str, host: bytes,
                   request_id: bytes, body: bytes | None) -> bytes:
     target = upstream_path.encode()
@@ -127,6 +142,9 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
     settings = group.settings
     start, complete = await _body_start(conn, head) if head.has_body else (b"", True)
     body = start if complete else None
+    exchange = conn.exchange
+    if exchange is not None:
+        exchange.model = _model_of(head, start)
     replayable = body is not None and head.method in IDEMPOTENT
     # A streamed body is consumed by the first attempt: no retry, no keep-alive on error.
     retry_ok = body is not None
@@ -141,11 +159,16 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
             message = "every upstream peer failed" if tried else "all upstream peers are down"
             return await conn.reject(head, 502, keep=retry_ok, message=message)
         peer = pool.peer
+        if exchange is not None:
+            exchange.peer = peer.label
         shared.add_active(peer.shared_id, 1)
         try:
             try:
                 up = await pool.acquire(conn.deadline, conn.ctx.timeouts.send)
-            except UpstreamConnectError:
+            except UpstreamConnectError as exc:
+                conn.ctx.log.diagnostic("warn", "upstream connect failed",
+                                        request_id=conn.request_id, peer=peer.label,
+                                        error=str(exc))
                 group.failed(peer)
                 tried.append(peer.index)
                 if retry_ok and failovers_left > 0:
@@ -159,6 +182,9 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
             except _UpstreamFailed as failure:
                 conn.upstream = None
                 up.close()
+                conn.ctx.log.diagnostic("warn", "upstream failed", request_id=conn.request_id,
+                                        peer=peer.label, error=failure.reason,
+                                        reused=up.reused)
                 safe = retry_ok and (not failure.request_sent or replayable)
                 if up.reused and stale_retry_left and safe:
                     stale_retry_left = False  # a stale pooled connection: not the peer's fault
@@ -169,9 +195,12 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
                     failovers_left -= 1
                     continue
                 return await conn.reject(head, 502, keep=retry_ok, message="upstream failed")
-            except UpstreamProtocolError:
+            except UpstreamProtocolError as exc:
                 conn.upstream = None
                 up.close()
+                conn.ctx.log.diagnostic("warn", "invalid upstream response",
+                                        request_id=conn.request_id, peer=peer.label,
+                                        error=exc.detail)
                 group.failed(peer)
                 return await conn.reject(head, 502, keep=False,
                                          message="invalid upstream response")
@@ -219,6 +248,8 @@ async def _exchange(conn: ClientConnection, up: UpstreamConn, head: RequestHead,
             waiting = False
             continue
         if isinstance(event, ResponseHead):
+            if conn.exchange is not None:
+                conn.exchange.ttfb_ms = (time.monotonic() - conn.exchange.started) * 1000
             return event
         raise _UpstreamFailed("closed before responding", request_sent=True)
 
@@ -305,7 +336,7 @@ async def _relay(conn: ClientConnection, up: UpstreamConn, pool: PeerPool,
         out += _chunk(data) if chunked else data
     if complete and chunked:
         out += b"0\r\n\r\n"
-    conn.response_started = True
+    conn.begin_response(response.status)
     await client.send_all(out)
     if not complete:
         try:
@@ -371,9 +402,12 @@ async def _upstream_broke(conn: ClientConnection, up: UpstreamConn, head: Reques
     conn.upstream = None
     up.close()
     conn.ctx.housekeeping.unwatch(conn.io.fd)
+    conn.ctx.log.diagnostic("warn", "upstream response broke off", request_id=conn.request_id,
+                            peer=up.peer.label)
     if conn.response_started:
         conn.io.abort()  # the client must see the response end abnormally
         return False
+    conn.begin_response(502)
     await conn.io.send_all(error_response(502, conn.request_id, conn.ctx.housekeeping.date,
                                           keep_alive=False,
                                           head_only=head.method == b"HEAD"))

@@ -82,7 +82,7 @@ class Deadline:
 class SocketIO:
     """A connected non-blocking socket. Not safe for concurrent use by two tasks."""
 
-    __slots__ = ("_ops", "deadline", "fd", "send_timeout", "sock")
+    __slots__ = ("_ops", "deadline", "fd", "send_timeout", "sent", "sock")
 
     def __init__(self, sock: socket.socket, deadline: Deadline, send_timeout: float) -> None:
         sock.setblocking(False)
@@ -90,6 +90,8 @@ class SocketIO:
         self.fd = sock.fileno()
         self.deadline = deadline
         self.send_timeout = send_timeout
+        self.sent = 0
+        """Bytes handed to send_all/sendfile so far (the access log's bytes_out)."""
         self._ops = 0
 
     async def recv(self) -> bytes:
@@ -124,6 +126,7 @@ class SocketIO:
         """Write everything or raise :class:`PeerGone`. Waiting is bounded by
         ``send_timeout`` through the connection deadline."""
         sock = self.sock
+        self.sent += len(data)
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -156,6 +159,7 @@ class SocketIO:
         deadline = self.deadline
         saved_at, saved_reason = deadline.at, deadline.reason
         sock = self.sock
+        self.sent += count
         try:
             while count > 0:
                 try:

@@ -43,9 +43,9 @@ async def serve_static(conn: ClientConnection, head: RequestHead, plan: RoutePla
         common.append((b"connection", b"close"))
     if isinstance(resolved, Redirect):
         location = resolved.location.encode()
+        conn.begin_response(301)
         await conn.io.send_all(render_head(301, [(b"location", location),
                                                  (b"content-length", b"0"), *common]))
-        conn.response_started = True
         return keep
     fd = resolved.fd
     try:
@@ -53,17 +53,17 @@ async def serve_static(conn: ClientConnection, head: RequestHead, plan: RoutePla
         validators: list[Header] = [(b"etag", etag),
                                     (b"last-modified", last_modified(resolved.mtime))]
         if not_modified(head.headers, etag, resolved.mtime):
+            conn.begin_response(304)
             await conn.io.send_all(render_head(304, [*validators, *common]))
-            conn.response_started = True
             return keep
         size = resolved.size
         wanted = requested_range(head.headers, size, etag, resolved.mtime) \
             if head.method == b"GET" else None
         if wanted is False:
+            conn.begin_response(416)
             await conn.io.send_all(render_head(416, [
                 (b"content-range", b"bytes */%d" % size), (b"content-length", b"0"),
                 *common]))
-            conn.response_started = True
             return keep
         status, start, length = 200, 0, size
         extra: list[Header] = []
@@ -75,7 +75,7 @@ async def serve_static(conn: ClientConnection, head: RequestHead, plan: RoutePla
                    (b"content-length", b"%d" % length), (b"accept-ranges", b"bytes"),
                    (b"x-content-type-options", b"nosniff"), *extra, *validators, *common]
         out = render_head(status, headers)
-        conn.response_started = True
+        conn.begin_response(status)
         if head.method == b"HEAD" or length == 0:
             await conn.io.send_all(out)
         elif length <= SMALL_FILE:

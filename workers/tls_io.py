@@ -40,11 +40,12 @@ class TlsSocketIO:
     listeners, with the master's server context.
     """
 
-    __slots__ = ("_incoming", "_outgoing", "_raw", "_tls")
+    __slots__ = ("_incoming", "_outgoing", "_raw", "_sent", "_tls")
 
     def __init__(self, raw: SocketIO, context: ssl.SSLContext, *,
                  server_hostname: str | None = None) -> None:
         self._raw = raw
+        self._sent = 0
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing,
@@ -112,7 +113,13 @@ class TlsSocketIO:
     async def recv_after_wait(self) -> bytes:
         return await self.recv()
 
+    @property
+    def sent(self) -> int:
+        """Plaintext bytes sent so far (the access log's bytes_out)."""
+        return self._sent
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._sent += len(data)
         try:
             self._tls.write(data)
         except ssl.SSLError as exc:

@@ -22,7 +22,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 from collections.abc import AsyncIterator, Sequence
 
 import trio
@@ -32,6 +31,7 @@ from trio.lowlevel import checkpoint, wait_readable
 
 from .connection import handle_connection
 from .context import WorkerContext
+from .log.writer import WorkerLog
 
 _RETRY_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BURST = 16
@@ -49,7 +49,6 @@ def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
     # Ctrl-C reaches the whole process group; the master coordinates the stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls, shared, slot)
     return 0
 
@@ -58,18 +57,21 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                 ready_fd: int | None, parent_pid: int | None = None,
                 server_tls: ssl.SSLContext | None = None, shared: SharedState | None = None,
                 slot: int = 0) -> None:
-    ctx = WorkerContext(loaded, server_tls, shared, slot)
+    log = WorkerLog(loaded.config.log)
+    ctx = WorkerContext(loaded, server_tls, shared, slot, log)
     ctx.shared.worker_started(os.getpid())
     shutdown_timeout = loaded.config.server.shutdown_timeout / 1000
     max_connections = loaded.config.limits.max_connections
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGQUIT,
+                                       signal.SIGUSR1) as signals:
             async with trio.open_nursery() as root:
+                await root.start(log.run)
                 await root.start(ctx.housekeeping.run)
                 async with trio.open_nursery() as connections:
                     accepting = trio.CancelScope()
-                    stop = _Stopper(ctx, accepting, connections.cancel_scope,
-                                    root.cancel_scope, shutdown_timeout)
+                    stop = _Stopper(ctx, accepting, connections.cancel_scope, root,
+                                    shutdown_timeout)
                     root.start_soon(stop.watch_signals, signals)
                     if parent_pid is not None:
                         root.start_soon(stop.watch_parent, parent_pid)
@@ -90,11 +92,12 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                 root.cancel_scope.cancel()
     finally:
         ctx.close()
+        log.close()  # whatever the queue still holds reaches the files
 
 
 class _Stopper:
     def __init__(self, ctx: WorkerContext, accepting: trio.CancelScope,
-                 connections: trio.CancelScope, root: trio.CancelScope,
+                 connections: trio.CancelScope, root: trio.Nursery,
                  shutdown_timeout: float) -> None:
         self.ctx = ctx
         self.accepting = accepting
@@ -104,11 +107,14 @@ class _Stopper:
 
     async def watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for number in signals:
+            if number == signal.SIGUSR1:
+                self.ctx.log.request_reopen()
+                continue
             if number == signal.SIGQUIT:
                 self.connections.cancel()
-                self.root.cancel()
+                self.root.cancel_scope.cancel()
                 return
-            await self.drain()
+            self.root.start_soon(self.drain)  # keep serving SIGUSR1 while draining
 
     async def watch_parent(self, parent_pid: int) -> None:
         """A worker whose master died stops gracefully instead of lingering."""
@@ -117,6 +123,8 @@ class _Stopper:
         await self.drain()
 
     async def drain(self) -> None:
+        if self.ctx.housekeeping.draining:
+            return  # a second SIGTERM changes nothing
         self.ctx.housekeeping.drain()
         self.accepting.cancel()
         await trio.sleep(self.shutdown_timeout)
@@ -137,7 +145,7 @@ async def _accept_loop(ctx: WorkerContext, listener: socket.socket,
                 await wait_readable(listener)
             except OSError as exc:
                 if exc.errno in _RETRY_ACCEPT:
-                    sys.stderr.write(f"li-httpd worker {os.getpid()}: accept: {exc}\n")
+                    ctx.log.diagnostic("error", "accept failed", error=str(exc))
                     await trio.sleep(0.1)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
                     limiter.release()

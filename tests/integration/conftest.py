@@ -109,6 +109,10 @@ class Gateway(Process):
     config_path: Path = field(default=Path())
 
     @property
+    def log_dir(self) -> Path:
+        return self.config_path.parent / "logs"
+
+    @property
     def control_socket(self) -> str:
         found = re.search(r'control_socket = "([^"]+)"', self.config_path.read_text())
         assert found, "gateway config has no control_socket"
@@ -189,6 +193,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             # paths are short-limited, so not under tmp_path.
             control = tempfile.mkdtemp(prefix="lictl-") + "/control.sock"
             config = config.replace("[server]\n", f'[server]\ncontrol_socket = "{control}"\n', 1)
+        if "\n[log]" not in "\n" + config:
+            config += f'\n[log]\ndir = "{tmp_path / "logs"}"\n'
         path.write_text(config)
         popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER)
         gateway = Gateway(popen, found.group(1), lines, path)

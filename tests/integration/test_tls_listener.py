@@ -86,7 +86,7 @@ def test_lets_encrypt_without_the_acme_actor_fails_to_start(tmp_path: Path) -> N
                       '[server.tls]\nmode = "lets_encrypt"\n[server.tls.lets_encrypt]\n'
                       'email = "ops@a.example"\ndomains = ["a.example"]\n'
                       'environment = "staging"\n[routes]\n"GET /health" = '
-                      '"static:healthcheck"\n')
+                      f'"static:healthcheck"\n[log]\ndir = "{tmp_path}/logs"\n')
     result = subprocess.run([sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
                              str(config)], capture_output=True, text=True, timeout=30,
                             check=False)
