@@ -47,6 +47,7 @@ from li_httpd.actors.reload import ReloadClient, run_actor
 from li_httpd.config import VERSION, ConfigError, LoadedConfig, load_text
 from li_httpd.config.checks import split_host_port
 from li_httpd.shm import SharedState, layout_for, peer_ids
+from li_httpd.workers import metrics as metrics_env
 from li_httpd.workers.log.files import Rotator
 from li_httpd.workers.log.master import MasterLog
 from li_httpd.workers.log.records import Level
@@ -88,6 +89,7 @@ class Generation:
     tls: ServerTls | None
     listeners: list[socket.socket]
     slots: list[WorkerSlot]
+    metrics_listener: socket.socket | None = None
     retiring: bool = False
 
     @property
@@ -174,6 +176,7 @@ class Master:
             tls = server_tls(config)
             self.control = ControlServer(control_socket_path(config))
             self.runtime_dir = private_directory(runtime_base())
+            metrics_listener = self._metrics_listener(self.loaded)
         except (StartError, TlsSetupError, ControlError) as exc:
             self._say(f"error: {exc}", "error")
             self._close_listeners(list(self.listeners))
@@ -190,7 +193,7 @@ class Master:
         shared = SharedState.create(layout_for(config, count))
         generation = Generation(0, self.loaded, shared, tls,
                                 [self.listeners[a] for a in config.server.listen],
-                                [WorkerSlot(i) for i in range(count)])
+                                [WorkerSlot(i) for i in range(count)], metrics_listener)
         try:
             ready = self._start_generation(generation)
         except StartError as exc:
@@ -223,6 +226,19 @@ class Master:
         self._next_rotation_check = now + 1.0
         if self.rotator.tick(time.time()):
             self.reopen()
+
+    def _metrics_listener(self, loaded: LoadedConfig) -> socket.socket | None:
+        """Bind (or reuse) the metrics listener; on first use also point
+        prometheus_client at a fresh directory under the runtime directory."""
+        metrics = loaded.config.metrics
+        if not metrics.enabled:
+            return None
+        if not os.environ.get(metrics_env.ENV):
+            metrics_env.prepare_directory(os.path.join(self.runtime_dir, "metrics"))
+        key = "metrics:" + metrics.listen
+        if key not in self.listeners:
+            self.listeners[key] = self._bound_at(metrics.listen) or bind_listener(metrics.listen)
+        return self.listeners[key]
 
     def _banner(self) -> None:
         assert self.current is not None
@@ -329,7 +345,7 @@ class Master:
 
                 code = run_worker(generation.loaded, generation.listeners, ready_w,
                                   generation.tls.context if generation.tls else None,
-                                  generation.shared, slot.index)
+                                  generation.shared, slot.index, generation.metrics_listener)
             except BaseException as exc:  # report, then leave the child
                 sys.stderr.write(f"li-httpd worker {os.getpid()}: fatal: {exc!r}\n")
             finally:
@@ -362,6 +378,7 @@ class Master:
                         self._worker_exited(generation, slot, status)
 
     def _worker_exited(self, generation: Generation, slot: WorkerSlot, status: int) -> None:
+        metrics_env.mark_dead(slot.pid)
         slot.pid = 0
         # Streams, in-flight requests and statistics the dead worker held are gone.
         generation.shared.clear_worker(slot.index)
@@ -464,6 +481,7 @@ class Master:
         finally:
             sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
         self.last_reload = {**result, "at": time.time()}
+        metrics_env.count_reload(str(result["result"]))
         if result["result"] == "failed":
             self._say(f"reload failed: {result['reason']}", "error")
         else:
@@ -509,10 +527,12 @@ class Master:
                 self.listeners[address] = bind_listener(address)
                 bound.append(address)
             tls = server_tls(config)
+            metrics_listener = self._metrics_listener(loaded)
         except (StartError, TlsSetupError) as exc:
             self._close_listeners(bound)
             return {"result": "failed", "reason": str(exc), "line": 0}
         generation = self._next_generation(loaded, tls)
+        generation.metrics_listener = metrics_listener
         try:
             ready = self._start_generation(generation)
         except StartError as exc:
@@ -562,7 +582,8 @@ class Master:
 
     def _retired(self, generation: Generation) -> None:
         """Close what only a finished generation used."""
-        in_use = {id(s) for g in self._generations() for s in g.listeners}
+        in_use = {id(s) for g in self._generations()
+                  for s in (*g.listeners, *([g.metrics_listener] if g.metrics_listener else []))}
         gone = [a for a, s in self.listeners.items() if id(s) not in in_use]
         self._close_listeners(gone)
         if all(g.shared is not generation.shared for g in self._generations()):

@@ -106,6 +106,7 @@ class ClientConnection:
         housekeeping.deadlines.add(self.deadline)
         shared = self.ctx.shared
         shared.add_connection(1)
+        self.ctx.metrics.connection(1)
         try:
             with self.scope:
                 if isinstance(self.io, TlsSocketIO):
@@ -129,6 +130,7 @@ class ClientConnection:
             if self.exchange is not None:
                 self._finish()
             shared.add_connection(-1)
+            self.ctx.metrics.connection(-1)
             housekeeping.deadlines.discard(self.deadline)
             housekeeping.unwatch(self.io.fd)
             if self.upstream is not None:
@@ -239,6 +241,7 @@ class ClientConnection:
                                                          client_ip))
         admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
         if not admission.allowed:
+            ctx.metrics.rate_limited(plan.name_bytes)
             retry = b"%d" % gcra.retry_after_seconds(admission.retry_after_ns)
             return await self.reject(head, 429, extra=[(b"retry-after", retry)],
                                      message=_LIMIT_MESSAGES[admission.reason])
@@ -261,7 +264,12 @@ class ClientConnection:
             return keep and not head.has_body
         if plan.static is not None:
             return await serve_static(self, head, plan, upstream_path, path)
-        return await proxy_request(self, head, plan, upstream_path)
+        metrics = ctx.metrics
+        metrics.stream(plan.name_bytes, 1)
+        try:
+            return await proxy_request(self, head, plan, upstream_path)
+        finally:
+            metrics.stream(plan.name_bytes, -1)
 
     async def meter_body(self, count: int) -> None:
         """Charge request-body bytes to the caller's byte rate, pausing (backpressure on
@@ -307,6 +315,8 @@ class ClientConnection:
         status = exchange.status
         log.access(self.request_id, exchange.route, exchange.peer or "-", status, latency_ms,
                    bytes_in, bytes_out, exchange.method, exchange.path)
+        self.ctx.metrics.request_done(exchange.route, exchange.method, status,
+                                      latency_ms / 1000, exchange.ttfb_ms, exchange.peer)
         if exchange.audited:
             decision = ("rate_limited" if status == 429 else "deny" if status in (401, 403)
                         else "error" if status >= 500 or status == 0 else "allow")

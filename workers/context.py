@@ -21,6 +21,7 @@ from .housekeeping import Housekeeping
 from .http1 import ParseLimits
 from .identity import KeyRing
 from .log.writer import WorkerLog
+from .metrics import for_config as metrics_for
 from .policy import HeaderPolicy
 from .static import StaticSite
 from .upstream import UpstreamGroup
@@ -89,8 +90,8 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "log", "plans",
-                 "request_ids", "router", "server_tls", "shared", "timeouts")
+    __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "log", "metrics",
+                 "plans", "request_ids", "router", "server_tls", "shared", "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
                  shared: SharedState | None = None, slot: int = 0,
@@ -104,6 +105,7 @@ class WorkerContext:
         self.shared.slot = slot
         self.keyring = KeyRing(config.auth.keys)
         self.log = log or WorkerLog(config.log)
+        self.metrics = metrics_for(config)
         limits = config.limits
         self.limits = ParseLimits(
             max_request_line=limits.max_request_line,

@@ -169,6 +169,7 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
                 conn.ctx.log.diagnostic("warn", "upstream connect failed",
                                         request_id=conn.request_id, peer=peer.label,
                                         error=str(exc))
+                conn.ctx.metrics.upstream_error(peer.label, "connect")
                 group.failed(peer)
                 tried.append(peer.index)
                 if retry_ok and failovers_left > 0:
@@ -185,6 +186,7 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
                 conn.ctx.log.diagnostic("warn", "upstream failed", request_id=conn.request_id,
                                         peer=peer.label, error=failure.reason,
                                         reused=up.reused)
+                conn.ctx.metrics.upstream_error(peer.label, "closed")
                 safe = retry_ok and (not failure.request_sent or replayable)
                 if up.reused and stale_retry_left and safe:
                     stale_retry_left = False  # a stale pooled connection: not the peer's fault
@@ -201,11 +203,13 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
                 conn.ctx.log.diagnostic("warn", "invalid upstream response",
                                         request_id=conn.request_id, peer=peer.label,
                                         error=exc.detail)
+                conn.ctx.metrics.upstream_error(peer.label, "protocol")
                 group.failed(peer)
                 return await conn.reject(head, 502, keep=False,
                                          message="invalid upstream response")
             if response.status in settings.retry_statuses:
                 group.failed(peer)
+                conn.ctx.metrics.upstream_error(peer.label, f"status_{response.status}")
                 if replayable and failovers_left > 0:
                     conn.upstream = None
                     up.close()

@@ -32,6 +32,7 @@ from trio.lowlevel import checkpoint, wait_readable
 from .connection import handle_connection
 from .context import WorkerContext
 from .log.writer import WorkerLog
+from .metrics_server import handle_metrics_connection
 
 _RETRY_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BURST = 16
@@ -40,7 +41,8 @@ PARENT_CHECK = 1.0
 
 def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                ready_fd: int | None, server_tls: ssl.SSLContext | None = None,
-               shared: SharedState | None = None, slot: int = 0) -> int:
+               shared: SharedState | None = None, slot: int = 0,
+               metrics_listener: socket.socket | None = None) -> int:
     """Body of a forked worker process; returns its exit status."""
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
@@ -49,17 +51,19 @@ def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
     # Ctrl-C reaches the whole process group; the master coordinates the stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls, shared, slot)
+    trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls, shared, slot,
+             metrics_listener)
     return 0
 
 
 async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                 ready_fd: int | None, parent_pid: int | None = None,
                 server_tls: ssl.SSLContext | None = None, shared: SharedState | None = None,
-                slot: int = 0) -> None:
+                slot: int = 0, metrics_listener: socket.socket | None = None) -> None:
     log = WorkerLog(loaded.config.log)
     ctx = WorkerContext(loaded, server_tls, shared, slot, log)
     ctx.shared.worker_started(os.getpid())
+    ctx.housekeeping.sweepers.append(_LogDrops(ctx).push)
     shutdown_timeout = loaded.config.server.shutdown_timeout / 1000
     max_connections = loaded.config.limits.max_connections
     try:
@@ -81,13 +85,17 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                             for listener in listeners:
                                 acceptors.start_soon(_accept_loop, ctx, listener,
                                                      connections, limiter)
+                            if metrics_listener is not None:
+                                acceptors.start_soon(_accept_metrics, ctx, metrics_listener,
+                                                     connections)
                             if ready_fd is not None:
                                 os.write(ready_fd, b"R")
                                 os.close(ready_fd)
                                 ready_fd = None
                     # This process's copies only: other workers (a reload's new
                     # generation) may still accept on the same sockets.
-                    for listener in listeners:
+                    for listener in (*listeners, *(
+                            [metrics_listener] if metrics_listener else [])):
                         listener.close()
                 root.cancel_scope.cancel()
     finally:
@@ -158,6 +166,36 @@ async def _accept_loop(ctx: WorkerContext, listener: socket.socket,
         if burst >= _ACCEPT_BURST:
             burst = 0
             await checkpoint()
+
+
+class _LogDrops:
+    """Once a second: export the log queue's new drops as a metric."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.seen: dict[str, int] = {}
+
+    def push(self, _now: float) -> None:
+        for kind, total in self.ctx.log.dropped.items():
+            new = total - self.seen.get(kind, 0)
+            if new:
+                self.ctx.metrics.log_dropped(kind, new)
+                self.seen[kind] = total
+
+
+async def _accept_metrics(ctx: WorkerContext, listener: socket.socket,
+                          connections: trio.Nursery) -> None:
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            await wait_readable(listener)
+            continue
+        except OSError:
+            await trio.sleep(0.1)
+            continue
+        sock.setblocking(False)
+        connections.start_soon(handle_metrics_connection, ctx, sock)
 
 
 async def _connection(ctx: WorkerContext, sock: socket.socket, peer: object,

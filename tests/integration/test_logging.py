@@ -75,7 +75,7 @@ def test_mv_and_sigusr1_lose_and_duplicate_nothing(mock: MockUpstream, start_gat
     for i in range(20):  # still written to the moved file until the reopen
         _get(gateway, "/small", {"x-request-id": f"between-{i}"})
     gateway.signal(signal.SIGUSR1)
-    _wait_for(lambda: access.exists())
+    _wait_for(access.exists)
     for i in range(50):
         _get(gateway, "/small", {"x-request-id": f"after-{i}"})
     _wait_for(lambda: len(_lines(access)) + len(_lines(moved)) == 120)
@@ -117,7 +117,8 @@ SECRETS = {
     "openai": "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
     "github": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB",
     "aws": "AKIAIOSFODNN7EXAMPLE",
-    "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "jwt": ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+            "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
     "cookie": "session=topsecretcookievalue123",
 }
 

@@ -1,0 +1,181 @@
+"""Prometheus metrics, in prometheus-client's multiprocess mode.
+
+The master points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory inside its private
+runtime directory before it imports prometheus_client and forks, so every process
+(workers, and the master for reload counts) writes its samples to its own mmapped
+files there; the master calls ``mark_process_dead`` for every worker it reaps. A scrape
+of ``[metrics] listen`` + ``path`` is answered by whichever worker accepts it: it merges
+all processes' files (:class:`MultiProcessCollector`) and adds the gauges that live in
+shared memory (peer health and in-flight requests, per-worker connections), in a thread
+so the event loop never waits for that file I/O.
+
+Labels follow the audit log's field names (``route``, ``method``, ``status``, ``peer``).
+When ``[metrics] enabled = false`` the request path calls :class:`NoMetrics`, whose
+methods do nothing, and prometheus_client is never imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from li_httpd.config.model import Config
+from li_httpd.shm import SharedState, peer_ids
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0, 300.0)
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class NoMetrics:
+    """The no-op twin of :class:`Metrics` (metrics disabled)."""
+
+    def request_done(self, route: bytes | None, method: bytes, status: int, seconds: float,
+                     ttfb_ms: float | None, peer: str | None) -> None:
+        pass
+
+    def rate_limited(self, route: bytes) -> None:
+        pass
+
+    def upstream_error(self, peer: str, kind: str) -> None:
+        pass
+
+    def connection(self, delta: int) -> None:
+        pass
+
+    def stream(self, route: bytes, delta: int) -> None:
+        pass
+
+    def log_dropped(self, kind: str, count: int) -> None:
+        pass
+
+
+class Metrics(NoMetrics):
+    """One worker's metric families, with label children cached on first use."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self._requests = Counter("li_requests_total", "Requests answered.",
+                                 ["route", "method", "status"])
+        self._latency = Histogram("li_request_duration_seconds",
+                                  "Time from request head to the end of the response.",
+                                  ["route"], buckets=LATENCY_BUCKETS)
+        self._ttfb = Histogram("li_upstream_ttfb_seconds",
+                               "Time from request head to the upstream's response head.",
+                               ["route", "peer"], buckets=LATENCY_BUCKETS)
+        self._connections = Gauge("li_connections", "Open client connections.",
+                                  multiprocess_mode="livesum")
+        self._streams = Gauge("li_active_streams", "Responses being forwarded.", ["route"],
+                              multiprocess_mode="livesum")
+        self._limited = Counter("li_rate_limited_total", "Requests refused with 429.",
+                                ["route"])
+        self._upstream_errors = Counter("li_upstream_errors_total",
+                                        "Upstream failures by peer and kind.",
+                                        ["peer", "kind"])
+        self._dropped = Counter("li_log_dropped_total",
+                                "Log records dropped because a worker's queue was full.",
+                                ["kind"])
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, family: Any, *labels: str) -> Any:
+        key = (id(family), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
+    def request_done(self, route: bytes | None, method: bytes, status: int, seconds: float,
+                     ttfb_ms: float | None, peer: str | None) -> None:
+        name = route.decode() if route else "-"
+        self._child(self._requests, name, method.decode("latin-1"), str(status)).inc()
+        self._child(self._latency, name).observe(seconds)
+        if ttfb_ms is not None and peer:
+            self._child(self._ttfb, name, peer).observe(ttfb_ms / 1000)
+
+    def rate_limited(self, route: bytes) -> None:
+        self._child(self._limited, route.decode()).inc()
+
+    def upstream_error(self, peer: str, kind: str) -> None:
+        self._child(self._upstream_errors, peer, kind).inc()
+
+    def connection(self, delta: int) -> None:
+        self._connections.inc(delta)
+
+    def stream(self, route: bytes, delta: int) -> None:
+        self._child(self._streams, route.decode()).inc(delta)
+
+    def log_dropped(self, kind: str, count: int) -> None:
+        self._child(self._dropped, kind).inc(count)
+
+
+def for_config(config: Config) -> NoMetrics:
+    return Metrics() if config.metrics.enabled and os.environ.get(ENV) else NoMetrics()
+
+
+class _SharedStateCollector:
+    """Gauges read from shared memory at scrape time."""
+
+    def __init__(self, config: Config, shared: SharedState) -> None:
+        self.config = config
+        self.shared = shared
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("li_upstream_peer_up", "1 when passive health has the peer up.",
+                               labels=["pool", "peer"])
+        active = GaugeMetricFamily("li_upstream_peer_active",
+                                   "Requests in flight to the peer, all workers.",
+                                   labels=["pool", "peer"])
+        now = self.shared.clock()
+        ids = peer_ids(self.config)
+        for pool, upstream in self.config.upstreams.items():
+            for peer, shared_id in zip(upstream.peers, ids[pool], strict=True):
+                up.add_metric([pool, peer.url], 1.0 if self.shared.peer_up(shared_id, now) else 0.0)
+                active.add_metric([pool, peer.url], float(self.shared.active_of(shared_id)))
+        yield up
+        yield active
+
+
+def render(config: Config, shared: SharedState) -> bytes:
+    """The text exposition of every process's metrics plus the shared-memory gauges
+    (blocking file reads: run it in a thread)."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_SharedStateCollector(config, shared))
+    return generate_latest(registry)
+
+
+def prepare_directory(path: str) -> None:
+    """Master, before importing prometheus_client and forking: an empty directory."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    os.environ[ENV] = path
+
+
+def mark_dead(pid: int) -> None:
+    """Master, after reaping a worker: drop its live gauge files."""
+    if os.environ.get(ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def count_reload(result: str) -> None:
+    """Master: one reload attempt by result (ok, failed, unchanged)."""
+    if not os.environ.get(ENV):
+        return
+    from prometheus_client import Counter
+
+    global _RELOADS  # noqa: PLW0603 - one family per process, created on first use
+    if _RELOADS is None:
+        _RELOADS = Counter("li_reloads_total", "Reload attempts by result.", ["result"])
+    _RELOADS.labels(result).inc()
+
+
+_RELOADS: Any = None
