@@ -186,7 +186,8 @@ def mock(start_mock: Callable[..., MockUpstream]) -> MockUpstream:
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
-    def start(config: str, *, name: str = "gateway.toml") -> Gateway:
+    def start(config: str, *, name: str = "gateway.toml",
+              env: dict[str, str] | None = None) -> Gateway:
         path = tmp_path / name
         if "control_socket" not in config:
             # A private control socket per gateway (tests run many at once); unix socket
@@ -196,7 +197,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         if "\n[log]" not in "\n" + config:
             config += f'\n[log]\ndir = "{tmp_path / "logs"}"\n'
         path.write_text(config)
-        popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER)
+        popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER, env)
         gateway = Gateway(popen, found.group(1), lines, path)
         started.append(gateway)
         return gateway

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -205,3 +206,27 @@ def test_ctl_stop_is_graceful(mock: MockUpstream, start_gateway) -> None:
     result = gateway.ctl("stop")
     assert result.returncode == 0
     assert gateway.wait(20) == 0
+
+
+def test_systemd_notifications(mock: MockUpstream, start_gateway) -> None:
+    directory = tempfile.mkdtemp(prefix="lisd-")
+    address = os.path.join(directory, "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(address)
+    receiver.settimeout(20)
+    try:
+        gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES),
+                                env={"NOTIFY_SOCKET": address})
+        assert b"READY=1" in receiver.recv(4096).split(b"\n")
+        _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES))
+        gateway.signal(signal.SIGHUP)
+        reloading = receiver.recv(4096).split(b"\n")
+        assert b"RELOADING=1" in reloading
+        assert any(field.startswith(b"MONOTONIC_USEC=") for field in reloading)
+        assert b"READY=1" in receiver.recv(4096).split(b"\n")
+        assert _get(gateway.port, "/echo") == 200  # READY came after the switch
+        gateway.signal(signal.SIGTERM)
+        assert b"STOPPING=1" in receiver.recv(4096).split(b"\n")
+        assert gateway.wait(20) == 0
+    finally:
+        receiver.close()
