@@ -22,10 +22,12 @@ Layout (version 1; all integers little-endian, 8-byte aligned)::
                   round-robin weight shared by every worker.
     active        i32 × peer_count × worker_slots     (least_conn, one column per slot)
     workers       WorkerEntry × worker_slots          (each written by its worker only)
-                  ┌───────────┬─────────────────┬──────────┬──────────┐
-                  │ pid i64   │ connections i64 │ requests │ started  │ 32 bytes
-                  └───────────┴─────────────────┴──────────┴──────────┘
-                  what `li-httpd ctl status` shows per worker.
+                  ┌─────────┬─────────────┬──────────┬─────────┬───────────┐
+                  │ pid i64 │ connections │ requests │ started │ accepting │ 40 bytes
+                  └─────────┴─────────────┴──────────┴─────────┴───────────┘
+                  what `li-httpd ctl status` shows per worker; accepting = 0 once
+                  a draining worker has stopped accepting (the master waits for
+                  that before a reload reports success).
 
 Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
 the others or leak capacity:
@@ -69,7 +71,7 @@ KEY_ENTRY = 32
 KEY_FIELDS = KEY_ENTRY // 8
 PEER_ENTRY = 40
 PEER_FIELDS = PEER_ENTRY // 8
-WORKER_ENTRY = 32
+WORKER_ENTRY = 40
 WORKER_FIELDS = WORKER_ENTRY // 8
 _HEADER = struct.Struct("<8sIIIII")
 
@@ -346,6 +348,13 @@ class SharedState:
         self.workers[field + 1] = 0
         self.workers[field + 2] = 0
         self.workers[field + 3] = self.clock()
+        self.workers[field + 4] = 1
+
+    def stopped_accepting(self) -> None:
+        self.workers[self.slot * WORKER_FIELDS + 4] = 0
+
+    def accepting(self, slot: int) -> bool:
+        return self.workers[slot * WORKER_FIELDS + 4] == 1
 
     def add_connection(self, delta: int) -> None:
         self.workers[self.slot * WORKER_FIELDS + 1] += delta

@@ -64,6 +64,7 @@ CRASH_LIMIT = 10
 YOUNG = 1.0
 READY_TIMEOUT = 30.0
 KILL_GRACE = 5.0
+STOP_ACCEPTING_WAIT = 5.0
 BACKLOG = 4096
 
 
@@ -549,10 +550,23 @@ class Master:
         current.retiring = True
         self.retiring.append(current)
         self._signal_slots(current.slots, signal.SIGTERM)
+        self._wait_stopped_accepting(current)
         self.current = generation
         self.loaded = loaded
         self._banner()
         return {"result": "ok", "config_hash": loaded.hash, "generation": generation.number}
+
+    def _wait_stopped_accepting(self, generation: Generation) -> None:
+        """After SIGTERM to a generation: wait (briefly) until none of its workers still
+        accepts, so that once a reload reports success every new connection gets the new
+        config."""
+        give_up = time.monotonic() + STOP_ACCEPTING_WAIT
+        while time.monotonic() < give_up:
+            self._reap()
+            if not any(slot.pid and generation.shared.accepting(slot.index)
+                       for slot in generation.slots):
+                return
+            time.sleep(0.01)
 
     def _next_generation(self, loaded: LoadedConfig, tls: ServerTls | None) -> Generation:
         """The new generation's shared state: the running segment when its layout still

@@ -135,6 +135,7 @@ class _Stopper:
             return  # a second SIGTERM changes nothing
         self.ctx.housekeeping.drain()
         self.accepting.cancel()
+        self.ctx.shared.stopped_accepting()
         await trio.sleep(self.shutdown_timeout)
         self.connections.cancel()
 
@@ -151,6 +152,9 @@ async def _accept_loop(ctx: WorkerContext, listener: socket.socket,
             except BlockingIOError:
                 burst = 0
                 await wait_readable(listener)
+                if ctx.housekeeping.draining:
+                    limiter.release()
+                    return  # woken before the drain's cancel arrived: accept no more
             except OSError as exc:
                 if exc.errno in _RETRY_ACCEPT:
                     ctx.log.diagnostic("error", "accept failed", error=str(exc))
