@@ -865,7 +865,9 @@ class _Connection:
         sent = 0
         self.in_stream = True
         try:
-            for payload in _with_done(events):
+            produce = _with_done(events)
+            payload: Any = None
+            while payload is not _DONE:  # _DONE is the last event: no pause after it
                 if sent == cut:
                     break
                 if sent:
@@ -875,6 +877,11 @@ class _Connection:
                     elif sent % CHECKPOINT_EVERY == 0:
                         self._poll_peer()
                         await trio.lowlevel.checkpoint()
+                # Produced (and so stamped with x_mock_sent_at) after the pause, just
+                # before it is written: the stamp is the send time a driver compares to.
+                payload = next(produce, None)
+                if payload is None:
+                    break
                 event = payload if payload is _DONE else b"data: " + payload + b"\n\n"
                 if chunked:
                     event = b"%x\r\n%s\r\n" % (len(event), event)

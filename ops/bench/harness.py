@@ -1,0 +1,327 @@
+"""The benchmark harness: li-httpd against nginx (and LiteLLM), one scenario at a time.
+
+    bash ops/bench/run [SCENARIO ...] [--profile ci|quick|full] [--set KEY=VALUE ...]
+                       [--langs nginx,li,litellm] [--results DIR] [--compare CSV]
+
+Everything a scenario does comes from TOML (see benchconfig.py); adding one needs no
+Python. For each scenario the harness writes the fixtures, starts the upstream(s), then
+for each server in turn renders its config from the same scenario, starts it with the
+same worker count, runs ``[verify]`` (correctness before timing: a server that answers
+wrongly is not measured), runs the scenario's loads (a discarded warm-up, then
+``global.runs`` measured runs, median reported) while sampling the server's processes'
+CPU and memory, and stops it. Results: ``results/<timestamp>.csv``, one PNG per scenario,
+and a table of li/nginx and li/litellm ratios on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import loads, render
+from .benchconfig import HERE, BenchConfigError, get, load_profile, parse_value, scenario_config
+from .procs import Sampler, Server, free_port
+from .report import Row, compare_table, median_metrics, plot, read_csv, write_csv
+
+LITELLM = HERE / "litellm"
+LITELLM_VENV = HERE / ".litellm-venv"
+OPENAI_PATH = "/v1/chat/completions"
+
+
+class Upstreams:
+    """The scenario's upstream servers (an nginx, or li-httpd mock-upstream processes)."""
+
+    def __init__(self, config: Mapping[str, Any], work: Path) -> None:
+        self.kind = get(config, "upstream.kind", "nginx")
+        self.count = int(get(config, "upstream.count", 1))
+        self.work = work
+        self.servers: list[Server] = []
+
+    def start(self) -> None:
+        if self.kind == "nginx":
+            port = free_port()
+            conf = self.work / "upstream.conf"
+            conf.write_text(render.upstream_nginx(self.work, port, self.work / "static"))
+            self.servers.append(Server("upstream-nginx", ["nginx", "-p", str(self.work), "-c",
+                                                          str(conf)], port,
+                                       self.work / "upstream.log"))
+        else:
+            for index in range(self.count):
+                port = free_port()
+                self.servers.append(Server(
+                    f"mock-{index}", [sys.executable, "-m", "li_httpd.ops.mock_upstream",
+                                      "--port", str(port)], port,
+                    self.work / f"mock-{index}.log"))
+        for server in self.servers:
+            server.start()
+
+    @property
+    def origins(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def request_counts(self) -> list[int]:
+        counts = []
+        for server in self.servers:
+            with urllib.request.urlopen(f"{server.url}/stats", timeout=10) as response:
+                counts.append(int(orjson.loads(response.read())["requests"]))
+        return counts
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence[str]
+             ) -> Server | str:
+    """A started gateway, or the reason it cannot run."""
+    port = free_port()
+    static_root = work / "static"
+    if lang == "nginx":
+        conf = work / "gateway-nginx.conf"
+        conf.write_text(render.gateway_nginx(config, work, port, origins, static_root))
+        server = Server("nginx", ["nginx", "-p", str(work), "-c", str(conf)], port,
+                        work / "nginx.log")
+    elif lang == "li":
+        conf = work / "gateway-li.toml"
+        conf.write_text(render.gateway_li(config, work, port, origins, static_root))
+        server = Server("li", [sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
+                               str(conf)], port, work / "li.log")
+    elif lang == "litellm":
+        if not (LITELLM_VENV / "bin" / "litellm").exists():
+            return "unavailable: not installed (bash ops/bench/litellm/setup)"
+        if len(origins) != 1:
+            return "unavailable: one upstream only"
+        conf = work / "litellm.yaml"
+        rendered = subprocess.run(
+            [sys.executable, str(LITELLM / "config.py"), "--upstream", origins[0], "--model",
+             "mock-chat", "--out", str(conf)], capture_output=True, text=True, check=False)
+        if rendered.returncode != 0:
+            return f"unavailable: config rendering failed: {rendered.stderr.strip()[:200]}"
+        workers = str(get(config, "global.workers", 2))
+        server = Server("litellm", ["bash", str(LITELLM / "run"), "--config", str(conf),
+                                    "--port", str(port), "--num_workers", workers],
+                        port, work / "litellm.log")
+    else:
+        return f"unknown lang {lang}"
+    try:
+        server.start(timeout=120 if lang == "litellm" else 30)
+    except RuntimeError as exc:
+        return f"unavailable: failed to start: {str(exc).splitlines()[0][:200]}"
+    return server
+
+
+class Scenario:
+    def __init__(self, config: dict[str, Any], timing: bool, rows: list[Row]) -> None:
+        self.config = config
+        self.name = str(config["name"])
+        self.timing = timing
+        self.rows = rows
+        self.workers = int(get(config, "global.workers", 2))
+        self.failed = False
+
+    def add(self, lang: str, variant: str, metrics: Mapping[str, tuple[float, str]]) -> None:
+        for metric, (value, unit) in sorted(metrics.items()):
+            self.rows.append(Row(self.name, lang, variant, self.workers, metric,
+                                 f"{value:.4g}" if isinstance(value, float) else str(value),
+                                 unit))
+
+    def note(self, lang: str, reason: str) -> None:
+        self.rows.append(Row(self.name, lang, "-", self.workers, "status", "", reason))
+        print(f"  {lang}: {reason}", flush=True)
+
+    def run(self, langs: Sequence[str]) -> None:
+        print(f"== {self.name}: {get(self.config, 'description', '')}", flush=True)
+        work = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        # nginx started as root serves files as "nobody": let it read the fixtures.
+        work.chmod(0o755)
+        fixtures = render.write_fixtures(self.config, work / "static")
+        upstreams = Upstreams(self.config, work)
+        try:
+            upstreams.start()
+            for lang in langs:
+                server = _gateway(lang, self.config, work, upstreams.origins)
+                if isinstance(server, str):
+                    self.note(lang, server)
+                    if lang != "litellm":
+                        self.failed = True
+                    continue
+                try:
+                    self._serve(lang, server, upstreams, fixtures)
+                finally:
+                    server.stop()
+        finally:
+            upstreams.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _serve(self, lang: str, server: Server, upstreams: Upstreams,
+               fixtures: Mapping[str, bytes]) -> None:
+        requests = get(self.config, "verify.requests", [])
+        if lang == "litellm":
+            requests = [r for r in requests if r["path"].startswith(OPENAI_PATH)]
+        failures = loads.verify(server.port, requests, fixtures)
+        self.add(lang, "verify", {"verify_passed": (0.0 if failures else 1.0, "bool")})
+        if failures:
+            self.failed = lang != "litellm" or self.failed
+            self.note(lang, "verify failed: " + "; ".join(failures)[:300])
+            return
+        print(f"  {lang}: verify ok", flush=True)
+        if not self.timing:
+            return
+        for tool in get(self.config, "load.tools", ["wrk"]):
+            if tool == "wrk":
+                self._wrk(lang, server, upstreams)
+            elif tool == "latency":
+                self._latency(lang, server, upstreams)
+            elif tool == "sse":
+                self._sse(lang, server)
+            else:
+                raise BenchConfigError(f"{self.name}: unknown load tool {tool!r}")
+
+    def _wrk(self, lang: str, server: Server, upstreams: Upstreams) -> None:
+        config = self.config
+        url = server.url + get(config, "load.path", "/")
+        options = {"threads": int(get(config, "load.wrk.threads", 2)),
+                   "connections": int(get(config, "load.wrk.connections", 64)),
+                   "method": get(config, "load.method", "GET"),
+                   "body": get(config, "load.body", ""),
+                   "headers": get(config, "load.headers", [])}
+        loads.run_wrk(url, seconds=float(get(config, "global.warmup_sec", 3)), **options)
+        distribution = bool(get(config, "check.distribution", False))
+        before = upstreams.request_counts() if distribution else []
+        runs = []
+        for _ in range(int(get(config, "global.runs", 3))):
+            with Sampler(server.pid, float(get(config, "global.sample_interval_sec", 0.1))) \
+                    as sampler:
+                metrics = loads.run_wrk(url, seconds=float(get(config, "load.wrk.duration_sec",
+                                                               10)), **options)
+            requests = max(metrics["requests"][0], 1.0)
+            metrics["cpu_s"] = (sampler.cpu_seconds, "s")
+            metrics["cpu_us_per_req"] = (sampler.cpu_seconds / requests * 1e6, "us")
+            metrics["peak_rss_mib"] = (sampler.peak_rss_kib / 1024, "MiB")
+            metrics["peak_pss_mib"] = (sampler.peak_pss_kib / 1024, "MiB")
+            runs.append(metrics)
+        result = median_metrics(runs)
+        if distribution:
+            shares = [after - b for after, b in zip(upstreams.request_counts(), before,
+                                                   strict=True)]
+            mean = sum(shares) / len(shares)
+            spread = (max(shares) - min(shares)) / mean if mean else 1.0
+            result["share_spread"] = (spread, "ratio")
+            tolerance = float(get(config, "check.tolerance", 0.05))
+            if any(abs(share - mean) > tolerance * mean for share in shares):
+                self.note(lang, f"distribution check failed: {shares}")
+                self.failed = True
+        self.add(lang, "default", result)
+        p99 = result.get("p99_latency_ms", (0.0, ""))[0]
+        print(f"  {lang}: {result['rps'][0]:.0f} req/s, p99 {p99:.2f} ms, "
+              f"{result['cpu_us_per_req'][0]:.0f} us CPU/req, "
+              f"{result['peak_pss_mib'][0]:.0f} MiB", flush=True)
+
+    def _latency(self, lang: str, server: Server, upstreams: Upstreams) -> None:
+        config = self.config
+        path = get(config, "load.path", OPENAI_PATH)
+        levels = ",".join(str(c) for c in get(config, "load.latency.concurrency", [1, 4, 16, 64]))
+        report = loads.run_driver("latency", [
+            "--url", server.url + path, "--body", get(config, "load.body", "{}"),
+            "--concurrency", levels,
+            "--requests-per-level", str(get(config, "load.latency.requests_per_level", 1000)),
+            "--warmup", str(get(config, "load.latency.warmup", 100)),
+            "--baseline-url", upstreams.origins[0] + path], timeout=1800)
+        for variant, metrics in loads.latency_metrics(report).items():
+            self.add(lang, variant, metrics)
+        summary = {v: m.get("added_p50_ms", (float("nan"),))[0]
+                   for v, m in loads.latency_metrics(report).items()}
+        print(f"  {lang}: added p50 ms by concurrency {summary}", flush=True)
+
+    def _sse(self, lang: str, server: Server) -> None:
+        config = self.config
+        seconds = float(get(config, "load.sse.duration_sec", 30))
+        with Sampler(server.pid, float(get(config, "global.sample_interval_sec", 0.1))) \
+                as sampler:
+            report = loads.run_driver("sse", [
+                "--url", server.url + get(config, "load.path", OPENAI_PATH),
+                "--streams", str(get(config, "load.sse.streams", 100)),
+                "--open-rate", str(get(config, "load.sse.open_rate", 100)),
+                "--events", str(get(config, "load.sse.events", 100)),
+                "--event-interval-ms", str(get(config, "load.sse.event_interval_ms", 100)),
+                "--duration", str(seconds)], timeout=seconds + 300)
+        metrics = loads.sse_metrics(report)
+        metrics["cpu_s"] = (sampler.cpu_seconds, "s")
+        metrics["peak_rss_mib"] = (sampler.peak_rss_kib / 1024, "MiB")
+        metrics["peak_pss_mib"] = (sampler.peak_pss_kib / 1024, "MiB")
+        self.add(lang, "default", metrics)
+        print(f"  {lang}: added delay p50 {metrics.get('added_delay_p50_ms', (0,))[0]:.2f} ms "
+              f"p99 {metrics.get('added_delay_p99_ms', (0,))[0]:.2f} ms, "
+              f"{metrics.get('completed', (0,))[0]:.0f} completed, "
+              f"{metrics['stream_errors'][0]:.0f} errors, "
+              f"peak {metrics['peak_pss_mib'][0]:.0f} MiB", flush=True)
+
+
+def _parse_sets(values: Sequence[str]) -> list[tuple[str, Any]]:
+    sets = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BenchConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        sets.append((key.strip(), parse_value(value.strip())))
+    return sets
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ops/bench/run", description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", help="scenarios (default: the profile's)")
+    parser.add_argument("--profile", default="quick", help="ci, quick or full (suite.toml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a merged TOML key, e.g. load.wrk.connections=128")
+    parser.add_argument("--langs", help="comma-separated servers (default: the scenario's)")
+    parser.add_argument("--results", default=str(HERE / "results"), help="output directory")
+    parser.add_argument("--compare", metavar="CSV", help="print the ratio table of an "
+                                                         "earlier results CSV and exit")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    if args.compare:
+        print(compare_table(read_csv(Path(args.compare))))
+        return 0
+    try:
+        profile = load_profile(args.profile)
+        sets = _parse_sets(args.set)
+        configs = [scenario_config(name, profile, sets)
+                   for name in (args.scenarios or profile.scenarios)]
+    except BenchConfigError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    rows: list[Row] = []
+    failed = False
+    for config in configs:
+        langs = args.langs.split(",") if args.langs else get(config, "langs", ["nginx", "li"])
+        scenario = Scenario(config, profile.timing, rows)
+        scenario.run(langs)
+        failed = failed or scenario.failed
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results = Path(args.results)
+    csv_path = results / f"{stamp}.csv"
+    write_csv(csv_path, rows)
+    print(f"\nresults: {csv_path}")
+    if profile.timing:
+        if not args.no_plots:
+            plots = plot(rows, results / stamp)
+            print(f"plots:   {results / stamp} ({len(plots)} files)")
+        print()
+        print(compare_table(rows))
+    if failed:
+        print("\nbench: some server failed verification or a check; see above", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
