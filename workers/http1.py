@@ -28,7 +28,9 @@ Host, unlimited sizes); those are checked here. Body framing (Content-Length, ch
 close-delimited) is decoded here too, because httptools cannot report where a message
 ends inside a buffer, and exact message ends are what make pipelining and upstream
 connection reuse safe. The chunked decoder is strict: hex sizes of at most 16 digits,
-CRLF only, a capped chunk extension, trailers parsed, size-checked and dropped.
+CRLF only, a capped chunk extension, trailers parsed, size-checked and dropped; chunk
+extensions and trailers of one message share one ``max_header_bytes`` budget, so tiny
+chunks with extensions cannot make framing cost a multiple of the body.
 """
 
 from __future__ import annotations
