@@ -81,8 +81,16 @@ class Upstreams:
             server.stop()
 
 
-def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence[str]
-             ) -> Server | str:
+def _variants(config: Mapping[str, Any], lang: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """(variant name, spec) to run for ``lang``: li may be measured in several
+    configurations (``[li.variants.NAME]`` with ``extra`` TOML and/or ``request_logs``)
+    to price a feature."""
+    variants = get(config, "li.variants", {}) if lang == "li" else {}
+    return list(variants.items()) if variants else [("default", {})]
+
+
+def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence[str],
+             variant: Mapping[str, Any] | None = None) -> Server | str:
     """A started gateway, or the reason it cannot run."""
     port = free_port()
     static_root = work / "static"
@@ -93,7 +101,10 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
                         work / "nginx.log")
     elif lang == "li":
         conf = work / "gateway-li.toml"
-        conf.write_text(render.gateway_li(config, work, port, origins, static_root))
+        spec = variant or {}
+        conf.write_text(render.gateway_li(config, work, port, origins, static_root,
+                                          spec.get("request_logs", ()))
+                        + str(spec.get("extra", "")))
         server = Server("li", [sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
                                str(conf)], port, work / "li.log")
     elif lang == "litellm":
@@ -120,6 +131,10 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
     return server
 
 
+def _label(lang: str, variant: str) -> str:
+    return lang if variant == "default" else f"{lang}/{variant}"
+
+
 class Scenario:
     def __init__(self, config: dict[str, Any], timing: bool, rows: list[Row]) -> None:
         self.config = config
@@ -128,6 +143,8 @@ class Scenario:
         self.rows = rows
         self.workers = int(get(config, "global.workers", 2))
         self.failed = False
+        self.wrk_runs: dict[tuple[str, str], list[dict[str, tuple[float, str]]]] = {}
+        self.shares: dict[tuple[str, str], list[int]] = {}
 
     def add(self, lang: str, variant: str, metrics: Mapping[str, tuple[float, str]]) -> None:
         for metric, (value, unit) in sorted(metrics.items()):
@@ -141,6 +158,9 @@ class Scenario:
 
     def run(self, langs: Sequence[str]) -> None:
         print(f"== {self.name}: {get(self.config, 'description', '')}", flush=True)
+        rounds = int(get(self.config, "global.rounds", 1))
+        if rounds > 1 and set(get(self.config, "load.tools", ["wrk"])) != {"wrk"}:
+            raise BenchConfigError(f"{self.name}: global.rounds > 1 needs load.tools = [\"wrk\"]")
         work = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         # nginx started as root serves files as "nobody": let it read the fixtures.
         work.chmod(0o755)
@@ -148,46 +168,54 @@ class Scenario:
         upstreams = Upstreams(self.config, work)
         try:
             upstreams.start()
-            for lang in langs:
-                server = _gateway(lang, self.config, work, upstreams.origins)
-                if isinstance(server, str):
-                    self.note(lang, server)
-                    if lang != "litellm":
-                        self.failed = True
-                    continue
-                try:
-                    self._serve(lang, server, upstreams, fixtures)
-                finally:
-                    server.stop()
+            # Rounds alternate the servers and variants so that drift on a busy machine
+            # (CPU frequency, noisy neighbours) lands on all of them alike.
+            for round_index in range(rounds):
+                for lang in langs:
+                    for variant, spec in _variants(self.config, lang):
+                        server = _gateway(lang, self.config, work, upstreams.origins, spec)
+                        if isinstance(server, str):
+                            if round_index == 0:
+                                self.note(lang, server)
+                            if lang != "litellm":
+                                self.failed = True
+                            continue
+                        try:
+                            self._serve(lang, variant, server, upstreams, fixtures,
+                                        first_round=round_index == 0)
+                        finally:
+                            server.stop()
+            self._report_wrk()
         finally:
             upstreams.stop()
             shutil.rmtree(work, ignore_errors=True)
 
-    def _serve(self, lang: str, server: Server, upstreams: Upstreams,
-               fixtures: Mapping[str, bytes]) -> None:
+    def _serve(self, lang: str, variant: str, server: Server, upstreams: Upstreams,
+               fixtures: Mapping[str, bytes], first_round: bool = True) -> None:
         requests = get(self.config, "verify.requests", [])
         if lang == "litellm":
             requests = [r for r in requests if r["path"].startswith(OPENAI_PATH)]
         failures = loads.verify(server.port, requests, fixtures)
-        self.add(lang, "verify", {"verify_passed": (0.0 if failures else 1.0, "bool")})
+        if first_round or failures:
+            self.add(lang, "verify", {"verify_passed": (0.0 if failures else 1.0, "bool")})
         if failures:
             self.failed = lang != "litellm" or self.failed
             self.note(lang, "verify failed: " + "; ".join(failures)[:300])
             return
-        print(f"  {lang}: verify ok", flush=True)
+        print(f"  {_label(lang, variant)}: verify ok", flush=True)
         if not self.timing:
             return
         for tool in get(self.config, "load.tools", ["wrk"]):
             if tool == "wrk":
-                self._wrk(lang, server, upstreams)
+                self._wrk(lang, variant, server, upstreams)
             elif tool == "latency":
                 self._latency(lang, server, upstreams)
             elif tool == "sse":
-                self._sse(lang, server)
+                self._sse(lang, variant, server)
             else:
                 raise BenchConfigError(f"{self.name}: unknown load tool {tool!r}")
 
-    def _wrk(self, lang: str, server: Server, upstreams: Upstreams) -> None:
+    def _wrk(self, lang: str, variant: str, server: Server, upstreams: Upstreams) -> None:
         config = self.config
         url = server.url + get(config, "load.path", "/")
         options = {"threads": int(get(config, "load.wrk.threads", 2)),
@@ -198,7 +226,7 @@ class Scenario:
         loads.run_wrk(url, seconds=float(get(config, "global.warmup_sec", 3)), **options)
         distribution = bool(get(config, "check.distribution", False))
         before = upstreams.request_counts() if distribution else []
-        runs = []
+        runs = self.wrk_runs.setdefault((lang, variant), [])
         for _ in range(int(get(config, "global.runs", 3))):
             with Sampler(server.pid, float(get(config, "global.sample_interval_sec", 0.1))) \
                     as sampler:
@@ -210,22 +238,32 @@ class Scenario:
             metrics["peak_rss_mib"] = (sampler.peak_rss_kib / 1024, "MiB")
             metrics["peak_pss_mib"] = (sampler.peak_pss_kib / 1024, "MiB")
             runs.append(metrics)
-        result = median_metrics(runs)
+            print(f"  {_label(lang, variant)}: run {len(runs)}: {metrics['rps'][0]:.0f} req/s",
+                  flush=True)
         if distribution:
-            shares = [after - b for after, b in zip(upstreams.request_counts(), before,
-                                                   strict=True)]
-            mean = sum(shares) / len(shares)
-            spread = (max(shares) - min(shares)) / mean if mean else 1.0
-            result["share_spread"] = (spread, "ratio")
-            tolerance = float(get(config, "check.tolerance", 0.05))
-            if any(abs(share - mean) > tolerance * mean for share in shares):
-                self.note(lang, f"distribution check failed: {shares}")
-                self.failed = True
-        self.add(lang, "default", result)
-        p99 = result.get("p99_latency_ms", (0.0, ""))[0]
-        print(f"  {lang}: {result['rps'][0]:.0f} req/s, p99 {p99:.2f} ms, "
-              f"{result['cpu_us_per_req'][0]:.0f} us CPU/req, "
-              f"{result['peak_pss_mib'][0]:.0f} MiB", flush=True)
+            served = [after - b for after, b in zip(upstreams.request_counts(), before,
+                                                    strict=True)]
+            total = self.shares.setdefault((lang, variant), [0] * len(served))
+            total[:] = [t + s for t, s in zip(total, served, strict=True)]
+
+    def _report_wrk(self) -> None:
+        """Median over every run of every round, and the distribution check on the totals."""
+        tolerance = float(get(self.config, "check.tolerance", 0.05))
+        for (lang, variant), runs in self.wrk_runs.items():
+            result = median_metrics(runs)
+            shares = self.shares.get((lang, variant))
+            if shares is not None:
+                mean = sum(shares) / len(shares)
+                spread = (max(shares) - min(shares)) / mean if mean else 1.0
+                result["share_spread"] = (spread, "ratio")
+                if any(abs(share - mean) > tolerance * mean for share in shares):
+                    self.note(lang, f"distribution check failed: {shares}")
+                    self.failed = True
+            self.add(lang, variant, result)
+            p99 = result.get("p99_latency_ms", (0.0, ""))[0]
+            print(f"  {_label(lang, variant)}: median of {len(runs)}: {result['rps'][0]:.0f} "
+                  f"req/s, p99 {p99:.2f} ms, {result['cpu_us_per_req'][0]:.0f} us CPU/req, "
+                  f"{result['peak_pss_mib'][0]:.0f} MiB", flush=True)
 
     def _latency(self, lang: str, server: Server, upstreams: Upstreams) -> None:
         config = self.config
@@ -243,7 +281,7 @@ class Scenario:
                    for v, m in loads.latency_metrics(report).items()}
         print(f"  {lang}: added p50 ms by concurrency {summary}", flush=True)
 
-    def _sse(self, lang: str, server: Server) -> None:
+    def _sse(self, lang: str, variant: str, server: Server) -> None:
         config = self.config
         seconds = float(get(config, "load.sse.duration_sec", 30))
         with Sampler(server.pid, float(get(config, "global.sample_interval_sec", 0.1))) \
@@ -259,7 +297,7 @@ class Scenario:
         metrics["cpu_s"] = (sampler.cpu_seconds, "s")
         metrics["peak_rss_mib"] = (sampler.peak_rss_kib / 1024, "MiB")
         metrics["peak_pss_mib"] = (sampler.peak_pss_kib / 1024, "MiB")
-        self.add(lang, "default", metrics)
+        self.add(lang, variant, metrics)
         print(f"  {lang}: added delay p50 {metrics.get('added_delay_p50_ms', (0,))[0]:.2f} ms "
               f"p99 {metrics.get('added_delay_p99_ms', (0,))[0]:.2f} ms, "
               f"{metrics.get('completed', (0,))[0]:.0f} completed, "
@@ -280,7 +318,7 @@ def _parse_sets(values: Sequence[str]) -> list[tuple[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ops/bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", help="scenarios (default: the profile's)")
-    parser.add_argument("--profile", default="quick", help="ci, quick or full (suite.toml)")
+    parser.add_argument("--profile", default="quick", help="ci, quick, full or costs (suite.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a merged TOML key, e.g. load.wrk.connections=128")
     parser.add_argument("--langs", help="comma-separated servers (default: the scenario's)")

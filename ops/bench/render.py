@@ -80,7 +80,9 @@ def gateway_nginx(config: Mapping[str, Any], work: Path, port: int, peers: Seque
 
 
 def gateway_li(config: Mapping[str, Any], work: Path, port: int, peers: Sequence[str],
-               static_root: Path) -> str:
+               static_root: Path, request_logs: Sequence[str] = ()) -> str:
+    """``request_logs``: sinks to turn on ("access", "audit"); by default none, for parity
+    with nginx's ``access_log off``."""
     workers = int(get(config, "global.workers", 2))
     kind = get(config, "server.kind", "proxy")
     lines = [
@@ -88,8 +90,8 @@ def gateway_li(config: Mapping[str, Any], work: Path, port: int, peers: Sequence
         f'control_socket = "{work}/li-control.sock"', "",
         "[limits]", "keepalive_requests = 1000000", "max_connections = 8192", "",
         "[log]", f'dir = "{work}/li-logs"',
-        # Parity with nginx's `access_log off`: neither gateway writes per-request logs.
-        "[log.access]", "enabled = false", "[log.audit]", "enabled = false", "",
+        "[log.access]", f"enabled = {'true' if 'access' in request_logs else 'false'}",
+        "[log.audit]", f"enabled = {'true' if 'audit' in request_logs else 'false'}", "",
     ]
     if kind == "static":
         lines += ["[static.site]", f'root = "{static_root}"', "", "[routes]",

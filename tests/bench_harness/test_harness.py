@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from li_httpd.config import load_text
-from li_httpd.ops.bench import benchconfig, loads, render, report
+from li_httpd.ops.bench import benchconfig, harness, loads, render, report
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:9000/small
   2 threads and 64 connections
@@ -36,11 +36,13 @@ def test_every_scenario_parses_and_names_known_tools() -> None:
 
 def test_profiles_name_existing_scenarios() -> None:
     names = {p.parent.name for p in benchconfig.SCENARIOS.glob("*/bench.toml")}
-    for profile in ("ci", "quick", "full"):
+    for profile in ("ci", "quick", "full", "costs"):
         loaded = benchconfig.load_profile(profile)
         assert set(loaded.scenarios) <= names
     assert not benchconfig.load_profile("ci").timing
-    assert set(benchconfig.load_profile("full").scenarios) == names
+    assert set(benchconfig.load_profile("ci").scenarios) == names  # CI verifies every one
+    comparisons = {name for name in names if not name.startswith("cost_")}
+    assert set(benchconfig.load_profile("full").scenarios) == comparisons
 
 
 def test_merge_order_defaults_scenario_profile_then_set() -> None:
@@ -96,3 +98,30 @@ def test_compare_table_ratios_and_unavailable_rows() -> None:
     assert "litellm unavailable: x" in table
     assert report.median_metrics([{"rps": (1.0, "r")}, {"rps": (3.0, "r")},
                                   {"rps": (2.0, "r")}]) == {"rps": (2.0, "r")}
+
+
+def _metrics(rps: float) -> dict[str, tuple[float, str]]:
+    return {"rps": (rps, "req/s"), "cpu_us_per_req": (100.0, "us"), "peak_pss_mib": (60.0, "MiB")}
+
+
+def test_rounds_report_the_median_of_every_run_and_check_total_shares() -> None:
+    config = {"name": "lb", "global": {"workers": 2}, "check": {"tolerance": 0.05}}
+    rows: list[report.Row] = []
+    scenario = harness.Scenario(config, timing=True, rows=rows)
+    # Three rounds of one run each: the reported value is the median across rounds.
+    scenario.wrk_runs[("li", "default")] = [_metrics(100), _metrics(300), _metrics(200)]
+    scenario.shares[("li", "default")] = [100, 100, 130]  # 30% off the mean: must fail
+    scenario.wrk_runs[("nginx", "default")] = [_metrics(500)]
+    scenario._report_wrk()
+    values = {(r.lang, r.metric): r.value for r in rows}
+    assert values[("li", "rps")] == "200"
+    assert values[("nginx", "rps")] == "500"
+    assert float(values[("li", "share_spread")]) == pytest.approx(30 / 110, rel=1e-3)
+    assert scenario.failed
+    assert any(r.metric == "status" and "distribution" in r.unit for r in rows)
+
+
+def test_rounds_refuse_loads_that_cannot_alternate() -> None:
+    config = {"name": "sse", "global": {"rounds": 2}, "load": {"tools": ["sse"]}}
+    with pytest.raises(benchconfig.BenchConfigError, match="rounds"):
+        harness.Scenario(config, timing=True, rows=[]).run(["li"])
