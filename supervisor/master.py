@@ -667,7 +667,9 @@ class Master:
                               "health": "up" if down_for == 0 else "down",
                               "down_for_s": round(down_for, 1), "fails": health.fails,
                               "active": current.shared.active_of(shared_id),
-                              "circuit": "closed"})
+                              # No circuit breaker yet (SPEC §6 "later"); saying
+                              # "closed" would claim one that is watching.
+                              "circuit": "n/a"})
         tls = current.tls is not None
         return {
             "version": VERSION, "pid": os.getpid(), "config_hash": current.loaded.hash,
