@@ -137,7 +137,23 @@ class TlsSocketIO:
             count -= len(data)
 
     def readable_now(self) -> bool:
-        return self._tls.pending() > 0 or self._raw.readable_now()
+        """Like :meth:`SocketIO.readable_now`, but also looks at TLS records already
+        read from the socket and not yet decrypted: a stray response can hide in a record
+        that arrived in the same segment as the end of the last response. Consuming it
+        here is harmless: a connection with anything pending is discarded."""
+        if self._tls.pending() > 0 or self._incoming.eof:
+            return True
+        if self._incoming.pending:
+            try:
+                if self._tls.read(1):
+                    return True
+            except ssl.SSLWantReadError:
+                pass  # only handshake records (session tickets), or a partial record
+            except ssl.SSLError:
+                return True  # close_notify, or garbage: not reusable either way
+            if self._incoming.pending:
+                return True  # part of a record: the upstream is sending something
+        return self._raw.readable_now()
 
     def close(self) -> None:
         self._raw.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.server
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,18 +39,27 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Nam
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-@pytest.fixture
-def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def _server_context(directory: Path) -> ssl.SSLContext:
+    """A CA and a ``localhost`` certificate it signed, written to ``directory``
+    (``ca.pem`` for the gateway's ``ca_file``); returns the server's TLS context."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "li-httpd test CA")])
     ca_cert = _certificate("li-httpd test CA", ca_key, ca_name, ca_key, ca=True)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _certificate("localhost", key, ca_name, ca_key, ca=False)
-    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.key").write_bytes(key.private_bytes(
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem", directory / "server.key")
+    return context
+
+
+@pytest.fixture
+def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    context = _server_context(tmp_path)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -64,8 +76,6 @@ def tls_upstream(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -95,3 +105,77 @@ def test_https_peer_with_untrusted_certificate_is_refused(tls_upstream: tuple[in
         response = client.get("/anything")
     assert response.status_code == 502
     assert "secure hello" not in response.text
+
+
+class _InjectingTlsUpstream:
+    """A TLS upstream that answers each request with its target as the body; after
+    ``/evil`` it also sends an unsolicited second response in its own TLS record, corked
+    into the same TCP segment as the first, so the gateway reads both records in one
+    ``recv`` and the stray one waits, still encrypted, in the TLS layer."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._client, args=(raw,), daemon=True).start()
+
+    def _client(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError), self.context.wrap_socket(
+                raw, server_side=True) as conn:
+            pending = b""
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    head, _, pending = pending.partition(b"\r\n\r\n")
+                    target = head.split(b" ")[1]
+                    answer = (b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                              % (len(target), target))
+                    if target != b"/evil":
+                        conn.sendall(answer)
+                        continue
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                    conn.sendall(answer)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED")
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+
+def test_stray_tls_record_never_reaches_the_next_client(tmp_path: Path, start_gateway) -> None:
+    """A response desync over TLS: the stray response arrives in the same read as the
+    real one, so the socket looks idle while the TLS layer holds an undecrypted record.
+    The pooled connection must be discarded, not reused (at 9447c3b it was reused and
+    the next client got INJECTED)."""
+    upstream = _InjectingTlsUpstream(_server_context(tmp_path))
+    try:
+        upstreams = (f'[upstreams.main]\npeers = ["https://localhost:{upstream.port}"]\n'
+                     f'ca_file = "{tmp_path / "ca.pem"}"\n')
+        gateway = start_gateway(gateway_config("", upstreams=upstreams, workers=1))
+        with gateway.client() as client:
+            assert client.get("/evil").text == "/evil"
+        time.sleep(0.05)
+        for path in ("/victim", "/third"):
+            with gateway.client() as client:
+                assert client.get(path).text == path
+        assert upstream.connections == 2  # the tainted connection was replaced once
+    finally:
+        upstream.close()
