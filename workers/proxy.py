@@ -40,7 +40,7 @@ from .http1 import (
     UpstreamProtocolError,
 )
 from .responses import CONTINUE, error_response, render_head
-from .sockio import PeerGone
+from .sockio import ClientGone, PeerGone
 from .upstream import PeerPool, UpstreamConn, UpstreamConnectError
 
 if TYPE_CHECKING:
@@ -237,6 +237,8 @@ async def _exchange(conn: ClientConnection, up: UpstreamConn, head: RequestHead,
         else:
             await io.send_all(request_head + (_chunk(start) if head.chunked else start))
             await _stream_request_body(conn, up, head)
+    except ClientGone:
+        raise  # the connection ends quietly; the peer did nothing wrong
     except PeerGone as exc:
         raise _UpstreamFailed(str(exc), request_sent=False) from None
     reader = up.reader
@@ -271,7 +273,11 @@ async def _stream_request_body(conn: ClientConnection, up: UpstreamConn,
         event = reader.next_event()
         if event is NEED_DATA:
             deadline.set(body_timeout, "body")
-            reader.feed(await client.recv())
+            try:
+                data = await client.recv()
+            except PeerGone as exc:
+                raise ClientGone(str(exc)) from None
+            reader.feed(data)
             continue
         if event is END:
             if chunked:

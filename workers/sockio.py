@@ -51,6 +51,11 @@ class PeerGone(Exception):  # noqa: N818 - a condition, like EOFError
     """The other end reset or closed the connection while we were writing."""
 
 
+class ClientGone(PeerGone):
+    """The client's side broke (reset, or a bad TLS record) while the proxy was copying
+    its request body upstream: never the upstream peer's fault."""
+
+
 class Deadline:
     """When (trio clock) the current operation of a connection must be over, and why.
 

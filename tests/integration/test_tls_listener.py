@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -92,3 +95,32 @@ def test_lets_encrypt_without_the_acme_actor_fails_to_start(tmp_path: Path) -> N
                             check=False)
     assert result.returncode == 2
     assert "ACME" in result.stderr
+
+
+def test_bad_tls_record_from_a_client_does_not_mark_the_peer_down(mock: MockUpstream,
+                                                                   start_gateway,
+                                                                   tmp_path: Path) -> None:
+    """A client that breaks its own TLS stream in the middle of a streamed request body
+    must cost only its connection. At 9447c3b the client's TLS error was counted as the
+    upstream's failure: one such client per max_fails took the peer down for everyone."""
+    upstreams = f'[upstreams.main]\npeers = ["{mock.origin}"]\nmax_fails = 1\n'
+    config = gateway_config(mock.origin, upstreams=upstreams,
+                            routes='"/v1/*" = "proxy:main"\n',
+                            extra=f'[server.tls]\nmode = "self_signed"\n'
+                                  f'cert_dir = "{tmp_path / "certs"}"\n')
+    gateway = start_gateway(config)
+    context = ssl.create_default_context(cafile=str(tmp_path / "certs" / "self_signed.crt"))
+    host = gateway.url.split("//")[1].split(":")[0]
+    with socket.create_connection((host, gateway.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        # More than the gateway buffers before it contacts the upstream, so the rest of
+        # the body is being streamed to the peer when the bad record arrives.
+        tls.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\ncontent-type: text/plain\r\n"
+                    b"content-length: 400000\r\n\r\n" + b"x" * 200000)
+        time.sleep(0.3)
+        os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # a record with a bad MAC
+        time.sleep(0.3)
+    with httpx.Client(base_url=gateway.url, verify=context, timeout=10) as client:
+        response = client.get("/v1/models")
+    assert response.status_code == 200, response.text
+    assert "upstream failed" not in (tmp_path / "logs" / "error.log").read_text()
