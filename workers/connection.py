@@ -176,6 +176,7 @@ class ClientConnection:
             if event is CLOSED or not isinstance(event, RequestHead):
                 return
             first = False
+            deadline.clear()  # each phase of the exchange sets its own timer from here
             self.requests += 1
             ctx.shared.count_request()
             if self.requests >= keepalive_requests or housekeeping.draining:
@@ -192,6 +193,9 @@ class ClientConnection:
                         message=exc.message))
                 keep = False
             self._finish()
+            # Between requests no response is in flight: a timeout now gets a 408, not
+            # the last response's SSE error chunk.
+            self.response_started = self.response_chunked = self.response_sse = False
             if not keep or self.requests >= keepalive_requests:
                 return
 

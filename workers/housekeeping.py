@@ -68,6 +68,10 @@ class Housekeeping:
     # -- request registration (hot path: dict operations only) ----------------------------
 
     def watch(self, sock: socket.socket, fd: int, deadline: Deadline) -> None:
+        entry = self.inflight.get(fd)
+        if entry is not None:  # a retry on another peer: keep watching the same client
+            entry.deadline = deadline
+            return
         self.inflight[fd] = _Watched(sock, deadline, sockio.now())
 
     def unwatch(self, fd: int) -> None:
@@ -120,6 +124,10 @@ class Housekeeping:
         for fd, _flags in self._epoll.poll(0):
             entry = self.inflight.get(fd)
             if entry is None:
+                # Registered but no longer watched: level-triggered, it would wake this
+                # task on every pass (a busy loop) until the client closed.
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
                 continue
             try:
                 data = entry.sock.recv(1, _PEEK)

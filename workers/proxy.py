@@ -153,7 +153,11 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
     stale_retry_left = True
     shared = group.shared
     conn.upstream_group = group
+    housekeeping = conn.ctx.housekeeping
     while True:
+        # Each attempt runs under its own timers (connect, TTFB, idle); none of an earlier
+        # phase (the request head's, a failed attempt's TTFB) may fire during this one.
+        conn.deadline.clear()
         pool = group.pick(exclude=tried)
         if pool is None:
             message = "every upstream peer failed" if tried else "all upstream peers are down"
@@ -221,6 +225,7 @@ async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePl
             return await _relay(conn, up, pool, head, plan, response)
         finally:
             shared.add_active(peer.shared_id, -1)
+            housekeeping.unwatch(conn.io.fd)  # no disconnect watch outlives its attempt
 
 
 async def _exchange(conn: ClientConnection, up: UpstreamConn, head: RequestHead,
@@ -378,7 +383,11 @@ async def _stream_response_body(conn: ClientConnection, up: UpstreamConn, plan: 
             deadline.at, deadline.reason = now + idle, "upstream_idle"
         else:
             deadline.at, deadline.reason = limit_at, "stream_max"
-        reader.feed(await io.recv())
+        try:
+            reader.feed(await io.recv(reset_is_error=True))
+        except PeerGone as exc:
+            # A reset is not an end: a close-delimited body would look complete.
+            raise UpstreamProtocolError(502, f"upstream connection reset: {exc}") from None
         pieces.clear()
         complete = _collect(reader, pieces)
         out = b""

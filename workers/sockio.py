@@ -99,8 +99,10 @@ class SocketIO:
         """Bytes handed to send_all/sendfile so far (the access log's bytes_out)."""
         self._ops = 0
 
-    async def recv(self) -> bytes:
-        """Up to RECV_SIZE bytes; ``b""`` at end of stream (also after a reset)."""
+    async def recv(self, *, reset_is_error: bool = False) -> bytes:
+        """Up to RECV_SIZE bytes; ``b""`` at end of stream, also after a reset unless
+        ``reset_is_error`` (then :class:`PeerGone`): where the close ends the message,
+        a reset must not pass for a complete one."""
         sock = self.sock
         while True:
             try:
@@ -109,9 +111,9 @@ class SocketIO:
                 await wait_readable(sock)
                 continue
             except OSError as exc:
-                if exc.errno in _GONE_ERRNOS:
+                if exc.errno in _GONE_ERRNOS and not reset_is_error:
                     return b""
-                raise
+                raise _gone(exc) from None
             self._ops += 1
             if self._ops >= YIELD_EVERY:
                 self._ops = 0

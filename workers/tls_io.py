@@ -91,20 +91,20 @@ class TlsSocketIO:
         if pending:
             await self._raw.send_all(pending)
 
-    async def _fill(self) -> None:
-        data = await self._raw.recv()
+    async def _fill(self, reset_is_error: bool = False) -> None:
+        data = await self._raw.recv(reset_is_error=reset_is_error)
         if data:
             self._incoming.write(data)
         else:
             self._incoming.write_eof()
 
-    async def recv(self) -> bytes:
+    async def recv(self, *, reset_is_error: bool = False) -> bytes:
         while True:
             try:
                 return self._tls.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 await self._flush()
-                await self._fill()
+                await self._fill(reset_is_error)
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
             except ssl.SSLError as exc:
