@@ -235,7 +235,8 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
         elif name == b"expect":
             if value.lower() != b"100-continue":
                 raise HttpError(417, "only Expect: 100-continue is supported")
-            request.expect_continue = True
+            # RFC 9110 §10.1.1: ignored in HTTP/1.0 requests (no 1xx goes to a 1.0 client).
+            request.expect_continue = http11
     if hosts > 1 or (http11 and hosts == 0):
         raise HttpError(400, "a request needs exactly one Host header")
     if request.host is not None and not _HOST_VALUE.fullmatch(request.host):

@@ -225,6 +225,11 @@ def test_expect() -> None:
     parsed = head(request(b"POST", headers=HOST + b"Expect: 100-Continue\r\n"
                                                   b"Content-Length: 3\r\n"))
     assert parsed.expect_continue
+    # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue is ignored (no 1xx to 1.0).
+    parsed = head(request(b"POST", headers=HOST + b"Expect: 100-continue\r\n"
+                                                  b"Content-Length: 3\r\n",
+                          version=b"HTTP/1.0"))
+    assert not parsed.expect_continue
     for value in (b"foo", b"100-continue, foo", b"200-ok", b""):
         data = request(b"POST", headers=HOST + b"Expect: " + value + b"\r\n")
         assert status_of(data) == 417, value
