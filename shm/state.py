@@ -136,6 +136,10 @@ class SharedState:
         self.layout = layout
         self.clock = clock
         self.slot = 0
+        self.key_secret = b""
+        """Keys the rate-limit key hash (set by :meth:`create`, kept across reloads): a
+        key's bucket in the table is unpredictable, so nobody can compute keys that fill
+        the bucket of a key they want locked out."""
         view = memoryview(memory)
         self.keys = view[layout.keys_offset:layout.streams_offset].cast("q")
         self.streams = view[layout.streams_offset:layout.streams_offset
@@ -153,7 +157,9 @@ class SharedState:
         memory = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         _HEADER.pack_into(memory, 0, MAGIC, VERSION, layout.key_capacity, SLOTS_PER_BUCKET,
                           layout.worker_slots, layout.peer_count)
-        return cls(fd, memory, layout, clock)
+        state = cls(fd, memory, layout, clock)
+        state.key_secret = os.urandom(16)
+        return state
 
     def check_header(self) -> None:
         magic, version, capacity, per_bucket, slots, peers = _HEADER.unpack_from(self.memory)
@@ -335,6 +341,7 @@ class SharedState:
         key hashes include the route name, so they stay meaningful) when the capacity is
         unchanged, and the health of peers present in both configs (``peer_map``: old
         number -> new number). Stream and request counters stay with the old workers."""
+        self.key_secret = old.key_secret  # the carried key hashes were made with it
         if old.layout.key_capacity == self.layout.key_capacity:
             self.keys[:] = old.keys
         for old_peer, new_peer in peer_map.items():

@@ -47,7 +47,7 @@ _HEALTH_BODY = orjson.dumps({"status": "ok"})
 _AFTER_TIMEOUT_SEND = 1.0
 _QUIET_REASONS = frozenset({"idle", "client_gone", "send", "drain", "handshake"})
 _CLIENT_TIMEOUTS = frozenset({"header", "body"})
-_NOBODY = Caller(None, None, False)
+_NOBODY = Caller(None, False)
 _LIMIT_MESSAGES = {"rate": "rate limit exceeded",
                    "streams": "too many concurrent streams for this key",
                    "table_full": "rate limit state is full; retry shortly"}
@@ -241,8 +241,10 @@ class ClientConnection:
         if limit is None:
             return await self._dispatch(head, plan, result.upstream_path, path)
         client_ip = self.peer[0] if isinstance(self.peer, tuple) else ""
-        key = key_hash(plan.name_bytes, limit_key_value(limit.key_kind, caller, head.headers,
-                                                         client_ip))
+        key = key_hash(plan.name_bytes,
+                       limit_key_value(limit.key_kind, caller, head.headers, client_ip,
+                                       agent_header_allowed=plan.policy.accepts_agent_id),
+                       ctx.shared.key_secret)
         admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
         if not admission.allowed:
             ctx.metrics.rate_limited(plan.name_bytes)

@@ -3,12 +3,15 @@
 API keys are configured as SHA-256 digests with an id (``[auth] keys``). A request's
 ``Authorization: Bearer <token>`` is hashed and looked up; the digest comparison uses
 :func:`hmac.compare_digest`. Raw tokens are never stored or logged; only the key id
-(or, for unknown tokens used as a rate-limit key, a hash) leaves this module.
+leaves this module.
 
-The rate-limit key is an enum (SPEC §7): ``api_key`` (the authenticated key id, else a
-hash of the presented token, else "anonymous"), ``agent_id`` (a well-formed
-``x-agent-id`` header) or ``ip`` (the client address). Keys are folded with the route
-name into a 64-bit hash, the identity used by the shared rate-limit table.
+The rate-limit key is an enum (SPEC §7): ``api_key`` (the authenticated key id, else
+one shared "anonymous" key), ``agent_id`` (an authenticated key's well-formed
+``x-agent-id``, when the route's ingress allows that header) or ``ip`` (the client
+address). Nothing a client can invent unauthenticated gets a budget of its own: an
+unknown bearer token or a self-declared agent id would otherwise buy a fresh allowance
+per value. Keys are folded with the route name into a 64-bit keyed hash, the identity
+used by the shared rate-limit table.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from li_httpd.config.model import ApiKey
 
 from .http1 import Header
 
-_BEARER = re.compile(rb"[Bb]earer +([\x21-\x7e]{1,4096})")
+_BEARER = re.compile(rb"(?i:bearer) +([\x21-\x7e]{1,4096})")  # scheme: any case
 _AGENT_ID = re.compile(rb"[A-Za-z0-9._:@/-]{1,128}")
 ANONYMOUS = b"anonymous"
 
@@ -32,8 +35,6 @@ ANONYMOUS = b"anonymous"
 class Caller:
     key_id: str | None
     """The authenticated API key's id, or None."""
-    token_hash: bytes | None
-    """SHA-256 of a presented bearer token (authenticated or not)."""
     presented: bool
     """A bearer token was presented (used for the 401 error detail)."""
 
@@ -63,36 +64,34 @@ class KeyRing:
             if name == b"authorization":
                 found = _BEARER.fullmatch(value)
                 if found is None:
-                    return Caller(None, None, True)
+                    return Caller(None, True)
                 digest = hashlib.sha256(found.group(1)).digest()
                 for candidate, key_id in self._by_prefix.get(digest[:8], ()):
                     if hmac.compare_digest(candidate, digest):
-                        return Caller(key_id, digest, True)
-                return Caller(None, digest, True)
-        return Caller(None, None, False)
+                        return Caller(key_id, True)
+                return Caller(None, True)
+        return Caller(None, False)
 
 
 def limit_key_value(kind: str, caller: Caller, headers: Iterable[Header],
-                    client_ip: str) -> bytes:
+                    client_ip: str, *, agent_header_allowed: bool = True) -> bytes:
     """The value a rate limit counts by, per the route's ``rate_limit.key``."""
-    if kind == "api_key":
-        if caller.key_id is not None:
-            return b"id:" + caller.key_id.encode()
-        if caller.token_hash is not None:
-            return b"token:" + caller.token_hash.hex().encode()
+    if kind == "ip":
+        return b"ip:" + client_ip.encode()
+    if caller.key_id is None:
         return ANONYMOUS
-    if kind == "agent_id":
+    key = b"id:" + caller.key_id.encode()
+    if kind == "agent_id" and agent_header_allowed:
         for name, value in headers:
             if name == b"x-agent-id" and _AGENT_ID.fullmatch(value):
-                return b"agent:" + value
-        return ANONYMOUS
-    return b"ip:" + client_ip.encode()
+                return key + b"/agent:" + value
+    return key
 
 
-def key_hash(route: bytes, value: bytes) -> int:
+def key_hash(route: bytes, value: bytes, secret: bytes = b"") -> int:
     """A non-zero 63-bit identity for (route, key value) (it is stored in a signed
-    64-bit field of the shared table)."""
-    digest = hashlib.blake2b(route + b"\0" + value, digest_size=8).digest()
+    64-bit field of the shared table), keyed with the shared state's secret."""
+    digest = hashlib.blake2b(route + b"\0" + value, digest_size=8, key=secret).digest()
     return (int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
 
 

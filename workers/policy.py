@@ -43,13 +43,14 @@ def _forbidden_upstream(name: bytes) -> bool:
 class HeaderPolicy:
     """One route's compiled header policy."""
 
-    __slots__ = ("accepts_request_id", "forward", "inject", "inject_names", "require",
-                 "response_allow")
+    __slots__ = ("accepts_agent_id", "accepts_request_id", "forward", "inject",
+                 "inject_names", "require", "response_allow")
 
     def __init__(self, headers: RouteHeaders) -> None:
         ingress = frozenset(n.encode() for n in headers.ingress.allow)
         egress = frozenset(n.encode() for n in headers.egress.allow)
         self.accepts_request_id = b"x-request-id" in ingress
+        self.accepts_agent_id = b"x-agent-id" in ingress
         self.require = tuple(n.encode() for n in headers.ingress.require)
         self.inject_names = frozenset(n.encode() for n in headers.egress.inject)
         self.forward = frozenset(n for n in ingress & egress

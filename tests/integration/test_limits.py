@@ -7,6 +7,7 @@ a 50 req/s limit is 50 req/s for the gateway, not 50 per worker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import os
 import random
@@ -253,17 +254,31 @@ def test_api_keys_authenticate_and_key_the_limit(mock: MockUpstream, start_gatew
 
 
 def test_new_keys_cannot_evict_a_limited_key(mock: MockUpstream, start_gateway) -> None:
-    config = _limited(mock, rps=1, burst=1, key="agent_id")
+    """Two hundred other valid keys flood a 16-entry table: the limited key keeps its
+    state (keys a client merely invents all share the anonymous budget, so a flood
+    needs real keys)."""
+    def digest(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    names = ["victim"] + [f"flood-{i}" for i in range(200)]
+    keys = ", ".join(f'{{ id = "{name}", sha256 = "{digest("sk-" + name)}" }}'
+                     for name in names)
+    config = _limited(mock, rps=1, burst=1, key="api_key")
     config = config.replace("[defaults.rate_limit]",
-                            '[limits]\nmax_rate_keys = 16\n\n[defaults.rate_limit]')
+                            f'[auth]\nkeys = [{keys}]\n\n[limits]\nmax_rate_keys = 16\n\n'
+                            f'[defaults.rate_limit]')
     gateway = start_gateway(config)
     client = Client(gateway)
-    assert client.get("/small", {"x-agent-id": "victim"})[0] == 200
-    assert client.get("/small", {"x-agent-id": "victim"})[0] == 429
-    statuses = [client.get("/small", {"x-agent-id": f"flood-{i}"})[0] for i in range(200)]
+
+    def as_key(name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer sk-{name}"}
+
+    assert client.get("/small", as_key("victim"))[0] == 200
+    assert client.get("/small", as_key("victim"))[0] == 429
+    statuses = [client.get("/small", as_key(f"flood-{i}"))[0] for i in range(200)]
     assert statuses.count(429) > 0  # the table filled up: new keys are refused
     # The flood could not reset the victim's state: it is still limited.
-    assert client.get("/small", {"x-agent-id": "victim"})[0] == 429
+    assert client.get("/small", as_key("victim"))[0] == 429
     client.close()
 
 

@@ -121,3 +121,14 @@ def test_least_conn_reads_every_worker() -> None:
     state.add_active(2, 3)
     assert state.pick_least_conn([0, 1, 2], [1, 1, 1], (), 0) == 1
     assert state.pick_least_conn([0, 1, 2], [1, 4, 1], (), 0) == 1
+
+
+def test_key_secret_is_random_per_gateway_and_carried_across_reloads() -> None:
+    """Rate-limit keys are hashed with a secret: a reload keeps it (the carried key
+    table was hashed with it), a new gateway draws a new one."""
+    first = _state()
+    second = _state()
+    assert len(first.key_secret) == 16 and first.key_secret != second.key_secret
+    reloaded = _state()
+    reloaded.inherit(first, {})
+    assert reloaded.key_secret == first.key_secret

@@ -21,24 +21,42 @@ def test_bearer_tokens_map_to_key_ids() -> None:
     ring = _ring()
     assert ring.identify([(b"authorization", b"Bearer sk-alice")]).key_id == "alice"
     assert ring.identify([(b"authorization", b"bearer   sk-bob")]).key_id == "bob"
+    # RFC 9110 §11.1: the scheme name is case-insensitive.
+    assert ring.identify([(b"authorization", b"BEARER sk-bob")]).key_id == "bob"
     unknown = ring.identify([(b"authorization", b"Bearer sk-eve")])
-    assert unknown.key_id is None and unknown.presented and unknown.token_hash
-    assert ring.identify([(b"authorization", b"Basic YWxpY2U6")]).token_hash is None
+    assert unknown.key_id is None and unknown.presented
+    assert ring.identify([(b"authorization", b"Basic YWxpY2U6")]).key_id is None
     assert not ring.identify([]).presented
 
 
 def test_limit_keys_per_kind() -> None:
     ring = _ring()
     alice = ring.identify([(b"authorization", b"Bearer sk-alice")])
-    eve = ring.identify([(b"authorization", b"Bearer sk-eve")])
     nobody = ring.identify([])
+    agent = [(b"x-agent-id", b"bot-7")]
     assert limit_key_value("api_key", alice, [], "1.2.3.4") == b"id:alice"
-    assert limit_key_value("api_key", eve, [], "1.2.3.4").startswith(b"token:")
-    assert b"sk-eve" not in limit_key_value("api_key", eve, [], "1.2.3.4")
     assert limit_key_value("api_key", nobody, [], "1.2.3.4") == ANONYMOUS
-    assert limit_key_value("agent_id", nobody, [(b"x-agent-id", b"bot-7")], "") == b"agent:bot-7"
-    assert limit_key_value("agent_id", nobody, [(b"x-agent-id", b"bad id")], "") == ANONYMOUS
+    assert limit_key_value("agent_id", alice, agent, "") == b"id:alice/agent:bot-7"
+    assert limit_key_value("agent_id", alice, [(b"x-agent-id", b"bad id")], "") == b"id:alice"
+    assert limit_key_value("agent_id", alice, agent, "",
+                           agent_header_allowed=False) == b"id:alice"
     assert limit_key_value("ip", nobody, [], "10.0.0.9") == b"ip:10.0.0.9"
+
+
+def test_values_a_client_invents_share_one_budget() -> None:
+    """An unknown token or a self-declared agent id must not buy its own allowance:
+    rotating them would walk past any limit (found by review at 9447c3b)."""
+    ring = _ring()
+    for token in (b"sk-eve", b"sk-mallory", b"random-1", b"random-2"):
+        caller = ring.identify([(b"authorization", b"Bearer " + token)])
+        assert limit_key_value("api_key", caller, [], "1.2.3.4") == ANONYMOUS
+        assert limit_key_value("agent_id", caller, [(b"x-agent-id", token)], "") == ANONYMOUS
+
+
+def test_key_hash_is_keyed() -> None:
+    """With the shared state's secret, nobody can compute which keys share a bucket."""
+    assert key_hash(b"r", b"id:alice", b"k" * 16) != key_hash(b"r", b"id:alice", b"j" * 16)
+    assert key_hash(b"r", b"id:alice", b"k" * 16) == key_hash(b"r", b"id:alice", b"k" * 16)
 
 
 def test_key_hashes_fit_the_signed_table_and_separate_routes() -> None:
