@@ -147,6 +147,26 @@ def _etag_matches(header: bytes, etag: bytes) -> bool:
     return any(tag.strip().removeprefix(b"W/") == strong for tag in header.split(b","))
 
 
+def precondition_failed(headers: Iterable[Header], etag: bytes, mtime: float) -> bool:
+    """RFC 9110 §13.2.2 steps 1-2: True when ``If-Match`` (strong comparison) or, without
+    it, ``If-Unmodified-Since`` fails: answer 412, so a resumed download never stitches
+    two versions of a file together."""
+    if_match: list[bytes] = []
+    unmodified_since: bytes | None = None
+    for name, value in headers:
+        if name == b"if-match":
+            if_match.append(value)
+        elif name == b"if-unmodified-since":
+            unmodified_since = value
+    if if_match:
+        tags = [tag.strip() for value in if_match for tag in value.split(b",")]
+        return b"*" not in tags and etag not in tags  # a weak tag never matches strongly
+    if unmodified_since is not None:
+        when = _parse_http_date(unmodified_since)
+        return when is not None and int(mtime) > int(when)
+    return False
+
+
 def not_modified(headers: Iterable[Header], etag: bytes, mtime: float) -> bool:
     """True when the client's cached copy is current (answer 304)."""
     since: bytes | None = None
@@ -197,14 +217,26 @@ def requested_range(headers: Iterable[Header], size: int, etag: bytes,
     if not first:
         if not last:
             return None
-        length = int(last)
+        length = _position(last)
         if length == 0:
             return False
-        return ByteRange(max(0, size - length), size - 1) if size else False
-    start = int(first)
+        if size == 0:
+            return None  # RFC 9110 §14.1.1: satisfiable; the (empty) whole file is it
+        return ByteRange(max(0, size - length), size - 1)
+    start = _position(first)
     if start >= size:
         return False
-    end = min(int(last), size - 1) if last else size - 1
+    end = min(_position(last), size - 1) if last else size - 1
     if end < start:
         return None
     return ByteRange(start, end)
+
+
+_MAX_DIGITS = 18  # below 2**63: any longer number is past the end of every file
+
+
+def _position(digits: bytes) -> int:
+    """A byte position or length from a Range header. RFC 9110 puts no bound on the
+    digits; int() on thousands of them is slow and, past 4,300, an error."""
+    stripped = digits.lstrip(b"0") or b"0"
+    return int(stripped) if len(stripped) <= _MAX_DIGITS else 1 << 62

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .http1 import Header, RequestHead
 from .responses import render_head
+from .sockio import PeerGone
 from .static import (
     SMALL_FILE,
     ByteRange,
@@ -15,6 +16,7 @@ from .static import (
     etag_for,
     last_modified,
     not_modified,
+    precondition_failed,
     requested_range,
 )
 
@@ -52,6 +54,11 @@ async def serve_static(conn: ClientConnection, head: RequestHead, plan: RoutePla
         etag = etag_for(resolved.size, resolved.mtime)
         validators: list[Header] = [(b"etag", etag),
                                     (b"last-modified", last_modified(resolved.mtime))]
+        if precondition_failed(head.headers, etag, resolved.mtime):
+            conn.begin_response(412)
+            await conn.io.send_all(render_head(412, [(b"content-length", b"0"),
+                                                     *validators, *common]))
+            return keep
         if not_modified(head.headers, etag, resolved.mtime):
             conn.begin_response(304)
             await conn.io.send_all(render_head(304, [*validators, *common]))
@@ -79,7 +86,10 @@ async def serve_static(conn: ClientConnection, head: RequestHead, plan: RoutePla
         if head.method == b"HEAD" or length == 0:
             await conn.io.send_all(out)
         elif length <= SMALL_FILE:
-            await conn.io.send_all(out + os.pread(fd, length, start))
+            data = os.pread(fd, length, start)
+            if len(data) != length:  # truncated since fstat: never send fewer bytes
+                raise PeerGone("file shrank while sending")  # than Content-Length says
+            await conn.io.send_all(out + data)
         else:
             await conn.io.send_all(out)
             await conn.io.sendfile(fd, start, length)

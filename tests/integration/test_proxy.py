@@ -288,6 +288,12 @@ def test_static_files(mock: MockUpstream, start_gateway, tmp_path: Path) -> None
         assert ranged.headers["content-range"] == "bytes 10-19/40000"
         assert client.get("/files/data.json",
                           headers={"range": "bytes=50000-"}).status_code == 416
+        huge = client.get("/files/data.json", headers={"range": "bytes=0-" + "9" * 5000})
+        assert huge.status_code == 206 and len(huge.content) == 40000
+        stale = client.get("/files/data.json", headers={"if-match": '"deadbeef-1"',
+                                                         "range": "bytes=0-9"})
+        assert stale.status_code == 412 and stale.content == b""
+        assert client.get("/files/data.json", headers={"if-match": etag}).status_code == 200
         assert client.get("/files/docs/").text == "<h1>docs</h1>"
         redirect = client.get("/files/docs")
         assert redirect.status_code == 301 and redirect.headers["location"] == "/files/docs/"
