@@ -73,7 +73,9 @@ RULES: tuple[Rule, ...] = (
     Rule("duplicate_peer", "The same peer twice in one upstream."),
     Rule("ca_file", "An upstream's ca_file must be a readable file."),
     Rule("static_root", "Static roots are absolute, canonical, existing directories, not / "
-                        "nor a system tree (/etc, /proc, /sys, /dev, /root, /boot)."),
+                        "nor a system tree (/etc, /proc, /sys, /dev, /root, /boot), and "
+                        "neither contain nor lie inside the log directory, log files, "
+                        "certificate directory, TLS key or control socket."),
     Rule("listen", "Listen addresses are IP:PORT, [IPv6]:PORT or :PORT, each used once."),
     Rule("public_tls", "A public (non-loopback) listener requires TLS."),
     Rule("self_signed_public", "self_signed on a public listener requires "
@@ -316,9 +318,40 @@ def _check_static_root(config: Config, problems: Problems) -> None:
             continue
         if not os.path.isdir(real):
             problems.error(path, "static_root", f"root {root!r} is not an existing directory")
+        for what, private in _private_paths(config):
+            if _within(private, real) or _within(real, private):
+                problems.error(path, "static_root",
+                               f"root {root!r} would serve {what} ({private}); serve a "
+                               "directory that holds only public files")
+                break
         if static.index and ("/" in static.index or static.index in (".", "..")):
             problems.error(("static", name, "index"), "static_root",
                            "index is a plain file name")
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _private_paths(config: Config) -> list[tuple[str, str]]:
+    """Files the gateway writes or keeps secret, as absolute canonical paths: a static
+    root must neither contain them nor lie inside them (the workers can read them, so
+    their file modes would not stop a static route from serving them)."""
+    private: list[tuple[str, str]] = []
+    log = config.log
+    if log.dir:
+        private.append(("the log directory", log.dir))
+    for sink in (log.access, log.error, log.audit):
+        if os.path.isabs(sink.path):
+            private.append(("a log file", sink.path))
+    tls = config.server.tls
+    if tls.mode in ("self_signed", "lets_encrypt"):
+        private.append(("the certificate directory", tls.cert_dir))
+    if tls.mode == "manual" and tls.manual.key:
+        private.append(("the TLS private key", tls.manual.key))
+    if config.server.control_socket != "auto":
+        private.append(("the control socket", config.server.control_socket))
+    return [(what, os.path.realpath(os.path.abspath(path))) for what, path in private]
 
 
 # -- listeners, TLS, profile ------------------------------------------------------------------
