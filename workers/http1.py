@@ -143,7 +143,7 @@ _CRLF2: Final = b"\r\n\r\n"
 
 
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection",
-                             b"expect"})
+                             b"expect", b"authorization"})
 
 
 class _HeadCollector:
@@ -212,10 +212,17 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
     hosts = 0
     lengths = 0
     encodings = 0
+    credentials = 0
     close = False
     keep_alive_token = False
     for name, value in collector.framing:
-        if name == b"host":
+        if name == b"authorization":
+            # One credential per request: with two, the gateway could check one while
+            # an upstream that allows the header acts on the other.
+            credentials += 1
+            if credentials > 1:
+                raise HttpError(400, "repeated Authorization header")
+        elif name == b"host":
             hosts += 1
             request.host = value
         elif name == b"content-length":

@@ -221,6 +221,12 @@ def test_chunked_is_case_insensitive(value: bytes) -> None:
     assert parsed.chunked and parsed.has_body and parsed.content_length is None
 
 
+def test_one_authorization_header_at_most() -> None:
+    assert head(request(headers=HOST + b"Authorization: Bearer a\r\n")).headers
+    twice = request(headers=HOST + b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n")
+    assert status_of(twice) == 400
+
+
 def test_expect() -> None:
     parsed = head(request(b"POST", headers=HOST + b"Expect: 100-Continue\r\n"
                                                   b"Content-Length: 3\r\n"))
