@@ -139,6 +139,9 @@ class Master:
         """The config file to re-read on reload (None: the embedded default)."""
         self.listeners: dict[str, socket.socket] = {}
         self.current: Generation | None = None
+        self.starting: Generation | None = None
+        """A generation between its fork and becoming current: its workers are reaped
+        and matched like any other's."""
         self.retiring: list[Generation] = []
         self.pending_signals: deque[int] = deque()
         self.stopping = False
@@ -204,7 +207,7 @@ class Master:
             self._say("error: workers did not become ready", "error")
             self._stop(graceful=False)
             return EXIT_START
-        self.current = generation
+        self.current, self.starting = generation, None
         self._banner()
         sdnotify.ready(f"serving, generation 0, config {self.loaded.hash}")
         return self._main_loop()
@@ -271,8 +274,11 @@ class Master:
     def _reset_child_signals(self) -> None:
         signal.set_wakeup_fd(-1)
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                       signal.SIGUSR1, signal.SIGCHLD):
+                       signal.SIGCHLD):
             signal.signal(number, signal.SIG_DFL)
+        # SIGUSR1 (reopen logs) kills by default; a child that has not yet installed its
+        # own handler has no log file older than the signal to reopen anyway.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self.control is not None:
@@ -304,6 +310,9 @@ class Master:
     # -- workers ------------------------------------------------------------------------------
 
     def _start_generation(self, generation: Generation) -> bool:
+        """Fork the generation's workers and wait until each reports ready. The caller
+        makes it current (or gives it up) and then clears :attr:`starting`."""
+        self.starting = generation
         ready_r, ready_w = os.pipe()
         try:
             for slot in generation.slots:
@@ -356,7 +365,7 @@ class Master:
         slot.started = time.monotonic()
 
     def _generations(self) -> list[Generation]:
-        return [g for g in (self.current, *self.retiring) if g is not None]
+        return [g for g in (self.current, self.starting, *self.retiring) if g is not None]
 
     def _reap(self) -> None:
         while True:
@@ -398,6 +407,10 @@ class Master:
                   f"restarting in {delay:.1f}s", "warn")
 
     def _crash_loop(self) -> bool:
+        now = time.monotonic()
+        for slot in self.slots:  # only deaths within the window count, on every slot
+            while slot.crashes and now - slot.crashes[0] > CRASH_WINDOW:
+                slot.crashes.popleft()
         return sum(len(slot.crashes) for slot in self.slots) >= CRASH_LIMIT
 
     # -- main loop ------------------------------------------------------------------------------
@@ -532,26 +545,35 @@ class Master:
         except (StartError, TlsSetupError) as exc:
             self._close_listeners(bound)
             return {"result": "failed", "reason": str(exc), "line": 0}
-        generation = self._next_generation(loaded, tls)
+        try:
+            generation = self._next_generation(loaded, tls)
+        except OSError as exc:  # e.g. out of descriptors: the running generation stays
+            self._close_listeners(bound)
+            return {"result": "failed", "reason": f"cannot prepare the new generation: {exc}",
+                    "line": 0}
         generation.metrics_listener = metrics_listener
+        reason = "the new workers did not become ready"
         try:
             ready = self._start_generation(generation)
-        except StartError as exc:
+        except (StartError, OSError) as exc:  # OSError: pipe() or fork() failed
             ready = False
-            self._say(f"reload: {exc}")
+            reason = f"cannot start the new workers: {exc}"
         if not ready:
+            generation.retiring = True  # its workers' exits are not crashes to restart
             self._signal_slots(generation.slots, signal.SIGKILL)
             self._wait_for_exit(generation.slots, KILL_GRACE)
+            self.starting = None
+            for slot in generation.slots:  # what the killed workers counted is gone
+                generation.shared.clear_worker(slot.index)
             if generation.shared is not current.shared:
                 generation.shared.close()
             self._close_listeners(bound)
-            return {"result": "failed", "reason": "the new workers did not become ready",
-                    "line": 0}
+            return {"result": "failed", "reason": reason, "line": 0}
         current.retiring = True
         self.retiring.append(current)
         self._signal_slots(current.slots, signal.SIGTERM)
         self._wait_stopped_accepting(current)
-        self.current = generation
+        self.current, self.starting = generation, None
         self.loaded = loaded
         self._banner()
         return {"result": "ok", "config_hash": loaded.hash, "generation": generation.number}

@@ -45,9 +45,11 @@ def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                metrics_listener: socket.socket | None = None) -> int:
     """Body of a forked worker process; returns its exit status."""
     signal.set_wakeup_fd(-1)
-    for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-                   signal.SIGCHLD):
+    for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(number, signal.SIG_DFL)
+    # Until serve() listens for SIGUSR1, a reopen request must not kill the worker (its
+    # default action); the files it opens next are new anyway.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # Ctrl-C reaches the whole process group; the master coordinates the stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
