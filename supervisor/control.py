@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +34,10 @@ class ControlServer:
         self.path = path
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        if os.path.exists(path):
-            if _answers(path):
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise ControlError(f"{path} exists and is not a socket; refusing to replace it")
+            if _listening(path):
                 raise ControlError(f"another li-httpd master is running at {path}")
             os.unlink(path)  # left behind by a master that died
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -56,9 +60,10 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             return
         with connection:
-            connection.settimeout(SERVER_READ_TIMEOUT)
             try:
-                request = _read_message(connection)
+                # One deadline for the whole request: a client trickling bytes must not
+                # hold the master's loop (reaping, respawns, signals) for longer.
+                request = _read_message(connection, time.monotonic() + SERVER_READ_TIMEOUT)
                 command = request.get("command") if isinstance(request, dict) else None
                 if command not in COMMANDS:
                     reply: dict[str, Any] = {"ok": False,
@@ -76,9 +81,14 @@ class ControlServer:
             os.unlink(self.path)
 
 
-def _read_message(connection: socket.socket) -> Any:
+def _read_message(connection: socket.socket, deadline: float | None = None) -> Any:
     data = b""
     while not data.endswith(b"\n"):
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request not received in time")
+            connection.settimeout(remaining)
         chunk = connection.recv(4096)
         if not chunk:
             break
@@ -88,11 +98,20 @@ def _read_message(connection: socket.socket) -> Any:
     return orjson.loads(data)
 
 
-def _answers(path: str) -> bool:
+def _listening(path: str) -> bool:
+    """Whether a process listens on the socket file. Only a refused connection means a
+    stale file: a master busy in a reload still has its listener (and its backlog), and
+    must not lose its socket to a second master."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
     try:
-        request(path, "status", timeout=2.0)
-    except ControlError:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except OSError:
+        return True  # e.g. a full backlog: someone is there
+    finally:
+        probe.close()
     return True
 
 
