@@ -213,15 +213,23 @@ class Master:
         return self._main_loop()
 
     def _open_logs(self, loaded: LoadedConfig) -> None:
+        self._use_logs(*self._prepare_logs(loaded))
+
+    def _prepare_logs(self, loaded: LoadedConfig) -> tuple[MasterLog, Rotator]:
         """The master's log and rotation for ``loaded`` (prepares every log file, so an
         unwritable log directory is an error before anything changes)."""
         log = MasterLog(loaded.config.log)
+        rotator = Rotator(log.paths, loaded.config.log.rotation,
+                          on_error=lambda path, exc: self._say(
+                              f"log rotation of {path} failed: {exc}", "error"))
+        return log, rotator
+
+    def _use_logs(self, log: MasterLog, rotator: Rotator) -> None:
+        if self.rotator is not None:
+            self.rotator.wait(5.0)  # a compression in flight ends on the files it knows
         if self.log is not None:
             self.log.close()
-        self.log = log
-        self.rotator = Rotator(log.paths, loaded.config.log.rotation,
-                               on_error=lambda path, exc: self._say(
-                                   f"log rotation of {path} failed: {exc}", "error"))
+        self.log, self.rotator = log, rotator
 
     def _rotate_logs(self) -> None:
         now = time.monotonic()
@@ -506,6 +514,9 @@ class Master:
         current = self.current
         if current is None or self.reload_client is None:
             return {"result": "failed", "reason": "not running", "line": 0}
+        self._reap()
+        if self.actor_pid == 0:  # died since the loop last looked: do not wait on a ghost
+            self._start_actor()
         try:
             reply = self.reload_client.validate(self.source)
         except TimeoutError as exc:
@@ -522,13 +533,27 @@ class Master:
             return {"result": "failed", "reason": str(exc).splitlines()[0], "line": 0}
         if loaded.hash == current.loaded.hash:
             return {"result": "unchanged", "config_hash": loaded.hash}
-        config = loaded.config
-        if config.log != current.loaded.config.log:
+        logs = None
+        if loaded.config.log != current.loaded.config.log:
             try:
-                self._open_logs(loaded)
+                logs = self._prepare_logs(loaded)
             except OSError as exc:
                 return {"result": "failed", "reason": f"cannot open the log files: {exc}",
                         "line": 0}
+        result = self._switch_generation(loaded, current)
+        if logs is not None:  # the master's logs follow the config only if it took effect
+            if result["result"] == "ok":
+                self._use_logs(*logs)
+            else:
+                logs[0].close()
+        if result["result"] == "ok":
+            self._banner()
+        return result
+
+    def _switch_generation(self, loaded: LoadedConfig, current: Generation) -> dict[str, Any]:
+        """Bind what the new config adds, start its generation and retire ``current``;
+        on any failure the running generation is untouched."""
+        config = loaded.config
         bound: list[str] = []
         try:
             for address in config.server.listen:
@@ -575,7 +600,6 @@ class Master:
         self._wait_stopped_accepting(current)
         self.current, self.starting = generation, None
         self.loaded = loaded
-        self._banner()
         return {"result": "ok", "config_hash": loaded.hash, "generation": generation.number}
 
     def _wait_stopped_accepting(self, generation: Generation) -> None:

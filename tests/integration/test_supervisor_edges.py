@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -98,3 +99,47 @@ def test_log_reopen_right_after_a_respawn_does_not_kill_the_new_worker(
     time.sleep(1.0)
     assert "killed by SIGUSR1" not in gateway.output.text()
     assert len(gateway.workers()) == 2
+
+
+def test_a_failed_reload_leaves_the_masters_logs_where_they_were(
+        mock: MockUpstream, start_gateway, tmp_path: Path) -> None:
+    """The new config moves the logs and adds a listener whose port is taken: the
+    reload fails, so the master keeps writing (and rotating) the old files."""
+    gateway = start_gateway(gateway_config(mock.origin, workers=1))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    moved = tmp_path / "moved-logs"
+    try:
+        text = gateway.config_path.read_text()
+        text = text.replace('listen = "127.0.0.1:0"',
+                            f'listen = ["127.0.0.1:0", "127.0.0.1:{taken.getsockname()[1]}"]')
+        text = text.replace(f'dir = "{gateway.log_dir}"', f'dir = "{moved}"')
+        assert str(moved) in text
+        gateway.config_path.write_text(text)
+        reply = gateway.ctl("reload")
+        assert reply.returncode == 1, reply.stdout + reply.stderr
+        os.kill(gateway.workers()[0], signal.SIGKILL)
+        time.sleep(1.0)
+    finally:
+        taken.close()
+    assert "worker 0 exited" in (gateway.log_dir / "error.log").read_text()
+    assert not (moved / "error.log").exists() or \
+        "worker 0 exited" not in (moved / "error.log").read_text()
+
+
+def test_a_reload_right_after_the_actor_died_does_not_wait_for_it(
+        mock: MockUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(mock.origin, workers=1))
+    workers = set(gateway.workers())
+    actor = next(pid for pid in _children(gateway.pid) if pid not in workers)
+    gateway.config_path.write_text(gateway.config_path.read_text().replace(
+        "[routes]\n", '[routes]\n"GET /added" = "static:healthcheck"\n'))
+    os.kill(actor, signal.SIGKILL)
+    time.sleep(0.05)
+    started = time.monotonic()
+    reply = gateway.ctl("reload")
+    assert reply.returncode == 0, reply.stdout + reply.stderr
+    assert time.monotonic() - started < 10  # at 9447c3b: a 30 s timeout, then failure
+    with gateway.client() as client:
+        assert client.get("/added").status_code == 200
