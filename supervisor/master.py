@@ -292,6 +292,14 @@ class Master:
         if self.control is not None:
             self.control.sock.close()
 
+    def _close_inherited_listeners(self, keep: tuple[socket.socket, ...]) -> None:
+        """In a new child: close the master's listeners it does not serve. A copy left
+        open in any process keeps a listener the config dropped queueing connections."""
+        kept = {id(s) for s in keep}
+        for sock in self.listeners.values():
+            if id(sock) not in kept:
+                sock.close()
+
     # -- the reload actor -------------------------------------------------------------------------
 
     def _start_actor(self) -> None:
@@ -303,6 +311,7 @@ class Master:
             code = 1
             try:
                 self._reset_child_signals()
+                self._close_inherited_listeners(keep=())
                 code = run_actor(endpoint)
             except BaseException as exc:  # report, then leave the child
                 sys.stderr.write(f"li-httpd reload actor {os.getpid()}: fatal: {exc!r}\n")
@@ -359,6 +368,8 @@ class Master:
             code = 1
             try:
                 self._reset_child_signals()
+                self._close_inherited_listeners(keep=(*generation.listeners, *(
+                    [generation.metrics_listener] if generation.metrics_listener else [])))
                 from li_httpd.workers.worker import run_worker
 
                 code = run_worker(generation.loaded, generation.listeners, ready_w,
@@ -600,6 +611,14 @@ class Master:
         self._wait_stopped_accepting(current)
         self.current, self.starting = generation, None
         self.loaded = loaded
+        # A listen address the new config dropped: nobody accepts on it any more (the old
+        # workers closed their copies when they stopped accepting), so close the
+        # master's copy now, or the kernel keeps queueing connections nobody answers.
+        keep = {id(s) for s in (*generation.listeners, *(
+            [generation.metrics_listener] if generation.metrics_listener else []))}
+        self._close_listeners([a for a in current.loaded.config.server.listen
+                               if a not in config.server.listen and a in self.listeners
+                               and id(self.listeners[a]) not in keep])
         return {"result": "ok", "config_hash": loaded.hash, "generation": generation.number}
 
     def _wait_stopped_accepting(self, generation: Generation) -> None:

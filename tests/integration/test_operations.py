@@ -202,6 +202,30 @@ def test_reload_binds_a_new_listener(mock: MockUpstream, start_gateway) -> None:
     assert _get(port, "/small") == 200 and _get(gateway.port, "/small") == 200
 
 
+def test_a_removed_listener_refuses_at_once(mock: MockUpstream, start_gateway) -> None:
+    """While the old generation drains a slow request, a listener the new config dropped
+    must refuse connections, not queue them for nobody (at 9447c3b they hung until the
+    old generation was gone)."""
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    dropped = spare.getsockname()[1]
+    spare.close()
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES).replace(
+        'listen = "127.0.0.1:0"', f'listen = ["127.0.0.1:0", "127.0.0.1:{dropped}"]'))
+    assert _get(dropped, "/health") == 200
+    slow = threading.Thread(target=_get, args=(gateway.port, "/v1/models?ttfb_ms=4000"))
+    slow.start()
+    time.sleep(0.3)
+    config = gateway_config(mock.origin, routes=V1_ROUTES).replace(
+        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{gateway.port}"')
+    _rewrite(gateway, config)
+    assert gateway.ctl("reload").returncode == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", dropped), timeout=2).close()
+    assert _get(gateway.port, "/health") == 200
+    slow.join(10)
+
+
 def test_ctl_stop_is_graceful(mock: MockUpstream, start_gateway) -> None:
     gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
     result = gateway.ctl("stop")
