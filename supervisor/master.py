@@ -40,6 +40,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,12 @@ class Generation:
     @property
     def live(self) -> bool:
         return any(slot.pid for slot in self.slots)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """Every listening socket this generation's workers serve."""
+        metrics = (self.metrics_listener,) if self.metrics_listener else ()
+        return (*self.listeners, *metrics)
 
 
 def bind_listener(address: str) -> socket.socket:
@@ -292,6 +299,24 @@ class Master:
         if self.control is not None:
             self.control.sock.close()
 
+    def _fork(self, what: str, serves: tuple[socket.socket, ...], body: Callable[[], int]) -> int:
+        """Fork a child that runs ``body`` and exits with its code; returns the pid."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._reset_child_signals()
+                self._close_inherited_listeners(keep=serves)
+                code = body()
+            except BaseException as exc:  # report, then leave the child
+                sys.stderr.write(f"li-httpd {what} {os.getpid()}: fatal: {exc!r}\n")
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        return pid
+
     def _close_inherited_listeners(self, keep: tuple[socket.socket, ...]) -> None:
         """In a new child: close the master's listeners it does not serve. A copy left
         open in any process keeps a listener the config dropped queueing connections."""
@@ -304,20 +329,7 @@ class Master:
 
     def _start_actor(self) -> None:
         endpoint = f"ipc://{self.runtime_dir}/reload.sock"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                self._reset_child_signals()
-                self._close_inherited_listeners(keep=())
-                code = run_actor(endpoint)
-            except BaseException as exc:  # report, then leave the child
-                sys.stderr.write(f"li-httpd reload actor {os.getpid()}: fatal: {exc!r}\n")
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
+        pid = self._fork("reload actor", (), lambda: run_actor(endpoint))
         self.actor_pid = pid
         if self.reload_client is None:
             self.reload_client = ReloadClient(endpoint)
@@ -361,25 +373,14 @@ class Master:
         return True
 
     def _spawn(self, generation: Generation, slot: WorkerSlot, ready_w: int | None = None) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                self._reset_child_signals()
-                self._close_inherited_listeners(keep=(*generation.listeners, *(
-                    [generation.metrics_listener] if generation.metrics_listener else [])))
-                from li_httpd.workers.worker import run_worker
+        def work() -> int:
+            from li_httpd.workers.worker import run_worker
 
-                code = run_worker(generation.loaded, generation.listeners, ready_w,
-                                  generation.tls.context if generation.tls else None,
-                                  generation.shared, slot.index, generation.metrics_listener)
-            except BaseException as exc:  # report, then leave the child
-                sys.stderr.write(f"li-httpd worker {os.getpid()}: fatal: {exc!r}\n")
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
+            return run_worker(generation.loaded, generation.listeners, ready_w,
+                              generation.tls.context if generation.tls else None,
+                              generation.shared, slot.index, generation.metrics_listener)
+
+        pid = self._fork("worker", generation.sockets, work)
         slot.pid = pid
         slot.started = time.monotonic()
 
@@ -614,8 +615,7 @@ class Master:
         # A listen address the new config dropped: nobody accepts on it any more (the old
         # workers closed their copies when they stopped accepting), so close the
         # master's copy now, or the kernel keeps queueing connections nobody answers.
-        keep = {id(s) for s in (*generation.listeners, *(
-            [generation.metrics_listener] if generation.metrics_listener else []))}
+        keep = {id(s) for s in generation.sockets}
         self._close_listeners([a for a in current.loaded.config.server.listen
                                if a not in config.server.listen and a in self.listeners
                                and id(self.listeners[a]) not in keep])
@@ -661,8 +661,7 @@ class Master:
 
     def _retired(self, generation: Generation) -> None:
         """Close what only a finished generation used."""
-        in_use = {id(s) for g in self._generations()
-                  for s in (*g.listeners, *([g.metrics_listener] if g.metrics_listener else []))}
+        in_use = {id(s) for g in self._generations() for s in g.sockets}
         gone = [a for a, s in self.listeners.items() if id(s) not in in_use]
         self._close_listeners(gone)
         if all(g.shared is not generation.shared for g in self._generations()):
