@@ -7,6 +7,7 @@ which the fixtures parse. Processes are stopped (SIGTERM, then SIGKILL) at teard
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import signal
@@ -219,7 +220,44 @@ def gateway_config(upstream: str, *, routes: str | None = None, extra: str = "",
             f'[routes]\n{table}')
 
 
-class RecordingUpstream:
+class RawServer(abc.ABC):
+    """A loopback TCP server for tests: one thread accepts, one thread per connection runs
+    :meth:`handle`. Subclasses set their own state before calling ``super().__init__()``
+    (which starts accepting)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    @abc.abstractmethod
+    def handle(self, conn: socket.socket) -> None:
+        """Serve one accepted connection (and close it)."""
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+
+
+class RecordingUpstream(RawServer):
     """A raw TCP upstream that records every byte it receives.
 
     For each request head it sees it answers ``200 ok`` (Content-Length framing), which
@@ -228,20 +266,9 @@ class RecordingUpstream:
     """
 
     def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
         self.received = bytearray()
-        self.connections = 0
         self._lock = threading.Lock()
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
     def data(self) -> bytes:
         with self._lock:
@@ -251,17 +278,7 @@ class RecordingUpstream:
         with self._lock:
             self.received.clear()
 
-    def _serve(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self._stop:
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.connections += 1
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
-
-    def _client(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         pending = b""
         conn.settimeout(30)
         with conn:
@@ -285,10 +302,6 @@ class RecordingUpstream:
                                      b"content-length: 2\r\n\r\nok")
                     except OSError:
                         return
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
 
 
 @pytest.fixture

@@ -6,45 +6,30 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import gateway_config, raw_exchange
+from .conftest import RawServer, gateway_config, raw_exchange
 
 pytestmark = pytest.mark.integration
 
 _SSE_EVENT = b"data: one\n\n"
 
 
-class _ScriptedUpstream:
+class _ScriptedUpstream(RawServer):
     """A raw HTTP upstream that answers by request path: ``/fail`` 503 after 0.3 s;
-    ``/sse`` a chunked event stream that ends after 0.2 s; ``/reset`` a close-delimited 200 whose
-    body is cut by a TCP reset. With ``hold=True`` it answers nothing and records when
-    the gateway closes the connection."""
+    ``/sse`` a chunked event stream that ends after 0.2 s; ``/reset`` a close-delimited
+    200 whose body is cut by a TCP reset. With ``hold=True`` it answers nothing and
+    records when the gateway closes the connection."""
 
     def __init__(self, *, hold: bool = False) -> None:
         self.hold = hold
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.origin = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.closed_at: float | None = None
-        self._stop = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
-
-    def _client(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         conn.settimeout(10)
         pending = b""
         with conn:
@@ -77,10 +62,6 @@ class _ScriptedUpstream:
                                     struct.pack("ii", 1, 0))  # close() now sends a reset
             except OSError:
                 self.closed_at = time.monotonic()
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
 
 
 @pytest.fixture

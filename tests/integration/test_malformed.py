@@ -37,6 +37,7 @@ from li_httpd.workers.proxy import REPLAYABLE_BODY
 from .conftest import (
     BANNER,
     Gateway,
+    RawServer,
     RecordingUpstream,
     _spawn,
     cli_command,
@@ -123,7 +124,7 @@ class ParsingUpstream(RecordingUpstream):
             segments = [bytes(s) for s in self.segments]
         return [request for data in segments for request in _requests_in(data)]
 
-    def _client(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         record = bytearray()
         with self._lock:
             self.segments.append(record)
@@ -626,30 +627,12 @@ def test_concurrent_slow_clients_do_not_block_others(gateway: Gateway,
     assert labels == ["GET /fast"]
 
 
-class _InjectingUpstream:
+class _InjectingUpstream(RawServer):
     """Answers each request with its own target as the body; after answering ``/evil``
     it also sends an unsolicited second response a moment later, as an upstream that
     parsed one request as two (a desync on the upstream side) would."""
 
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.origin = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self._stop = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _client(conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         pending = b""
         with conn:
             while True:
@@ -672,10 +655,6 @@ class _InjectingUpstream:
                                          b"INJECTED")
                     except OSError:
                         return
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
 
 
 def test_unsolicited_upstream_bytes_never_reach_the_next_client(start_gateway) -> None:

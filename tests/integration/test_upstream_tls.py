@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .conftest import gateway_config
+from .conftest import RawServer, gateway_config
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ def test_https_peer_with_untrusted_certificate_is_refused(tls_upstream: tuple[in
     assert "secure hello" not in response.text
 
 
-class _InjectingTlsUpstream:
+class _InjectingTlsUpstream(RawServer):
     """A TLS upstream that answers each request with its target as the body; after
     ``/evil`` it also sends an unsolicited second response in its own TLS record, corked
     into the same TCP segment as the first, so the gateway reads both records in one
@@ -115,25 +115,9 @@ class _InjectingTlsUpstream:
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self.context = context
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self._stop = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._client, args=(raw,), daemon=True).start()
-
-    def _client(self, raw: socket.socket) -> None:
+    def handle(self, raw: socket.socket) -> None:
         with contextlib.suppress(OSError), self.context.wrap_socket(
                 raw, server_side=True) as conn:
             pending = b""
@@ -154,10 +138,6 @@ class _InjectingTlsUpstream:
                     conn.sendall(answer)
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED")
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
 
 
 def test_stray_tls_record_never_reaches_the_next_client(tmp_path: Path, start_gateway) -> None:

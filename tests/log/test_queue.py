@@ -29,9 +29,9 @@ def names(queue: LogQueue, limit: int = 1000) -> list[str]:
 
 def test_drain_returns_arrival_order_across_kinds() -> None:
     queue = LogQueue(10)
-    queue.put_access(access(1))
+    queue.put_request(access(1))
     queue.put_diagnostic(WARN, "d1", {})
-    queue.put_audit(audit(2))
+    queue.put_request(audit(2))
     queue.put_diagnostic("error", "d2", {"k": 1}, ts=5.0)
     assert len(queue) == 4
     assert names(queue, 3) == ["a1", "d1", "u2"]
@@ -43,23 +43,23 @@ def test_drain_returns_arrival_order_across_kinds() -> None:
 def test_overflow_drops_oldest_diagnostics_first() -> None:
     queue = LogQueue(4)
     queue.put_diagnostic(WARN, "d1", {})
-    queue.put_access(access(1))
+    queue.put_request(access(1))
     queue.put_diagnostic(WARN, "d2", {})
-    queue.put_audit(audit(2))
+    queue.put_request(audit(2))
     assert len(queue) == 4
-    queue.put_access(access(3))   # full: d1 goes
-    queue.put_access(access(4))   # d2 goes
+    queue.put_request(access(3))   # full: d1 goes
+    queue.put_request(access(4))   # d2 goes
     assert queue.dropped == {"access": 0, "audit": 0, "diagnostic": 2}
-    queue.put_access(access(5))   # no diagnostic left: the oldest access/audit (a1) goes
-    queue.put_access(access(6))   # then u2
+    queue.put_request(access(5))   # no diagnostic left: the oldest access/audit (a1) goes
+    queue.put_request(access(6))   # then u2
     assert queue.dropped == {"access": 1, "audit": 1, "diagnostic": 2}
     assert names(queue) == ["a3", "a4", "a5", "a6"]
 
 
 def test_new_diagnostic_never_displaces_access_or_audit() -> None:
     queue = LogQueue(2)
-    queue.put_access(access(1))
-    queue.put_audit(audit(2))
+    queue.put_request(access(1))
+    queue.put_request(audit(2))
     queue.put_diagnostic(ERROR, "lost", {})
     assert queue.dropped["diagnostic"] == 1 and len(queue) == 2
     assert names(queue) == ["a1", "u2"]
@@ -67,7 +67,7 @@ def test_new_diagnostic_never_displaces_access_or_audit() -> None:
 
 def test_newer_diagnostic_replaces_the_oldest_one() -> None:
     queue = LogQueue(3)
-    queue.put_access(access(1))
+    queue.put_request(access(1))
     queue.put_diagnostic(WARN, "d1", {})
     queue.put_diagnostic(WARN, "d2", {})
     queue.put_diagnostic(WARN, "d3", {})
@@ -85,7 +85,7 @@ def test_unknown_level_name_counts_as_error() -> None:
 def test_tiny_queue_takes_a_flood_without_blocking_or_growing() -> None:
     queue = LogQueue(1)
     for n in range(10_000):
-        assert queue.put_access(access(n)) == 1
+        assert queue.put_request(access(n)) == 1
         queue.put_diagnostic(WARN, "d", {})
     assert len(queue) == 1
     assert queue.dropped == {"access": 9_999, "audit": 0, "diagnostic": 10_000}
@@ -103,10 +103,10 @@ def test_bounded_ordered_and_accounted(capacity: int, ops: list[str]) -> None:
     last_ts = -1.0
     for n, op in enumerate(ops):
         if op == "access":
-            queue.put_access(("access", float(n), None, None, None, 200, 0.0, 0, 0, None,
+            queue.put_request(("access", float(n), None, None, None, 200, 0.0, 0, 0, None,
                               None))
         elif op == "audit":
-            queue.put_audit(("audit", float(n), None, None, None, None, None, None, 200,
+            queue.put_request(("audit", float(n), None, None, None, None, None, None, 200,
                              "allow", None, 0.0, None, 0, 0, None, None, None))
         elif op == "diagnostic":
             queue.put_diagnostic(WARN, "d", {}, ts=float(n))

@@ -62,19 +62,9 @@ class LogQueue:
             _, oldest = self._main.popleft()
             self.dropped[oldest[0]] += 1
 
-    def put_access(self, record: AccessRecord) -> int:
-        """Queue one access record (O(1), never blocks); returns the queue's new length
-        (cheaper for the caller than a second ``len()``)."""
-        main = self._main
-        size = len(main) + len(self._diagnostics)
-        if size >= self.capacity:
-            self._make_room_for_main()
-            size -= 1
-        main.append((next(self._seq), record))
-        return size + 1
-
-    def put_audit(self, record: AuditRecord) -> int:
-        """Queue one audit record (O(1), never blocks); returns the queue's new length."""
+    def put_request(self, record: AccessRecord | AuditRecord) -> int:
+        """Queue one access or audit record (O(1), never blocks); returns the queue's new
+        length (cheaper for the caller than a second ``len()``)."""
         main = self._main
         size = len(main) + len(self._diagnostics)
         if size >= self.capacity:

@@ -73,7 +73,7 @@ class WorkerLog:
         """One access line (skipped below the access sink's level; ``ts`` defaults to now)."""
         if status < self._access_min_status:
             return
-        size = self.queue.put_access(("access", self._clock() if ts is None else ts,
+        size = self.queue.put_request(("access", self._clock() if ts is None else ts,
                                       request_id, route, peer, status, latency_ms, bytes_in,
                                       bytes_out, method, path))
         if size >= self._high_water:
@@ -88,7 +88,7 @@ class WorkerLog:
         """One audit record (``decision``: allow | deny | rate_limited | error)."""
         if not self._audit_on:
             return
-        size = self.queue.put_audit(("audit", self._clock() if ts is None else ts, request_id,
+        size = self.queue.put_request(("audit", self._clock() if ts is None else ts, request_id,
                                      key_id, route, model, method, path, status, decision,
                                      peer, latency_ms, ttfb_ms, bytes_in, bytes_out,
                                      prompt_tokens, completion_tokens, cost))
