@@ -1,6 +1,14 @@
-"""li_httpd.ops: operator and developer tooling shipped with the gateway.
+"""li_httpd.ops: the operations plane shared by master and workers, and operator tooling.
 
-The mock upstream (`li-httpd mock-upstream`), the benchmark harness and its drivers.
-The systemd unit, example configs and shell entry points live beside this package in
-ops/. May import li_httpd.config and li_httpd.workers (protocol cores).
+Two layers, each with its own import rules (checked by tests/test_layering.py):
+
+- Libraries both the master and the workers use: :mod:`.log` (li-log: access, error and
+  audit logs, rotation, redaction) and :mod:`.metrics` (Prometheus multiprocess
+  metrics). They may import li_httpd.config and li_httpd.shm only, never
+  li_httpd.workers or li_httpd.supervisor, so the master can load them without the
+  worker's event-loop code.
+- Tooling shipped with the gateway: the mock upstream (``li-httpd mock-upstream``) and
+  the benchmark harness with its drivers (:mod:`.bench`). These may also import
+  li_httpd.workers (its pure protocol cores). The systemd unit, example configs and
+  shell entry points live beside this package in ops/.
 """

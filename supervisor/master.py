@@ -47,11 +47,11 @@ from typing import Any
 from li_httpd.actors.reload import ReloadClient, run_actor
 from li_httpd.config import VERSION, ConfigError, LoadedConfig, load_text
 from li_httpd.config.checks import split_host_port
+from li_httpd.ops import metrics as metrics_env
+from li_httpd.ops.log.files import Rotator
+from li_httpd.ops.log.master import MasterLog
+from li_httpd.ops.log.records import Level
 from li_httpd.shm import SharedState, layout_for, peer_ids
-from li_httpd.workers import metrics as metrics_env
-from li_httpd.workers.log.files import Rotator
-from li_httpd.workers.log.master import MasterLog
-from li_httpd.workers.log.records import Level
 
 from . import sdnotify
 from .control import ControlError, ControlServer

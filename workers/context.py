@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from li_httpd.config import LoadedConfig, Router
 from li_httpd.config.model import RateLimit, Route
+from li_httpd.ops.log.writer import WorkerLog
+from li_httpd.ops.metrics import for_config as metrics_for
 from li_httpd.shm import SharedState, gcra, layout_for, peer_ids
 
 from .housekeeping import Housekeeping
 from .http1 import ParseLimits
 from .identity import KeyRing
-from .log.writer import WorkerLog
-from .metrics import for_config as metrics_for
 from .policy import HeaderPolicy
 from .static import StaticSite
 from .upstream import UpstreamGroup

@@ -11,10 +11,10 @@ import socket
 
 import trio
 from li_httpd.config import PathError, normalize_path
+from li_httpd.ops.metrics import render
 
 from .context import WorkerContext
 from .http1 import NEED_DATA, HttpError, RequestHead, RequestReader
-from .metrics import render
 from .responses import error_response, render_head
 from .sockio import Deadline, PeerGone, SocketIO
 

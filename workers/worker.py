@@ -26,12 +26,12 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 from li_httpd.config import LoadedConfig
+from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.shm import SharedState
 from trio.lowlevel import checkpoint, wait_readable
 
 from .connection import handle_connection
 from .context import WorkerContext
-from .log.writer import WorkerLog
 from .metrics_server import handle_metrics_connection
 
 _RETRY_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

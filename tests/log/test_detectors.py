@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from li_httpd.config.checks import DETECTOR_IDS
-from li_httpd.workers.log import detectors
+from li_httpd.ops.log import detectors
 
 ALNUM = "a1B2c3D4e5F6g7H8i9J0"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from li_httpd.config.model import Rotation
 from li_httpd.config.units import Millis, Size
-from li_httpd.workers.log import files
-from li_httpd.workers.log.files import LogFiles, Rotator, compress, rotate_if_needed
+from li_httpd.ops.log import files
+from li_httpd.ops.log.files import LogFiles, Rotator, compress, rotate_if_needed
 
 MINUTE_MS = 60_000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from li_httpd.workers.log.queue import LogQueue
-from li_httpd.workers.log.records import ERROR, WARN, AccessRecord, AuditRecord
+from li_httpd.ops.log.queue import LogQueue
+from li_httpd.ops.log.records import ERROR, WARN, AccessRecord, AuditRecord
 
 
 def access(n: int) -> AccessRecord:

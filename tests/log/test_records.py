@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 
 import orjson
-from li_httpd.workers.log.records import (
+from li_httpd.ops.log.records import (
     ERROR,
     INFO,
     WARN,
@@ -18,7 +18,7 @@ from li_httpd.workers.log.records import (
     message_text,
     token,
 )
-from li_httpd.workers.log.redact import Redactor
+from li_httpd.ops.log.redact import Redactor
 
 T0 = calendar.timegm((2026, 11, 21, 23, 59, 59)) + 0.123
 STAMP = "2026-11-21T23:59:59.123Z"

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 from li_httpd.config.model import Log, LogSink, Redact, StderrSink
-from li_httpd.workers.log import REDACTED, Redactor, WorkerLog
+from li_httpd.ops.log import REDACTED, Redactor, WorkerLog
 
 from .test_detectors import POSITIVES
 

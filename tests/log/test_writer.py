@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 from li_httpd.config.model import Log, LogSink, Redact, StderrSink
-from li_httpd.workers.log import MasterLog, WorkerLog
-from li_httpd.workers.log.sinks import StderrWriter, file_paths, plan
+from li_httpd.ops.log import MasterLog, WorkerLog
+from li_httpd.ops.log.sinks import StderrWriter, file_paths, plan
 
 
 def read_lines(path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""li_httpd.workers.log ("li-log"): the project's own logging library.
+"""li_httpd.ops.log ("li-log"): the logging library of the master and every worker.
 
 What lives here, one job per module:
 
@@ -11,7 +11,8 @@ What lives here, one job per module:
 - :mod:`.writer` — :class:`WorkerLog`, the trio side for workers;
 - :mod:`.master` — :class:`MasterLog`, the synchronous side for the master.
 
-Imports: li_httpd.config only (and orjson); trio only in :mod:`.writer`, which this
+Imports: li_httpd.config only (and orjson); imported by li_httpd.workers and
+li_httpd.supervisor; trio only in :mod:`.writer`, which this
 package imports lazily so the master (which never runs trio) can use :class:`MasterLog`
 and :class:`Rotator` without loading it.
 """
