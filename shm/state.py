@@ -59,6 +59,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from . import gcra
 from .health import PeerHealth, on_failure, on_success
@@ -394,5 +395,5 @@ class Admission:
     index: int
     """The key's entry (to release the stream, to meter body bytes)."""
     retry_after_ns: int
-    reason: str
-    """"rate", "streams" or "table_full" when refused."""
+    reason: Literal["", "rate", "streams", "table_full"]
+    """Why it was refused ("" when allowed)."""

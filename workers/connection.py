@@ -1,20 +1,23 @@
 """The connection actor: one task per client connection, requests in order.
 
 Life of a connection: read a request head (header timeout for the first request, idle
-keep-alive timeout between requests), route it, apply the route's header policy, then
-hand it to the healthcheck, static or proxy handler, which writes the whole response and
-says whether the connection may be kept alive. Any protocol error is answered (400, 408,
-413, 414, 431, ...) and the connection closed.
+keep-alive timeout between requests), make an :class:`~.exchange.Exchange` for it, run
+:func:`~.admission.admit` (route, header policy, auth, limits), then hand the exchange to
+the healthcheck, static or proxy handler, which answers through this connection's
+:class:`~.port.ClientPort` methods and returns how it ended and whether the connection
+may be kept alive. Any protocol error is answered (400, 408, 413, 414, 431, ...) and the
+connection closed.
 
-Every request is logged once, however it ends (access line, and an audit record on
-proxy routes): :class:`Exchange` collects what the log needs while the request runs.
+This actor owns the loop, the connection's state and the end of every request: each
+request is logged exactly once from its exchange, however it ends (access line, and an
+audit record on proxy routes), and an upstream connection still held is closed.
 
 All of a connection's work runs inside one cancel scope. Timeouts and client
 disconnects cancel that scope (see :mod:`.housekeeping`), after which :meth:`run` knows
-from the deadline's reason what was going on and finishes as well as it still can: a
-408 or 504 when no response byte was sent yet, an SSE error event on a stream, or just
-closing. The upstream connection in use, if any, is closed, so the upstream sees the
-request go away.
+from the deadline's reason and the exchange's response :class:`~.exchange.Phase` what it
+may still send: a 408 or 504 when no response byte was sent yet, an SSE error event on
+an SSE stream, or nothing but the close. The upstream connection in use, if any, is
+reset, so the upstream sees the request go away.
 """
 
 from __future__ import annotations
@@ -26,59 +29,32 @@ import traceback
 
 import orjson
 import trio
-from li_httpd.config import Found, PathError, normalize_path
-from li_httpd.config.matching import normalize_host
 from li_httpd.shm import gcra
 
-from .context import RoutePlan, WorkerContext
-from .http1 import CLOSED, END, NEED_DATA, HttpError, RequestHead, RequestReader
-from .identity import Caller, key_hash, limit_key_value
-from .policy import request_id_from
+from .admission import Admitted, Reject, admit
+from .context import WorkerContext
+from .exchange import Exchange, Handled, Outcome, Phase
+from .http1 import CLOSED, END, NEED_DATA, Header, HttpError, RequestHead, RequestReader
 from .proxy import proxy_request
-from .responses import error_response, json_response
-from .sockio import Deadline, PeerGone, SocketIO
+from .responses import CONTINUE, error_response, json_response
+from .sockio import ClientGone, Deadline, DeadlineReason, PeerGone, SocketIO
 from .static_response import serve_static
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO
-from .upstream import UpstreamConn, UpstreamGroup
 
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
-                                    "OPTIONS")}
 _HEALTH_BODY = orjson.dumps({"status": "ok"})
 _AFTER_TIMEOUT_SEND = 1.0
-_QUIET_REASONS = frozenset({"idle", "client_gone", "send", "drain", "handshake"})
-_CLIENT_TIMEOUTS = frozenset({"header", "body"})
-_NOBODY = Caller(None, False)
-_LIMIT_MESSAGES = {"rate": "rate limit exceeded",
-                   "streams": "too many concurrent streams for this key",
-                   "table_full": "rate limit state is full; retry shortly"}
-
-
-class Exchange:
-    """What one request did, for its access line and audit record."""
-
-    __slots__ = ("audited", "key_id", "method", "model", "path", "peer", "route",
-                 "sent_mark", "started", "status", "ttfb_ms")
-
-    def __init__(self, head: RequestHead, sent_mark: int) -> None:
-        self.started = time.monotonic()
-        self.method = head.method
-        self.path = head.path
-        self.sent_mark = sent_mark
-        self.status = 0
-        self.route: bytes | None = None
-        self.peer: str | None = None
-        self.ttfb_ms: float | None = None
-        self.key_id: str | None = None
-        self.model: str | None = None
-        self.audited = False
+_QUIET_REASONS: frozenset[DeadlineReason] = frozenset({"idle", "client_gone", "send",
+                                                       "handshake"})
+_CLIENT_TIMEOUTS: frozenset[DeadlineReason] = frozenset({"header", "body"})
+_LIMIT_REASONS = frozenset({"rate", "streams", "table_full"})
 
 
 class ClientConnection:
-    """State of one client connection; see the module docstring."""
+    """One client connection; see the module docstring. Implements
+    :class:`~.port.ClientPort` for the request being handled."""
 
-    __slots__ = ("client", "ctx", "deadline", "exchange", "io", "metered", "peer", "reader",
-                 "request_id", "requests", "response_chunked", "response_sse",
-                 "response_started", "scope", "upstream", "upstream_group")
+    __slots__ = ("client", "client_ip", "ctx", "deadline", "exchange", "io", "reader",
+                 "requests", "scope")
 
     def __init__(self, ctx: WorkerContext, sock: socket.socket, peer: object) -> None:
         self.ctx = ctx
@@ -87,19 +63,12 @@ class ClientConnection:
         raw = SocketIO(sock, self.deadline, ctx.timeouts.send)
         self.io: StreamIO = TlsSocketIO(raw, ctx.server_tls) if ctx.server_tls else raw
         self.reader = RequestReader(ctx.limits)
-        self.peer = peer
-        self.client = (f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2
-                       else "-")
+        is_inet = isinstance(peer, tuple) and len(peer) >= 2
+        self.client = f"{peer[0]}:{peer[1]}" if is_inet else "-"  # type: ignore[index]
+        self.client_ip: str = peer[0] if is_inet else ""  # type: ignore[index]
         self.exchange: Exchange | None = None
-        self.upstream: UpstreamConn | None = None
-        self.upstream_group: UpstreamGroup | None = None
-        self.metered: tuple[int, int, gcra.Rate] | None = None
-        """(entry, key, byte rate) when the route meters request-body bytes."""
-        self.request_id = b""
+        """The request being handled; None between requests."""
         self.requests = 0
-        self.response_started = False
-        self.response_chunked = False
-        self.response_sse = False
 
     async def run(self) -> None:
         housekeeping = self.ctx.housekeeping
@@ -116,26 +85,22 @@ class ClientConnection:
             if self.scope.cancelled_caught:
                 await self._after_deadline(self.deadline.fired)
         except (PeerGone, TlsHandshakeError):
-            pass  # the client went away or failed the TLS handshake
+            self._ended("client_gone")  # the client went away or failed the handshake
         except Exception as exc:  # a bug must cost one connection, never the worker
-            self.ctx.log.diagnostic("error", "connection error", request_id=self.request_id,
+            self._ended("internal_error")
+            exchange = self.exchange
+            self.ctx.log.diagnostic("error", "connection error",
+                                    request_id=exchange.request_id if exchange else b"-",
                                     error="".join(traceback.format_exception(exc)[-4:]))
-            if not self.response_started:
-                self.begin_response(500)
+            if exchange is None or exchange.phase is Phase.UNSENT:
                 with trio.move_on_after(_AFTER_TIMEOUT_SEND), contextlib.suppress(Exception):
-                    await self.io.send_all(error_response(
-                        500, self.request_id or b"-", self.ctx.housekeeping.date,
-                        keep_alive=False))
+                    await self._send_error(500, keep_alive=False)
         finally:
-            if self.exchange is not None:
-                self._finish()
+            self._finish()
             shared.add_connection(-1)
             self.ctx.metrics.connection(-1)
             housekeeping.deadlines.discard(self.deadline)
             housekeeping.unwatch(self.io.fd)
-            if self.upstream is not None:
-                self.upstream.close()
-                self.upstream = None
             self.io.close()
 
     async def _serve(self) -> None:
@@ -166,12 +131,11 @@ class ClientConnection:
                     reader.feed(data)
                     event = reader.next_event()
             except HttpError as exc:
-                self.request_id = ctx.request_ids.next()
-                ctx.log.diagnostic("info", "bad request", request_id=self.request_id,
+                request_id = ctx.request_ids.next()
+                ctx.log.diagnostic("info", "bad request", request_id=request_id,
                                    client=self.client, status=exc.status, detail=exc.detail)
-                await self.io.send_all(error_response(
-                    exc.status, self.request_id, housekeeping.date, keep_alive=False,
-                    message=exc.message))
+                await io.send_all(error_response(exc.status, request_id, housekeeping.date,
+                                                 keep_alive=False, message=exc.message))
                 return
             if event is CLOSED or not isinstance(event, RequestHead):
                 return
@@ -181,179 +145,195 @@ class ClientConnection:
             ctx.shared.count_request()
             if self.requests >= keepalive_requests or housekeeping.draining:
                 event.keep_alive = False  # the response says Connection: close
-            self.response_started = self.response_chunked = self.response_sse = False
-            self.exchange = Exchange(event, io.sent)
+            exchange = self.exchange = Exchange(event, ctx.request_ids.next(), io.sent)
             try:
-                keep = await self._handle(event)
+                handled = await self._handle(exchange)
             except HttpError as exc:  # the request body broke the protocol
-                if not self.response_started:
-                    self.begin_response(exc.status)
-                    await self.io.send_all(error_response(
-                        exc.status, self.request_id, housekeeping.date, keep_alive=False,
-                        message=exc.message))
-                keep = False
+                if exchange.phase is Phase.UNSENT:
+                    await self._send_error(exc.status, keep_alive=False, message=exc.message)
+                handled = Handled("rejected", False)
+            exchange.ended(handled.outcome)
             self._finish()
-            # Between requests no response is in flight: a timeout now gets a 408, not
-            # the last response's SSE error chunk.
-            self.response_started = self.response_chunked = self.response_sse = False
-            if not keep or self.requests >= keepalive_requests:
+            if not handled.keep_alive or self.requests >= keepalive_requests:
                 return
 
-    async def _handle(self, head: RequestHead) -> bool:
-        """Answer one request; True when the connection may serve another."""
+    async def _handle(self, exchange: Exchange) -> Handled:
+        """Admit and answer one request."""
         ctx = self.ctx
-        self.request_id = ctx.request_ids.next()
-        if head.content_length is not None and head.content_length > ctx.limits.max_body:
-            return await self.reject(head, 413, keep=False)
+        verdict = admit(exchange.head, self.client_ip, exchange.request_id, ctx)
+        plan = verdict.plan
+        exchange.admitted(verdict.request_id, plan.name_bytes if plan else None,
+                          plan is not None and plan.group is not None, verdict.caller,
+                          verdict.meter if isinstance(verdict, Admitted) else None)
+        if isinstance(verdict, Reject):
+            if plan is not None and verdict.reason in _LIMIT_REASONS:
+                ctx.metrics.rate_limited(plan.name_bytes)
+            return await self.reject(verdict.status, message=verdict.message,
+                                     headers=verdict.headers, keep_alive=verdict.keep_alive)
         try:
-            path = normalize_path(head.path.decode("latin-1"))
-        except PathError as exc:
-            return await self.reject(head, 400, message=f"invalid path: {exc}")
-        host = normalize_host(head.host.decode("latin-1")) if head.host else ""
-        method = _METHODS.get(head.method) or head.method.decode("latin-1")
-        headers = ({n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
-                   if ctx.router.needs_headers else {})
-        result = ctx.router.lookup(method, host, path, headers)
-        if not isinstance(result, Found):
-            extra = [(b"allow", ", ".join(result.allow).encode())] if result.allow else []
-            return await self.reject(head, result.status, extra=extra)
-        plan = ctx.plans[result.route.name]
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.route = plan.name_bytes
-            exchange.audited = plan.group is not None
-        missing = plan.policy.missing_required(head.headers)
-        if missing is not None:
-            return await self.reject(head, 400,
-                                     message=f"missing required header {missing.decode()}")
-        if plan.policy.accepts_request_id:
-            self.request_id = request_id_from(head.headers) or self.request_id
-        caller = ctx.keyring.identify(head.headers) if ctx.keyring else _NOBODY
-        if exchange is not None:
-            exchange.key_id = caller.key_id
-        if plan.requires_key and caller.key_id is None:
-            challenge = b'Bearer realm="li-httpd", error="invalid_token"' \
-                if caller.presented else b'Bearer realm="li-httpd"'
-            return await self.reject(head, 401, extra=[(b"www-authenticate", challenge)],
-                                     message="a valid API key is required"
-                                     if caller.presented else "an API key is required")
-        limit = plan.limit
-        if limit is None:
-            return await self._dispatch(head, plan, result.upstream_path, path)
-        client_ip = self.peer[0] if isinstance(self.peer, tuple) else ""
-        key = key_hash(plan.name_bytes,
-                       limit_key_value(limit.key_kind, caller, head.headers, client_ip,
-                                       agent_header_allowed=plan.policy.accepts_agent_id),
-                       ctx.shared.key_secret)
-        admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
-        if not admission.allowed:
-            ctx.metrics.rate_limited(plan.name_bytes)
-            retry = b"%d" % gcra.retry_after_seconds(admission.retry_after_ns)
-            return await self.reject(head, 429, extra=[(b"retry-after", retry)],
-                                     message=_LIMIT_MESSAGES[admission.reason])
-        self.metered = (admission.index, key, limit.byte_rate)
-        try:
-            return await self._dispatch(head, plan, result.upstream_path, path)
+            return await self._dispatch(exchange, verdict)
         finally:
-            self.metered = None
-            ctx.shared.release_stream(admission.index)
+            exchange.meter = None
+            verdict.release(ctx)
 
-    async def _dispatch(self, head: RequestHead, plan: RoutePlan, upstream_path: str,
-                        path: str) -> bool:
+    async def _dispatch(self, exchange: Exchange, admitted: Admitted) -> Handled:
         ctx = self.ctx
-        keep = head.keep_alive
+        plan = admitted.plan
+        head = exchange.head
         if plan.healthcheck:
-            self.begin_response(200)
-            await self.io.send_all(json_response(
-                200, _HEALTH_BODY, self.request_id, ctx.housekeeping.date,
-                keep_alive=keep and not head.has_body, head_only=head.method == b"HEAD"))
-            return keep and not head.has_body
+            keep = head.keep_alive and not head.has_body
+            await self.respond(200, json_response(
+                200, _HEALTH_BODY, exchange.request_id, ctx.housekeeping.date,
+                keep_alive=keep, head_only=head.method == b"HEAD"), Phase.FRAMED)
+            return Handled("completed", keep)
         if plan.static is not None:
-            return await serve_static(self, head, plan, upstream_path, path)
+            return await serve_static(self, exchange, admitted, ctx.housekeeping.date)
         metrics = ctx.metrics
         metrics.stream(plan.name_bytes, 1)
         try:
-            return await proxy_request(self, head, plan, upstream_path)
+            return await proxy_request(ctx, self, exchange, admitted)
         finally:
             metrics.stream(plan.name_bytes, -1)
 
-    async def meter_body(self, count: int) -> None:
+    # -- ClientPort: what handlers may do with the client ------------------------------------
+
+    async def receive_body(self) -> bytes | None:
+        exchange = self.exchange
+        assert exchange is not None, "only while a request is handled"
+        reader = self.reader
+        while True:
+            event = reader.next_event()
+            if event is END:
+                return None
+            if isinstance(event, bytes):
+                await self._meter(exchange, len(event))
+                return event
+            if exchange.head.expect_continue and not exchange.continue_sent:
+                exchange.continue_sent = True
+                await self.io.send_all(CONTINUE)
+            self.deadline.set(self.ctx.timeouts.body, "body")
+            try:
+                data = await self.io.recv()
+            except PeerGone as exc:
+                raise ClientGone(str(exc)) from None
+            if not data:
+                raise HttpError(400, "request body truncated")
+            reader.feed(data)
+
+    async def respond(self, status: int, data: bytes, phase: Phase) -> None:
+        if self.exchange is not None:
+            self.exchange.responding(status, phase)
+        await self.io.send_all(data)
+
+    async def send(self, data: bytes) -> None:
+        await self.io.send_all(data)
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> None:
+        await self.io.sendfile(fd, offset, count)
+
+    async def reject(self, status: int, *, message: str | None = None,
+                     headers: tuple[Header, ...] = (), keep_alive: bool = True,
+                     outcome: Outcome = "rejected") -> Handled:
+        exchange = self.exchange
+        assert exchange is not None, "only while a request is handled"
+        head = exchange.head
+        keep = keep_alive and head.keep_alive and not head.has_body
+        await self._send_error(status, keep_alive=keep, message=message, headers=headers,
+                               head_only=head.method == b"HEAD")
+        return Handled(outcome, keep)
+
+    def abort(self) -> None:
+        self.io.abort()
+
+    def watch_disconnect(self) -> None:
+        self.ctx.housekeeping.watch(self.io.sock, self.io.fd, self.deadline)
+
+    def unwatch_disconnect(self) -> None:
+        self.ctx.housekeeping.unwatch(self.io.fd)
+
+    # -- the end of a request ------------------------------------------------------------------
+
+    async def _send_error(self, status: int, *, keep_alive: bool, message: str | None = None,
+                          headers: tuple[Header, ...] = (), head_only: bool = False) -> None:
+        """The gateway's JSON error as the response to the current request (or to no
+        request: a timeout between requests)."""
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.responding(status, Phase.FRAMED)
+            request_id = exchange.request_id
+        else:
+            request_id = self.ctx.request_ids.next()
+        await self.io.send_all(error_response(
+            status, request_id, self.ctx.housekeeping.date, keep_alive=keep_alive,
+            message=message, extra=headers, head_only=head_only))
+
+    async def _meter(self, exchange: Exchange, count: int) -> None:
         """Charge request-body bytes to the caller's byte rate, pausing (backpressure on
         the client) when it sends faster than ``bytes_in_per_sec``."""
-        metered = self.metered
-        if metered is None:
+        meter = exchange.meter
+        if meter is None:
             return
-        index, key, rate = metered
-        delay = self.ctx.shared.consume_bytes(index, key, rate, count)
+        delay = self.ctx.shared.consume_bytes(meter.entry, meter.key, meter.rate, count)
         if delay:
-            saved = self.deadline.at
-            self.deadline.clear()
-            await trio.sleep(delay / gcra.NS_PER_SECOND)
-            self.deadline.at = saved
+            with self.deadline.suspended():
+                await trio.sleep(delay / gcra.NS_PER_SECOND)
 
-    async def reject(self, head: RequestHead, status: int, *, message: str | None = None,
-                     keep: bool = True, extra: list[tuple[bytes, bytes]] | None = None) -> bool:
-        """Answer with a JSON error without reading the request body. A connection
-        whose request body was not read cannot be reused."""
-        keep = keep and head.keep_alive and not head.has_body
-        self.begin_response(status)
-        await self.io.send_all(error_response(
-            status, self.request_id, self.ctx.housekeeping.date, keep_alive=keep,
-            message=message, extra=extra or (), head_only=head.method == b"HEAD"))
-        return keep
-
-    def begin_response(self, status: int) -> None:
-        """Called just before a response head is written."""
-        self.response_started = True
+    def _ended(self, outcome: Outcome) -> None:
         if self.exchange is not None:
-            self.exchange.status = status
+            self.exchange.ended(outcome)
 
     def _finish(self) -> None:
-        """Log the request that just ended (normally or not) exactly once."""
+        """Log the request that just ended (normally or not) exactly once, and close an
+        upstream connection it still holds."""
         exchange = self.exchange
         if exchange is None:
             return
         self.exchange = None
+        upstream = exchange.take_upstream()
+        if upstream is not None:
+            upstream.close()
         log = self.ctx.log
         latency_ms = (time.monotonic() - exchange.started) * 1000
         bytes_in = self.reader.body_bytes
         bytes_out = self.io.sent - exchange.sent_mark
         status = exchange.status
-        log.access(self.request_id, exchange.route, exchange.peer or "-", status, latency_ms,
-                   bytes_in, bytes_out, exchange.method, exchange.path)
-        self.ctx.metrics.request_done(exchange.route, exchange.method, status,
+        head = exchange.head
+        log.access(exchange.request_id, exchange.route, exchange.peer or "-", status,
+                   latency_ms, bytes_in, bytes_out, head.method, head.path)
+        self.ctx.metrics.request_done(exchange.route, head.method, status,
                                       latency_ms / 1000, exchange.ttfb_ms, exchange.peer)
         if exchange.audited:
             decision = ("rate_limited" if status == 429 else "deny" if status in (401, 403)
                         else "error" if status >= 500 or status == 0 else "allow")
-            log.audit(self.request_id, exchange.key_id, exchange.route, exchange.model,
-                      exchange.method, exchange.path, status, decision, exchange.peer,
+            log.audit(exchange.request_id, exchange.key_id, exchange.route, exchange.model,
+                      head.method, head.path, status, decision, exchange.peer,
                       latency_ms, exchange.ttfb_ms, bytes_in, bytes_out)
 
-    async def _after_deadline(self, reason: str) -> None:
+    async def _after_deadline(self, reason: DeadlineReason) -> None:
         """The connection scope was cancelled by a timeout or a disconnect."""
-        if self.upstream is not None:
-            if reason == "upstream_ttfb" and self.upstream_group is not None:
-                self.upstream_group.failed(self.upstream.peer)
-            self.upstream.io.abort()
-            self.upstream = None
+        exchange = self.exchange
+        if exchange is not None:
+            upstream = exchange.take_upstream()
+            if upstream is not None:
+                if reason == "upstream_ttfb" and exchange.group is not None:
+                    exchange.group.failed(upstream.peer)
+                upstream.io.abort()
+        self._ended("client_gone" if reason == "client_gone" else "timeout")
         if reason in _QUIET_REASONS:
             return
+        phase = exchange.phase if exchange is not None else Phase.UNSENT
         with trio.move_on_after(_AFTER_TIMEOUT_SEND):
             try:
-                if not self.response_started:
-                    status = 408 if reason in _CLIENT_TIMEOUTS else 504
-                    self.begin_response(status)
-                    await self.io.send_all(error_response(
-                        status, self.request_id or self.ctx.request_ids.next(),
-                        self.ctx.housekeeping.date, keep_alive=False))
-                elif self.response_sse and self.response_chunked:
-                    await self.io.send_all(sse_error_chunk(reason, self.request_id))
+                if phase is Phase.UNSENT:
+                    await self._send_error(408 if reason in _CLIENT_TIMEOUTS else 504,
+                                           keep_alive=False)
+                elif phase is Phase.SSE and exchange is not None:
+                    await self.io.send_all(sse_error_chunk(reason, exchange.request_id))
             except PeerGone:
                 pass
 
 
-def sse_error_chunk(reason: str, request_id: bytes) -> bytes:
+def sse_error_chunk(reason: DeadlineReason, request_id: bytes) -> bytes:
     """A final SSE event telling the client why its stream ended, then the last chunk."""
     message = {"upstream_idle": "upstream stream stalled",
                "stream_max": "stream exceeded its maximum duration",
@@ -369,4 +349,4 @@ async def handle_connection(ctx: WorkerContext, sock: socket.socket, peer: objec
     await ClientConnection(ctx, sock, peer).run()
 
 
-__all__ = ["ClientConnection", "Deadline", "handle_connection"]
+__all__ = ["ClientConnection", "handle_connection"]

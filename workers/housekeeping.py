@@ -14,7 +14,7 @@ those still running after :data:`WATCH_AFTER` seconds have their client socket a
 a private epoll set (EPOLLIN | EPOLLRDHUP), which this task waits on. When the client
 closes, the request's deadline is expired with reason ``client_gone``: the connection
 scope is cancelled and the upstream connection is closed at once, so the upstream sees
-the request go away (SPEC §5). Fast requests never pay for a syscall.
+the request go away. Fast requests never pay for a syscall.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Housekeeping:
             last_call = self._drain_started + DRAIN_IDLE
             for deadline in tuple(self.deadlines):
                 if deadline.reason == "idle" and deadline.at > last_call:
-                    deadline.at = last_call
+                    deadline.set_at(last_call, "idle")
                     deadline.expire_if_due(now)
         wall = time.time()
         if int(wall) != self._second:
@@ -138,9 +138,7 @@ class Housekeeping:
             # Pending bytes are a pipelined request: the client is alive; stop watching.
             self.unwatch(fd)
             if not data:
-                entry.deadline.reason = "client_gone"
-                entry.deadline.at = 0.0
-                entry.deadline.expire_if_due(sockio.now())
+                entry.deadline.expire_now("client_gone")
 
     def drain(self) -> None:
         """Graceful stop: every response from now on says Connection: close, and idle

@@ -7,12 +7,10 @@ JSON POST) is sent in the same write and stays replayable; a larger body is stre
 from the client to the upstream through one bounded buffer (one receive at a time) and
 ``Expect: 100-continue`` is answered just before it is read.
 
-Retries (SPEC §5): a failed connect moves to the next peer; a pooled connection that
-turns out stale (write fails, or it closes before any response byte) is retried on a
-fresh connection when nothing of the request can have been processed (the write failed)
-or the request is idempotent and its body replayable; an upstream answer with a status
-in ``retry_statuses`` is retried on another peer under the same replay rule. Retries are
-bounded by ``max_retries``.
+Retries and failover are decided by :mod:`.retry` (pure, table-tested): this module
+only classifies each failure (connect, closed, protocol, retryable status) and carries
+out the decision. The handler sees the client only through :class:`~.port.ClientPort`
+and records what happened on the request's :class:`~.exchange.Exchange`.
 
 Response side: allowed headers pass, the gateway sets framing, ``date`` and
 ``x-request-id``; SSE responses get ``Cache-Control: no-cache`` and
@@ -23,33 +21,35 @@ the length is unknown. The upstream connection returns to the pool only after a 
 read exactly to its end.
 """
 
+
 from __future__ import annotations
 
 import re
-import time
-from typing import TYPE_CHECKING
 
 from . import sockio
+from .admission import Admitted
+from .context import RoutePlan, WorkerContext
+from .exchange import Exchange, Handled, Phase
 from .http1 import (
     END,
     NEED_DATA,
-    HttpError,
     RequestHead,
     ResponseHead,
     ResponseReader,
     UpstreamProtocolError,
 )
-from .responses import CONTINUE, error_response, render_head
+from .port import ClientPort
+from .responses import render_head
+from .retry import Attempts, Decision, FailureKind, replay_of
 from .sockio import ClientGone, PeerGone
-from .upstream import PeerPool, UpstreamConn, UpstreamConnectError
+from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
 
-if TYPE_CHECKING:
-    from .connection import ClientConnection
-    from .context import RoutePlan
-
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"})
 REPLAYABLE_BODY = 64 * 1024
 _SSE = b"text/event-stream"
+_FAILURE_MESSAGES: dict[FailureKind, str] = {"connect": "upstream connection failed",
+                                             "closed": "upstream failed",
+                                             "protocol": "invalid upstream response",
+                                             "status": "upstream failed"}
 
 
 class _UpstreamFailed(Exception):  # noqa: N818 - internal control flow
@@ -65,36 +65,21 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _body_start(conn: ClientConnection, head: RequestHead) -> tuple[bytes, bool]:
-    """Read and decode the request body until it is complete or REPLAYABLE_BODY bytes
-    are in hand, before any upstream is contacted. Returns (bytes, complete). A complete
-    body is replayable on retries; a malformed body fails here (400) and never reaches an
+async def _body_start(client: ClientPort) -> tuple[bytes, bool]:
+    """Read the request body until it is complete or REPLAYABLE_BODY bytes are in hand,
+    before any upstream is contacted. Returns (bytes, complete). A complete body is
+    replayable on retries; a malformed body fails here (400) and never reaches an
     upstream, even partly."""
-    reader = conn.reader
     pieces: list[bytes] = []
     total = 0
-    asked_continue = False
-    deadline = conn.deadline
-    body_timeout = conn.ctx.timeouts.body
     while True:
-        event = reader.next_event()
-        if event is END:
+        piece = await client.receive_body()
+        if piece is None:
             return b"".join(pieces), True
-        if isinstance(event, bytes):
-            pieces.append(event)
-            total += len(event)
-            await conn.meter_body(len(event))
-            if total >= REPLAYABLE_BODY:
-                return b"".join(pieces), False
-            continue
-        if head.expect_continue and not asked_continue:
-            asked_continue = True
-            await conn.io.send_all(CONTINUE)
-        deadline.set(body_timeout, "body")
-        data = await conn.io.recv()
-        if not data:
-            raise HttpError(400, "request body truncated")
-        reader.feed(data)
+        pieces.append(piece)
+        total += len(piece)
+        if total >= REPLAYABLE_BODY:
+            return b"".join(pieces), False
 
 
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
@@ -133,166 +118,6 @@ def _request_head(head: RequestHead, plan: RoutePlan, upstream_path: str, host: 
     return b"".join(parts)
 
 
-async def proxy_request(conn: ClientConnection, head: RequestHead, plan: RoutePlan,
-                        upstream_path: str) -> bool:
-    """Proxy one request; True when the client connection may be reused."""
-    group = plan.group
-    if group is None:  # validation guarantees a target; stay total anyway
-        return await conn.reject(head, 502)
-    settings = group.settings
-    start, complete = await _body_start(conn, head) if head.has_body else (b"", True)
-    body = start if complete else None
-    exchange = conn.exchange
-    if exchange is not None:
-        exchange.model = _model_of(head, start)
-    replayable = body is not None and head.method in IDEMPOTENT
-    # A streamed body is consumed by the first attempt: no retry, no keep-alive on error.
-    retry_ok = body is not None
-    tried: list[int] = []
-    failovers_left = settings.max_retries
-    stale_retry_left = True
-    shared = group.shared
-    conn.upstream_group = group
-    housekeeping = conn.ctx.housekeeping
-    while True:
-        # Each attempt runs under its own timers (connect, TTFB, idle); none of an earlier
-        # phase (the request head's, a failed attempt's TTFB) may fire during this one.
-        conn.deadline.clear()
-        pool = group.pick(exclude=tried)
-        if pool is None:
-            message = "every upstream peer failed" if tried else "all upstream peers are down"
-            return await conn.reject(head, 502, keep=retry_ok, message=message)
-        peer = pool.peer
-        if exchange is not None:
-            exchange.peer = peer.label
-        shared.add_active(peer.shared_id, 1)
-        try:
-            try:
-                up = await pool.acquire(conn.deadline, conn.ctx.timeouts.send)
-            except UpstreamConnectError as exc:
-                conn.ctx.log.diagnostic("warn", "upstream connect failed",
-                                        request_id=conn.request_id, peer=peer.label,
-                                        error=str(exc))
-                conn.ctx.metrics.upstream_error(peer.label, "connect")
-                group.failed(peer)
-                tried.append(peer.index)
-                if retry_ok and failovers_left > 0:
-                    failovers_left -= 1
-                    continue
-                return await conn.reject(head, 502, keep=retry_ok,
-                                         message="upstream connection failed")
-            conn.upstream = up
-            try:
-                response = await _exchange(conn, up, head, plan, upstream_path, body, start)
-            except _UpstreamFailed as failure:
-                conn.upstream = None
-                up.close()
-                conn.ctx.log.diagnostic("warn", "upstream failed", request_id=conn.request_id,
-                                        peer=peer.label, error=failure.reason,
-                                        reused=up.reused)
-                conn.ctx.metrics.upstream_error(peer.label, "closed")
-                safe = retry_ok and (not failure.request_sent or replayable)
-                if up.reused and stale_retry_left and safe:
-                    stale_retry_left = False  # a stale pooled connection: not the peer's fault
-                    continue
-                group.failed(peer)
-                tried.append(peer.index)
-                if safe and failovers_left > 0:
-                    failovers_left -= 1
-                    continue
-                return await conn.reject(head, 502, keep=retry_ok, message="upstream failed")
-            except UpstreamProtocolError as exc:
-                conn.upstream = None
-                up.close()
-                conn.ctx.log.diagnostic("warn", "invalid upstream response",
-                                        request_id=conn.request_id, peer=peer.label,
-                                        error=exc.detail)
-                conn.ctx.metrics.upstream_error(peer.label, "protocol")
-                group.failed(peer)
-                return await conn.reject(head, 502, keep=False,
-                                         message="invalid upstream response")
-            if response.status in settings.retry_statuses:
-                group.failed(peer)
-                conn.ctx.metrics.upstream_error(peer.label, f"status_{response.status}")
-                if replayable and failovers_left > 0:
-                    conn.upstream = None
-                    up.close()
-                    tried.append(peer.index)
-                    failovers_left -= 1
-                    continue
-            else:
-                group.succeeded(peer)
-            return await _relay(conn, up, pool, head, plan, response)
-        finally:
-            shared.add_active(peer.shared_id, -1)
-            housekeeping.unwatch(conn.io.fd)  # no disconnect watch outlives its attempt
-
-
-async def _exchange(conn: ClientConnection, up: UpstreamConn, head: RequestHead,
-                    plan: RoutePlan, upstream_path: str, body: bytes | None,
-                    start: bytes) -> ResponseHead:
-    """Send the request (the whole ``body``, or ``start`` then the streamed rest) and read
-    the response head (skipping 1xx)."""
-    request_head = _request_head(head, plan, upstream_path, up.peer.host_header,
-                                 conn.request_id, body)
-    io = up.io
-    try:
-        if body is not None:
-            await io.send_all(request_head + body if body else request_head)
-        else:
-            await io.send_all(request_head + (_chunk(start) if head.chunked else start))
-            await _stream_request_body(conn, up, head)
-    except ClientGone:
-        raise  # the connection ends quietly; the peer did nothing wrong
-    except PeerGone as exc:
-        raise _UpstreamFailed(str(exc), request_sent=False) from None
-    reader = up.reader
-    reader.expect_response(head.method == b"HEAD")
-    deadline = conn.deadline
-    deadline.set(plan.ttfb_timeout, "upstream_ttfb")
-    conn.ctx.housekeeping.watch(conn.io.sock, conn.io.fd, deadline)
-    waiting = True
-    while True:
-        event = reader.next_event()
-        if event is NEED_DATA:
-            reader.feed(await (io.recv_after_wait() if waiting else io.recv()))
-            waiting = False
-            continue
-        if isinstance(event, ResponseHead):
-            if conn.exchange is not None:
-                conn.exchange.ttfb_ms = (time.monotonic() - conn.exchange.started) * 1000
-            return event
-        raise _UpstreamFailed("closed before responding", request_sent=True)
-
-
-async def _stream_request_body(conn: ClientConnection, up: UpstreamConn,
-                               head: RequestHead) -> None:
-    """Copy the request body from the client to the upstream, one read at a time."""
-    reader = conn.reader
-    client = conn.io
-    upstream = up.io
-    deadline = conn.deadline
-    body_timeout = conn.ctx.timeouts.body
-    chunked = head.chunked
-    while True:
-        event = reader.next_event()
-        if event is NEED_DATA:
-            deadline.set(body_timeout, "body")
-            try:
-                data = await client.recv()
-            except PeerGone as exc:
-                raise ClientGone(str(exc)) from None
-            reader.feed(data)
-            continue
-        if event is END:
-            if chunked:
-                await upstream.send_all(b"0\r\n\r\n")
-            return
-        if isinstance(event, bytes):
-            await conn.meter_body(len(event))
-            await upstream.send_all(_chunk(event) if chunked else event)
-
-
 def _response_headers(plan: RoutePlan, response: ResponseHead,
                       head: RequestHead) -> tuple[list[tuple[bytes, bytes]], bool]:
     headers = plan.policy.response(response.headers, response.connection_tokens)
@@ -309,99 +134,6 @@ def _response_headers(plan: RoutePlan, response: ResponseHead,
     return headers, sse
 
 
-async def _relay(conn: ClientConnection, up: UpstreamConn, pool: PeerPool,
-                 head: RequestHead, plan: RoutePlan, response: ResponseHead) -> bool:
-    """Forward the response head and body to the client."""
-    housekeeping = conn.ctx.housekeeping
-    reader = up.reader
-    client = conn.io
-    headers, sse = _response_headers(plan, response, head)
-    conn.response_sse = sse
-    keep = head.keep_alive
-    pieces: list[bytes] = []
-    whole = reader.take_whole_body()
-    if whole is not None:
-        complete = True
-        if whole:
-            pieces.append(whole)
-    else:
-        try:
-            complete = _collect(reader, pieces)
-        except UpstreamProtocolError:
-            return await _upstream_broke(conn, up, head)
-    if head.method == b"HEAD" or response.status in (204, 304):
-        pass
-    elif response.content_length is not None:
-        headers.append((b"content-length", b"%d" % response.content_length))
-    elif complete:
-        headers.append((b"content-length", b"%d" % sum(map(len, pieces))))
-    elif head.version == b"1.1":
-        headers.append((b"transfer-encoding", b"chunked"))
-        conn.response_chunked = True
-    else:
-        keep = False  # HTTP/1.0 client, unknown length: the close ends the body
-    headers.append((b"x-request-id", conn.request_id))
-    headers.append((b"date", housekeeping.date))
-    if not keep:
-        headers.append((b"connection", b"close"))
-    chunked = conn.response_chunked
-    out = render_head(response.status, headers)
-    if pieces:
-        data = b"".join(pieces)
-        out += _chunk(data) if chunked else data
-    if complete and chunked:
-        out += b"0\r\n\r\n"
-    conn.begin_response(response.status)
-    await client.send_all(out)
-    if not complete:
-        try:
-            await _stream_response_body(conn, up, plan, chunked)
-        except UpstreamProtocolError:
-            return await _upstream_broke(conn, up, head)
-    housekeeping.unwatch(client.fd)
-    conn.upstream = None
-    if response.keep_alive:
-        pool.release(up)
-    else:
-        up.close()
-    return keep
-
-
-async def _stream_response_body(conn: ClientConnection, up: UpstreamConn, plan: RoutePlan,
-                                chunked: bool) -> None:
-    """Forward body pieces as they arrive until the response is complete."""
-    reader = up.reader
-    io = up.io
-    client = conn.io
-    deadline = conn.deadline
-    idle = plan.idle_timeout
-    limit_at = sockio.now() + plan.max_duration
-    pieces: list[bytes] = []
-    while True:
-        now = sockio.now()
-        if now + idle < limit_at:
-            deadline.at, deadline.reason = now + idle, "upstream_idle"
-        else:
-            deadline.at, deadline.reason = limit_at, "stream_max"
-        try:
-            reader.feed(await io.recv(reset_is_error=True))
-        except PeerGone as exc:
-            # A reset is not an end: a close-delimited body would look complete.
-            raise UpstreamProtocolError(502, f"upstream connection reset: {exc}") from None
-        pieces.clear()
-        complete = _collect(reader, pieces)
-        out = b""
-        if pieces:
-            data = b"".join(pieces)
-            out = _chunk(data) if chunked else data
-        if complete and chunked:
-            out += b"0\r\n\r\n"
-        if out:
-            await client.send_all(out)
-        if complete:
-            return
-
-
 def _collect(reader: ResponseReader, pieces: list[bytes]) -> bool:
     """Take every body piece already buffered; True when the message is complete."""
     while True:
@@ -416,18 +148,264 @@ def _collect(reader: ResponseReader, pieces: list[bytes]) -> bool:
             raise UpstreamProtocolError(502, "unexpected data after the upstream response")
 
 
-async def _upstream_broke(conn: ClientConnection, up: UpstreamConn, head: RequestHead) -> bool:
-    """The upstream sent a malformed or truncated response."""
-    conn.upstream = None
-    up.close()
-    conn.ctx.housekeeping.unwatch(conn.io.fd)
-    conn.ctx.log.diagnostic("warn", "upstream response broke off", request_id=conn.request_id,
-                            peer=up.peer.label)
-    if conn.response_started:
-        conn.io.abort()  # the client must see the response end abnormally
-        return False
-    conn.begin_response(502)
-    await conn.io.send_all(error_response(502, conn.request_id, conn.ctx.housekeeping.date,
-                                          keep_alive=False,
-                                          head_only=head.method == b"HEAD"))
-    return False
+async def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
+                        admitted: Admitted) -> Handled:
+    """Proxy one admitted request and write its response to ``client``."""
+    group = admitted.plan.group
+    if group is None:  # validation guarantees a target; stay total anyway
+        return await client.reject(502, outcome="upstream_failed")
+    return await _Proxy(ctx, client, exchange, admitted, group).run()
+
+
+class _Proxy:
+    """One proxied request: attempts on upstream peers, then the relay of the answer."""
+
+    __slots__ = ("client", "ctx", "exchange", "group", "head", "plan", "upstream_path")
+
+    def __init__(self, ctx: WorkerContext, client: ClientPort, exchange: Exchange,
+                 admitted: Admitted, group: UpstreamGroup) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.exchange = exchange
+        self.head = exchange.head
+        self.plan = admitted.plan
+        self.group = group
+        self.upstream_path = admitted.upstream_path
+
+    async def run(self) -> Handled:
+        client, head, group = self.client, self.head, self.group
+        start, complete = await _body_start(client) if head.has_body else (b"", True)
+        body = start if complete else None
+        self.exchange.model = _model_of(head, start)
+        attempts = Attempts(replay_of(head.method, body is not None),
+                            group.settings.max_retries)
+        shared = group.shared
+        while True:
+            # Each attempt runs under its own timers (connect, TTFB, idle); none of an
+            # earlier phase (the request head's, a failed attempt's TTFB) may fire now.
+            client.deadline.clear()
+            pool = group.pick(exclude=attempts.excluded)
+            if pool is None:
+                message = ("every upstream peer failed" if attempts.excluded
+                           else "all upstream peers are down")
+                return await client.reject(502, message=message, outcome="upstream_failed",
+                                           keep_alive=attempts.replay != "never")
+            peer = pool.peer
+            self.exchange.attempt(group, peer)
+            shared.add_active(peer.shared_id, 1)
+            try:
+                handled = await self._attempt(pool, attempts, body, start)
+            finally:
+                shared.add_active(peer.shared_id, -1)
+                client.unwatch_disconnect()  # no disconnect watch outlives its attempt
+            if handled is not None:
+                return handled
+
+    async def _attempt(self, pool: PeerPool, attempts: Attempts, body: bytes | None,
+                       start: bytes) -> Handled | None:
+        """One attempt on ``pool``'s peer: the final answer, or None to try again."""
+        ctx, exchange, peer = self.ctx, self.exchange, pool.peer
+        try:
+            up = await pool.acquire(self.client.deadline, ctx.timeouts.send)
+        except UpstreamConnectError as exc:
+            ctx.log.diagnostic("warn", "upstream connect failed",
+                               request_id=exchange.request_id, peer=peer.label,
+                               error=str(exc))
+            return await self._failed(attempts, peer, "connect")
+        exchange.connected(up)
+        try:
+            response = await self._send_request(up, body, start)
+        except _UpstreamFailed as failure:
+            self._drop_upstream()
+            ctx.log.diagnostic("warn", "upstream failed", request_id=exchange.request_id,
+                               peer=peer.label, error=failure.reason, reused=up.reused)
+            return await self._failed(attempts, peer, "closed", reused=up.reused,
+                                      request_sent=failure.request_sent)
+        except UpstreamProtocolError as exc:
+            self._drop_upstream()
+            ctx.log.diagnostic("warn", "invalid upstream response",
+                               request_id=exchange.request_id, peer=peer.label,
+                               error=exc.detail)
+            return await self._failed(attempts, peer, "protocol")
+        if response.status in self.group.settings.retry_statuses:
+            decision = self._decide(attempts, peer, "status", f"status_{response.status}")
+            if decision.action != "fail":
+                self._drop_upstream()
+                return None
+            # No other attempt: the upstream's own answer goes to the client.
+        else:
+            self.group.succeeded(peer)
+        return await self._relay(pool, up, response)
+
+    def _decide(self, attempts: Attempts, peer: PeerTarget, failure: FailureKind,
+                metric_kind: str, *, reused: bool = False,
+                request_sent: bool = False) -> Decision:
+        """Decide after a failed attempt and account for it (health, metrics)."""
+        decision = attempts.decide(failure, reused=reused, request_sent=request_sent)
+        attempts.record(decision, peer.index)
+        if decision.blame_peer:
+            self.group.failed(peer)
+        self.ctx.metrics.upstream_error(peer.label, metric_kind)
+        return decision
+
+    async def _failed(self, attempts: Attempts, peer: PeerTarget, failure: FailureKind, *,
+                      reused: bool = False, request_sent: bool = False) -> Handled | None:
+        """A failure before any response byte: None to try again, else the 502."""
+        decision = self._decide(attempts, peer, failure, failure, reused=reused,
+                                request_sent=request_sent)
+        if decision.action != "fail":
+            return None
+        # The connection survives when the request body was read to its end.
+        keep = attempts.replay != "never" and failure != "protocol"
+        return await self.client.reject(502, message=_FAILURE_MESSAGES[failure],
+                                        outcome="upstream_failed", keep_alive=keep)
+
+    def _drop_upstream(self) -> None:
+        up = self.exchange.take_upstream()
+        if up is not None:
+            up.close()
+
+    async def _send_request(self, up: UpstreamConn, body: bytes | None,
+                            start: bytes) -> ResponseHead:
+        """Send the request (the whole ``body``, or ``start`` then the streamed rest) and
+        read the response head (skipping 1xx)."""
+        head, client, exchange = self.head, self.client, self.exchange
+        request_head = _request_head(head, self.plan, self.upstream_path,
+                                     up.peer.host_header, exchange.request_id, body)
+        io = up.io
+        try:
+            if body is not None:
+                await io.send_all(request_head + body if body else request_head)
+            else:
+                await io.send_all(request_head + (_chunk(start) if head.chunked else start))
+                await self._stream_request_body(up)
+        except ClientGone:
+            raise  # the connection ends quietly; the peer did nothing wrong
+        except PeerGone as exc:
+            raise _UpstreamFailed(str(exc), request_sent=False) from None
+        reader = up.reader
+        reader.expect_response(head.method == b"HEAD")
+        client.deadline.set(self.plan.ttfb_timeout, "upstream_ttfb")
+        client.watch_disconnect()
+        waiting = True
+        while True:
+            event = reader.next_event()
+            if event is NEED_DATA:
+                reader.feed(await (io.recv_after_wait() if waiting else io.recv()))
+                waiting = False
+                continue
+            if isinstance(event, ResponseHead):
+                exchange.first_byte()
+                return event
+            raise _UpstreamFailed("closed before responding", request_sent=True)
+
+    async def _stream_request_body(self, up: UpstreamConn) -> None:
+        """Copy the rest of the request body to the upstream, one read at a time."""
+        upstream = up.io
+        chunked = self.head.chunked
+        while True:
+            piece = await self.client.receive_body()
+            if piece is None:
+                if chunked:
+                    await upstream.send_all(b"0\r\n\r\n")
+                return
+            await upstream.send_all(_chunk(piece) if chunked else piece)
+
+    async def _relay(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead) -> Handled:
+        """Forward the response head and body to the client."""
+        head, client, exchange = self.head, self.client, self.exchange
+        reader = up.reader
+        headers, sse = _response_headers(self.plan, response, head)
+        keep = head.keep_alive
+        pieces: list[bytes] = []
+        whole = reader.take_whole_body()
+        if whole is not None:
+            complete = True
+            if whole:
+                pieces.append(whole)
+        else:
+            try:
+                complete = _collect(reader, pieces)
+            except UpstreamProtocolError:
+                return await self._upstream_broke(up)
+        chunked = False
+        if head.method == b"HEAD" or response.status in (204, 304):
+            pass
+        elif response.content_length is not None:
+            headers.append((b"content-length", b"%d" % response.content_length))
+        elif complete:
+            headers.append((b"content-length", b"%d" % sum(map(len, pieces))))
+        elif head.version == b"1.1":
+            headers.append((b"transfer-encoding", b"chunked"))
+            chunked = True
+        else:
+            keep = False  # HTTP/1.0 client, unknown length: the close ends the body
+        headers.append((b"x-request-id", exchange.request_id))
+        headers.append((b"date", self.ctx.housekeeping.date))
+        if not keep:
+            headers.append((b"connection", b"close"))
+        out = render_head(response.status, headers)
+        if pieces:
+            data = b"".join(pieces)
+            out += _chunk(data) if chunked else data
+        if complete and chunked:
+            out += b"0\r\n\r\n"
+        phase = (Phase.SSE if sse else Phase.CHUNKED) if chunked else Phase.FRAMED
+        await client.respond(response.status, out, phase)
+        if not complete:
+            try:
+                await self._stream_response_body(up, chunked)
+            except UpstreamProtocolError:
+                return await self._upstream_broke(up)
+        client.unwatch_disconnect()
+        exchange.take_upstream()
+        if response.keep_alive:
+            pool.release(up)
+        else:
+            up.close()
+        return Handled("completed", keep)
+
+    async def _stream_response_body(self, up: UpstreamConn, chunked: bool) -> None:
+        """Forward body pieces as they arrive until the response is complete."""
+        reader = up.reader
+        io = up.io
+        client = self.client
+        deadline = client.deadline
+        idle = self.plan.idle_timeout
+        limit_at = sockio.now() + self.plan.max_duration
+        pieces: list[bytes] = []
+        while True:
+            now = sockio.now()
+            if now + idle < limit_at:
+                deadline.set_at(now + idle, "upstream_idle")
+            else:
+                deadline.set_at(limit_at, "stream_max")
+            try:
+                reader.feed(await io.recv(reset_is_error=True))
+            except PeerGone as exc:
+                # A reset is not an end: a close-delimited body would look complete.
+                raise UpstreamProtocolError(502, f"upstream connection reset: {exc}") from None
+            pieces.clear()
+            complete = _collect(reader, pieces)
+            out = b""
+            if pieces:
+                data = b"".join(pieces)
+                out = _chunk(data) if chunked else data
+            if complete and chunked:
+                out += b"0\r\n\r\n"
+            if out:
+                await client.send(out)
+            if complete:
+                return
+
+    async def _upstream_broke(self, up: UpstreamConn) -> Handled:
+        """The upstream sent a malformed or truncated response."""
+        self._drop_upstream()
+        client = self.client
+        client.unwatch_disconnect()
+        self.ctx.log.diagnostic("warn", "upstream response broke off",
+                                request_id=self.exchange.request_id, peer=up.peer.label)
+        if self.exchange.phase is not Phase.UNSENT:
+            client.abort()  # the client must see the response end abnormally
+            return Handled("upstream_broke", False)
+        return await client.reject(502, outcome="upstream_broke", keep_alive=False)

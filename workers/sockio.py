@@ -21,7 +21,8 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
@@ -31,13 +32,7 @@ TICK = 0.1
 
 now: Callable[[], float] = time.monotonic
 """The clock of every deadline and idle timer (C-speed; the hot path reads it several
-times per request). Tests may swap in ``trio.current_time`` to drive deadlines with
-trio's virtual clock (:func:`use_clock`)."""
-
-
-def use_clock(clock: Callable[[], float]) -> None:
-    global now  # noqa: PLW0603 - one process-wide clock, set once
-    now = clock
+times per request)."""
 
 YIELD_EVERY = 32
 RECV_SIZE = 65536
@@ -56,11 +51,27 @@ class ClientGone(PeerGone):
     its request body upstream: never the upstream peer's fault."""
 
 
+DeadlineReason = Literal[
+    "",               # no deadline set yet
+    "handshake",      # the client's TLS handshake
+    "header",         # the client's request head
+    "idle",           # keep-alive wait for the next request
+    "body",           # the client's request body
+    "send",           # a write to the client that the kernel cannot take
+    "upstream_ttfb",  # the upstream's response head
+    "upstream_idle",  # the gap between two pieces of the upstream's body (stall)
+    "stream_max",     # the whole upstream response
+    "client_gone",    # not a timer: the client hung up while a request was in flight
+]
+"""Why a connection's deadline fires. The connection actor answers each differently."""
+
+
 class Deadline:
     """When (trio clock) the current operation of a connection must be over, and why.
 
     ``scope`` is the connection's cancel scope; housekeeping cancels it when ``at``
-    passes and records the reason in ``fired``. ``at = inf`` means no deadline.
+    passes and records the reason in ``fired``. ``at = inf`` means no deadline. Code
+    outside this class changes it only through these methods.
     """
 
     __slots__ = ("at", "fired", "reason", "scope")
@@ -68,15 +79,46 @@ class Deadline:
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
         self.at = float("inf")
-        self.reason = ""
-        self.fired = ""
+        self.reason: DeadlineReason = ""
+        self.fired: DeadlineReason = ""
 
-    def set(self, seconds: float, reason: str) -> None:
+    def set(self, seconds: float, reason: DeadlineReason) -> None:
         self.at = now() + seconds
+        self.reason = reason
+
+    def set_at(self, at: float, reason: DeadlineReason) -> None:
+        self.at = at
         self.reason = reason
 
     def clear(self) -> None:
         self.at = float("inf")
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """No deadline inside the block (the caller bounds the wait itself); the one that
+        was set resumes unchanged after it."""
+        saved_at, saved_reason = self.at, self.reason
+        self.at = float("inf")
+        try:
+            yield
+        finally:
+            self.at, self.reason = saved_at, saved_reason
+
+    @contextlib.contextmanager
+    def replaced(self, seconds: float, reason: DeadlineReason) -> Iterator[None]:
+        """``seconds`` from now bound the block; the deadline that was set resumes after."""
+        saved_at, saved_reason = self.at, self.reason
+        self.set(seconds, reason)
+        try:
+            yield
+        finally:
+            self.at, self.reason = saved_at, saved_reason
+
+    def expire_now(self, reason: DeadlineReason) -> None:
+        """Fire at once (housekeeping saw the client hang up)."""
+        self.reason = reason
+        self.at = 0.0
+        self.expire_if_due(now())
 
     def expire_if_due(self, now: float) -> None:
         if self.at <= now and not self.fired:
@@ -145,11 +187,8 @@ class SocketIO:
         await self._send_slow(memoryview(data)[sent:])
 
     async def _send_slow(self, view: memoryview) -> None:
-        deadline = self.deadline
-        saved_at, saved_reason = deadline.at, deadline.reason
-        deadline.set(self.send_timeout, "send")
         sock = self.sock
-        try:
+        with self.deadline.replaced(self.send_timeout, "send"):
             while view:
                 await wait_writable(sock)
                 try:
@@ -158,31 +197,25 @@ class SocketIO:
                     continue
                 except OSError as exc:
                     raise _gone(exc) from None
-        finally:
-            deadline.at, deadline.reason = saved_at, saved_reason
 
     async def sendfile(self, file_fd: int, offset: int, count: int) -> None:
-        """Send ``count`` bytes of a file with sendfile(2), bounded like send_all."""
-        deadline = self.deadline
-        saved_at, saved_reason = deadline.at, deadline.reason
+        """Send ``count`` bytes of a file with sendfile(2), bounded like send_all: each
+        wait for the socket to drain gets ``send_timeout``."""
         sock = self.sock
         self.sent += count
-        try:
-            while count > 0:
-                try:
-                    sent = os.sendfile(self.fd, file_fd, offset, min(count, 1 << 20))
-                except BlockingIOError:
-                    deadline.set(self.send_timeout, "send")
+        while count > 0:
+            try:
+                sent = os.sendfile(self.fd, file_fd, offset, min(count, 1 << 20))
+            except BlockingIOError:
+                with self.deadline.replaced(self.send_timeout, "send"):
                     await wait_writable(sock)
-                    continue
-                except OSError as exc:
-                    raise _gone(exc) from None
-                if sent == 0:
-                    raise PeerGone("file shrank while sending")
-                offset += sent
-                count -= sent
-        finally:
-            deadline.at, deadline.reason = saved_at, saved_reason
+                continue
+            except OSError as exc:
+                raise _gone(exc) from None
+            if sent == 0:
+                raise PeerGone("file shrank while sending")
+            offset += sent
+            count -= sent
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket (with ClosedResourceError)."""

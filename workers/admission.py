@@ -1,0 +1,139 @@
+"""Admission: may this request go to its handler? (no sockets, no awaits)
+
+:func:`admit` takes a parsed request head and the worker's context and returns either
+:class:`Admitted` (the route plan, paths, caller and the stream slot it holds) or
+:class:`Reject` (the status, headers and message the gateway answers with itself). The
+steps, in order, each able to refuse:
+
+1. body size: a declared ``Content-Length`` over ``max_body`` → 413 (connection closes);
+2. path: normalization (no encoded ``/``, ``..``, NUL …) → 400;
+3. route: no route → 404, path matches but method does not → 405 with ``Allow``;
+4. header policy: a ``require``\\ d ingress header is missing → 400;
+   the client's ``x-request-id`` is kept when ingress allows it and it is well-formed;
+5. auth: ``auth = "api_key"`` without a valid bearer key → 401 + ``WWW-Authenticate``;
+6. limits: the route's GCRA rate and concurrent-stream cap in shared memory → 429 +
+   ``Retry-After``. An admitted request holds a stream slot until the connection actor
+   releases it (:meth:`Admitted.release`).
+
+The only state touched is the shared-memory limit table (step 6), which is why this runs
+once per request and the result is never recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from li_httpd.config import Found, PathError, normalize_path
+from li_httpd.config.matching import normalize_host
+from li_httpd.shm import gcra
+
+from .context import RoutePlan, WorkerContext
+from .exchange import ByteMeter
+from .http1 import Header, RequestHead
+from .identity import Caller, key_hash, limit_key_value
+from .policy import request_id_from
+
+RejectReason = Literal["body_too_large", "bad_path", "no_route", "method_not_allowed",
+                       "missing_header", "no_key", "bad_key", "rate", "streams",
+                       "table_full"]
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
+                                    "OPTIONS")}
+_NOBODY = Caller(None, False)
+_LIMIT_MESSAGES: dict[str, str] = {
+    "rate": "rate limit exceeded",
+    "streams": "too many concurrent streams for this key",
+    "table_full": "rate limit state is full; retry shortly"}
+_CHALLENGE = b'Bearer realm="li-httpd"'
+_CHALLENGE_INVALID = b'Bearer realm="li-httpd", error="invalid_token"'
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    status: int
+    reason: RejectReason
+    request_id: bytes
+    message: str | None = None
+    headers: tuple[Header, ...] = ()
+    keep_alive: bool = True
+    """False when the connection must close whatever the request said (413)."""
+    plan: RoutePlan | None = None
+    """The matched route, when the refusal came after routing (for the log)."""
+    caller: Caller | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    plan: RoutePlan
+    path: str
+    """The normalized request path."""
+    upstream_path: str
+    """What the route forwards (``prefix_strip`` removed) or the static file path."""
+    request_id: bytes
+    caller: Caller
+    stream_entry: int | None
+    """The shared limit-table entry whose stream count this request holds, if limited."""
+    meter: ByteMeter | None
+    """Where request-body bytes are charged, if the route meters them."""
+
+    def release(self, ctx: WorkerContext) -> None:
+        """Give back the stream slot (exactly once, when the request has ended)."""
+        if self.stream_entry is not None:
+            ctx.shared.release_stream(self.stream_entry)
+
+
+def admit(head: RequestHead, client_ip: str, request_id: bytes,
+          ctx: WorkerContext) -> Admitted | Reject:
+    """Run the admission steps for ``head``; ``request_id`` is the gateway's fresh id,
+    which a client's allowed ``x-request-id`` may replace. See the module docstring."""
+    if head.content_length is not None and head.content_length > ctx.limits.max_body:
+        return Reject(413, "body_too_large", request_id, keep_alive=False)
+    try:
+        path = normalize_path(head.path.decode("latin-1"))
+    except PathError as exc:
+        return Reject(400, "bad_path", request_id, f"invalid path: {exc}")
+    host = normalize_host(head.host.decode("latin-1")) if head.host else ""
+    method = _METHODS.get(head.method) or head.method.decode("latin-1")
+    headers = ({n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
+               if ctx.router.needs_headers else {})
+    result = ctx.router.lookup(method, host, path, headers)
+    if not isinstance(result, Found):
+        if result.allow:
+            return Reject(result.status, "method_not_allowed", request_id,
+                          headers=((b"allow", ", ".join(result.allow).encode()),))
+        return Reject(result.status, "no_route", request_id)
+    plan = ctx.plans[result.route.name]
+    policy = plan.policy
+    missing = policy.missing_required(head.headers)
+    if missing is not None:
+        return Reject(400, "missing_header", request_id,
+                      f"missing required header {missing.decode()}", plan=plan)
+    if policy.accepts_request_id:
+        request_id = request_id_from(head.headers) or request_id
+    caller = ctx.keyring.identify(head.headers) if ctx.keyring else _NOBODY
+    if plan.requires_key and caller.key_id is None:
+        if caller.presented:
+            return Reject(401, "bad_key", request_id, "a valid API key is required",
+                          ((b"www-authenticate", _CHALLENGE_INVALID),), plan=plan,
+                          caller=caller)
+        return Reject(401, "no_key", request_id, "an API key is required",
+                      ((b"www-authenticate", _CHALLENGE),), plan=plan, caller=caller)
+    limit = plan.limit
+    if limit is None:
+        return Admitted(plan, path, result.upstream_path, request_id, caller, None, None)
+    key = key_hash(plan.name_bytes,
+                   limit_key_value(limit.key_kind, caller, head.headers, client_ip,
+                                   agent_header_allowed=policy.accepts_agent_id),
+                   ctx.shared.key_secret)
+    admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
+    if not admission.allowed:
+        reason = admission.reason or "rate"
+        retry = b"%d" % gcra.retry_after_seconds(admission.retry_after_ns)
+        return Reject(429, reason, request_id, _LIMIT_MESSAGES[reason],
+                      ((b"retry-after", retry),), plan=plan, caller=caller)
+    return Admitted(plan, path, result.upstream_path, request_id, caller, admission.index,
+                    ByteMeter(admission.index, key, limit.byte_rate))
+
+
+__all__ = ["Admitted", "Reject", "RejectReason", "admit"]

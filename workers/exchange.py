@@ -1,0 +1,138 @@
+"""One request and what it did: the :class:`Exchange`.
+
+The connection actor makes an exchange for every request head it reads and owns it:
+it runs admission, hands the exchange to a handler (healthcheck, static or proxy),
+and when the request ends, however it ends, logs it once from the exchange. Handlers
+record what happened through the exchange's methods: which upstream connection is in
+use (so a timeout or a disconnect can close it), how far the response got (its
+:class:`Phase`, so the actor knows what it may still send after a failure), the
+upstream's time to first byte, the model a request names.
+
+Nothing here does I/O; the module imports no trio.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Literal, NamedTuple
+
+from li_httpd.shm import gcra
+
+from .http1 import RequestHead
+from .identity import Caller
+from .upstream import PeerTarget, UpstreamConn, UpstreamGroup
+
+
+class Phase(enum.Enum):
+    """How far the response to the client has got."""
+
+    UNSENT = "unsent"
+    """No byte written: a failure can still be answered with a status (408, 502, 504)."""
+    FRAMED = "framed"
+    """Head written; the body is framed by Content-Length or by the close: a failure can
+    only cut it short, which the client can tell by the length (or cannot, on a close-
+    delimited body to an HTTP/1.0 client)."""
+    CHUNKED = "chunked"
+    """Head written, chunked body under way: a failure ends it without the last chunk."""
+    SSE = "sse"
+    """Head written, chunked ``text/event-stream`` under way: a failure can still send
+    one terminal SSE error event before the last chunk."""
+
+
+Outcome = Literal[
+    "completed",        # the response was written to its end
+    "rejected",         # the gateway answered itself: routing, auth, limits, bad request
+    "upstream_failed",  # no usable upstream answer: 502 before any response byte
+    "upstream_broke",   # the upstream response broke off or was malformed
+    "timeout",          # a deadline fired (the access line's status says which side)
+    "client_gone",      # the client hung up or broke its TLS stream
+    "internal_error",   # a bug in the gateway cost this request (500 or a cut)
+]
+"""How a request ended: the closed vocabulary of access lines, audit records, metrics."""
+
+
+class Handled(NamedTuple):
+    """What a handler returns: how the request ended, and whether the client connection
+    may serve another request."""
+
+    outcome: Outcome
+    keep_alive: bool
+
+
+class ByteMeter(NamedTuple):
+    """Where the caller's request-body bytes are charged (``bytes_in_per_sec``)."""
+
+    entry: int
+    key: int
+    rate: gcra.Rate
+
+
+class Exchange:
+    """What one request is and did. Created by the connection actor per request head."""
+
+    __slots__ = ("audited", "caller", "continue_sent", "group", "head", "meter", "model",
+                 "outcome", "peer", "phase", "request_id", "route", "sent_mark", "started",
+                 "status", "ttfb_ms", "upstream")
+
+    def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
+        self.head = head
+        self.request_id = request_id
+        self.started = time.monotonic()
+        self.sent_mark = sent_mark
+        """The client connection's byte count when the request began (for bytes_out)."""
+        self.status = 0
+        self.phase = Phase.UNSENT
+        self.outcome: Outcome = "completed"
+        self.route: bytes | None = None
+        self.audited = False
+        self.caller: Caller | None = None
+        self.meter: ByteMeter | None = None
+        self.continue_sent = False
+        self.peer: str | None = None
+        self.ttfb_ms: float | None = None
+        self.model: str | None = None
+        self.upstream: UpstreamConn | None = None
+        self.group: UpstreamGroup | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.caller.key_id if self.caller is not None else None
+
+    def admitted(self, request_id: bytes, route: bytes | None, audited: bool,
+                 caller: Caller | None, meter: ByteMeter | None) -> None:
+        """What admission found out, whether it let the request through or not."""
+        self.request_id = request_id
+        if route is not None:
+            self.route = route
+            self.audited = audited
+        self.caller = caller
+        self.meter = meter
+
+    def responding(self, status: int, phase: Phase) -> None:
+        """A response head with ``status`` is about to be written."""
+        self.status = status
+        self.phase = phase
+
+    def ended(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+    def attempt(self, group: UpstreamGroup, peer: PeerTarget) -> None:
+        """An attempt on ``peer`` begins (the log names the last peer tried)."""
+        self.group = group
+        self.peer = peer.label
+
+    def connected(self, upstream: UpstreamConn) -> None:
+        """``upstream`` carries the request now: a timeout or disconnect closes it."""
+        self.upstream = upstream
+
+    def first_byte(self) -> None:
+        self.ttfb_ms = (time.monotonic() - self.started) * 1000
+
+    def take_upstream(self) -> UpstreamConn | None:
+        """The upstream connection in use, which the caller now closes or pools."""
+        upstream, self.upstream = self.upstream, None
+        return upstream
+
+
+__all__ = ["ByteMeter", "Exchange", "Handled", "Outcome", "Phase"]
