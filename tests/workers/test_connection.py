@@ -1,0 +1,192 @@
+"""The connection actor driven in-process over a socketpair, on trio's virtual clock.
+
+Each test scripts a client on one end of a socketpair while the real
+:class:`~li_httpd.workers.connection.ClientConnection` and the worker's housekeeping
+task serve the other end: no processes, no wall-clock waits.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+from li_httpd.config import load_text
+from li_httpd.workers import sockio
+from li_httpd.workers.connection import handle_connection
+from li_httpd.workers.context import WorkerContext
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:8080"
+profile = "dev"
+
+[limits]
+header_timeout = "5s"
+keepalive_timeout = "30s"
+
+[upstreams.dead]
+peers = ["http://127.0.0.1:9"]
+max_retries = 0
+
+[routes]
+"GET /health" = "static:healthcheck"
+"POST /v1/*" = "proxy:dead"
+"""
+
+
+@pytest.fixture
+def ctx() -> Iterator[WorkerContext]:
+    context = WorkerContext(load_text(CONFIG, "connection.toml"))
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    monkeypatch.setattr(sockio, "now", trio.current_time)
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+
+class Client:
+    """The scripted client end of the socketpair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self.buffer = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def response(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        """One response: status line, headers, body (Content-Length framed)."""
+        while b"\r\n\r\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            assert data, f"connection closed before a response: {self.buffer!r}"
+            self.buffer += data
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines)}
+        length = int(headers.get(b"content-length", b"0"))
+        while len(self.buffer) < length:
+            self.buffer += await self.stream.receive_some(65536)
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return status, headers, body
+
+    async def closed(self) -> bool:
+        return await self.stream.receive_some(65536) == b""
+
+
+async def _run(ctx: WorkerContext, script: object) -> None:
+    server_end, client_end = socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ctx.housekeeping.run)
+        nursery.start_soon(handle_connection, ctx, server_end, ("127.0.0.1", 40000))
+        await script(Client(client_end))  # type: ignore[operator]
+        nursery.cancel_scope.cancel()
+
+
+async def test_keep_alive_serves_requests_in_order(ctx: WorkerContext) -> None:
+    async def script(client: Client) -> None:
+        await client.send(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n"
+                          b"GET /nowhere HTTP/1.1\r\nhost: a\r\n\r\n")
+        status, headers, body = await client.response()
+        assert status == b"HTTP/1.1 200 OK" and body == b'{"status":"ok"}'
+        first_id = headers[b"x-request-id"]
+        status, headers, _ = await client.response()
+        assert status == b"HTTP/1.1 404 Not Found"
+        assert headers[b"x-request-id"] != first_id
+        assert b"connection" not in headers  # still keep-alive
+    await _run(ctx, script)
+    assert ctx.shared.worker_stats(0)[2] == 2  # both requests counted
+
+
+async def test_header_timeout_answers_408_and_closes(
+        ctx: WorkerContext, virtual_clock: trio.testing.MockClock) -> None:
+    async def script(client: Client) -> None:
+        start = trio.current_time()
+        await client.send(b"GET /health HTTP/1.1\r\n")  # and never the rest
+        status, headers, _ = await client.response()
+        assert status == b"HTTP/1.1 408 Request Timeout"
+        assert headers[b"connection"] == b"close"
+        assert 5.0 <= trio.current_time() - start <= 5.0 + 2 * sockio.TICK
+        assert await client.closed()
+    await _run(ctx, script)
+
+
+async def test_idle_keep_alive_closes_quietly(
+        ctx: WorkerContext, virtual_clock: trio.testing.MockClock) -> None:
+    async def script(client: Client) -> None:
+        await client.send(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert (await client.response())[0] == b"HTTP/1.1 200 OK"
+        start = trio.current_time()
+        assert await client.closed()  # no 408 for a client that sent nothing more
+        assert 30.0 <= trio.current_time() - start <= 30.0 + 2 * sockio.TICK
+    await _run(ctx, script)
+
+
+async def test_dead_upstream_is_a_502(ctx: WorkerContext) -> None:
+    async def script(client: Client) -> None:
+        await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}")
+        status, headers, body = await client.response()
+        assert status == b"HTTP/1.1 502 Bad Gateway"
+        assert b"upstream connection failed" in body
+        assert headers[b"connection"] == b"close"  # a request with a body: no reuse
+        assert await client.closed()
+    await _run(ctx, script)
+    assert ctx.shared.active_of(0) == 0  # the attempt's in-flight count was given back
+
+
+async def test_truncated_body_is_a_400(
+        ctx: WorkerContext, virtual_clock: trio.testing.MockClock) -> None:
+    async def script(client: Client) -> None:
+        await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n{}")
+        await client.stream.send_eof()
+        status, headers, _ = await client.response()
+        assert status == b"HTTP/1.1 400 Bad Request"
+        assert headers[b"connection"] == b"close"
+    await _run(ctx, script)
+
+
+async def _stalling_sse_upstream(task_status: trio.TaskStatus[int]) -> None:
+    """An upstream that starts an SSE stream, sends one event, then goes silent."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                              b"transfer-encoding: chunked\r\n\r\n"
+                              b"e\r\ndata: token\n\n\r\n")
+        await trio.sleep_forever()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+async def test_a_stalled_sse_stream_ends_with_an_error_event(
+        virtual_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as upstreams:
+        port = await upstreams.start(_stalling_sse_upstream)
+        text = CONFIG.replace('peers = ["http://127.0.0.1:9"]',
+                              f'peers = ["http://127.0.0.1:{port}"]\nread_timeout = "3s"')
+        ctx = WorkerContext(load_text(text, "sse.toml"))
+
+        async def script(client: Client) -> None:
+            start = trio.current_time()
+            await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 2\r\n\r\n{}")
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                data = await client.stream.receive_some(65536)
+                assert data, received
+                received += data
+            assert b"data: token\n\n" in received
+            assert b'"upstream stream stalled"' in received
+            assert received.index(b"token") < received.index(b"stalled")
+            assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
+        try:
+            await _run(ctx, script)
+        finally:
+            ctx.close()
+        upstreams.cancel_scope.cancel()
