@@ -3,4 +3,24 @@
 Connection actors, the strict HTTP/1.1 parser wrappers, header policy, the reverse
 proxy and static files. Pure protocol cores here do no I/O and never import trio.
 May import li_httpd.config and li_httpd.shm; never parses TOML and never forks.
+
+Modules, in the order a request meets them:
+
+- :mod:`.worker` — the worker process: accept loops, signals, graceful drain;
+- :mod:`.context` — per-worker state compiled once per config (route plans, groups);
+- :mod:`.connection` — the connection actor: the request loop, the end of every request;
+- :mod:`.http1` — strict HTTP/1.1 framing of requests and responses (pure);
+- :mod:`.exchange` — one request's record: response phase, outcome, upstream in use (pure);
+- :mod:`.admission` — route, header policy, auth and limits → Admitted | Reject;
+- :mod:`.identity`, :mod:`.policy` — API keys and limit keys; header allowlists (pure);
+- :mod:`.port` — the client side as handlers see it (a Protocol);
+- :mod:`.static`, :mod:`.static_response` — static-file policy (pure), and its I/O;
+- :mod:`.proxy` — the reverse proxy handler; :mod:`.retry` — its retry decisions (pure);
+- :mod:`.upstream` — peers, keep-alive pools, peer choice;
+- :mod:`.sockio`, :mod:`.tls_io` — non-blocking socket I/O and deadlines; TLS over it;
+- :mod:`.housekeeping` — the per-worker timer task: deadlines, disconnect watch, Date;
+- :mod:`.responses` — response heads and the gateway's JSON errors (pure);
+- :mod:`.metrics_server` — answering ``/metrics`` scrapes.
+
+Handlers (:mod:`.proxy`, :mod:`.static_response`) never import :mod:`.connection`.
 """

@@ -84,7 +84,8 @@ class Upstreams:
 def _variants(config: Mapping[str, Any], lang: str) -> list[tuple[str, Mapping[str, Any]]]:
     """(variant name, spec) to run for ``lang``: li may be measured in several
     configurations (``[li.variants.NAME]`` with ``extra`` TOML and/or ``request_logs``)
-    to price a feature."""
+    to price a feature, or from several builds (``python``: the interpreter of another
+    install, e.g. a checkout of an earlier commit) to compare code changes."""
     variants = get(config, "li.variants", {}) if lang == "li" else {}
     return list(variants.items()) if variants else [("default", {})]
 
@@ -105,7 +106,8 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
         conf.write_text(render.gateway_li(config, work, port, origins, static_root,
                                           spec.get("request_logs", ()))
                         + str(spec.get("extra", "")))
-        server = Server("li", [sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
+        python = str(spec.get("python", sys.executable))
+        server = Server("li", [python, "-m", "li_httpd.supervisor.cli", "start", "-c",
                                str(conf)], port, work / "li.log")
     elif lang == "litellm":
         if not (LITELLM_VENV / "bin" / "litellm").exists():
