@@ -28,9 +28,8 @@ SMALL = ParseLimits(max_request_line=256, max_header_bytes=1024, max_headers=10,
 ROOMY = ParseLimits(max_request_line=4096, max_header_bytes=16384, max_headers=100,
                     max_chunk_extension=64, max_body=1 << 20)
 
-FAST = settings(max_examples=300, deadline=2000,
-                suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=120, deadline=4000,
+FAST = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=120,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # -- (a) arbitrary bytes ----------------------------------------------------------------------
@@ -194,7 +193,7 @@ def test_valid_streams_parse_exactly_however_split(stream: list[GenRequest],
     assert drive_requests(split(data, cuts), ROOMY) == whole
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(stream=streams)
 def test_valid_streams_byte_by_byte(stream: list[GenRequest]) -> None:
     data = b"".join(r.wire for r in stream)
@@ -276,7 +275,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated())
 @example(data=b"GET /?0000000 HTTP/1.0\r\nHost: a\r\n\r\n")  # a mutation to HTTP/1.0
 def test_whatever_li_httpd_accepts_h11_reads_alike(data: bytes) -> None:
