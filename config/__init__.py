@@ -3,8 +3,10 @@
 TOML text -> desugar (easy form) -> typed canonical model -> validation -> explain, and
 the compiled router that the model feeds. Everything here is pure Python over data:
 no sockets, no processes, no trio; only validation rules about files (static roots, TLS
-certificates) read the filesystem. May import: the standard library and cryptography
-(certificate checks). Imported by every other li_httpd package; imports none of them.
+certificates) read the filesystem. Outside the standard library it uses cryptography
+only (certificate checks). Imported by every other li_httpd package; imports none of them.
+
+May import: nothing else.
 """
 
 from .loader import DEFAULT_PATH, EMBEDDED_NAME, ENV_VAR, LoadedConfig, explain, load, load_text

@@ -58,10 +58,6 @@ class SourceMap:
                 return line
         return 1
 
-    def has(self, path: KeyPath) -> bool:
-        """True when ``path`` itself (not an ancestor) appears in the text."""
-        return path in self._lines
-
     # -- scanning -----------------------------------------------------------------
 
     def _record(self, path: KeyPath, line: int) -> None:

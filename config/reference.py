@@ -21,12 +21,6 @@ from .validate import RULES
 BEGIN = "<!-- BEGIN GENERATED REFERENCE (python -m li_httpd.config.reference) -->"
 END = "<!-- END GENERATED REFERENCE -->"
 
-_SECTION_TITLES = {
-    ("upstreams",): ("upstreams", "NAME"),
-    ("static",): ("static", "NAME"),
-}
-
-
 def _bound(tp: Any, value: int | None) -> str:
     if value is None:
         return ""

@@ -11,4 +11,9 @@ Two layers, each with its own import rules (checked by tests/test_layering.py):
   the benchmark harness with its drivers (:mod:`.bench`). These may also import
   li_httpd.workers (its pure protocol cores). The systemd unit, example configs and
   shell entry points live beside this package in ops/.
+
+The rule below is the tooling's; :mod:`.metrics` narrows it for itself in its own
+docstring (li_httpd.config and li_httpd.shm only).
+
+May import: li_httpd.config, li_httpd.shm, li_httpd.workers, li_httpd.ops.log, li_httpd.ops.metrics.
 """

@@ -12,6 +12,10 @@ so the event loop never waits for that file I/O.
 Labels follow the audit log's field names (``route``, ``method``, ``status``, ``peer``).
 When ``[metrics] enabled = false`` the request path calls :class:`NoMetrics`, whose
 methods do nothing, and prometheus_client is never imported.
+
+A library of the master and the workers, not tooling: narrower than the li_httpd.ops rule.
+
+May import: li_httpd.config, li_httpd.shm.
 """
 
 from __future__ import annotations

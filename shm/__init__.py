@@ -3,7 +3,9 @@
 Fixed-layout records for state that must hold across workers (rate limits, stream
 counters, least-connection counts, passive health), in one segment the master creates
 before it forks (:mod:`.state`), plus the pure arithmetic on that state (:mod:`.gcra`,
-:mod:`.health`). May import li_httpd.config only.
+:mod:`.health`).
+
+May import: li_httpd.config.
 """
 
 from .state import Layout, SharedState

@@ -18,9 +18,6 @@ class PeerHealth:
     window_start_ns: int = 0
     down_until_ns: int = 0
 
-    def is_up(self, now: int) -> bool:
-        return self.down_until_ns <= now
-
 
 def on_failure(state: PeerHealth, now: int, max_fails: int, fail_timeout_ns: int) -> PeerHealth:
     if max_fails == 0:

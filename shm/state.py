@@ -162,13 +162,6 @@ class SharedState:
         state.key_secret = os.urandom(16)
         return state
 
-    def check_header(self) -> None:
-        magic, version, capacity, per_bucket, slots, peers = _HEADER.unpack_from(self.memory)
-        expected = (MAGIC, VERSION, self.layout.key_capacity, SLOTS_PER_BUCKET,
-                    self.layout.worker_slots, self.layout.peer_count)
-        if (magic, version, capacity, per_bucket, slots, peers) != expected:
-            raise RuntimeError("shared state layout mismatch")
-
     def close(self) -> None:
         for view in (self.keys, self.streams, self.peers, self.active, self.workers):
             view.release()

@@ -8,6 +8,31 @@
   certificates (valid, expired, not yet valid, expiring soon, garbage). Test data
   files refer to them with ``@NAME@`` placeholders; ``config_env.fill(text)`` substitutes
   them. No PEM file is committed to the repository.
+
+Hypothesis profiles (registered and loaded here, before any test module is imported, so
+every ``@settings(...)`` in the suite inherits from the loaded one):
+
+- ``ci``: loaded when the environment variable ``CI`` is set (CI runs with ``CI=true``;
+  empty, ``0`` and ``false`` count as unset).
+  ``derandomize=True`` (each test's examples come from a seed derived from the test
+  itself, so every run of the same code tries the same examples), ``database=None`` (no
+  examples carried over from earlier runs), ``deadline=None`` (no timing-dependent
+  failures on a loaded machine), ``print_blob=True`` and a fixed ``max_examples``.
+- ``dev`` (the default elsewhere): random exploration with the local example database
+  (``.hypothesis/``, which replays earlier failures first), ``deadline=None`` and
+  ``print_blob=True``.
+
+``HYPOTHESIS_PROFILE=NAME`` picks a profile explicitly (it wins over ``CI``); pytest's
+``--hypothesis-profile NAME`` wins over both. Test files may set ``max_examples`` and
+suppress health checks per test, but never ``derandomize``, ``database``, ``deadline``
+or ``print_blob``: those belong to the profile.
+
+Reproducing a failure: a failing property prints its shrunk example and a line
+``@reproduce_failure('<version>', b'<blob>')``; add that decorator to the test to replay
+exactly that example under any profile. Under ``ci`` the run is deterministic anyway:
+``CI=true .venv/bin/python -m pytest -p no:cacheprovider 'tests/path.py::test_name'``
+tries the same examples again. Under ``dev``, ``--hypothesis-seed=N`` fixes the seed
+(pytest's header shows the profile in use).
 """
 
 from __future__ import annotations
@@ -16,7 +41,7 @@ import datetime
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +50,32 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, settings
 
 CLI_TIMEOUT = 60
+
+HYPOTHESIS_CI_MAX_EXAMPLES = 100
+"""Examples per property under ``ci`` unless a test sets its own ``max_examples``."""
+
+# Both start from Hypothesis' own defaults, not from whatever profile is loaded now
+# (Hypothesis loads its built-in "ci" by itself when it sees CI).
+settings.register_profile(
+    "ci", settings.get_profile("default"), derandomize=True, database=None, deadline=None,
+    print_blob=True, max_examples=HYPOTHESIS_CI_MAX_EXAMPLES,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", settings.get_profile("default"), deadline=None,
+                          print_blob=True)
+
+
+def hypothesis_profile(environ: Mapping[str, str]) -> str:
+    """``HYPOTHESIS_PROFILE`` if set, else ``ci`` when ``CI`` is set (to anything but
+    empty, ``0`` or ``false``), else ``dev``."""
+    if environ.get("HYPOTHESIS_PROFILE"):
+        return environ["HYPOTHESIS_PROFILE"]
+    return "ci" if environ.get("CI", "").lower() not in ("", "0", "false") else "dev"
+
+
+settings.load_profile(hypothesis_profile(os.environ))
 
 
 def _cli_command() -> list[str]:

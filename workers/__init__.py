@@ -2,7 +2,9 @@
 
 Connection actors, the strict HTTP/1.1 parser wrappers, header policy, the reverse
 proxy and static files. Pure protocol cores here do no I/O and never import trio.
-May import li_httpd.config and li_httpd.shm; never parses TOML and never forks.
+Never parses TOML and never forks.
+
+May import: li_httpd.config, li_httpd.shm, li_httpd.ops.log, li_httpd.ops.metrics.
 
 Modules, in the order a request meets them:
 

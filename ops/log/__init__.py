@@ -11,10 +11,12 @@ What lives here, one job per module:
 - :mod:`.writer` — :class:`WorkerLog`, the trio side for workers;
 - :mod:`.master` — :class:`MasterLog`, the synchronous side for the master.
 
-Imports: li_httpd.config only (and orjson); imported by li_httpd.workers and
+Imports li_httpd.config only (and orjson); imported by li_httpd.workers and
 li_httpd.supervisor; trio only in :mod:`.writer`, which this
 package imports lazily so the master (which never runs trio) can use :class:`MasterLog`
 and :class:`Rotator` without loading it.
+
+May import: li_httpd.config.
 """
 
 from __future__ import annotations

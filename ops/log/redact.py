@@ -13,7 +13,7 @@ which is also how HTTP/1.1 field values are defined on the wire.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from li_httpd.config.model import Redact
@@ -89,10 +89,6 @@ class Redactor:
     def header(self, name: Text, value: Text) -> str:
         """The loggable form of one header value."""
         return REDACTED if self.is_sensitive(name) else self.text(value)
-
-    def headers_list(self, pairs: Iterable[tuple[Text, Text]]) -> list[tuple[str, str]]:
-        """``(name, value)`` pairs as loggable strings (names lowercased)."""
-        return [(_decode(name).lower(), self.header(name, value)) for name, value in pairs]
 
     def fields(self, fields: Mapping[str, object]) -> dict[str, object]:
         """Diagnostic fields made safe: sensitive keys redacted whole, the rest by value."""

@@ -7,6 +7,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,14 +33,57 @@ def _get(port: int, path: str) -> tuple[int, bytes, dict[str, str]]:
     return response.status, body, {k.lower(): v for k, v in response.getheaders()}
 
 
-def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _samples(port: int) -> Samples:
     status, body, headers = _get(port, "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    found: Samples = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _family(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: value for (sample, labels), value in samples.items() if sample == name}
+
+
+def _eventually(port: int, ready: Callable[[Samples], bool], timeout: float = 10) -> Samples:
+    """Scrape until ``ready`` holds (a closed connection is counted down when its worker
+    notices the close, just after the client's last read), failing after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    samples = _samples(port)
+    while not ready(samples):
+        assert time.monotonic() < deadline, f"metrics never got there: {samples}"
+        time.sleep(0.05)
+        samples = _samples(port)
+    return samples
+
+
+def _owner(connection: http.client.HTTPConnection, gateway_port: int,
+           pids: list[int]) -> int:
+    """The worker holding the server side of a client connection (/proc/net/tcp names
+    the socket inode, /proc/PID/fd who has it open)."""
+    assert connection.sock is not None
+    client_port = connection.sock.getsockname()[1]
+    local, remote = f"0100007F:{gateway_port:04X}", f"0100007F:{client_port:04X}"
+    inodes = [fields[9] for fields in (line.split() for line in
+                                       Path("/proc/net/tcp").read_text().splitlines()[1:])
+              if fields[1] == local and fields[2] == remote]
+    assert len(inodes) == 1, inodes
+    owners = [pid for pid in pids for fd in os.listdir(f"/proc/{pid}/fd")
+              if _readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]"]
+    assert len(owners) == 1, owners
+    return owners[0]
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:  # an fd closed while we listed them
+        return ""
 
 
 def _started(mock: MockUpstream, start_gateway, port: int, extra: str = "") -> Gateway:
@@ -63,11 +108,19 @@ def test_counters_match_the_requests_sent(mock: MockUpstream, start_gateway) -> 
     health = samples[("li_requests_total", (("method", "GET"), ("route", "get_health"),
                                             ("status", "200")))]
     assert (ok, limited, health) == (30, 10, 5)
-    assert samples[("li_rate_limited_total", (("route", "any_wildcard"),))] == 10
-    assert samples[("li_request_duration_seconds_count", (("route", "any_wildcard"),))] == 40
-    assert samples[("li_upstream_peer_up", (("peer", mock.origin), ("pool", "main")))] == 1
-    assert ("li_upstream_ttfb_seconds_count",
-            (("peer", mock.origin.removeprefix("http://")), ("route", "any_wildcard"))) in samples
+    assert len(_family(samples, "li_requests_total")) == 3  # no other label set
+    assert _family(samples, "li_rate_limited_total") == {(("route", "any_wildcard"),): 10}
+    assert _family(samples, "li_request_duration_seconds_count") == {
+        (("route", "any_wildcard"),): 40, (("route", "get_health"),): 5}
+    # Only the 30 proxied requests reached the upstream (429s and /health never do).
+    assert _family(samples, "li_upstream_ttfb_seconds_count") == {
+        (("peer", mock.origin.removeprefix("http://")), ("route", "any_wildcard")): 30}
+    assert _family(samples, "li_upstream_errors_total") == {}
+    assert _family(samples, "li_upstream_peer_up") == {
+        (("peer", mock.origin), ("pool", "main")): 1}
+    assert _family(samples, "li_upstream_peer_active") == {
+        (("peer", mock.origin), ("pool", "main")): 0}
+    assert _eventually(port, lambda s: s[("li_connections", ())] == 0)  # all were closed
     assert _get(port, "/other")[0] == 404  # the metrics listener serves nothing else
 
 
@@ -77,14 +130,29 @@ def test_counts_survive_a_killed_worker_and_dead_gauges_go(mock: MockUpstream,
     gateway = _started(mock, start_gateway, port)
     for _ in range(20):
         _get(gateway.port, "/small")
-    victim = gateway.workers()[0]
+    held = []  # idle keep-alive connections, each answered once so its worker counts it
+    for _ in range(6):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request("GET", "/health")
+        assert connection.getresponse().read() is not None
+        held.append(connection)
+    workers = gateway.workers()
+    owners = [_owner(connection, gateway.port, workers) for connection in held]
+    victim = owners[0]
+    _eventually(port, lambda s: s[("li_connections", ())] == len(held))
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while victim in gateway.workers() or len(gateway.workers()) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    samples = _samples(port)
-    total = sum(v for (name, labels), v in samples.items()
-                if name == "li_requests_total" and ("status", "200") in labels)
-    assert total == 20  # the dead worker's counts are kept
-    assert samples[("li_connections", ())] >= 0  # livesum: the dead worker is not counted
+    survivors = len(held) - owners.count(victim)
+    # livesum: the dead worker's open connections are no longer counted
+    samples = _eventually(port, lambda s: s[("li_connections", ())] == survivors)
+    assert samples[("li_connections", ())] == survivors
+    # the dead worker's counters are kept
+    assert _family(samples, "li_requests_total") == {
+        (("method", "GET"), ("route", "any_wildcard"), ("status", "200")): 20,
+        (("method", "GET"), ("route", "get_health"), ("status", "200")): len(held)}
+    for connection in held:
+        connection.close()
+    _eventually(port, lambda s: s[("li_connections", ())] == 0)

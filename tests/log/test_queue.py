@@ -92,7 +92,7 @@ def test_tiny_queue_takes_a_flood_without_blocking_or_growing() -> None:
     assert names(queue) == ["a9999"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(capacity=st.integers(1, 8),
        ops=st.lists(st.sampled_from(["access", "audit", "diagnostic", "drain"]),
                     max_size=60))

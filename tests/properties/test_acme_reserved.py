@@ -80,7 +80,7 @@ def inline(path: PathMatch) -> str:
     return f'{{ type = "{path.kind}", value = "{path.value}"{depth} }}'
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=250)
 @given(paths())
 def test_acme_reserved_is_exact(path: PathMatch) -> None:
     text = CONFIG.replace("{path}", inline(path))

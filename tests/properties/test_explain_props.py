@@ -126,7 +126,7 @@ def expected_path(path: str) -> tuple[str, str] | None:
     return ("glob_one", path) if "*" in path else ("exact", path)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios)
 def test_explain_is_a_fixed_point(config_env: Any, scenario: Scenario) -> None:
     outcome = load_dropping_bad_routes(scenario, config_env.placeholders["WWW"])

@@ -34,7 +34,7 @@ any_text = st.text(alphabet=st.sampled_from(PATH_CHARS + "%\\ é0123456789abcdef
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=800)
 @given(st.one_of(adversarial_paths, any_text, any_text.map(lambda s: "/" + s)))
 @example("/a/%2e%2e/b")
 @example("/%2e%2E")
@@ -62,7 +62,7 @@ def test_normalize_path_is_idempotent(raw: str) -> None:
         assert chr(byte) not in UNRESERVED and byte not in (0x00, 0x2F, 0x5C)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(adversarial_paths)
 def test_refused_escapes_and_dotdot_always_refused(raw: str) -> None:
     lowered = raw.lower()
@@ -76,7 +76,7 @@ def test_refused_escapes_and_dotdot_always_refused(raw: str) -> None:
     assert ".." not in decoded_segments, f"{raw!r} -> {normal!r}"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(st.sampled_from(["a", "b", "%41", "~", "x%20y"]), min_size=1, max_size=5),
        st.lists(st.sampled_from(["/", "//", "/./", "/%2e/"]), min_size=1, max_size=5),
        st.booleans())
@@ -129,7 +129,7 @@ duration_texts = st.builds(lambda n, unit: f"{n}{unit}", st.integers(0, 10**9 - 
                            st.sampled_from(list(_DURATION_FACTORS)))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(st.one_of(st.integers(0, 10**12 - 1), size_texts.map(parse_size)))
 def test_size_format_parse_round_trip(value: int) -> None:
     text = format_size(value)
@@ -137,7 +137,7 @@ def test_size_format_parse_round_trip(value: int) -> None:
     assert format_size(parse_size(text)) == text
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(st.one_of(st.integers(0, 10**9 - 1), duration_texts.map(parse_duration)))
 def test_duration_format_parse_round_trip(value: int) -> None:
     text = format_duration(value)
@@ -145,14 +145,14 @@ def test_duration_format_parse_round_trip(value: int) -> None:
     assert format_duration(parse_duration(text)) == text
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(size_texts)
 def test_size_text_means_number_times_unit(text: str) -> None:
     number, unit = re.fullmatch(r"(\d+)([kmg]?)", text).groups()  # type: ignore[union-attr]
     assert parse_size(text) == int(number) * _SIZE_FACTORS[unit]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(duration_texts)
 def test_duration_text_means_number_times_unit(text: str) -> None:
     number, unit = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text).groups()  # type: ignore[union-attr]

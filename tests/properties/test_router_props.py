@@ -191,7 +191,7 @@ def _same(left: object, right: object) -> bool:
 # -- properties -----------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(route_tables(), st.data())
 def test_router_agrees_with_naive_scan(routes: list[Route], data: st.DataObject) -> None:
     router = Router(routes)
@@ -204,7 +204,7 @@ def test_router_agrees_with_naive_scan(routes: list[Route], data: st.DataObject)
         assert _same(indexed, naive), (request, indexed, naive)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(route_tables(), st.data())
 def test_first_match_wins_in_priority_order(routes: list[Route], data: st.DataObject) -> None:
     request = data.draw(st.sampled_from(routes).flatmap(lambda r: request_for(r.match)))
@@ -236,7 +236,7 @@ def narrower(draw: st.DrawFn, a: Match) -> Match:
     return Match(methods=new_methods, host=host, path=path, headers=literals)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600)
 @given(matches().flatmap(lambda a: st.tuples(st.just(a), st.one_of(matches(), narrower(a)))),
        st.data())
 def test_covers_is_sound(pair: tuple[Match, Match], data: st.DataObject) -> None:
@@ -278,7 +278,7 @@ def _header_sets() -> list[dict[str, str]]:
 _UNIVERSE_HOSTS = (*REQUEST_HOSTS, "x.example.com", "y.z.a.example.com")
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=600)
 @given(matches(), matches())
 def test_covers_is_complete(a: Match, b: Match) -> None:
     """covers(a, b) is exactly "every request b accepts, a accepts", decided one
@@ -294,7 +294,7 @@ def test_covers_is_complete(a: Match, b: Match) -> None:
     assert covers(a, b) == (methods_ok and hosts_ok and headers_ok and paths_ok), (a, b)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(matches())
 def test_generated_matches_are_valid_routes(match: Match) -> None:
     """The strategies only build matches that validation accepts."""

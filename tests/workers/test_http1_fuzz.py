@@ -28,9 +28,8 @@ SMALL = ParseLimits(max_request_line=256, max_header_bytes=1024, max_headers=10,
 ROOMY = ParseLimits(max_request_line=4096, max_header_bytes=16384, max_headers=100,
                     max_chunk_extension=64, max_body=1 << 20)
 
-FAST = settings(max_examples=300, deadline=2000,
-                suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=120, deadline=4000,
+FAST = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=120,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # -- (a) arbitrary bytes ----------------------------------------------------------------------
@@ -194,7 +193,7 @@ def test_valid_streams_parse_exactly_however_split(stream: list[GenRequest],
     assert drive_requests(split(data, cuts), ROOMY) == whole
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(stream=streams)
 def test_valid_streams_byte_by_byte(stream: list[GenRequest]) -> None:
     data = b"".join(r.wire for r in stream)
@@ -207,7 +206,9 @@ def test_valid_streams_byte_by_byte(stream: list[GenRequest]) -> None:
 
 def h11_parse(data: bytes) -> tuple[list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]],
                                     bool]:
-    """Requests h11 reads from ``data`` and whether it rejected the rest."""
+    """Requests h11 reads from ``data`` as a server would (answering each one, ending the
+    connection after one that cannot be followed by another) and whether it rejected
+    the rest."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
     out: list[tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes]] = []
     body = b""
@@ -226,6 +227,10 @@ def h11_parse(data: bytes) -> tuple[list[tuple[bytes, bytes, list[tuple[bytes, b
                 out[-1] = (*out[-1][:3], body)
                 conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
                 conn.send(h11.EndOfMessage())
+                if conn.our_state is h11.MUST_CLOSE:
+                    # HTTP/1.0 (h11 never keeps it alive) or Connection: close: a server
+                    # closes the connection here and reads nothing more.
+                    return out, False
                 conn.start_next_cycle()
             else:
                 return out, False
@@ -270,8 +275,9 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated())
+@example(data=b"GET /?0000000 HTTP/1.0\r\nHost: a\r\n\r\n")  # a mutation to HTTP/1.0
 def test_whatever_li_httpd_accepts_h11_reads_alike(data: bytes) -> None:
     """li-httpd is the stricter parser: every request it accepts completely, h11 (looser)
     must read with the same method, target, fields and body."""
@@ -285,3 +291,18 @@ def test_whatever_li_httpd_accepts_h11_reads_alike(data: bytes) -> None:
     theirs, _ = h11_parse(data)
     assert theirs, f"h11 refused a request li-httpd accepted: {data!r}"
     assert _canonical(theirs[:1]) == _canonical(accepted)
+
+
+def test_h11_reference_ends_the_connection_after_an_http10_request() -> None:
+    """An HTTP/1.0 request (h11 never keeps 1.0 alive) or ``Connection: close`` ends the
+    connection after its response, as a real server would: what follows is not read, and
+    is not a rejection. A keep-alive 1.1 connection goes on to the next request."""
+    first = b"GET /?0000000 HTTP/1.0\r\nHost: a\r\n\r\n"
+    closing = b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    following = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert h11_parse(first + following) == ([(b"GET", b"/?0000000", [(b"Host", b"a")], b"")],
+                                            False)
+    assert h11_parse(closing + following) == (
+        [(b"GET", b"/c", [(b"Host", b"a"), (b"Connection", b"close")], b"")], False)
+    assert h11_parse(following + following) == (
+        [(b"GET", b"/next", [(b"Host", b"a")], b"")] * 2, False)

@@ -23,4 +23,6 @@ so that a saturated driver can be told from a slow gateway.
 
 Imports: the standard library, trio, httptools and orjson only — never another li_httpd
 package, so the drivers can measure any li_httpd build (or nginx) under test.
+
+May import: nothing else.
 """
