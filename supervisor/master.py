@@ -199,6 +199,7 @@ class Master:
         self.current, self.starting = generation, None
         self._banner()
         sdnotify.ready(f"serving, generation 0, config {self.loaded.hash}")
+        self._run_queued_reload()
 
     def _open_logs(self, loaded: LoadedConfig) -> None:
         self.use_logs(*self.prepare_logs(loaded))
@@ -429,8 +430,9 @@ class Master:
     # -- reload -------------------------------------------------------------------------------
 
     def _request_reload(self, waiter: PendingReply | None) -> None:
-        """SIGHUP or ctl reload: start a reload, or run another after the one running."""
-        if self.reload is None:
+        """SIGHUP or ctl reload: start a reload, or run another after the one running
+        (or after startup)."""
+        if self.reload is None and self.startup is None:
             if waiter is not None:
                 self.reload_waiters.append(waiter)
             self._begin_reload(time.monotonic())
@@ -441,7 +443,7 @@ class Master:
 
     def _begin_reload(self, now: float) -> None:
         sdnotify.reloading()
-        if self.current is None or self.reload_client is None or self.startup is not None:
+        if self.current is None or self.reload_client is None:
             self._reload_done(Outcome("failed", "not running"))
             return
         self.reload = Reload(self, self.reload_client, self.source, now)
@@ -455,8 +457,9 @@ class Master:
             self.reload = None
             self._reload_done(outcome)
 
-    def _reload_done(self, outcome: Outcome) -> None:
-        sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
+    def _reload_done(self, outcome: Outcome, *, notify: bool = True) -> None:
+        if notify:
+            sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
         result = outcome.reply()
         self.last_reload = {**result, "at": time.time()}
         metrics_env.count_reload(outcome.result)
@@ -469,6 +472,9 @@ class Master:
         waiters, self.reload_waiters = self.reload_waiters, []
         for waiter in waiters:
             waiter.answer({"ok": outcome.result != "failed", **result})
+        self._run_queued_reload()
+
+    def _run_queued_reload(self) -> None:
         if self.reload_again and not self.stopping:
             self.reload_again = False
             self.reload_waiters, self.next_waiters = self.next_waiters, []
@@ -558,11 +564,11 @@ class Master:
             for generation in self._generations():
                 generation.signal(signal.SIGQUIT)
             return
+        self.reload_again = False
         if self.reload is not None:
             outcome = self.reload.abort("the master is stopping")
             self.reload = None
-            self.reload_again = False
-            self._reload_done(outcome)
+            self._reload_done(outcome, notify=False)
         for waiter in self.next_waiters:
             waiter.answer({"ok": False, "result": "failed", "line": 0,
                            "reason": "reload interrupted: the master is stopping"})
