@@ -3,43 +3,108 @@
 A separate process (forked by the master, restarted by it if it dies) serving one
 ZeroMQ REP socket on an ``ipc://`` endpoint inside the master's 0700 runtime directory.
 Request: ``{"op": "validate", "path": <file or null for the embedded default>}``.
-Reply: ``{"ok": true, "canonical": <explain-config text>, "warnings": [...]}`` or
-``{"ok": false, "errors": [<"FILE:LINE: key: message" lines>], "line": <first error's
-line>, "reason": <first error>}``.
+Reply, one message:
+
+- valid: two frames, ``{"ok": true, "filename": ..., "config_hash": ..., "warnings":
+  [...]}`` and the pickled :class:`~li_httpd.config.LoadedConfig` the actor built;
+- invalid: one frame, ``{"ok": false, "errors": [<"FILE:LINE: key: message" lines>],
+  "line": <first error's line>, "reason": <first error>}``.
 
 Why a process: reading and validating a file the operator just edited (TOML parsing,
 certificate parsing, filesystem checks) happens outside the master, so a pathological
-file can at worst kill or hang the actor, which the master notices (timeout), kills and
-restarts, keeping the running configuration untouched. The master rebuilds the config
-from the canonical text, which explains to itself by construction.
+file can at worst kill or hang the actor, which the master notices (timeout, or the
+actor's exit), kills and restarts, keeping the running configuration untouched.
+
+Why the master uses the actor's object and does not validate again: the file is read
+once, by the actor, and what the actor validated is exactly what runs (the pickled
+object compares equal to the one validated, and its canonical text hashes to the
+``config_hash`` of the first frame, which the client checks). Parsing and validating a
+second time in the master would cost the master's loop the whole pipeline (about
+10 ms against 0.2 ms to unpickle) and would be exposed to whatever made the file
+pathological. The filesystem facts validation looked at (static roots exist, the manual
+certificate parses and matches its key) are checked once, by the actor, moments before
+the switch; they can change afterwards exactly as they can at any time while serving.
+The master's TLS setup still reads the certificate again, because it must build the
+SSLContext the workers use, and a failure there fails the reload.
+
+Trust: the endpoint lives in the master's private 0700 directory and the actor is the
+master's own forked child running the same code as the same user. Even so the client
+unpickles with an allowlist (:class:`_ConfigUnpickler`): only classes defined in
+li_httpd.config and this module's frozen-mapping helper can be built, so a confused or
+compromised actor can at worst hand back a wrong config, never run code in the master.
 
 Only the supervisor imports :class:`ReloadClient`; the actor imports li_httpd.config.
 """
 
 from __future__ import annotations
 
+import copyreg
+import io
 import os
+import pickle
 import signal
-from typing import Any
+import types
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import orjson
 import zmq
-from li_httpd.config import ConfigError, load
+from li_httpd.config import ConfigError, LoadedConfig, load
+from li_httpd.config.loader import EMBEDDED
 
 REPLY_TIMEOUT_MS = 30_000
 
 
-def validate(path: str | None) -> dict[str, Any]:
-    """The actor's answer for one validation request."""
+def _frozen_mapping(items: dict[Any, Any]) -> Mapping[Any, Any]:
+    """Rebuilds a read-only mapping of the config model when unpickling."""
+    return types.MappingProxyType(items)
+
+
+def _dump_loaded(loaded: LoadedConfig) -> bytes:
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = copyreg.dispatch_table.copy()
+    pickler.dispatch_table[types.MappingProxyType] = lambda m: (_frozen_mapping, (dict(m),))
+    pickler.dump(loaded)
+    return buffer.getvalue()
+
+
+class _ConfigUnpickler(pickle.Unpickler):
+    """Builds only config model classes (and read-only mappings of them)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == __name__ and name == "_frozen_mapping":
+            return _frozen_mapping
+        if module.startswith("li_httpd.config.") and "." not in name:
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a config")
+
+
+def _load_loaded(data: bytes) -> LoadedConfig:
+    loaded = _ConfigUnpickler(io.BytesIO(data)).load()
+    if not isinstance(loaded, LoadedConfig):
+        raise pickle.UnpicklingError(f"expected a LoadedConfig, got {type(loaded).__name__}")
+    return loaded
+
+
+def validate(path: str | None) -> list[bytes]:
+    """The actor's answer (the frames of one reply) for one validation request."""
     try:
-        loaded = load(path)
+        loaded = load(path if path is not None else EMBEDDED)
     except ConfigError as exc:
         errors = [p.render(exc.filename) for p in exc.problems]
         first = next((p for p in exc.problems if p.severity == "error"), exc.problems[0])
-        return {"ok": False, "errors": errors, "line": first.line,
-                "reason": first.render(exc.filename)}
-    return {"ok": True, "canonical": loaded.canonical, "filename": loaded.filename,
-            "warnings": [w.render(loaded.filename) for w in loaded.warnings]}
+        return [orjson.dumps({"ok": False, "errors": errors, "line": first.line,
+                              "reason": first.render(exc.filename)})]
+    header = {"ok": True, "filename": loaded.filename, "config_hash": loaded.hash,
+              "warnings": [w.render(loaded.filename) for w in loaded.warnings]}
+    return [orjson.dumps(header), _dump_loaded(loaded)]
+
+
+def _failure(reason: str) -> list[bytes]:
+    return [orjson.dumps({"ok": False, "errors": [reason], "line": 0, "reason": reason})]
 
 
 def run_actor(endpoint: str) -> int:
@@ -60,52 +125,95 @@ def run_actor(endpoint: str) -> int:
             try:
                 request = orjson.loads(socket.recv())
                 if not isinstance(request, dict) or request.get("op") != "validate":
-                    reply: dict[str, Any] = {"ok": False, "errors": ["unknown request"],
-                                             "line": 0, "reason": "unknown request"}
+                    reply = _failure("unknown request")
                 else:
                     path = request.get("path")
                     reply = validate(path if isinstance(path, str) else None)
             except Exception as exc:  # the actor answers every request, whatever happens
-                reply = {"ok": False, "errors": [f"reload actor: {exc!r}"], "line": 0,
-                         "reason": f"reload actor: {exc!r}"}
-            socket.send(orjson.dumps(reply))
+                reply = _failure(f"reload actor: {exc!r}")
+            socket.send_multipart(reply)
     finally:
         socket.close()
         context.term()
     return 0
 
 
+class Validated(NamedTuple):
+    """The actor validated the file: this is the config to run."""
+
+    loaded: LoadedConfig
+    warnings: tuple[str, ...]
+
+
+class Rejected(NamedTuple):
+    """The file is invalid (or the actor could not answer properly)."""
+
+    reason: str
+    line: int = 0
+    errors: tuple[str, ...] = ()
+
+
+Verdict = Validated | Rejected
+
+
 class ReloadClient:
-    """The master's side: one request at a time, with a timeout."""
+    """The master's side: one request at a time, never blocking.
+
+    :meth:`ask` sends a request; the master polls :attr:`socket` (a zmq socket, for
+    ``zmq.Poller``) and calls :meth:`verdict` until it returns one, or gives up with
+    :meth:`reset` (a REQ socket that misses its reply cannot send again).
+    """
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.context = zmq.Context()
         self._socket: zmq.Socket[bytes] | None = None
+        self._pending = False
 
-    def _connect(self) -> zmq.Socket[bytes]:
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
         if self._socket is None:
             self._socket = self.context.socket(zmq.REQ)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.connect(self.endpoint)
         return self._socket
 
-    def validate(self, path: str | None, timeout_ms: int = REPLY_TIMEOUT_MS) -> dict[str, Any]:
-        """Ask the actor; raises TimeoutError when it does not answer in time."""
-        socket = self._connect()
-        socket.send(orjson.dumps({"op": "validate", "path": path}))
-        if not socket.poll(timeout_ms, zmq.POLLIN):
-            self.reset()  # a REQ socket that missed its reply cannot send again
-            raise TimeoutError("the reload actor did not answer")
-        reply = orjson.loads(socket.recv())
-        if not isinstance(reply, dict):
-            raise TimeoutError("the reload actor sent garbage")
-        return reply
+    def ask(self, path: str | None) -> None:
+        """Ask the actor to validate ``path`` (None: the embedded default)."""
+        if self._pending:
+            self.reset()  # an abandoned request: a REQ socket cannot send again
+        # No wait: with ZeroMQ's default (not "immediate") the request queues until the
+        # connection to the actor is up.
+        self.socket.send(orjson.dumps({"op": "validate", "path": path}), zmq.NOBLOCK)
+        self._pending = True
+
+    def verdict(self) -> Verdict | None:
+        """The actor's answer if it has arrived, else None (does not wait)."""
+        try:
+            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        self._pending = False
+        try:
+            header = orjson.loads(frames[0])
+            if not isinstance(header, dict):
+                raise ValueError("the header is not an object")
+            if not header.get("ok"):
+                return Rejected(str(header.get("reason", "invalid config")),
+                                int(header.get("line") or 0),
+                                tuple(str(e) for e in header.get("errors", ())))
+            loaded = _load_loaded(frames[1])
+            if loaded.hash != header.get("config_hash"):
+                raise ValueError("the config does not match its hash")
+        except (ValueError, IndexError, pickle.UnpicklingError, EOFError) as exc:
+            return Rejected(f"the reload actor sent an unusable reply: {exc}")
+        return Validated(loaded, tuple(str(w) for w in header.get("warnings", ())))
 
     def reset(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        self._pending = False
 
     def close(self) -> None:
         self.reset()

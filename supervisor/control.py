@@ -3,8 +3,10 @@
 Protocol: one JSON object per connection, newline-terminated, each way:
 ``{"command": "status" | "reload" | "reopen" | "stop"}`` → a JSON object. The socket is
 a unix socket with mode 0600 (only the gateway's user may talk to the master). The
-master serves it from its synchronous main loop, one short connection at a time;
-`reload` answers only when the reload has succeeded or failed.
+master serves it from its synchronous main loop, one short connection at a time, and
+never blocks on it: `reload` answers only when the reload has succeeded or failed, so
+the master keeps that connection (:class:`PendingReply`) and answers it from a later
+turn of its loop while it goes on reaping, answering and handling signals.
 """
 
 from __future__ import annotations
@@ -29,6 +31,27 @@ class ControlError(Exception):
     """The control socket cannot be used; the message is for the operator."""
 
 
+Reply = dict[str, Any]
+DEFER = None
+"""What a dispatcher returns to answer later through the :class:`PendingReply`."""
+
+
+class PendingReply:
+    """A request whose answer comes later (a reload in progress)."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+
+    def answer(self, reply: Reply) -> None:
+        """Send the answer and close (never raises: the client may have gone)."""
+        with self.connection:
+            try:
+                self.connection.settimeout(SERVER_READ_TIMEOUT)
+                self.connection.sendall(orjson.dumps(reply) + b"\n")
+            except OSError:
+                pass
+
+
 class ControlServer:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -38,7 +61,9 @@ class ControlServer:
             if not stat.S_ISSOCK(os.lstat(path).st_mode):
                 raise ControlError(f"{path} exists and is not a socket; refusing to replace it")
             if _listening(path):
-                raise ControlError(f"another li-httpd master is running at {path}")
+                raise ControlError(f"another li-httpd master is running at {path} "
+                                   "(to run a second gateway, give it its own socket with "
+                                   "[server] control_socket)")
             os.unlink(path)  # left behind by a master that died
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         previous = os.umask(0o177)
@@ -53,27 +78,31 @@ class ControlServer:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def serve_one(self, dispatch: Callable[[str], dict[str, Any]]) -> None:
-        """Accept and answer one pending request (never raises on client errors)."""
+    def serve_one(self, dispatch: Callable[[str], Reply | None]) -> PendingReply | None:
+        """Accept and answer one pending request (never raises on client errors). When
+        ``dispatch`` returns :data:`DEFER` the connection is returned instead, for the
+        caller to answer later."""
         try:
             connection, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
-            return
-        with connection:
-            try:
-                # One deadline for the whole request: a client trickling bytes must not
-                # hold the master's loop (reaping, respawns, signals) for longer.
-                request = _read_message(connection, time.monotonic() + SERVER_READ_TIMEOUT)
-                command = request.get("command") if isinstance(request, dict) else None
-                if command not in COMMANDS:
-                    reply: dict[str, Any] = {"ok": False,
-                                             "error": f"unknown command {command!r}"}
-                else:
-                    reply = dispatch(str(command))
-                connection.settimeout(SERVER_READ_TIMEOUT)
-                connection.sendall(orjson.dumps(reply) + b"\n")
-            except (OSError, ValueError):
-                pass
+            return None
+        try:
+            # One deadline for the whole request: a client trickling bytes must not
+            # hold the master's loop (reaping, respawns, signals) for longer.
+            request = _read_message(connection, time.monotonic() + SERVER_READ_TIMEOUT)
+        except (OSError, ValueError):
+            connection.close()
+            return None
+        command = request.get("command") if isinstance(request, dict) else None
+        if command not in COMMANDS:
+            reply: Reply | None = {"ok": False, "error": f"unknown command {command!r}"}
+        else:
+            reply = dispatch(str(command))
+        pending = PendingReply(connection)
+        if reply is None:  # DEFER
+            return pending
+        pending.answer(reply)
+        return None
 
     def close(self) -> None:
         self.sock.close()

@@ -73,7 +73,9 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     last = status.get("last_reload", {})
     if last.get("result", "none") != "none":
-        detail = f"  line {last['line']}: {last['reason']}" if last.get("result") == "failed" \
+        # A failed reload's reason already names its place ("FILE:LINE: key: message",
+        # as the actor renders it); failures outside the file have no line to show.
+        detail = f"  {last['reason']}" if last.get("result") == "failed" \
             else f"  config {last.get('config_hash', '')}"
         lines.append(f"reload   {last['result']}{detail}")
     workers = [["slot", "pid", "gen", "state", "conns", "requests", "uptime"]]

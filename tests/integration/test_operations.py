@@ -103,7 +103,12 @@ def test_invalid_reload_changes_nothing_and_reports_the_line(mock: MockUpstream,
     assert "missing" in failure["reason"]
     assert _get(gateway.port, "/small") == 200
     assert gateway.workers() == [w["pid"] for w in before["workers"]]
-    assert "reload   failed" in gateway.ctl("status").stdout
+    table = gateway.ctl("status").stdout
+    reload_line = next(line for line in table.splitlines() if line.startswith("reload"))
+    assert reload_line.startswith("reload   failed"), table
+    # The error's place appears once (it was "line N: FILE:N: ..." before).
+    assert reload_line.count(str(broken_line)) == 1, reload_line
+    assert f"{gateway.config_path}:{broken_line}:" in reload_line, reload_line
 
 
 def test_sighup_reloads_and_the_actor_is_supervised(mock: MockUpstream,
@@ -256,3 +261,86 @@ def test_systemd_notifications(mock: MockUpstream, start_gateway) -> None:
         assert gateway.wait(20) == 0
     finally:
         receiver.close()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in
+            Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _gone(pid: int) -> bool:
+    """Exited (and reaped, or a zombie waiting for init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGQUIT])
+def test_a_stop_signal_during_a_stalled_reload_acts_at_once(mock: MockUpstream,
+                                                            start_gateway,
+                                                            number: int) -> None:
+    """A reload stuck in its first phase (the reload actor is SIGSTOPped, so it never
+    answers; the master would wait up to 30 s for it) must not delay a stop: the master
+    and every child are gone within about a second of the signal (no requests in
+    flight, so there is nothing to drain)."""
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    workers = set(gateway.workers())
+    children = _children(gateway.pid)
+    actor = next(pid for pid in children if pid not in workers)
+    os.kill(actor, signal.SIGSTOP)
+    _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES))
+    reload = subprocess.Popen(cli_command("ctl", "--socket", gateway.control_socket,
+                                          "reload"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while gateway.status().get("reloading") != "asking actor":
+        assert time.monotonic() < deadline, gateway.output.text()
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside the stalled phase
+    assert reload.poll() is None  # ctl reload is still waiting for its answer
+    sent = time.monotonic()
+    gateway.signal(number)
+    assert gateway.wait(10) == 0
+    took = time.monotonic() - sent
+    while not all(_gone(pid) for pid in children) and time.monotonic() < sent + 5:
+        time.sleep(0.02)
+    gone = time.monotonic() - sent
+    print(f"{signal.Signals(number).name} during a stalled reload: master exited after "
+          f"{took:.3f}s, children gone after {gone:.3f}s")
+    assert took < 1.5, gateway.output.text()
+    assert all(_gone(pid) for pid in children), children
+    out, _ = reload.communicate(timeout=10)
+    assert "reload interrupted: the master is stopping" in out
+    assert reload.returncode == 1
+
+
+def test_sigterm_during_a_stalled_reload_still_drains_in_flight_work(
+        mock: MockUpstream, start_gateway) -> None:
+    """Graceful means graceful even mid-reload: a request in flight when SIGTERM arrives
+    completes, and the master exits right after it (not after the stalled reload)."""
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES))
+    workers = set(gateway.workers())
+    actor = next(pid for pid in _children(gateway.pid) if pid not in workers)
+    os.kill(actor, signal.SIGSTOP)
+    _rewrite(gateway, gateway_config(mock.origin, routes=V2_ROUTES))
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while gateway.status().get("reloading") != "asking actor":
+        assert time.monotonic() < deadline, gateway.output.text()
+        time.sleep(0.05)
+    statuses: list[int] = []
+    slow = threading.Thread(
+        target=lambda: statuses.append(_get(gateway.port, "/v1/models?ttfb_ms=1500")))
+    slow.start()
+    time.sleep(0.3)  # the request is in a worker now
+    sent = time.monotonic()
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(10) == 0
+    took = time.monotonic() - sent
+    slow.join(10)
+    print(f"SIGTERM during a stalled reload with 1.2 s of work in flight: master exited "
+          f"after {took:.3f}s")
+    assert statuses == [200]
+    assert took < 1.2 + 1.0, gateway.output.text()

@@ -67,10 +67,36 @@ def test_a_busy_master_keeps_its_socket(directory: Path) -> None:
     path = str(directory / "control.sock")
     busy = ControlServer(path)  # listening, never serving
     try:
-        with pytest.raises(ControlError, match="another li-httpd master"):
+        with pytest.raises(ControlError, match="another li-httpd master") as refused:
             ControlServer(path)
+        # ... and says how to run a second gateway beside it.
+        assert "[server] control_socket" in str(refused.value)
     finally:
         busy.close()
+
+
+def test_a_deferred_request_is_answered_later(directory: Path) -> None:
+    """ctl reload: the master keeps the connection and answers when the reload ends,
+    without blocking its loop meanwhile."""
+    path = str(directory / "control.sock")
+    server = ControlServer(path)
+    replies: list[dict[str, object]] = []
+    client = threading.Thread(target=lambda: replies.append(request(path, "reload", 5)))
+    client.start()
+    try:
+        pending = None
+        for _ in range(200):
+            pending = server.serve_one(lambda command: None)
+            if pending is not None:
+                break
+            time.sleep(0.01)
+        assert pending is not None
+        assert not replies
+        pending.answer({"ok": True, "result": "unchanged"})
+        client.join(5)
+        assert replies == [{"ok": True, "result": "unchanged"}]
+    finally:
+        server.close()
 
 
 def test_a_trickling_client_is_cut_off_after_the_request_deadline(directory: Path) -> None:

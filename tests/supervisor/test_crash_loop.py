@@ -1,39 +1,74 @@
-"""The master's crash-loop rule counts only young deaths inside the window, on every slot
-(found by review at 9447c3b: stale deaths on one slot plus fresh ones on another made
-the master give up)."""
+"""The crash policy (supervisor/reaper.py) as tables: pure functions of death times and
+``now``, no processes and no clock.
+
+The crash-loop rule counts only young deaths inside the window, on every slot (found by
+review at 9447c3b: stale deaths on one slot plus fresh ones on another made the master
+give up)."""
 
 from __future__ import annotations
 
-import time
-from collections import deque
+import pytest
+from li_httpd.supervisor.reaper import (
+    BACKOFF_MAX,
+    CRASH_LIMIT,
+    CRASH_WINDOW,
+    YOUNG,
+    Respawn,
+    after_exit,
+    crash_loop,
+    recent,
+)
 
-from li_httpd.config import load_text
-from li_httpd.shm.state import Layout, SharedState
-from li_httpd.supervisor.master import CRASH_LIMIT, CRASH_WINDOW, Generation, Master, WorkerSlot
-
-CONFIG = '[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 2\n'
-
-
-def _master_with(crashes: list[list[float]]) -> Master:
-    loaded = load_text(CONFIG, "crash.toml")
-    master = Master(loaded)
-    slots = [WorkerSlot(index, crashes=deque(times)) for index, times in enumerate(crashes)]
-    master.current = Generation(0, loaded, SharedState.create(Layout(16, 2, 1)), None, [],
-                                slots)
-    return master
+NOW = 1000.0
 
 
-def test_old_deaths_on_another_slot_do_not_count() -> None:
-    now = time.monotonic()
-    stale = [now - CRASH_WINDOW - 10 - i for i in range(CRASH_LIMIT - 1)]
-    fresh = [now - 1.0]
-    master = _master_with([stale, fresh])
-    assert not master._crash_loop()
-    assert not master.slots[0].crashes  # pruned
+@pytest.mark.parametrize(("started", "crashes", "expected"), [
+    # ran for a while: replaced at once, counts nothing (earlier deaths still count)
+    (NOW - 10 * YOUNG, (), Respawn(0.0, ())),
+    (NOW - YOUNG, (NOW - 5,), Respawn(0.0, (NOW - 5,))),
+    # died young: counted, backoff doubles with the slot's recent early deaths
+    (NOW - 0.1, (), Respawn(0.1, (NOW,))),
+    (NOW - 0.1, (NOW - 1,), Respawn(0.2, (NOW - 1, NOW))),
+    (NOW - 0.1, (NOW - 2, NOW - 1), Respawn(0.4, (NOW - 2, NOW - 1, NOW))),
+    # deaths older than the window are forgotten first
+    (NOW - 0.1, (NOW - CRASH_WINDOW - 1, NOW - 1), Respawn(0.2, (NOW - 1, NOW))),
+    # the backoff stops growing
+    (NOW - 0.1, tuple(NOW - 1 - i for i in range(9)), Respawn(BACKOFF_MAX, (
+        *(NOW - 1 - i for i in range(9)), NOW))),
+])
+def test_respawn_decision(started: float, crashes: tuple[float, ...],
+                          expected: Respawn) -> None:
+    assert after_exit(started, crashes, NOW) == expected
 
 
-def test_deaths_inside_the_window_on_all_slots_add_up() -> None:
-    now = time.monotonic()
-    half = CRASH_LIMIT // 2
-    master = _master_with([[now - 1.0] * half, [now - 2.0] * (CRASH_LIMIT - half)])
-    assert master._crash_loop()
+@pytest.mark.parametrize(("per_slot", "looping"), [
+    ([[], []], False),
+    ([[NOW - 1.0] * (CRASH_LIMIT - 1), []], False),
+    ([[NOW - 1.0] * CRASH_LIMIT, []], True),
+    # the limit counts every slot together
+    ([[NOW - 1.0] * (CRASH_LIMIT // 2), [NOW - 2.0] * (CRASH_LIMIT - CRASH_LIMIT // 2)], True),
+    # stale deaths on one slot plus a fresh one on another: no crash loop
+    ([[NOW - CRASH_WINDOW - 10 - i for i in range(CRASH_LIMIT - 1)], [NOW - 1.0]], False),
+    # exactly at the window's edge still counts
+    ([[NOW - CRASH_WINDOW] * CRASH_LIMIT], True),
+])
+def test_crash_loop_rule(per_slot: list[list[float]], looping: bool) -> None:
+    assert crash_loop(per_slot, NOW) is looping
+
+
+def test_recent_keeps_only_the_window() -> None:
+    assert recent((NOW - CRASH_WINDOW - 0.1, NOW - CRASH_WINDOW, NOW), NOW) == (
+        NOW - CRASH_WINDOW, NOW)
+
+
+def test_a_young_death_series_reaches_the_crash_loop() -> None:
+    crashes: tuple[float, ...] = ()
+    delays = []
+    now = NOW
+    for _ in range(CRASH_LIMIT):
+        decision = after_exit(now - 0.01, crashes, now)
+        crashes = decision.crashes
+        delays.append(decision.delay)
+        now += decision.delay + 0.01
+    assert delays[0] < delays[3] <= BACKOFF_MAX
+    assert crash_loop([crashes], now)

@@ -1,0 +1,37 @@
+"""`li-httpd ctl status` as text: a failed reload names the error's place once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from li_httpd.supervisor.ctl import render_status
+
+
+def _status(last_reload: dict[str, Any]) -> dict[str, Any]:
+    return {"version": "0.1.0", "pid": 1, "uptime_s": 1.0, "config_file": "/etc/gw.toml",
+            "config_hash": "abc", "generation": 0, "listen": ["http://127.0.0.1:8080"],
+            "control_socket": "/run/li-httpd/control.sock", "last_reload": last_reload,
+            "workers": [], "upstreams": []}
+
+
+def _reload_line(last_reload: dict[str, Any]) -> str:
+    text = render_status(_status(last_reload))
+    return next(line for line in text.splitlines() if line.startswith("reload"))
+
+
+def test_a_file_error_shows_its_location_once() -> None:
+    reason = "/etc/gw.toml:12: routes.\"/x\": proxy target 'missing' is not declared"
+    line = _reload_line({"result": "failed", "line": 12, "reason": reason})
+    assert line == f"reload   failed  {reason}"
+    assert line.count("12") == 1
+
+
+def test_a_failure_outside_the_file_has_no_line_zero() -> None:
+    line = _reload_line({"result": "failed", "line": 0,
+                         "reason": "cannot listen on 127.0.0.1:80: Permission denied"})
+    assert line == "reload   failed  cannot listen on 127.0.0.1:80: Permission denied"
+
+
+def test_no_reload_yet_shows_nothing_and_success_shows_the_hash() -> None:
+    assert "reload" not in render_status(_status({"result": "none"}))
+    assert _reload_line({"result": "ok", "config_hash": "9c1e"}) == "reload   ok  config 9c1e"
