@@ -10,9 +10,11 @@ Nothing here waits for a child or reaps one: exits reach the slots through the m
 main loop (reaper.py). Nothing here blocks: starting a generation forks its workers and
 returns the pipe the main loop watches.
 
-May import: the standard library, li_httpd.config, li_httpd.shm, li_httpd.actors.reload
-(the actor's body, run in the child), li_httpd.workers (only inside a forked child),
-and .listeners / .tls of this package.
+Imports the actor's body (run in the child) and li_httpd.workers only inside a forked
+child.
+
+May import: li_httpd.config, li_httpd.shm, li_httpd.actors.reload, li_httpd.workers,
+li_httpd.supervisor.listeners, li_httpd.supervisor.tls.
 """
 
 from __future__ import annotations

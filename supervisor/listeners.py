@@ -11,8 +11,9 @@ respawned worker serves the same socket and the kernel's accept queue survives a
 crash. A listener no generation serves is closed at once: a copy left open anywhere keeps
 the kernel queueing connections for nobody.
 
-May import: the standard library and li_httpd.config (address parsing). Never forks,
-never signals or waits for processes.
+Never forks, never signals or waits for processes.
+
+May import: li_httpd.config.
 """
 
 from __future__ import annotations

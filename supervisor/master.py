@@ -23,8 +23,7 @@ Exit status: 0 after a clean stop, 2 when binding or starting failed or the work
 in a crash loop (config errors are reported by the CLI before the master exists, with
 status 1).
 
-May import every other li_httpd package (workers only inside a forked child, through
-generations.py).
+Workers are imported only inside a forked child, through generations.py.
 """
 
 from __future__ import annotations

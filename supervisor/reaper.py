@@ -15,7 +15,7 @@ in a crash loop and the master gives up (exit status 2) instead of spinning.
 The policy functions take ``now`` and plain tuples of death times, so tests drive them
 with tables and no processes or clocks.
 
-May import: the standard library only.
+May import: nothing else.
 """
 
 from __future__ import annotations

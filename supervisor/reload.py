@@ -34,8 +34,8 @@ Owns: the phases, the reload's deadlines and the outcome record. Reaping, forkin
 the listener table belong to the master (through :class:`Host`), generations.py and
 listeners.py.
 
-May import: the standard library, li_httpd.config, li_httpd.ops (logs), li_httpd.actors
-(the client's verdicts), and .generations / .listeners / .tls of this package.
+May import: li_httpd.config, li_httpd.ops.log, li_httpd.actors, li_httpd.supervisor.generations,
+li_httpd.supervisor.listeners, li_httpd.supervisor.tls.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ packages are ``[tool.setuptools] packages`` in pyproject.toml, their folders
     May import: li_httpd.config, li_httpd.shm.
     May import: nothing else.
 
-A module of that package may import the modules of its own package (its siblings and the
-package ``__init__``, not subpackages) and any module under a listed name (a listed name
-covers its submodules). A module whose own docstring has a ``May import:`` line narrows
-the rule for itself: it may then import only the listed names (which the package rule
-must allow), not even its siblings.
+(A long rule may wrap onto the next lines; its final period ends it.) A module of that
+package may import the modules of its own package (its siblings and the package
+``__init__``, not subpackages) and any module under a listed name (a listed name covers
+its submodules). A module whose own docstring has a ``May import:`` line narrows the
+rule for itself: it may then import only the listed names (which the package rule, or
+its own package, must allow), not even its siblings unless it lists them.
 
 Imports are read with :mod:`ast` from the source files, all of them: module level, under
 ``if TYPE_CHECKING:`` and inside functions (lazy imports), relative ones resolved. A
@@ -119,11 +120,16 @@ def imports_of(module: Module, tree: ast.AST, known: Iterable[str]) -> list[Impo
 
 def rule_of(docstring: str | None, where: str) -> tuple[str, ...] | None:
     """The names a ``May import:`` line lists (``()`` for ``nothing else``), or None."""
-    lines = [line.strip() for line in (docstring or "").splitlines()
-             if RULE_LINE.match(line.strip())]
-    if not lines:
+    text = [line.strip() for line in (docstring or "").splitlines()]
+    starts = [index for index, line in enumerate(text) if RULE_LINE.match(line)]
+    if not starts:
         return None
-    assert len(lines) == 1, f"{where}: more than one 'May import:' line: {lines}"
+    assert len(starts) == 1, f"{where}: more than one 'May import:' line: {starts}"
+    # A long rule wraps onto the following lines; its period ends it.
+    end = starts[0]
+    while not text[end].endswith(".") and end + 1 < len(text) and text[end + 1]:
+        end += 1
+    lines = [" ".join(text[starts[0]:end + 1])]
     match = RULE.fullmatch(lines[0])
     assert match, (f"{where}: malformed rule {lines[0]!r}; write 'May import: "
                    "li_httpd.a, li_httpd.b.' or 'May import: nothing else.'")
@@ -213,7 +219,10 @@ class Project:
             rule = rule_of(ast.get_docstring(self.trees[name]), str(module.path))
             if rule is not None:
                 own_rules[name] = rule
-                wider = [n for n in rule if not _covers(package_rules[module.package], n)]
+                siblings = (module.package, *(m for m in self.modules
+                                              if m.rpartition(".")[0] == module.package))
+                wider = [n for n in rule
+                         if not _covers(package_rules[module.package], n) and n not in siblings]
                 if wider:
                     found.append(f"{name}: its own rule lists {wider}, which the rule of "
                                  f"{module.package} does not allow")
@@ -308,6 +317,8 @@ def test_rule_lines_parse_exactly() -> None:
     assert rule_of("x\nMay import: li_httpd.config, li_httpd.ops.log.\n", "x") == (
         "li_httpd.config", "li_httpd.ops.log")
     assert rule_of("May import: nothing else.", "x") == ()
+    assert rule_of("May import: li_httpd.config,\nli_httpd.shm.\n", "x") == (
+        "li_httpd.config", "li_httpd.shm")
     assert rule_of("Imports li_httpd.config only.", "x") is None
     for malformed in ("May import: li_httpd.config", "May import: config.",
                       "May import: li_httpd.config and li_httpd.shm."):
