@@ -99,7 +99,3 @@ def status(text: str) -> bool:
     """``STATUS=text``: a one-line description shown by ``systemctl status``."""
     return notify("STATUS=" + _one_line(text))
 
-
-def main_pid(pid: int) -> bool:
-    """``MAINPID=pid``: tell systemd which process is the service's main process."""
-    return notify(f"MAINPID={pid}")

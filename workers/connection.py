@@ -29,6 +29,7 @@ import traceback
 
 import orjson
 import trio
+from li_httpd.ops.log.records import Decision
 from li_httpd.shm import gcra
 
 from .admission import Admitted, Reject, admit
@@ -298,15 +299,17 @@ class ClientConnection:
         bytes_out = self.io.sent - exchange.sent_mark
         status = exchange.status
         head = exchange.head
-        log.access(exchange.request_id, exchange.route, exchange.peer or "-", status,
+        outcome = exchange.outcome
+        log.access(exchange.request_id, exchange.route, exchange.peer or "-", status, outcome,
                    latency_ms, bytes_in, bytes_out, head.method, head.path)
         self.ctx.metrics.request_done(exchange.route, head.method, status,
                                       latency_ms / 1000, exchange.ttfb_ms, exchange.peer)
         if exchange.audited:
-            decision = ("rate_limited" if status == 429 else "deny" if status in (401, 403)
-                        else "error" if status >= 500 or status == 0 else "allow")
+            decision: Decision = (
+                "rate_limited" if status == 429 else "deny" if status in (401, 403)
+                else "error" if status >= 500 or status == 0 else "allow")
             log.audit(exchange.request_id, exchange.key_id, exchange.route, exchange.model,
-                      head.method, head.path, status, decision, exchange.peer,
+                      head.method, head.path, status, outcome, decision, exchange.peer,
                       latency_ms, exchange.ttfb_ms, bytes_in, bytes_out)
 
     async def _after_deadline(self, reason: DeadlineReason) -> None:

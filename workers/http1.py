@@ -363,16 +363,6 @@ class _MessageReader:
     def buffered(self) -> int:
         return len(self._buf)
 
-    @property
-    def at_message_start(self) -> bool:
-        """True between messages, before any byte of the next head arrived."""
-        return self._state == _HEAD and not self._buf
-
-    def take_buffered(self) -> bytes:
-        """Remove and return unparsed bytes (used when a connection changes hands)."""
-        data, self._buf = self._buf, b""
-        return data
-
     # -- heads --------------------------------------------------------------------------------
 
     def _find_head(self) -> bytes | None:

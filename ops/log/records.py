@@ -19,9 +19,8 @@ character is printed as a JSON string so a line always splits back into its fiel
   (``request_id`` is taken from the fields; the message has control characters
   escaped so one record is always one line). JSON: ``ts, level, request_id, message``
   then the fields.
-- audit: always JSONL (SPEC §9): ``ts, request_id, key_id, route, model, method, path,
-  status, decision, peer, latency_ms, ttfb_ms, bytes_in, bytes_out`` and then
-  ``prompt_tokens``, ``completion_tokens``, ``cost`` only when not None.
+- audit: always JSONL: ``ts, request_id, key_id, route, model, method, path, status,
+  outcome, decision, peer, latency_ms, ttfb_ms, bytes_in, bytes_out``.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ AccessRecord = tuple[
     Text | None,  # route
     Text | None,  # peer ("ip:port")
     int,          # status
+    str,          # outcome: how the request ended (completed, rejected, timeout, ...)
     float,        # latency_ms
     int,          # bytes_in
     int,          # bytes_out
@@ -67,15 +67,13 @@ AuditRecord = tuple[
     Text | None,   # method
     Text | None,   # path
     int,           # status
+    str,           # outcome
     str,           # decision: allow | deny | rate_limited | error
     Text | None,   # peer
     float,         # latency_ms
     float | None,  # ttfb_ms
     int,           # bytes_in
     int,           # bytes_out
-    int | None,    # prompt_tokens
-    int | None,    # completion_tokens
-    float | None,  # cost
 ]
 DiagnosticRecord = tuple[
     Literal["diagnostic"],
@@ -190,7 +188,7 @@ class Formatter:
         return None if value is None else self.redactor.text(_decode(value))
 
     def access(self, record: AccessRecord, json: bool = False) -> bytes:
-        (_, ts, request_id, route, peer, status, latency_ms, bytes_in, bytes_out,
+        (_, ts, request_id, route, peer, status, outcome, latency_ms, bytes_in, bytes_out,
          method, path) = record
         text = self._text
         level = LEVEL_NAMES[access_level(status)]
@@ -198,7 +196,7 @@ class Formatter:
             obj: dict[str, object] = {
                 "ts": self.timestamps.format(ts), "level": level,
                 "request_id": text(request_id), "route": text(route), "peer": text(peer),
-                "status": status, "latency_ms": round(latency_ms, 2),
+                "status": status, "outcome": outcome, "latency_ms": round(latency_ms, 2),
                 "bytes_in": bytes_in, "bytes_out": bytes_out,
             }
             if method is not None:
@@ -207,30 +205,24 @@ class Formatter:
                 obj["path"] = text(path)
             return _json_bytes(obj) + b"\n"
         line = (f"{self.timestamps.format(ts)} {level} {token(text(request_id))} "
-                f"{token(text(route))} {token(text(peer))} {status} {latency_ms:.2f} "
+                f"{token(text(route))} {token(text(peer))} {status} {token(outcome)} "
+                f"{latency_ms:.2f} "
                 f"{bytes_in} {bytes_out}\n")
         return line.encode("utf-8", "backslashreplace")
 
     def audit(self, record: AuditRecord) -> bytes:
-        (_, ts, request_id, key_id, route, model, method, path, status, decision, peer,
-         latency_ms, ttfb_ms, bytes_in, bytes_out, prompt_tokens, completion_tokens,
-         cost) = record
+        (_, ts, request_id, key_id, route, model, method, path, status, outcome, decision,
+         peer, latency_ms, ttfb_ms, bytes_in, bytes_out) = record
         text = self._text
         obj: dict[str, object] = {
             "ts": self.timestamps.format(ts), "request_id": text(request_id),
             "key_id": text(key_id), "route": text(route), "model": text(model),
             "method": text(method), "path": text(path), "status": status,
-            "decision": text(decision), "peer": text(peer),
+            "outcome": outcome, "decision": text(decision), "peer": text(peer),
             "latency_ms": round(latency_ms, 2),
             "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 2),
             "bytes_in": bytes_in, "bytes_out": bytes_out,
         }
-        if prompt_tokens is not None:
-            obj["prompt_tokens"] = prompt_tokens
-        if completion_tokens is not None:
-            obj["completion_tokens"] = completion_tokens
-        if cost is not None:
-            obj["cost"] = cost
         return _json_bytes(obj) + b"\n"
 
     def diagnostic(self, record: DiagnosticRecord, json: bool = False,

@@ -27,7 +27,7 @@ import trio
 from li_httpd.config.model import Log
 
 from .queue import LogQueue
-from .records import ERROR, LEVELS, Kind, Level, Text
+from .records import ERROR, LEVELS, Decision, Kind, Level, Text
 from .redact import Redactor
 from .sinks import SinkPlan, Sinks, plan
 
@@ -67,31 +67,27 @@ class WorkerLog:
     # -- the request path: enqueue only ---------------------------------------------------
 
     def access(self, request_id: Text | None, route: Text | None, peer: Text | None,
-               status: int, latency_ms: float, bytes_in: int, bytes_out: int,
-               method: Text | None = None, path: Text | None = None,
-               ts: float | None = None) -> None:
-        """One access line (skipped below the access sink's level; ``ts`` defaults to now)."""
+               status: int, outcome: str, latency_ms: float, bytes_in: int, bytes_out: int,
+               method: Text | None = None, path: Text | None = None) -> None:
+        """One access line (skipped below the access sink's level)."""
         if status < self._access_min_status:
             return
-        size = self.queue.put_request(("access", self._clock() if ts is None else ts,
-                                      request_id, route, peer, status, latency_ms, bytes_in,
-                                      bytes_out, method, path))
+        size = self.queue.put_request(("access", self._clock(), request_id, route, peer,
+                                      status, outcome, latency_ms, bytes_in, bytes_out,
+                                      method, path))
         if size >= self._high_water:
             self._wake.set()
 
     def audit(self, request_id: Text | None, key_id: Text | None, route: Text | None,
               model: Text | None, method: Text | None, path: Text | None, status: int,
-              decision: str, peer: Text | None, latency_ms: float, ttfb_ms: float | None,
-              bytes_in: int, bytes_out: int, prompt_tokens: int | None = None,
-              completion_tokens: int | None = None, cost: float | None = None,
-              ts: float | None = None) -> None:
-        """One audit record (``decision``: allow | deny | rate_limited | error)."""
+              outcome: str, decision: Decision, peer: Text | None, latency_ms: float,
+              ttfb_ms: float | None, bytes_in: int, bytes_out: int) -> None:
+        """One audit record."""
         if not self._audit_on:
             return
-        size = self.queue.put_request(("audit", self._clock() if ts is None else ts, request_id,
-                                     key_id, route, model, method, path, status, decision,
-                                     peer, latency_ms, ttfb_ms, bytes_in, bytes_out,
-                                     prompt_tokens, completion_tokens, cost))
+        size = self.queue.put_request(("audit", self._clock(), request_id, key_id, route,
+                                      model, method, path, status, outcome, decision, peer,
+                                      latency_ms, ttfb_ms, bytes_in, bytes_out))
         if size >= self._high_water:
             self._wake.set()
 

@@ -9,12 +9,12 @@ from li_httpd.ops.log.records import ERROR, WARN, AccessRecord, AuditRecord
 
 
 def access(n: int) -> AccessRecord:
-    return ("access", float(n), f"a{n}", "r", "p", 200, 1.0, 0, 0, None, None)
+    return ("access", float(n), f"a{n}", "r", "p", 200, "completed", 1.0, 0, 0, None, None)
 
 
 def audit(n: int) -> AuditRecord:
-    return ("audit", float(n), f"u{n}", None, "r", None, "GET", "/", 200, "allow", "p",
-            1.0, None, 0, 0, None, None, None)
+    return ("audit", float(n), f"u{n}", None, "r", None, "GET", "/", 200, "completed", "allow",
+            "p", 1.0, None, 0, 0)
 
 
 def names(queue: LogQueue, limit: int = 1000) -> list[str]:
@@ -103,11 +103,11 @@ def test_bounded_ordered_and_accounted(capacity: int, ops: list[str]) -> None:
     last_ts = -1.0
     for n, op in enumerate(ops):
         if op == "access":
-            queue.put_request(("access", float(n), None, None, None, 200, 0.0, 0, 0, None,
-                              None))
+            queue.put_request(("access", float(n), None, None, None, 200, "completed", 0.0, 0,
+                               0, None, None))
         elif op == "audit":
             queue.put_request(("audit", float(n), None, None, None, None, None, None, 200,
-                             "allow", None, 0.0, None, 0, 0, None, None, None))
+                              "completed", "allow", None, 0.0, None, 0, 0))
         elif op == "diagnostic":
             queue.put_diagnostic(WARN, "d", {}, ts=float(n))
         else:

@@ -89,10 +89,10 @@ def test_planted_secrets_never_reach_any_sink(tmp_path: Path, fmt: str) -> None:
     raw_values = ["Bearer plain-token-value", "session=plain-cookie-value",
                   "plain-api-key-value"]
     for detector_id, secret in SECRETS:
-        log.access(secret, f"route-{secret}", secret.encode(), 200, 1.0, 1, 2,
+        log.access(secret, f"route-{secret}", secret.encode(), 200, "completed", 1.0, 1, 2,
                    method="POST", path=f"/v1/{secret}?k={secret}".encode())
-        log.audit(secret, secret, "r", secret, "POST", f"/p/{secret}", 200, "allow", secret,
-                  1.0, 0.5, 1, 2)
+        log.audit(secret, secret, "r", secret, "POST", f"/p/{secret}", 200, "completed",
+                  "allow", secret, 1.0, 0.5, 1, 2)
         log.diagnostic("error", f"failed with {secret}", request_id=secret,
                        authorization=raw_values[0], cookie=raw_values[1],
                        x_api_key=raw_values[2], detail={"body": [secret]},

@@ -30,7 +30,7 @@ def config(tmp_path: Path, **overrides: object) -> Log:
 
 
 def hit(log: WorkerLog, n: int, status: int = 200) -> None:
-    log.access(f"req-{n}", "chat", "127.0.0.1:1", status, 1.0, 1, 2)
+    log.access(f"req-{n}", "chat", "127.0.0.1:1", status, "completed", 1.0, 1, 2)
 
 
 async def test_lines_reach_disk_within_the_flush_interval(
@@ -126,7 +126,8 @@ async def test_cancellation_and_close_flush_everything(
         nursery.cancel_scope.cancel()
     assert len(read_lines(tmp_path / "access.log")) == 3000
     hit(log, 3000)
-    log.audit("r", "k", "chat", "m", "POST", "/", 200, "allow", "p", 1.0, None, 0, 0)
+    log.audit("r", "k", "chat", "m", "POST", "/", 200, "completed", "allow", "p", 1.0, None,
+              0, 0)
     log.close()  # graceful stop: nothing left behind
     assert len(read_lines(tmp_path / "access.log")) == 3001
     assert len(read_lines(tmp_path / "audit.jsonl")) == 1
@@ -145,7 +146,8 @@ async def test_disabled_and_absolute_sinks(tmp_path: Path, devnull: int,
     assert file_paths(cfg) == (str(tmp_path / "logs" / "error.log"), str(elsewhere))
     log = WorkerLog(cfg, stderr_fd=devnull, color=False)
     hit(log, 1)
-    log.audit("r", "k", "chat", "m", "POST", "/", 200, "allow", "p", 1.0, 2.0, 0, 0)
+    log.audit("r", "k", "chat", "m", "POST", "/", 200, "completed", "allow", "p", 1.0, 2.0,
+              0, 0)
     log.close()
     assert not (tmp_path / "logs" / "access.log").exists()
     assert len(read_lines(elsewhere)) == 1

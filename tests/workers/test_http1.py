@@ -430,16 +430,17 @@ def test_split_independence_also_for_errors() -> None:
 
 def test_reader_api_between_messages() -> None:
     reader = RequestReader(LIMITS)
-    assert reader.at_message_start and reader.next_event() is NEED_DATA
+    assert reader.buffered == 0 and reader.next_event() is NEED_DATA
     reader.feed(request(b"POST", b"/a", HOST + b"Content-Length: 3\r\n", b"abcGET"))
     assert isinstance(reader.next_event(), RequestHead)
-    assert not reader.at_message_start
     assert reader.next_event() == b"abc" and reader.body_bytes == 3
     assert reader.next_event() is END
-    assert reader.buffered == 3 and not reader.at_message_start
+    assert reader.buffered == 3  # the start of a pipelined request stays buffered
     assert reader.next_event() is NEED_DATA
-    assert reader.take_buffered() == b"GET" and reader.buffered == 0
-    assert reader.at_message_start
+    reader.feed(b" /b HTTP/1.1\r\n" + HOST + b"\r\n")
+    second = reader.next_event()
+    assert isinstance(second, RequestHead) and second.path == b"/b"
+    assert reader.next_event() is END and reader.buffered == 0
     reader.feed(b"")
     assert reader.next_event() is CLOSED
     assert reader.next_event() is CLOSED
