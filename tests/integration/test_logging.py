@@ -53,12 +53,16 @@ def test_access_and_audit_records(mock: MockUpstream, start_gateway) -> None:
     _wait_for(lambda: len(_lines(access)) >= 4 and len(_lines(audit)) >= 3)
     # Two workers flush independently: find lines by request id, not by position.
     first = next(line.split(" ") for line in _lines(access) if " req-0 " in line)
-    assert len(first) == 9
+    assert len(first) == 10
     assert first[0].endswith("Z") and "T" in first[0] and len(first[0]) == 24  # RFC 3339 ms
     assert first[2] == "req-0" and first[3] == "any_wildcard" and first[5] == "200"
+    assert first[6] == "completed"
+    limited = next(line.split(" ") for line in _lines(access) if " req-2 " in line)
+    assert limited[5:7] == ["429", "rejected"]
     records = sorted((json.loads(line) for line in _lines(audit)),
                      key=lambda r: r["request_id"])
     assert [r["decision"] for r in records[:3]] == ["allow", "allow", "rate_limited"]
+    assert [r["outcome"] for r in records[:3]] == ["completed", "completed", "rejected"]
     assert records[0]["route"] == "any_wildcard" and records[0]["peer"] in mock.origin
     assert records[0]["ttfb_ms"] > 0 and records[0]["status"] == 200
     assert all(r["route"] != "get_health" for r in records)  # static routes are not audited
@@ -108,7 +112,7 @@ def test_rotation_by_size_compresses_and_keeps_max_backups(mock: MockUpstream,
     assert len(backups) <= 2
     for backup in directory.glob("access.log.*.gz"):
         lines = _lines(backup)
-        assert lines and all(line.count(" ") == 8 for line in lines)
+        assert lines and all(line.count(" ") == 9 for line in lines)
     assert (os.stat(directory / "access.log").st_mode & 0o777) == 0o640
     assert (os.stat(directory).st_mode & 0o777) == 0o750
 
