@@ -21,8 +21,7 @@ once per request and the result is never recomputed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from li_httpd.config import Found, PathError, normalize_path
 from li_httpd.config.matching import normalize_host
@@ -49,8 +48,7 @@ _CHALLENGE = b'Bearer realm="li-httpd"'
 _CHALLENGE_INVALID = b'Bearer realm="li-httpd", error="invalid_token"'
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Reject(NamedTuple):
     status: int
     reason: RejectReason
     request_id: bytes
@@ -63,8 +61,7 @@ class Reject:
     caller: Caller | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
+class Admitted(NamedTuple):
     plan: RoutePlan
     path: str
     """The normalized request path."""
