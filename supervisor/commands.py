@@ -7,7 +7,7 @@ import argparse
 import sys
 
 import orjson
-from li_httpd.config import ConfigError, Found, LoadedConfig, PathError, Router, load
+from li_httpd.config import EMBEDDED_NAME, ConfigError, Found, LoadedConfig, PathError, Router, load
 from li_httpd.config.matching import normalize_host
 from li_httpd.config.paths import normalize_path
 
@@ -31,7 +31,9 @@ def validate_config(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
         return EXIT_CONFIG
-    print("ok")
+    checked = "embedded default config" if loaded.filename == EMBEDDED_NAME \
+        else loaded.filename
+    print(f"ok: {checked}")
     return EXIT_OK
 
 

@@ -114,3 +114,34 @@ def test_ctl_status_prints_to_a_reader(control_socket: str) -> None:
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("li-httpd 0.1.0  pid 1234")
+
+
+# -- validate-config says what it checked -------------------------------------------------
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_command(*args), capture_output=True, text=True,
+                          env=env or _env(), timeout=TIMEOUT, check=False)
+
+
+def test_validate_config_names_the_embedded_default() -> None:
+    result = _run("validate-config", "-c", ":embedded:")
+    assert (result.returncode, result.stdout) == (0, "ok: embedded default config\n")
+
+
+def test_validate_config_names_the_file_it_found(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n'
+                      '[routes]\n"GET /health" = "static:healthcheck"\n')
+    result = _run("validate-config", env={**_env(), "LI_HTTPD_CONFIG": str(config)})
+    assert (result.returncode, result.stdout) == (0, f"ok: {config}\n")
+    result = _run("validate-config", "-c", str(config))
+    assert (result.returncode, result.stdout) == (0, f"ok: {config}\n")
+
+
+def test_validate_config_refuses_a_file_without_routes(tmp_path: Path) -> None:
+    config = tmp_path / "empty.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n')
+    result = _run("validate-config", "-c", str(config))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"{config}: routes: the config has no routes")

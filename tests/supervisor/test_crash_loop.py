@@ -11,7 +11,8 @@ from li_httpd.config import load_text
 from li_httpd.shm.state import Layout, SharedState
 from li_httpd.supervisor.master import CRASH_LIMIT, CRASH_WINDOW, Generation, Master, WorkerSlot
 
-CONFIG = '[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 2\n'
+CONFIG = ('[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 2\n'
+          '[routes]\n"GET /health" = "static:healthcheck"\n')
 
 
 def _master_with(crashes: list[list[float]]) -> Master:
