@@ -7,6 +7,7 @@ end is already closed, so every write fails (no race with a real ``head``).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,55 @@ def test_validate_config_refuses_a_file_without_routes(tmp_path: Path) -> None:
     result = _run("validate-config", "-c", str(config))
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(f"{config}: routes: the config has no routes")
+
+
+# -- explain-route: refusals exit 1; a route shows its auth and rate limit ---------------
+
+ROUTED = '''[server]
+listen = "127.0.0.1:8080"
+profile = "dev"
+
+[upstreams.inference]
+peers = ["http://127.0.0.1:8000"]
+
+[auth]
+keys = [{ id = "ci", sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" }]
+
+[defaults.rate_limit]
+requests_per_sec = 7
+burst = 9
+
+[routes]
+"GET /health" = "static:healthcheck"
+"POST /v1/*" = "proxy:inference"
+'''
+
+
+@pytest.fixture
+def routed(tmp_path: Path) -> Path:
+    config = tmp_path / "routed.toml"
+    config.write_text(ROUTED)
+    return config
+
+
+def _explain(config: Path, method: str, path: str) -> tuple[int, Any]:
+    result = _run("explain-route", "-c", str(config), "--method", method,
+                  "--host", "localhost", "--path", path)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_explain_route_shows_auth_and_the_effective_rate_limit(routed: Path) -> None:
+    assert _explain(routed, "POST", "/v1/chat/completions") == (0, {
+        "route": "post_v1_wildcard", "action": "proxy", "target": "inference",
+        "upstream_path": "/v1/chat/completions", "auth": "api_key",
+        "rate_limit": {"key": "api_key", "requests_per_sec": 7, "burst": 9,
+                       "concurrent_streams": 32}})
+    code, health = _explain(routed, "GET", "/health")
+    assert code == 0 and (health["auth"], health["rate_limit"]) == ("none", None)
+
+
+def test_explain_route_exits_1_when_the_request_would_be_refused(routed: Path) -> None:
+    assert _explain(routed, "GET", "/nowhere") == (1, {"status": 404})
+    assert _explain(routed, "GET", "/v1/models") == (1, {"status": 405, "allow": ["POST"]})
+    code, answer = _explain(routed, "GET", "/a/../b")
+    assert code == 1 and answer["status"] == 400
