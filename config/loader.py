@@ -19,9 +19,9 @@ from typing import Any
 
 from .desugar import desugar
 from .locate import KeyPath, SourceMap, format_path
-from .model import Config, Route
+from .model import RATE_LIMIT_EXEMPT, Config, Route
 from .problems import ConfigError, Problem, Problems
-from .schema import Decoder, InvalidValue, emit
+from .schema import Decoder, InvalidValue, Note, emit
 from .validate import validate
 
 DEFAULT_PATH = "/etc/li-httpd/li-httpd.toml"
@@ -92,35 +92,58 @@ def load_text(text: str, filename: str) -> LoadedConfig:
     source = SourceMap(text)
     problems = Problems()
     result = desugar(raw, problems)
-    config = _decode(result.data, problems)
-    if config is not None and not problems.errors:
-        validate(config, problems)
+    # Desugaring only reports route problems (and drops the routes it cannot read).
+    broken: list[KeyPath] = [("route",)] if problems.errors else []
+    config = _decode(result.data, problems, broken)
+    # With errors already found, the cross-field rules still run, except those that
+    # read a key that has an error (it holds a stand-in value): every error that does
+    # not depend on another one is reported in the same pass.
+    validate(config, problems, broken)
     located = [_locate(p, source, result.origins) for p in problems.items]
     located.sort(key=lambda p: (p.line, p.severity != "error"))
-    if config is None or any(p.severity == "error" for p in located):
+    if any(p.severity == "error" for p in located):
         raise ConfigError(filename, located)
     return LoadedConfig(config, filename, explain(config),
                         tuple(p for p in located if p.severity == "warning"))
 
 
-def _decode(data: dict[str, Any], problems: Problems) -> Config | None:
-    """Decode everything, then the routes, which inherit the decoded [defaults]."""
+def _decode(data: dict[str, Any], problems: Problems, broken: list[KeyPath]) -> Config:
+    """Decode everything, then the routes, which inherit the decoded [defaults].
+
+    Keys with errors decode to stand-ins (see :class:`~.schema.Decoder`); their paths
+    are added to ``broken``. Routes that cannot be built at all stand in as no routes.
+    """
     decoder = Decoder(problems)
     routes_raw = data.pop("route", [])
-    base: Config | None
-    try:
-        base = decoder.section(Config, data, ())
-    except InvalidValue:
-        base = None
+    base: Config = decoder.section(Config, data, ())  # every key of Config has a default
     try:
         routes = decoder.value(tuple[Route, ...], routes_raw, ("route",),
-                               inherited=base.defaults if base is not None else None)
+                               inherited=base.defaults)
+        routes = _exempt_from_default_rate_limit(routes, routes_raw)
     except InvalidValue:
-        return None
-    return None if base is None else dataclasses.replace(base, route=routes)
+        routes = ()
+        decoder.broken.append(("route",))
+    broken += decoder.broken
+    return dataclasses.replace(base, route=routes)
+
+
+def _exempt_from_default_rate_limit(routes: tuple[Route, ...],
+                                    raw: object) -> tuple[Route, ...]:
+    """Built-in responders (the healthcheck) do not inherit [defaults.rate_limit]: a
+    load balancer probing them must never get 429. A route's own [route.rate_limit]
+    still applies."""
+    if not isinstance(raw, list):
+        return routes
+    return tuple(
+        dataclasses.replace(route, rate_limit=None)
+        if route.static in RATE_LIMIT_EXEMPT and route.proxy is None
+        and isinstance(item, dict) and "rate_limit" not in item else route
+        for route, item in zip(routes, raw, strict=True))
 
 
 def _locate(problem: Problem, source: SourceMap, origins: dict[KeyPath, KeyPath]) -> Problem:
+    if problem.anchors:
+        return _locate_anchored(problem, source, origins)
     path = problem.path
     for end in range(len(path), 0, -1):
         origin = origins.get(path[:end])
@@ -131,8 +154,33 @@ def _locate(problem: Problem, source: SourceMap, origins: dict[KeyPath, KeyPath]
                                display_path=format_path(path))
 
 
+def _locate_anchored(problem: Problem, source: SourceMap,
+                     origins: dict[KeyPath, KeyPath]) -> Problem:
+    """A problem about settings that may be defaults: the line of the first anchor the
+    file writes, else no line at all (and the problem's note on the defaults)."""
+    for anchor in problem.anchors:
+        if source.has(anchor):
+            return dataclasses.replace(problem, line=source.line_of(anchor),
+                                       display_path=format_path(anchor))
+    message = f"{problem.message} ({problem.unwritten_note})" if problem.unwritten_note \
+        else problem.message
+    return dataclasses.replace(problem, line=0, display_path=format_path(problem.anchors[0]),
+                               message=message)
+
+
 def explain(config: Config) -> str:
     """The canonical TOML of a config (what ``explain-config`` prints)."""
     header = ("# li-httpd canonical configuration (explain-config).\n"
               "# Every default is filled in; this text validates and explains to itself.\n")
-    return header + emit(config)
+    return header + emit(config, note=_remarks(config))
+
+
+def _remarks(config: Config) -> Note:
+    def remark(section: object) -> str | None:
+        if isinstance(section, Route) and section.static in RATE_LIMIT_EXEMPT \
+                and section.rate_limit is None \
+                and config.defaults.rate_limit is not None:
+            return ("no rate limit: the built-in healthcheck is exempt from "
+                    "[defaults.rate_limit]\n(add [route.rate_limit] to limit it)")
+        return None
+    return remark

@@ -522,3 +522,8 @@ class Config:
 
 BUILTIN_STATIC = ("healthcheck",)
 """Built-in responders a route may name as ``static:<name>``."""
+
+RATE_LIMIT_EXEMPT = ("healthcheck",)
+"""Built-in responders ``[defaults.rate_limit]`` does not apply to (a route's own
+``[route.rate_limit]`` still does): they make no upstream call and answer a constant, so
+a limit only turns a load balancer's probes into 429s."""

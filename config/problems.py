@@ -2,7 +2,8 @@
 
 Every stage of the pipeline (TOML parse, desugar, decode, validate) reports into one
 :class:`Problems` collector so that a user sees all errors of a file at once, each as
-``FILE:LINE: key.path: message``.
+``FILE:LINE: key.path: message``. A problem about settings the file does not write
+(their defaults apply) has no line and reads ``FILE: key.path: message``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,20 @@ class Problem:
     rule: str
     severity: Severity = "error"
     line: int = 0
+    """1-based line in the file; 0 when the problem is not about any line of it."""
     display_path: str = ""
+    anchors: tuple[KeyPath, ...] = ()
+    """For a problem about settings a file may leave to their defaults: the keys it may
+    point at, in order of preference. The first one written in the file gives the line;
+    when none is, the problem has no line (never a made-up one)."""
+    unwritten_note: str = ""
+    """Appended to the message when none of ``anchors`` is written in the file."""
 
     def render(self, filename: str) -> str:
         where = self.display_path or format_path(self.path) or "(top level)"
         prefix = "warning: " if self.severity == "warning" else ""
-        return f"{filename}:{self.line}: {where}: {prefix}{self.message}"
+        at = f"{filename}:{self.line}" if self.line > 0 else filename
+        return f"{at}: {where}: {prefix}{self.message}"
 
 
 @dataclass
@@ -38,11 +47,15 @@ class Problems:
 
     items: list[Problem] = field(default_factory=list)
 
-    def error(self, path: KeyPath, rule: str, message: str) -> None:
-        self.items.append(Problem(path, message, rule))
+    def error(self, path: KeyPath, rule: str, message: str,
+              anchors: tuple[KeyPath, ...] = (), unwritten_note: str = "") -> None:
+        self.items.append(Problem(path, message, rule, anchors=anchors,
+                                  unwritten_note=unwritten_note))
 
-    def warning(self, path: KeyPath, rule: str, message: str) -> None:
-        self.items.append(Problem(path, message, rule, "warning"))
+    def warning(self, path: KeyPath, rule: str, message: str,
+                anchors: tuple[KeyPath, ...] = (), unwritten_note: str = "") -> None:
+        self.items.append(Problem(path, message, rule, "warning", anchors=anchors,
+                                  unwritten_note=unwritten_note))
 
     @property
     def errors(self) -> list[Problem]:

@@ -156,10 +156,19 @@ def suggest(word: str, choices: typing.Iterable[str]) -> str:
 
 
 class Decoder:
-    """Turns TOML data into typed config sections, reporting every problem found."""
+    """Turns TOML data into typed config sections, reporting every problem found.
+
+    A key whose value is wrong is reported and replaced by what the key would be without
+    it (its inherited value or its default), so that a section with a bad key still
+    decodes and the rules that do not read that key can still run. :attr:`broken` lists
+    the paths whose value is such a stand-in: a section holding an unknown key, or a key
+    whose value failed. Only a section that misses a required key (or is not a table)
+    cannot be built and raises :class:`InvalidValue`; its parent key then stands in.
+    """
 
     def __init__(self, problems: Problems) -> None:
         self.problems = problems
+        self.broken: list[KeyPath] = []
 
     def section(self, cls: type[Any], raw: object, path: KeyPath,
                 inherited: object | None = None) -> Any:
@@ -178,35 +187,41 @@ class Decoder:
             self._fail(path, "type", f"expected a table, got {_type_name(raw)}")
         fields = dataclasses.fields(cls)
         by_key = {toml_key(f): f for f in fields}
-        failed = False
         for key in raw:
             if key not in by_key:
                 hint = suggest(key, by_key)
                 self.problems.error((*path, key), "unknown_key",
                                     f"unknown key {key!r}{hint}")
-                failed = True
+                # A misspelt key leaves some key of this section at a value the user
+                # did not mean: treat the whole section as unknown.
+                self.broken.append(path)
         hints = field_types(cls)
         values: dict[str, Any] = {}
+        failed = False
         for f in fields:
             key = toml_key(f)
             spec = spec_of(f)
             inherited_value = getattr(inherited, f.name, None) if inherited is not None else None
-            try:
-                if key in raw:
-                    child_inherit = None if spec.inherit else inherited_value
+            if key in raw:
+                child_inherit = None if spec.inherit else inherited_value
+                try:
                     values[f.name] = self.value(hints[f.name], raw[key], (*path, key), spec,
                                                 child_inherit, base=_section_default(f, base))
-                elif spec.inherit and inherited_value is not None:
-                    values[f.name] = inherited_value
-                elif base is not None or has_default(f):
-                    default = getattr(base, f.name) if base is not None else default_of(f)
-                    # A section the user left out entirely still picks up inherited parts.
-                    if inherited_value is not None and dataclasses.is_dataclass(default):
-                        default = inherited_value
-                    values[f.name] = default
-                else:
-                    self._fail((*path, key), "required", f"missing required key {key!r}")
-            except InvalidValue:
+                    continue
+                except InvalidValue:
+                    self.broken.append((*path, key))
+            if spec.inherit and inherited_value is not None:
+                values[f.name] = inherited_value
+            elif base is not None or has_default(f):
+                default = getattr(base, f.name) if base is not None else default_of(f)
+                # A section the user left out entirely still picks up inherited parts.
+                if inherited_value is not None and dataclasses.is_dataclass(default):
+                    default = inherited_value
+                values[f.name] = default
+            elif key in raw:
+                failed = True  # reported while decoding it; nothing can stand in
+            else:
+                self.problems.error((*path, key), "required", f"missing required key {key!r}")
                 failed = True
         if failed:
             raise InvalidValue
@@ -408,14 +423,19 @@ def _is_table_value(tp: Any, value: Any, spec: Spec) -> bool:
     return False
 
 
-def emit(section: Any, header: tuple[str, ...] = ()) -> str:
+Note = Callable[[Any], str | None]
+"""A comment to print under a table's header (explain-config's remarks), or None."""
+
+
+def emit(section: Any, header: tuple[str, ...] = (), note: Note | None = None) -> str:
     """Print a config section (and everything below it) as canonical TOML."""
     lines: list[str] = []
-    _emit_table(section, header, lines, array=False)
+    _emit_table(section, header, lines, array=False, note=note)
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def _emit_table(section: Any, header: tuple[str, ...], lines: list[str], *, array: bool) -> None:
+def _emit_table(section: Any, header: tuple[str, ...], lines: list[str], *, array: bool,
+                note: Note | None = None) -> None:
     hints = field_types(type(section))
     body: list[str] = []
     nested: list[tuple[dataclasses.Field[Any], Any]] = []
@@ -440,6 +460,9 @@ def _emit_table(section: Any, header: tuple[str, ...], lines: list[str], *, arra
         name = ".".join(_toml_key(h) for h in header)
         lines.append("")
         lines.append(f"[[{name}]]" if array else f"[{name}]")
+    remark = note(section) if note is not None else None
+    if remark:
+        lines.extend(f"# {text}" for text in remark.splitlines())
     lines.extend(body)
     for f, value in nested:
         child = (*header, toml_key(f))
@@ -447,9 +470,9 @@ def _emit_table(section: Any, header: tuple[str, ...], lines: list[str], *, arra
         origin = typing.get_origin(tp)
         if origin in (Mapping, dict):
             for name, item in value.items():
-                _emit_table(item, (*child, name), lines, array=False)
+                _emit_table(item, (*child, name), lines, array=False, note=note)
         elif origin is tuple:
             for item in value:
-                _emit_table(item, child, lines, array=True)
+                _emit_table(item, child, lines, array=True, note=note)
         else:
-            _emit_table(value, child, lines, array=False)
+            _emit_table(value, child, lines, array=False, note=note)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -20,7 +20,7 @@ from cryptography import x509
 from . import checks
 from .locate import KeyPath
 from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
-from .model import BUILTIN_STATIC, Config, Match, RateLimit, Route, RouteCensor
+from .model import BUILTIN_STATIC, RATE_LIMIT_EXEMPT, Config, Match, RateLimit, Route, RouteCensor
 from .problems import Problems
 from .schema import suggest
 
@@ -45,6 +45,8 @@ RULES: tuple[Rule, ...] = (
     Rule("ceiling", "A value above the schema ceiling (limits may only be tightened)."),
     Rule("minimum", "A value below the schema minimum."),
     Rule("required", "A required key is missing."),
+    Rule("no_routes", "A config without any route (it would answer every request with "
+                      "404); the message shows how to add one."),
     Rule("routes_mixed", "The easy [routes] form mixed with canonical [[route]] tables."),
     Rule("route_syntax", "An easy route key or target that cannot be read unambiguously."),
     Rule("duplicate_route", "Two easy route keys that mean the same match."),
@@ -87,7 +89,8 @@ RULES: tuple[Rule, ...] = (
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
                         "currently valid (a warning when it expires within 30 days)."),
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
-                              "or [defaults.rate_limit])."),
+                              "or [defaults.rate_limit]), except the built-in healthcheck "
+                              "(no upstream call, a constant answer)."),
     Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true."),
     Rule("auth", "Keys: unique ids and hashes; a route with auth = api_key needs keys."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
@@ -107,13 +110,27 @@ RULES: tuple[Rule, ...] = (
 _RULE_IDS = frozenset(rule.id for rule in RULES)
 
 
-def validate(config: Config, problems: Problems) -> None:
-    """Run every cross-field rule, appending to ``problems``."""
-    for check in _CHECKS:
-        check(config, problems)
+def validate(config: Config, problems: Problems, broken: Iterable[KeyPath] = ()) -> None:
+    """Run every cross-field rule, appending to ``problems``.
+
+    ``broken``: key paths that already have an error and hold a stand-in value (see
+    :class:`~.schema.Decoder`). A rule that reads any of them is skipped: its verdict
+    would be about a value the user did not write. The others still run, so that one
+    pass reports every error that does not depend on another.
+    """
+    broken = tuple(broken)
+    for check, reads in _CHECKS:
+        if not any(_overlaps(path, read) for path in broken for read in reads):
+            check(config, problems)
     unknown = {p.rule for p in problems.items} - _RULE_IDS
     if unknown:
         raise AssertionError(f"undocumented rule ids: {sorted(unknown)}")
+
+
+def _overlaps(path: KeyPath, read: KeyPath) -> bool:
+    """True when one path lies within the other."""
+    shorter = min(len(path), len(read))
+    return path[:shorter] == read[:shorter]
 
 
 def is_public(config: Config) -> bool:
@@ -146,6 +163,17 @@ def _check_targets(config: Config, problems: Problems) -> None:
                            f"static target {route.static!r} is neither a declared "
                            f"[static.{route.static}] nor a built-in responder "
                            f"({', '.join(BUILTIN_STATIC)}){hint}")
+
+
+def _check_has_routes(config: Config, problems: Problems) -> None:
+    if config.route:
+        return
+    problems.error(("routes",), "no_routes",
+                   "the config has no routes: every request would get 404; add a [routes] "
+                   "table, e.g. [routes] \"GET /health\" = \"static:healthcheck\" and "
+                   "\"/v1/*\" = \"proxy:<upstream>\" with an [upstreams.<upstream>] "
+                   "peers = [\"http://127.0.0.1:8000\"]",
+                   anchors=(("routes",), ("route",)))
 
 
 def _check_names_and_priorities(config: Config, problems: Problems) -> None:
@@ -471,9 +499,15 @@ def _check_profile(config: Config, problems: Problems) -> None:
                        "a public listener requires the audit log")
     censor = config.leak_censor
     if server.profile == "production" and not censor.enabled and not censor.ack_disable_censor:
-        problems.warning(("leak_censor", "enabled"), "censor_disabled",
-                         "the leak censor is off under production; enable it or set "
-                         "ack_disable_censor = true")
+        # Points at the profile line (or the censor switch) when the file writes one;
+        # both may be defaults, and then there is no line to point at.
+        problems.warning(("server", "profile"), "censor_disabled",
+                         "the leak censor is off under production; enable it with "
+                         "[leak_censor] enabled = true or set ack_disable_censor = true",
+                         anchors=(("server", "profile"), ("leak_censor", "enabled")),
+                         unwritten_note="no [server] profile is set, so the default "
+                                        "\"production\" applies, and [leak_censor] enabled "
+                                        "defaults to false")
 
 
 # -- policy sections ----------------------------------------------------------------------
@@ -507,7 +541,9 @@ def _check_rate_limits(config: Config, problems: Problems) -> None:
             problems.error((*base, "rate_limit", "key"), "ip_key",
                            "key = \"ip\" merges every client behind one address; set "
                            "allow_ip_key = true to accept that")
-        if route is not None and public and route.rate_limit is None:
+        exempt = route is not None and route.static in RATE_LIMIT_EXEMPT \
+            and route.proxy is None
+        if route is not None and public and route.rate_limit is None and not exempt:
             problems.error(base, "public_rate_limit",
                            f"route {route.name!r} is on a public listener and has no rate "
                            "limit; add [route.rate_limit] or [defaults.rate_limit]")
@@ -554,20 +590,31 @@ def _check_censor(config: Config, problems: Problems) -> None:
                            "include_generated needs [leak_censor] generated_file")
 
 
-_CHECKS: tuple[Callable[[Config, Problems], None], ...] = (
-    _check_targets,
-    _check_names_and_priorities,
-    _check_matches,
-    _check_shadowing,
-    _check_acme_reserved,
-    _check_upstreams,
-    _check_static_root,
-    _check_listeners,
-    _check_lets_encrypt,
-    _check_manual_cert,
-    _check_profile,
-    _check_rate_limits,
-    _check_header_policies,
-    _check_auth,
-    _check_censor,
+# What each rule reads, as key paths of the canonical config. Routes also depend on
+# what desugaring filled into them: server.host (their default host) and auth.keys
+# (their default auth).
+_ROUTES: tuple[KeyPath, ...] = (("route",), ("server", "host"), ("auth", "keys"))
+_LISTEN: KeyPath = ("server", "listen")
+_TLS: KeyPath = ("server", "tls")
+_DEFAULTS: KeyPath = ("defaults",)
+# [log] dir is filled from the profile when the file does not set it.
+_LOG: tuple[KeyPath, ...] = (("log",), ("server", "profile"))
+
+_CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], ...] = (
+    (_check_has_routes, _ROUTES),
+    (_check_targets, (*_ROUTES, ("upstreams",), ("static",))),
+    (_check_names_and_priorities, _ROUTES),
+    (_check_matches, (*_ROUTES, _LISTEN)),
+    (_check_shadowing, _ROUTES),
+    (_check_acme_reserved, (*_ROUTES, _TLS)),
+    (_check_upstreams, (("upstreams",),)),
+    (_check_static_root, (("static",), *_LOG, _TLS, ("server", "control_socket"))),
+    (_check_listeners, (_LISTEN, _TLS, ("metrics",))),
+    (_check_lets_encrypt, (*_ROUTES, _TLS)),
+    (_check_manual_cert, (_TLS,)),
+    (_check_profile, (("server",), *_LOG, ("leak_censor",))),
+    (_check_rate_limits, (*_ROUTES, _DEFAULTS, _LISTEN)),
+    (_check_header_policies, (*_ROUTES, _DEFAULTS)),
+    (_check_auth, (*_ROUTES, ("auth",))),
+    (_check_censor, (*_ROUTES, _DEFAULTS, ("leak_censor",))),
 )

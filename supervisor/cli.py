@@ -7,13 +7,17 @@ turns their results into exit codes (0 ok, 1 config error, 2 start/bind error).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from li_httpd.config import VERSION
 
 from . import commands
 from .ctl import run as ctl_command
+
+EXIT_BROKEN_PIPE = 1
+"""Exit code when the reader of stdout went away (the Python docs' SIGPIPE recipe)."""
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["mock-upstream"]:
-        return commands.mock_upstream(arguments[1:])
+        return _quiet_on_broken_pipe(lambda: commands.mock_upstream(arguments[1:]))
     args = build_parser().parse_args(arguments)
     handlers = {
         "validate-config": commands.validate_config,
@@ -79,7 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hash-key": commands.hash_key,
         "ctl": ctl_command,
     }
-    return handlers[args.command](args)
+    return _quiet_on_broken_pipe(lambda: handlers[args.command](args))
+
+
+def _quiet_on_broken_pipe(command: Callable[[], int]) -> int:
+    """Run a command whose stdout may be a pipe that closes early (``li-httpd ctl status
+    | head -1``): stop quietly, as the Python docs recommend for SIGPIPE, instead of a
+    BrokenPipeError traceback. Output is flushed inside the ``try`` so that a broken pipe
+    surfaces here and not in the interpreter's final flush."""
+    try:
+        code = command()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at devnull so that flush cannot
+        # fail a second time and print "Exception ignored ... BrokenPipeError".
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ import argparse
 import sys
 
 import orjson
-from li_httpd.config import ConfigError, Found, LoadedConfig, PathError, Router, load
+from li_httpd.config import EMBEDDED_NAME, ConfigError, Found, LoadedConfig, PathError, Router, load
 from li_httpd.config.matching import normalize_host
 from li_httpd.config.paths import normalize_path
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
+EXIT_NO_ROUTE = 1
+"""explain-route: the request would be refused (400, 404 or 405) instead of routed."""
 
 
 def _load_or_report(path: str | None) -> LoadedConfig | None:
@@ -31,7 +33,9 @@ def validate_config(args: argparse.Namespace) -> int:
     loaded = _load_or_report(args.config)
     if loaded is None:
         return EXIT_CONFIG
-    print("ok")
+    checked = "embedded default config" if loaded.filename == EMBEDDED_NAME \
+        else loaded.filename
+    print(f"ok: {checked}")
     return EXIT_OK
 
 
@@ -60,14 +64,23 @@ def explain_route(args: argparse.Namespace) -> int:
         path = normalize_path(raw_path)
     except PathError as exc:
         _print_json({"status": 400, "error": str(exc)})
-        return EXIT_OK
+        return EXIT_NO_ROUTE
     result = Router(loaded.config.route).lookup(args.method.upper(), normalize_host(args.host),
                                                 path, headers)
-    if isinstance(result, Found):
-        _print_json({"route": result.route.name, "action": result.route.action,
-                     "target": result.route.target, "upstream_path": result.upstream_path})
-    else:
-        _print_json({"status": result.status})
+    if not isinstance(result, Found):
+        answer: dict[str, object] = {"status": result.status}
+        if result.status == 405:
+            answer["allow"] = list(result.allow)
+        _print_json(answer)
+        return EXIT_NO_ROUTE
+    route = result.route.route
+    limit = route.rate_limit
+    _print_json({"route": result.route.name, "action": result.route.action,
+                 "target": result.route.target, "upstream_path": result.upstream_path,
+                 "auth": route.auth,
+                 "rate_limit": None if limit is None else {
+                     "key": limit.key, "requests_per_sec": limit.requests_per_sec,
+                     "burst": limit.burst, "concurrent_streams": limit.concurrent_streams}})
     return EXIT_OK
 
 

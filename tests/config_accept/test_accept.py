@@ -78,14 +78,15 @@ def test_accept_through_cli(path: Path, written: dict[str, Path],
     loaded = load_text(written[path.name].read_text(encoding="utf-8"), str(written[path.name]))
     validate = runs["validate"]
     assert validate.returncode == 0, validate.stderr
-    assert validate.stdout == "ok\n"
+    assert validate.stdout == f"ok: {written[path.name]}\n"
     assert validate.stderr.splitlines() == [w.render(str(written[path.name]))
                                             for w in loaded.warnings]
     first, second = runs["first"], runs["second"]
     assert first.returncode == 0, first.stderr
     assert first.stdout == loaded.canonical
     assert runs["validate_canonical"].returncode == 0, runs["validate_canonical"].stderr
-    assert runs["validate_canonical"].stdout == "ok\n"
+    assert runs["validate_canonical"].stdout == \
+        f"ok: {written[path.name].with_suffix('.explained.toml')}\n"
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
 

@@ -152,6 +152,9 @@ def test_list_public_auth_golden(config_env: Any) -> None:
                                              {"name": "x-tier", "equals": "pro"}]
     for route in routes:
         assert route["match"]["host"] == {"type": "any", "value": ""}
+    # The built-in healthcheck does not inherit [defaults.rate_limit]; every other does.
+    assert "rate_limit" not in routes[0]
+    for route in routes[1:]:
         assert route["rate_limit"] == data["defaults"]["rate_limit"]
     assert data["defaults"]["rate_limit"]["key"] == "agent_id"
     assert data["defaults"]["rate_limit"]["requests_per_sec"] == 25

@@ -6,12 +6,14 @@ starts with header comments naming what must be reported:
     # expect: LINE RULE_ID substring of the message      (an error)
     # warning: LINE RULE_ID substring of the message     (a warning; exit 0)
 
-LINE is the 1-based line of the offending key in that file. ``@NAME@`` placeholders
+LINE is the 1-based line of the offending key in that file, or 0 for a problem about
+settings the file leaves to their defaults (printed without a line: ``FILE: key.path:
+message``). ``@NAME@`` placeholders
 (static roots, generated certificates) are filled from the ``config_env`` fixture.
 
 Each file is checked in-process (load_text) and through ``li-httpd validate-config``:
 exit 1 with exactly one ``FILE:LINE: key.path: message`` line per problem on stderr
-(exit 0 and ``ok`` when only warnings are expected).
+(exit 0 and ``ok: FILE`` when only warnings are expected).
 """
 
 from __future__ import annotations
@@ -156,16 +158,17 @@ def test_reject_through_cli(path: Path, written: dict[str, Path],
     problems, failed = _problems(written[path.name].read_text(encoding="utf-8"), filename)
     lines = result.stderr.splitlines()
     assert lines == [p.render(filename) for p in problems]
-    line_format = re.compile(re.escape(filename) + r":(\d+): (\S.*?): (\S.*)")
+    line_format = re.compile(re.escape(filename) + r"(:[1-9]\d*)?: (\S.*?): (\S.*)")
     for line in lines:
         assert line_format.fullmatch(line), f"not FILE:LINE: key.path: message: {line!r}"
     for expectation in expectations:
-        assert any(f"{filename}:{expectation.line}: " in line and expectation.text in line
+        where = f"{filename}:{expectation.line}: " if expectation.line else f"{filename}: "
+        assert any(line.startswith(where) and expectation.text in line
                    for line in lines), f"{expectation} not printed"
     if failed:
         assert result.returncode == 1, result
         assert result.stdout == ""
     else:
         assert result.returncode == 0, result
-        assert result.stdout == "ok\n"
+        assert result.stdout == f"ok: {filename}\n"
         assert all(": warning: " in line for line in lines)

@@ -104,6 +104,21 @@ def test_rate_limit_is_exact_across_workers(mock: MockUpstream, start_gateway) -
     assert abs(len(admitted) - expected) <= 0.03 * expected, (len(admitted), expected)
 
 
+def test_healthcheck_is_exempt_from_the_default_rate_limit(mock: MockUpstream,
+                                                           start_gateway) -> None:
+    """A load balancer probing GET /health never gets 429 from [defaults.rate_limit];
+    the proxied routes keep the limit."""
+    gateway = start_gateway(_limited(mock, rps=1, burst=2))
+    client = Client(gateway)
+    try:
+        health = [client.get("/health")[0] for _ in range(30)]
+        proxied = [client.get("/small")[0] for _ in range(10)]
+    finally:
+        client.close()
+    assert health == [200] * 30
+    assert proxied.count(429) >= 7, proxied
+
+
 def test_retry_after_when_honoured_succeeds(mock: MockUpstream, start_gateway) -> None:
     gateway = start_gateway(_limited(mock, rps=1, burst=2))
     client = Client(gateway)

@@ -366,7 +366,8 @@ def test_config_and_bind_errors_exit_codes(tmp_path: Path) -> None:
     holder.listen()
     busy = tmp_path / "busy.toml"
     busy.write_text(f'[server]\nlisten = "127.0.0.1:{holder.getsockname()[1]}"\n'
-                    f'profile = "dev"\n[log]\ndir = "{tmp_path}/logs"\n')
+                    f'profile = "dev"\n[log]\ndir = "{tmp_path}/logs"\n'
+                    '[routes]\n"GET /health" = "static:healthcheck"\n')
     result = subprocess.run([sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
                              str(busy)], capture_output=True, text=True, timeout=30, check=False)
     holder.close()

@@ -185,14 +185,22 @@ def test_case_through_cli(file_name: str, case: dict[str, Any],
                           cli_results: dict[tuple[str, str], Any]) -> None:
     loaded, _ = case_configs[file_name]
     result = cli_results[(file_name, case["id"])]
-    assert result.returncode == 0, result.stderr
+    expected = _route_in_process(loaded, case["request"])
+    # Exit 1 when the request would be refused (400, 404, 405), 0 when it is routed.
+    assert result.returncode == (1 if "status" in expected else 0), result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, result.stdout
     printed = json.loads(lines[0])
-    _check_expectation(printed, case["expect"], with_allow=False)
-    expected = _route_in_process(loaded, case["request"])
-    expected.pop("allow", None)
+    _check_expectation(printed, case["expect"], with_allow=True)
     if expected.get("status") == 400:
         assert set(printed) == {"status", "error"}, printed
         printed.pop("error")
+    if "route" in expected:
+        # A matched route also shows whether auth applies and its effective rate limit.
+        route = next(r for r in loaded.config.route if r.name == expected["route"])
+        limit = route.rate_limit
+        expected["auth"] = route.auth
+        expected["rate_limit"] = None if limit is None else {
+            "key": limit.key, "requests_per_sec": limit.requests_per_sec,
+            "burst": limit.burst, "concurrent_streams": limit.concurrent_streams}
     assert printed == expected
