@@ -50,6 +50,10 @@ class SourceMap:
         self._aot_index: dict[KeyPath, int] = {}
         self._scan()
 
+    def has(self, path: KeyPath) -> bool:
+        """True when ``path`` itself (not an ancestor) appears in the text."""
+        return path in self._lines
+
     def line_of(self, path: KeyPath) -> int:
         """Line of ``path``, or of its nearest recorded ancestor; 1 if none is known."""
         for end in range(len(path), 0, -1):
