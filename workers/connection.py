@@ -26,6 +26,7 @@ import contextlib
 import socket
 import time
 import traceback
+from collections.abc import Awaitable
 
 import orjson
 import trio
@@ -221,13 +222,13 @@ class ClientConnection:
                 raise HttpError(400, "request body truncated")
             reader.feed(data)
 
-    async def respond(self, status: int, data: bytes, phase: Phase) -> None:
+    def respond(self, status: int, data: bytes, phase: Phase) -> Awaitable[None]:
         if self.exchange is not None:
             self.exchange.responding(status, phase)
-        await self.io.send_all(data)
+        return self.io.send_all(data)
 
-    async def send(self, data: bytes) -> None:
-        await self.io.send_all(data)
+    def send(self, data: bytes) -> Awaitable[None]:
+        return self.io.send_all(data)
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
         await self.io.sendfile(fd, offset, count)

@@ -9,6 +9,7 @@ module is all of the connection they import. Every method may raise
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from .exchange import Handled, Outcome, Phase
@@ -28,11 +29,12 @@ class ClientPort(Protocol):
         fast). Raises :class:`~.http1.HttpError` on a malformed or truncated body and
         :class:`~.sockio.ClientGone` when the client's stream breaks."""
 
-    async def respond(self, status: int, data: bytes, phase: Phase) -> None:
+    def respond(self, status: int, data: bytes, phase: Phase) -> Awaitable[None]:
         """Write a response head (``data`` may carry body bytes after it); ``phase``
-        says how the body that follows is framed."""
+        says how the body that follows is framed. (Like :meth:`send`, a plain method
+        returning the write's awaitable: no coroutine layer of its own per response.)"""
 
-    async def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> Awaitable[None]:
         """Write more response body."""
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
