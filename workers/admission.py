@@ -16,7 +16,11 @@ steps, in order, each able to refuse:
    releases it (:meth:`Admitted.release`).
 
 The only state touched is the shared-memory limit table (step 6), which is why this runs
-once per request and the result is never recomputed.
+once per request and the result is never recomputed; and a memo of recent route
+resolutions (steps 2 and 3): when no route has header literals, the normalized path and
+the route depend on the raw method, host and path alone, which a gateway sees the same
+few of over and over. The memo is bounded (it starts over after :data:`RESOLVED_MAX`
+entries, so random paths cost one insert each) and holds only successful lookups.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ RejectReason = Literal["body_too_large", "bad_path", "no_route", "method_not_all
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
                                     "OPTIONS")}
 _NOBODY = Caller(None, False)
+RESOLVED_MAX = 4096
 _LIMIT_MESSAGES: dict[str, str] = {
     "rate": "rate limit exceeded",
     "streams": "too many concurrent streams for this key",
@@ -86,20 +91,30 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
     which a client's allowed ``x-request-id`` may replace. See the module docstring."""
     if head.content_length is not None and head.content_length > ctx.limits.max_body:
         return Reject(413, "body_too_large", request_id, keep_alive=False)
-    try:
-        path = normalize_path(head.path.decode("latin-1"))
-    except PathError as exc:
-        return Reject(400, "bad_path", request_id, f"invalid path: {exc}")
-    host = normalize_host(head.host.decode("latin-1")) if head.host else ""
-    method = _METHODS.get(head.method) or head.method.decode("latin-1")
-    headers = ({n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
-               if ctx.router.needs_headers else {})
-    result = ctx.router.lookup(method, host, path, headers)
-    if not isinstance(result, Found):
-        if result.allow:
-            return Reject(result.status, "method_not_allowed", request_id,
-                          headers=((b"allow", ", ".join(result.allow).encode()),))
-        return Reject(result.status, "no_route", request_id)
+    raw = (head.method, head.host, head.path)
+    resolved = ctx.resolved.get(raw)
+    if resolved is None:
+        try:
+            path = normalize_path(head.path.decode("latin-1"))
+        except PathError as exc:
+            return Reject(400, "bad_path", request_id, f"invalid path: {exc}")
+        host = normalize_host(head.host.decode("latin-1")) if head.host else ""
+        method = _METHODS.get(head.method) or head.method.decode("latin-1")
+        router = ctx.router
+        headers = ({n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
+                   if router.needs_headers else {})
+        result = router.lookup(method, host, path, headers)
+        if not isinstance(result, Found):
+            if result.allow:
+                return Reject(result.status, "method_not_allowed", request_id,
+                              headers=((b"allow", ", ".join(result.allow).encode()),))
+            return Reject(result.status, "no_route", request_id)
+        if not router.needs_headers:
+            if len(ctx.resolved) >= RESOLVED_MAX:
+                ctx.resolved.clear()
+            ctx.resolved[raw] = (path, result)
+    else:
+        path, result = resolved
     plan = ctx.plans[result.route.name]
     policy = plan.policy
     missing = policy.missing_required(head.headers)

@@ -13,7 +13,7 @@ import random
 import ssl
 from dataclasses import dataclass
 
-from li_httpd.config import LoadedConfig, Router
+from li_httpd.config import Found, LoadedConfig, Router
 from li_httpd.config.model import RateLimit, Route
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
@@ -91,7 +91,8 @@ def _seed(config: LoadedConfig) -> bytes:
 
 class WorkerContext:
     __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "log", "metrics",
-                 "plans", "request_ids", "router", "server_tls", "shared", "timeouts")
+                 "plans", "request_ids", "resolved", "router", "server_tls", "shared",
+                 "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
                  shared: SharedState | None = None, slot: int = 0,
@@ -117,6 +118,8 @@ class WorkerContext:
         self.timeouts = Timeouts(limits.header_timeout / 1000, limits.body_timeout / 1000,
                                  limits.keepalive_timeout / 1000, limits.send_timeout / 1000)
         self.router = Router(config.route)
+        self.resolved: dict[tuple[bytes, bytes | None, bytes], tuple[str, Found]] = {}
+        """Recent route resolutions by raw (method, host, path): see admission.py."""
         self.housekeeping = Housekeeping()
         self.request_ids = RequestIds(_seed(loaded))
         ids = peer_ids(config)

@@ -193,3 +193,25 @@ def test_rate_and_stream_limits(ctx: WorkerContext) -> None:
     assert isinstance(again, Admitted)
     again.release(ctx)
     second.release(ctx)
+
+
+def test_route_resolutions_are_remembered_within_bounds(
+        ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    from li_httpd.workers import admission
+    monkeypatch.setattr(admission, "RESOLVED_MAX", 4)
+    for n in range(20):
+        raw = f"POST /open/{n}/x HTTP/1.1\nhost: a\n"
+        for _ in range(2):  # the second answer comes from the memo and is the same
+            verdict = admit(head(raw), "", b"gw", ctx)
+            assert isinstance(verdict, Admitted) and verdict.upstream_path == f"/{n}/x"
+            assert verdict.path == f"/open/{n}/x"
+        assert len(ctx.resolved) <= 4
+    # Refusals are not remembered: a bad path stays a 400, a miss a 404, each time.
+    for raw, status in (("GET /open/a%2Fb HTTP/1.1\nhost: a\n", 400),
+                        ("GET /nowhere HTTP/1.1\nhost: a\n", 404)):
+        for _ in range(2):
+            verdict = admit(head(raw), "", b"gw", ctx)
+            assert isinstance(verdict, Reject) and verdict.status == status
+    # The same raw head with another method or host is resolved on its own.
+    other = admit(head("GET /open/1/x HTTP/1.1\nhost: a\n"), "", b"gw", ctx)
+    assert isinstance(other, Reject) and other.status == 405
