@@ -19,8 +19,10 @@ The only state touched is the shared-memory limit table (step 6), which is why t
 once per request and the result is never recomputed; and a memo of recent route
 resolutions (steps 2 and 3): when no route has header literals, the normalized path and
 the route depend on the raw method, host and path alone, which a gateway sees the same
-few of over and over. The memo is bounded (it starts over after :data:`RESOLVED_MAX`
-entries, so random paths cost one insert each) and holds only successful lookups.
+few of over and over. The memo is bounded in entries (it starts over after
+:data:`RESOLVED_MAX`, so random paths cost one insert each) and in size (only heads whose
+host and path together fit in :data:`RESOLVED_KEY_MAX` bytes are remembered: a client
+sending 30 KiB Host headers cannot pin memory), and it holds only successful lookups.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELE
                                     "OPTIONS")}
 _NOBODY = Caller(None, False)
 RESOLVED_MAX = 4096
+RESOLVED_KEY_MAX = 256
 _LIMIT_MESSAGES: dict[str, str] = {
     "rate": "rate limit exceeded",
     "streams": "too many concurrent streams for this key",
@@ -109,7 +112,8 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
                 return Reject(result.status, "method_not_allowed", request_id,
                               headers=((b"allow", ", ".join(result.allow).encode()),))
             return Reject(result.status, "no_route", request_id)
-        if not router.needs_headers:
+        if not router.needs_headers and \
+                len(head.path) + len(head.host or b"") <= RESOLVED_KEY_MAX:
             if len(ctx.resolved) >= RESOLVED_MAX:
                 ctx.resolved.clear()
             ctx.resolved[raw] = (path, result)

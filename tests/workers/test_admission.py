@@ -212,6 +212,12 @@ def test_route_resolutions_are_remembered_within_bounds(
         for _ in range(2):
             verdict = admit(head(raw), "", b"gw", ctx)
             assert isinstance(verdict, Reject) and verdict.status == status
+    # Long hosts or paths are resolved every time, never remembered (bounded memory).
+    ctx.resolved.clear()
+    long = admit(head(f"POST /open/{'p' * 300} HTTP/1.1\nhost: a\n"), "", b"gw", ctx)
+    assert isinstance(long, Admitted) and not ctx.resolved
+    long_host = admit(head(f"POST /open/x HTTP/1.1\nhost: {'h' * 300}\n"), "", b"gw", ctx)
+    assert isinstance(long_host, Admitted) and not ctx.resolved
     # The same raw head with another method or host is resolved on its own.
     other = admit(head("GET /open/1/x HTTP/1.1\nhost: a\n"), "", b"gw", ctx)
     assert isinstance(other, Reject) and other.status == 405
