@@ -1,0 +1,98 @@
+"""The cost of one proxied request through the connection actor, in one process.
+
+A real :class:`~li_httpd.workers.context.WorkerContext` and connection actor serve a
+socketpair; a scripted client sends keep-alive GETs one after the other and an
+in-process upstream answers each with a fixed 12-byte response. No load driver and no
+second process share the measurement, so the cost per request is steady enough to
+compare two builds of the request path:
+
+- ``python -m li_httpd.ops.bench.inproc N`` prints wall and CPU microseconds per request
+  (still subject to the machine's noise);
+- ``bash ops/bench/instructions [PYTHON...]`` runs it under valgrind's callgrind for two
+  request counts and prints instructions per request (the difference divided by the
+  difference in requests): the same number on every run of the same build, whatever
+  else the machine is doing. The client and upstream are part of every request's count,
+  so a change shows as a smaller percentage than the gateway alone would.
+
+May import: li_httpd.config, li_httpd.workers.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import trio
+from li_httpd.config import load_text
+from li_httpd.workers.connection import handle_connection
+from li_httpd.workers.context import WorkerContext
+
+WARMUP = 500
+RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n\r\n"
+            b"hello world\n")
+REQUEST = b"GET /small HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: inproc\r\n\r\n"
+
+
+async def _upstream(task_status: trio.TaskStatus[int]) -> None:
+    async def answer(stream: trio.SocketStream) -> None:
+        buffered = b""
+        while data := await stream.receive_some(65536):
+            buffered += data
+            while b"\r\n\r\n" in buffered:
+                _, _, buffered = buffered.partition(b"\r\n\r\n")
+                await stream.send_all(RESPONSE)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(answer, listeners)
+
+
+def _config(port: int) -> str:
+    return (f'[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n'
+            f'[limits]\nkeepalive_requests = 1000000\n'
+            f'[upstreams.u]\npeers = ["http://127.0.0.1:{port}"]\n'
+            f'[routes]\n"GET /health" = "static:healthcheck"\n"GET /*" = "proxy:u"\n')
+
+
+async def measure(requests: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per proxied request, after a warm-up."""
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(_upstream)
+        ctx = WorkerContext(load_text(_config(port), "inproc.toml"))
+        await nursery.start(ctx.housekeeping.run)
+        served, client_end = socket.socketpair()
+        nursery.start_soon(handle_connection, ctx, served, ("127.0.0.1", 1))
+        client = trio.SocketStream(trio.socket.from_stdlib_socket(client_end))
+
+        async def one() -> None:
+            await client.send_all(REQUEST)
+            received = b""
+            while not received.endswith(b"hello world\n"):
+                data = await client.receive_some(65536)
+                if not data:
+                    raise RuntimeError(f"the gateway closed the connection: {received!r}")
+                received += data
+            if not received.startswith(b"HTTP/1.1 200 "):
+                raise RuntimeError(f"unexpected response: {received!r}")
+
+        for _ in range(WARMUP):
+            await one()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(requests):
+            await one()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        nursery.cancel_scope.cancel()
+    ctx.close()
+    return wall / requests, cpu / requests
+
+
+def main(argv: list[str]) -> int:
+    requests = int(argv[0]) if argv else 20000
+    wall, cpu = trio.run(measure, requests)
+    print(f"{requests} requests: {wall * 1e6:.1f} us/request wall, "
+          f"{cpu * 1e6:.1f} us/request CPU")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
