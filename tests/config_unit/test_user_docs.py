@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The project's own docs: not those of packages installed under ops/ (hidden venvs).
 USER_DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
-                    *(ROOT / "ops").glob("**/README.md")])
+                    *(path for path in (ROOT / "ops").glob("**/README.md")
+                      if not any(part.startswith(".")
+                                 for part in path.relative_to(ROOT).parts))])
 _SHELL_BLOCK = re.compile(r"^```sh\n(.*?)^```", re.S | re.M)
 _BARE_COMMAND = re.compile(r"(^|[|;&]\s*|sudo\s+)li-httpd\s", re.M)
 
