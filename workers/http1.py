@@ -620,6 +620,12 @@ class ResponseReader(_MessageReader):
             except HttpError:
                 self._state = _FAILED
                 raise
+            if response.status == 101:
+                # The gateway never asks an upstream to switch protocols (Upgrade is
+                # hop-by-hop and never forwarded): whatever follows is not HTTP/1.1 this
+                # reader may frame, and the connection must never be reused.
+                self._state = _FAILED
+                raise UpstreamProtocolError(502, "unsolicited 101 Switching Protocols")
             if 100 <= response.status < 200:
                 continue  # interim responses (100 Continue, 103 Early Hints) are dropped
             no_body = self.request_was_head or response.status in _NO_BODY_STATUS

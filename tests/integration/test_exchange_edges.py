@@ -54,6 +54,14 @@ class _ScriptedUpstream(RawServer):
                     time.sleep(0.2)  # the gateway streams the first event on its own
                     conn.sendall(b"0\r\n\r\n")
                     conn.recv(65536)  # keep the connection until the gateway lets go
+                elif target == b"/switch":
+                    # A protocol switch nobody asked for, with an HTTP response after it
+                    # that a lenient proxy would relay and pool.
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                                 b"connection: upgrade\r\n\r\n"
+                                 b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled")
+                    if not conn.recv(65536):  # the gateway must close, never reuse
+                        self.closed_at = time.monotonic()
                 elif target == b"/reset":
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n"
                                  b"partial-")
@@ -161,3 +169,15 @@ def test_upstream_reset_mid_body_is_not_a_complete_response(upstream: _ScriptedU
     assert received.startswith(b"HTTP/1.1 200"), received
     assert b"partial-" in received
     assert not received.endswith(b"0\r\n\r\n"), received
+
+
+def test_an_unsolicited_protocol_switch_is_a_502_and_never_pooled(
+        upstream: _ScriptedUpstream, start_gateway) -> None:
+    gateway = start_gateway(gateway_config(upstream.origin, routes='"/" = "proxy:main"\n'))
+    reply = raw_exchange(gateway.port, b"GET /switch HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 502"), reply
+    assert b"smuggled" not in reply
+    give_up = time.monotonic() + 5
+    while upstream.closed_at is None and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert upstream.closed_at is not None, "the upstream connection was kept after a 101"

@@ -669,6 +669,17 @@ def test_interim_responses_are_skipped() -> None:
         assert response_events([data[:offset], data[offset:]]) == events
 
 
+def test_an_unsolicited_protocol_switch_is_an_error() -> None:
+    """The gateway never asks for a switch: a 101 is a broken upstream, whatever follows
+    (here an HTTP response a lenient reader would frame and relay)."""
+    data = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    for offset in range(1, len(data)):
+        events = response_events([data[:offset], data[offset:]])
+        assert error_of(events) == 502, (offset, events)
+        assert not any(isinstance(e, tuple) and e[0] == "response" for e in events)
+
+
 @pytest.mark.parametrize(("status_line", "head"), [
     (b"HTTP/1.1 200 OK", True),
     (b"HTTP/1.1 204 No Content", False),
