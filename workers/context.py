@@ -20,7 +20,7 @@ from li_httpd.ops.metrics import for_config as metrics_for
 from li_httpd.shm import SharedState, gcra, layout_for, peer_ids
 
 from .housekeeping import Housekeeping
-from .http1 import ParseLimits
+from .http1 import DECISION_HEADERS, ParseLimits
 from .identity import KeyRing
 from .policy import HeaderPolicy
 from .static import StaticSite
@@ -109,6 +109,9 @@ class WorkerContext:
         self.metrics = metrics_for(config)
         limits = config.limits
         self.limits = ParseLimits(
+            single_headers=DECISION_HEADERS | frozenset(
+                literal.name.encode() for route in config.route
+                for literal in route.match.headers),
             max_request_line=limits.max_request_line,
             max_header_bytes=limits.max_header_bytes,
             max_headers=limits.max_headers,

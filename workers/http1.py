@@ -75,8 +75,17 @@ Header = tuple[bytes, bytes]
 """(lowercase name, value) as received."""
 
 
+DECISION_HEADERS: Final = frozenset({b"authorization", b"x-agent-id", b"x-model",
+                                     b"x-request-id"})
+"""Request headers the gateway decides by (auth, limit keys, model selection, the request
+id): each may appear at most once, so every reader sees the same value."""
+
+
 @dataclass(frozen=True, slots=True)
 class ParseLimits:
+    single_headers: frozenset[bytes] = DECISION_HEADERS
+    """Request headers that are a 400 when repeated: :data:`DECISION_HEADERS` plus the
+    names that routes match on (the worker adds those from the config)."""
     max_request_line: int = 8192
     max_header_bytes: int = 32768
     max_headers: int = 100
@@ -148,20 +157,22 @@ _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b
 
 class _HeadCollector:
     """httptools protocol object that collects header fields, setting aside the few
-    that decide framing so the checks after parsing need not scan every field."""
+    that decide framing (and the single-valued ones) so the checks after parsing need not
+    scan every field."""
 
-    __slots__ = ("complete", "framing", "headers")
+    __slots__ = ("complete", "framing", "headers", "single")
 
-    def __init__(self) -> None:
+    def __init__(self, single: frozenset[bytes] = frozenset()) -> None:
         self.headers: list[Header] = []
         self.framing: list[Header] = []
+        self.single = single
         self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp keeps trailing OWS in the value; RFC 9112 §5 excludes it.
         field = (name.lower(), value.rstrip(b" \t"))
         self.headers.append(field)
-        if field[0] in _FRAMING_FIELDS:
+        if field[0] in _FRAMING_FIELDS or field[0] in self.single:
             self.framing.append(field)
 
     def on_headers_complete(self) -> None:
@@ -202,7 +213,7 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
         raise HttpError(400, "only origin-form request targets are accepted")
     if b"#" in target:
         raise HttpError(400, "request target contains a fragment")
-    collector = _HeadCollector()
+    collector = _HeadCollector(limits.single_headers)
     _run_llhttp(httptools.HttpRequestParser(collector), collector, head, HttpError, 400)
     headers = collector.headers
     if len(headers) > limits.max_headers:
@@ -215,6 +226,7 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
     credentials = 0
     close = False
     keep_alive_token = False
+    single_seen: set[bytes] | None = None
     for name, value in collector.framing:
         if name == b"authorization":
             # One credential per request: with two, the gateway could check one while
@@ -244,6 +256,14 @@ def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
                 raise HttpError(417, "only Expect: 100-continue is supported")
             # RFC 9110 §10.1.1: ignored in HTTP/1.0 requests (no 1xx goes to a 1.0 client).
             request.expect_continue = http11
+        else:
+            # A header the gateway decides by (a route literal, a limit key, the model):
+            # repeated, one reader could take the first value and another the last.
+            if single_seen is None:
+                single_seen = set()
+            elif name in single_seen:
+                raise HttpError(400, f"repeated {name.decode('latin-1')} header")
+            single_seen.add(name)
     if hosts > 1 or (http11 and hosts == 0):
         raise HttpError(400, "a request needs exactly one Host header")
     if request.host is not None and not _HOST_VALUE.fullmatch(request.host):

@@ -173,6 +173,26 @@ def test_routing_errors_are_json(mock: MockUpstream, start_gateway) -> None:
     assert bad_path.status_code == 400
 
 
+def test_a_repeated_header_cannot_choose_the_route(mock: MockUpstream, start_gateway) -> None:
+    """Routing reads x-tier; the upstream and the log would read its first value. Two
+    values are a 400 before routing, so no reader can see a value the others do not."""
+    routes = ('"GET /small x-tier=gold" = "proxy:main"\n'
+              '"GET /health" = "static:healthcheck"\n')
+    gateway = start_gateway(gateway_config(mock.origin, routes=routes))
+    gold = raw_exchange(gateway.port, b"GET /small HTTP/1.1\r\nHost: x\r\nx-tier: gold\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert gold.startswith(b"HTTP/1.1 200"), gold
+    for values in ((b"free", b"gold"), (b"gold", b"free")):
+        reply = raw_exchange(gateway.port, b"GET /small HTTP/1.1\r\nHost: x\r\n"
+                             b"x-tier: %s\r\nx-tier: %s\r\n\r\n" % values)
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+        assert b"repeated x-tier header" in reply
+    for name in (b"x-model", b"x-agent-id"):
+        reply = raw_exchange(gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                             b"%s: a\r\n%s: b\r\n\r\n" % (name, name))
+        assert reply.startswith(b"HTTP/1.1 400"), reply
+
+
 def test_keepalive_pipelining_and_http10(mock: MockUpstream, start_gateway) -> None:
     gateway = start_gateway(gateway_config(mock.origin))
     pipelined = (b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -7,6 +7,7 @@ buffering, no NEED_DATA after end of stream) on every input used here.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -225,6 +226,23 @@ def test_one_authorization_header_at_most() -> None:
     assert head(request(headers=HOST + b"Authorization: Bearer a\r\n")).headers
     twice = request(headers=HOST + b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n")
     assert status_of(twice) == 400
+
+
+@pytest.mark.parametrize("name", [b"X-Model", b"x-agent-id", b"X-Request-Id"])
+def test_a_decision_header_appears_at_most_once(name: bytes) -> None:
+    once = request(headers=HOST + name + b": a\r\nX-Other: 1\r\nX-Other: 2\r\n")
+    assert head(once).headers  # other repeated headers are the upstream's business
+    twice = request(headers=HOST + name + b": a\r\nAccept: */*\r\n" + name + b": b\r\n")
+    assert status_of(twice) == 400
+    with pytest.raises(HttpError, match="repeated"):
+        head(twice)
+
+
+def test_route_literal_names_join_the_single_valued_headers() -> None:
+    limits = dataclasses.replace(LIMITS, single_headers=LIMITS.single_headers | {b"x-tier"})
+    twice = request(headers=HOST + b"X-Tier: gold\r\nx-tier: free\r\n")
+    assert status_of(twice, limits) == 400
+    assert head(twice).headers  # without a route reading it, not the gateway's concern
 
 
 def test_expect() -> None:
