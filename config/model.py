@@ -479,6 +479,13 @@ class Route:
                                            "listeners.", inherit=True)
     leak_censor: RouteCensor = setting(doc="Body scrubbing policy.", factory=RouteCensor,
                                        inherit=True)
+    request_buffering: bool = setting(True, doc="Proxy routes: read the whole request "
+                                      "body (at most `limits.max_body`) before an upstream "
+                                      "connection is taken, so a slow client holds no "
+                                      "upstream connection and the body can be retried on "
+                                      "another peer. `false`: the first 64 KiB are read, "
+                                      "the rest streams through (never retried).",
+                                      inherit=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -489,6 +496,8 @@ class Defaults:
                                            "own.")
     leak_censor: RouteCensor = setting(doc="Censor policy for routes without their own.",
                                        factory=RouteCensor)
+    request_buffering: bool = setting(True, doc="`request_buffering` for routes that do "
+                                      "not set their own.")
 
 
 def _empty_upstreams() -> Mapping[str, Upstream]:

@@ -66,6 +66,8 @@ class RoutePlan:
     ttfb_timeout: float
     idle_timeout: float
     max_duration: float
+    buffer_body: bool
+    """``request_buffering``: the whole body is read before an upstream is contacted."""
 
 
 class RequestIds:
@@ -150,6 +152,7 @@ class WorkerContext:
                 idle_timeout=min(read_timeout, limit.stream_idle_timeout / 1000)
                 if limit else read_timeout,
                 max_duration=limit.stream_max_duration / 1000 if limit else float("inf"),
+                buffer_body=route.request_buffering,
             )
 
     def close(self) -> None:

@@ -67,11 +67,12 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _body_start(client: ClientPort) -> tuple[bytes, bool]:
-    """Read the request body until it is complete or REPLAYABLE_BODY bytes are in hand,
-    before any upstream is contacted. Returns (bytes, complete). A complete body is
-    replayable on retries; a malformed body fails here (400) and never reaches an
-    upstream, even partly."""
+async def _body_start(client: ClientPort, buffer_whole: bool) -> tuple[bytes, bool]:
+    """Read the request body before any upstream is contacted: all of it when the route
+    buffers bodies (the parser bounds it by ``limits.max_body``: 413 above), else until
+    it is complete or REPLAYABLE_BODY bytes are in hand. Returns (bytes, complete). A
+    complete body is replayable on retries; a malformed body fails here (400) and never
+    reaches an upstream, even partly."""
     pieces: list[bytes] = []
     total = 0
     while True:
@@ -80,7 +81,7 @@ async def _body_start(client: ClientPort) -> tuple[bytes, bool]:
             return b"".join(pieces), True
         pieces.append(piece)
         total += len(piece)
-        if total >= REPLAYABLE_BODY:
+        if total >= REPLAYABLE_BODY and not buffer_whole:
             return b"".join(pieces), False
 
 
@@ -176,7 +177,8 @@ class _Proxy:
         group = self.plan.group
         if group is None:  # validation guarantees a target; stay total anyway
             return await client.reject(502, outcome="upstream_failed")
-        start, complete = await _body_start(client) if head.has_body else (b"", True)
+        start, complete = await _body_start(client, self.plan.buffer_body) \
+            if head.has_body else (b"", True)
         body = start if complete else None
         exchange.model = _model_of(head, start)
         attempts = Attempts(replay_of(head.method, body is not None),
