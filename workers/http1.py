@@ -326,7 +326,15 @@ def parse_response_head(head: bytes, limits: ParseLimits) -> ResponseHead:
 
 _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_UNTIL_CLOSE, _END, _FAILED = range(6)
 _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_CRLF, _CHUNK_TRAILERS = range(4)
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_HEX_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # _MAX_SIZE_DIGITS
+CHUNKS_FREE = 4096
+"""Chunks a message may have before :data:`MIN_AVERAGE_CHUNK` applies."""
+MIN_AVERAGE_CHUNK = 16
+"""Past :data:`CHUNKS_FREE` chunks, a chunked body whose chunks average fewer bytes than
+this is refused (400 from a client, 502 from an upstream): each chunk costs the worker
+the same parsing work whatever its size, so a flood of one-byte chunks would otherwise
+buy seconds of CPU with a megabyte of body. Real senders (SDK uploads, SSE events of a
+few hundred bytes) are far above it."""
 _MAX_SIZE_DIGITS = 16
 _MAX_LEADING_CRLF = 8
 
@@ -339,6 +347,8 @@ class _MessageReader:
         "_buf",
         "_chunk_left",
         "_chunk_state",
+        "_chunks",
+        "_deferred",
         "_eof",
         "_error",
         "_error_status",
@@ -365,7 +375,9 @@ class _MessageReader:
         self._remaining = 0
         self._chunk_state = _CHUNK_SIZE
         self._chunk_left = 0
+        self._chunks = 0
         self._overhead_bytes = 0
+        self._deferred: HttpError | None = None
         self.body_bytes = 0
 
     # -- feeding --------------------------------------------------------------------------
@@ -433,6 +445,7 @@ class _MessageReader:
             self._state = _BODY_CHUNKED
             self._chunk_state = _CHUNK_SIZE
             self._overhead_bytes = 0
+            self._chunks = 0
         elif content_length:
             self._state = _BODY_LENGTH
             self._remaining = content_length
@@ -481,59 +494,102 @@ class _MessageReader:
         raise self._error(self._error_status, "reader used after an error")
 
     def _chunked_event(self) -> bytes | _Signal:
+        """All chunk data decodable from the buffer, as one piece (or END, NEED_DATA).
+
+        One pass over the buffer with a position, one slice of the rest at the end: tiny
+        chunks cost a few operations each, never a copy of the buffer per chunk. Data
+        decoded before a framing error in the same buffer is returned first; the error
+        is raised on the next call."""
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            raise deferred
+        buf = self._buf
+        pos = 0
+        pieces: list[bytes] = []
+        try:
+            event = self._decode_chunks(buf, pieces)
+        except HttpError as exc:
+            if not pieces:
+                raise
+            self._deferred = exc
+            self._buf = b""
+            return b"".join(pieces)
+        pos, ended = event
+        self._buf = buf[pos:] if pos else buf
+        if pieces:
+            if ended:
+                self._state = _END  # the next event is END
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if ended:
+            self._state = _HEAD
+            return END
+        if self._eof:
+            self._state = _FAILED
+            raise self._error(self._error_status, "chunked body truncated")
+        return NEED_DATA
+
+    def _decode_chunks(self, buf: bytes, pieces: list[bytes]) -> tuple[int, bool]:
+        """Decode from ``buf``, appending chunk data to ``pieces``; returns (position
+        reached, whether the message ended)."""
         limits = self._limits
         error_status = self._error_status
+        body_cap = self._body_cap
+        size = len(buf)
+        pos = 0
         while True:
-            buf = self._buf
             chunk_state = self._chunk_state
             if chunk_state == _CHUNK_DATA:
-                if not buf:
-                    break
+                if pos >= size:
+                    return pos, False
                 left = self._chunk_left
-                if len(buf) <= left:
-                    piece, self._buf = buf, b""
-                else:
-                    piece, self._buf = buf[:left], buf[left:]
-                self._chunk_left = left - len(piece)
+                take = left if size - pos >= left else size - pos
+                if body_cap is not None and self.body_bytes + take > body_cap:
+                    raise HttpError(413, "request body too large")  # none of it passes
+                pieces.append(buf[pos:pos + take])
+                pos += take
+                self._chunk_left = left - take
                 if not self._chunk_left:
                     self._chunk_state = _CHUNK_DATA_CRLF
-                self.body_bytes += len(piece)
-                if self._body_cap is not None and self.body_bytes > self._body_cap:
-                    raise HttpError(413, "request body too large")
-                return piece
-            line_end = buf.find(b"\r\n")
+                self.body_bytes += take
+                continue
             if chunk_state == _CHUNK_DATA_CRLF:
-                if len(buf) < 2:
-                    break
-                if line_end != 0:
+                if size - pos < 2:
+                    return pos, False
+                if buf[pos] != 0x0D or buf[pos + 1] != 0x0A:
                     raise self._error(error_status, "chunk data not followed by CRLF")
-                self._buf = buf[2:]
+                pos += 2
                 self._chunk_state = _CHUNK_SIZE
                 continue
+            line_end = buf.find(b"\r\n", pos)
             if line_end < 0:
                 cap = (_MAX_SIZE_DIGITS + 1 + limits.max_chunk_extension
                        if chunk_state == _CHUNK_SIZE else limits.max_header_bytes)
-                if len(buf) > cap:
+                if size - pos > cap:
                     raise self._error(error_status, "chunk size line or trailer too long")
-                if b"\n" in buf or (b"\r" in buf and not buf.endswith(b"\r")):
+                carriage = buf.find(b"\r", pos)
+                if buf.find(b"\n", pos) >= 0 or (0 <= carriage < size - 1):
                     raise self._error(error_status, "bare CR or LF in chunked framing")
-                break
-            line = buf[:line_end]
-            self._buf = buf[line_end + 2:]
+                return pos, False
+            line = buf[pos:line_end]
+            pos = line_end + 2
             if b"\r" in line or b"\n" in line:
                 raise self._error(error_status, "bare CR or LF in chunked framing")
             if chunk_state == _CHUNK_SIZE:
-                size = self._chunk_size(line, error_status)
-                if size:
-                    self._chunk_left = size
+                chunk_size = self._chunk_size(line, error_status)
+                if chunk_size:
+                    self._chunks += 1
+                    if self._chunks > CHUNKS_FREE and \
+                            self.body_bytes + chunk_size < self._chunks * MIN_AVERAGE_CHUNK:
+                        raise self._error(error_status, "chunked body: too many tiny chunks")
+                    self._chunk_left = chunk_size
                     self._chunk_state = _CHUNK_DATA
                 else:
                     self._chunk_state = _CHUNK_TRAILERS
                 continue
             # _CHUNK_TRAILERS: header-like lines until an empty one; validated, dropped.
             if not line:
-                self._state = _HEAD
-                return END
+                return pos, True
             self._overhead_bytes += len(line) + 2
             if self._overhead_bytes > limits.max_header_bytes:
                 raise self._error(error_status, "chunk extensions and trailers too large")
@@ -541,15 +597,12 @@ class _MessageReader:
             if not colon or not _TOKEN_RE.fullmatch(name) or \
                     not _FIELD_VALUE.fullmatch(value):
                 raise self._error(error_status, "malformed trailer field")
-        if self._eof:
-            self._state = _FAILED
-            raise self._error(error_status, "chunked body truncated")
-        return NEED_DATA
 
     def _chunk_size(self, line: bytes, error_status: int) -> int:
+        if _HEX_SIZE.fullmatch(line):  # the common line: a size, no extension
+            return int(line, 16)
         size_text, semicolon, extension = line.partition(b";")
-        if not size_text or len(size_text) > _MAX_SIZE_DIGITS or \
-                not all(c in _HEX for c in size_text):
+        if not _HEX_SIZE.fullmatch(size_text):
             raise self._error(error_status, "invalid chunk size")
         if semicolon:
             if len(extension) > self._limits.max_chunk_extension:

@@ -789,3 +789,34 @@ def test_response_errors_are_upstream_protocol_errors() -> None:
     assert caught.value.status == 502
     with pytest.raises(UpstreamProtocolError):
         reader.next_event()
+
+
+def _tiny_chunks(count: int, size: int = 1) -> bytes:
+    return (b"%x\r\n" % size + b"a" * size + b"\r\n") * count + b"0\r\n\r\n"
+
+
+def test_a_flood_of_tiny_chunks_is_refused_by_the_chunk_budget() -> None:
+    """Past CHUNKS_FREE chunks a body must average MIN_AVERAGE_CHUNK bytes a chunk: a
+    megabyte in one-byte chunks costs milliseconds, not seconds, and is refused."""
+    from li_httpd.workers.http1 import CHUNKS_FREE, MIN_AVERAGE_CHUNK
+    limits = dataclasses.replace(LIMITS, max_body=1 << 20, max_header_bytes=1 << 16)
+    post = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    flood = request_events(post + _tiny_chunks(1 << 20), limits)
+    assert error_of(flood) == 400
+    assert len(body_of(flood)) == CHUNKS_FREE  # nothing past the budget was decoded
+    within = request_events(post + _tiny_chunks(CHUNKS_FREE), limits)
+    assert body_of(within) == b"a" * CHUNKS_FREE and within[-1] == "END"
+    fair = request_events(post + _tiny_chunks(2 * CHUNKS_FREE, MIN_AVERAGE_CHUNK), limits)
+    assert len(body_of(fair)) == 2 * CHUNKS_FREE * MIN_AVERAGE_CHUNK and fair[-1] == "END"
+
+
+def test_the_chunk_budget_holds_for_upstream_responses_too() -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    flood = response_events(head + _tiny_chunks(1 << 16))
+    assert error_of(flood) == 502
+
+
+def test_chunks_decoded_from_one_read_come_as_one_piece() -> None:
+    post = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    events = request_events(post + _tiny_chunks(50, 3))
+    assert [e for e in events if isinstance(e, bytes)] == [b"aaa" * 50]
