@@ -4,11 +4,16 @@ Run, with atheris installed (3.0.0 has a Python 3.11 wheel)::
 
     python tests/workers/fuzz_http1_atheris.py -runs=100000 [-max_len=4096] [CORPUS_DIR]
 
-Each input is decoded by :func:`decode`: a reader (request or response, with or
+Each input is decoded by ``decode`` (http1_invariants.py): a reader (request or response, with or
 without end of stream), cut points, and the bytes to feed. The invariants are those of
 the hypothesis tests (see http1_invariants.py): only HttpError escapes, errors are final,
 buffering stays within the limits plus one feed, no spinning, no NEED_DATA after end of
 stream; and splitting the bytes differently never changes what is accepted.
+
+An input that breaks an invariant (any exception) is saved, before the fuzzer stops, as
+tests/fuzz_corpus/http1/crash-<sha1 of the input> (tests/fuzzing/corpus.py); committed,
+it is replayed by tests/fuzzing/test_fuzz_corpus.py on every test run. libFuzzer's own
+``crash-*`` file (in the working directory, or ``-artifact_prefix=``) holds the same bytes.
 
 A libFuzzer dictionary of HTTP tokens is passed automatically unless ``-dict=`` is given,
 and a few well-formed requests and responses are passed as seed inputs unless
@@ -48,18 +53,6 @@ _SEEDS = [
 """Seed payloads; each is prefixed with the provider bytes that select a reader."""
 
 
-def decode(data: bytes) -> tuple[int, list[int], bytes]:
-    """Byte 0 picks the mode (0/1: requests with/without end of stream, 2/3: responses
-    to a GET/HEAD), byte 1 the number of cuts (0-8), then two bytes per cut offset; the
-    rest is the payload. (Plain slicing, so seed inputs are easy to write.)"""
-    if len(data) < 2:
-        return 0, [], data
-    count = data[1] % 9
-    end = min(2 + 2 * count, len(data))
-    cuts = [int.from_bytes(data[i:i + 2], "big") for i in range(2, end - 1, 2)]
-    return data[0] % 4, cuts, data[end:]
-
-
 def _seed_argument() -> str:
     directory = Path(tempfile.mkdtemp(prefix="http1-seeds-"))
     names = []
@@ -82,30 +75,21 @@ def _dictionary_argument() -> str:
 def main() -> None:
     if atheris is None:
         sys.exit("atheris is not installed; try: pip install atheris==3.0.0")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent)]
+    from fuzzing.corpus import save_reproducer  # type: ignore[import-not-found]
+
     with atheris.instrument_imports():
         import http1_invariants as inv  # type: ignore[import-not-found]
-        from li_httpd.workers import http1
-
-    limits = http1.ParseLimits(max_request_line=256, max_header_bytes=1024, max_headers=10,
-                               max_chunk_extension=16, max_body=4096)
-
-    def without_status(events: list[object]) -> list[object]:
-        return [("error",) if isinstance(e, tuple) and e[0] == "error" else e for e in events]
+        from li_httpd.workers import http1  # noqa: F401  (instrumented for coverage)
 
     def test_one_input(data: bytes) -> None:
-        mode, cuts, payload = decode(data)
-        pieces = inv.split(payload, cuts)
-        if mode < 2:
-            eof = mode == 0
-            whole = inv.drive_requests([payload], limits, eof=eof)
-            parts = inv.drive_requests(pieces, limits, eof=eof)
-        else:
-            head = mode == 3
-            whole = inv.drive_responses([payload], limits, head=head)
-            parts = inv.drive_responses(pieces, limits, head=head)
-        if without_status(whole) != without_status(parts):
-            raise inv.InvariantError(f"split changed the events: {whole!r} != {parts!r}")
+        try:
+            inv.check_fuzz_input(data)
+        except Exception:
+            path = save_reproducer("http1", data)
+            print(f"\n==> reproducer saved: {path}", file=sys.stderr)
+            raise
 
     argv = list(sys.argv)
     if not any(arg.startswith("-dict=") for arg in argv[1:]):

@@ -156,3 +156,44 @@ def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
         return []
     points = sorted({c % len(data) for c in cuts} | {0, len(data)})
     return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+# -- one fuzz input (the atheris target's format; also the tests/fuzz_corpus/http1 files) --
+
+FUZZ_LIMITS = ParseLimits(max_request_line=256, max_header_bytes=1024, max_headers=10,
+                          max_chunk_extension=16, max_body=4096)
+
+
+def decode(data: bytes) -> tuple[int, list[int], bytes]:
+    """Byte 0 picks the mode (0/1: requests with/without end of stream, 2/3: responses
+    to a GET/HEAD), byte 1 the number of cuts (0-8), then two bytes per cut offset; the
+    rest is the payload. (Plain slicing, so seed inputs are easy to write.)"""
+    if len(data) < 2:
+        return 0, [], data
+    count = data[1] % 9
+    end = min(2 + 2 * count, len(data))
+    cuts = [int.from_bytes(data[i:i + 2], "big") for i in range(2, end - 1, 2)]
+    return data[0] % 4, cuts, data[end:]
+
+
+def _without_status(events: list[Any]) -> list[Any]:
+    return [("error",) if isinstance(e, tuple) and e[0] == "error" else e for e in events]
+
+
+def check_fuzz_input(data: bytes) -> list[Any]:
+    """Run one encoded input (see :func:`decode`) through :func:`drive`, whole and split
+    at its cut points; the invariants hold and the split changes nothing. Returns the
+    events of the whole payload."""
+    mode, cuts, payload = decode(data)
+    pieces = split(payload, cuts)
+    if mode < 2:
+        eof = mode == 0
+        whole = drive_requests([payload], FUZZ_LIMITS, eof=eof)
+        parts = drive_requests(pieces, FUZZ_LIMITS, eof=eof)
+    else:
+        head = mode == 3
+        whole = drive_responses([payload], FUZZ_LIMITS, head=head)
+        parts = drive_responses(pieces, FUZZ_LIMITS, head=head)
+    if _without_status(whole) != _without_status(parts):
+        raise InvariantError(f"split changed the events: {whole!r} != {parts!r}")
+    return whole
