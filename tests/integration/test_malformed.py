@@ -8,12 +8,14 @@ connection, sends its bytes (in one write, or split into several writes), and ch
     then closed the connection (or that it closed without answering: "closed");
 (b) what reached the upstream: the upstream's bytes are parsed per connection with h11
     (an independent parser), and the complete requests it saw must be exactly the ones
-    the gateway should have forwarded. A rejected request must leave no byte upstream.
-    The one exception is a body that turns out malformed or too large only after more
-    than REPLAYABLE_BODY bytes (workers/proxy.py decodes that much before contacting an
-    upstream, then streams, SPEC §5): it must reach the upstream as an aborted,
-    incomplete request, never as a complete one. Targets containing "smuggled" must
-    never appear in any request line the upstream saw.
+    the gateway should have forwarded. A rejected request must leave no byte upstream:
+    with request buffering (the default) even a body that turns out malformed or too
+    large late is refused before any upstream is contacted. With
+    ``request_buffering = false`` such a body (found broken after more than
+    REPLAYABLE_BODY bytes, which workers/proxy.py reads before contacting an upstream and
+    then streams) must reach the upstream as an aborted, incomplete request, never as a
+    complete one: the cases with ``aborted`` run against such a gateway too. Targets
+    containing "smuggled" must never appear in any request line the upstream saw.
 
 Where li-httpd is intentionally stricter than nginx (which is not a strict oracle, see
 ENGINEERING.md), the case says so in a comment.
@@ -323,8 +325,9 @@ CASES = [
                                *(b"v" * 1024 for _ in range(12))), 431, delay=0.01,
          within=HEADER_TIMEOUT),
     Case("body_cl_413", post("/cl-413", b"Content-Length: %d\r\n" % (MAX_BODY + 1)), 413),
-    # max_body is above REPLAYABLE_BODY, so by the time a chunked body is too large the
-    # first REPLAYABLE_BODY bytes are streaming upstream; the request ends there, aborted.
+    # max_body is above REPLAYABLE_BODY: without request buffering, by the time a chunked
+    # body is too large the first REPLAYABLE_BODY bytes are streaming upstream; the
+    # request ends there, aborted (``aborted``: what an unbuffered gateway's upstream sees).
     Case("body_chunked_413", chunked("/chunked-413", BIG), 413, aborted="POST /chunked-413"),
     Case("chunk_error_while_streaming", chunked("/late-error", STREAMED + b"zz\r\n"), 400,
          aborted="POST /late-error"),
@@ -447,14 +450,30 @@ def upstream() -> Iterator[ParsingUpstream]:
     server.close()
 
 
+def _start(upstream: ParsingUpstream, tmp_path_factory: pytest.TempPathFactory,
+           extra: str) -> Gateway:
+    path: Path = tmp_path_factory.mktemp("malformed") / "gateway.toml"
+    config = gateway_config(upstream.origin, routes='"/" = "proxy:main"\n',
+                            extra=LIMITS + extra, workers=1)
+    # Two gateways of this module may run at once: each its own control socket.
+    path.write_text(config.replace("[server]\n", f'[server]\ncontrol_socket = '
+                                   f'"{path.parent / "control.sock"}"\n', 1))
+    popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER)
+    return Gateway(popen, found.group(1), lines, path)
+
+
 @pytest.fixture(scope="module")
 def gateway(upstream: ParsingUpstream, tmp_path_factory: pytest.TempPathFactory,
             ) -> Iterator[Gateway]:
-    path: Path = tmp_path_factory.mktemp("malformed") / "gateway.toml"
-    path.write_text(gateway_config(upstream.origin, routes='"/" = "proxy:main"\n',
-                                   extra=LIMITS, workers=1))
-    popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER)
-    process = Gateway(popen, found.group(1), lines, path)
+    process = _start(upstream, tmp_path_factory, "")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def streaming_gateway(upstream: ParsingUpstream, tmp_path_factory: pytest.TempPathFactory,
+                      ) -> Iterator[Gateway]:
+    process = _start(upstream, tmp_path_factory, "\n[defaults]\nrequest_buffering = false\n")
     yield process
     process.stop()
 
@@ -526,9 +545,15 @@ def final_statuses(data: bytes) -> list[int]:
     return statuses
 
 
-def upstream_view(upstream: ParsingUpstream, case: Case) -> tuple[list[str], list[Seen]]:
+def _expected(case: Case, streaming: bool) -> list[str]:
+    aborted = [f"{case.aborted} (aborted)"] if case.aborted and streaming else []
+    return [*case.forwarded, *aborted]
+
+
+def upstream_view(upstream: ParsingUpstream, case: Case,
+                  streaming: bool) -> tuple[list[str], list[Seen]]:
     """What the upstream saw, once it has settled (or after a bounded wait)."""
-    expected = [*case.forwarded] + ([f"{case.aborted} (aborted)"] if case.aborted else [])
+    expected = _expected(case, streaming)
     give_up = time.monotonic() + 2.0
     time.sleep(0.03)
     while True:
@@ -546,6 +571,20 @@ def crash_reports(gateway: Gateway) -> list[str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_malformed_request(case: Case, gateway: Gateway, upstream: ParsingUpstream) -> None:
+    _check(case, gateway, upstream, streaming=False)
+
+
+STREAMED_CASES = [c for c in CASES if c.aborted]
+
+
+@pytest.mark.parametrize("case", STREAMED_CASES, ids=[c.id for c in STREAMED_CASES])
+def test_late_body_error_without_request_buffering(case: Case, streaming_gateway: Gateway,
+                                                   upstream: ParsingUpstream) -> None:
+    _check(case, streaming_gateway, upstream, streaming=True)
+
+
+def _check(case: Case, gateway: Gateway, upstream: ParsingUpstream, *,
+           streaming: bool) -> None:
     upstream.clear()
     crashes_before = len(crash_reports(gateway))
     result = exchange(gateway.port, case)
@@ -558,10 +597,9 @@ def test_malformed_request(case: Case, gateway: Gateway, upstream: ParsingUpstre
         assert result.elapsed < case.within, f"took {result.elapsed:.2f} s"
     assert result.elapsed >= case.not_before, f"answered after {result.elapsed:.2f} s"
 
-    labels, seen = upstream_view(upstream, case)
+    labels, seen = upstream_view(upstream, case, streaming)
     assert not [s for s in seen if "smuggled" in s.target], labels
-    expected = [*case.forwarded] + ([f"{case.aborted} (aborted)"] if case.aborted else [])
-    assert labels == expected
+    assert labels == _expected(case, streaming)
     if not seen:
         assert upstream.data() == b"", "the upstream received bytes of a rejected request"
     if case.body is not None:
@@ -586,7 +624,7 @@ def test_trace_is_never_proxied(gateway: Gateway, upstream: ParsingUpstream) -> 
     result = exchange(gateway.port, case)
     statuses = final_statuses(result.received)
     assert statuses and statuses[0] in (400, 405, 501)
-    labels, _ = upstream_view(upstream, case)
+    labels, _ = upstream_view(upstream, case, False)
     assert labels == []
 
 
@@ -598,7 +636,7 @@ def test_keep_alive_after_rejected_path(gateway: Gateway, upstream: ParsingUpstr
                 (400, 200), forwarded=("GET /next",))
     result = exchange(gateway.port, case)
     assert result.closed and final_statuses(result.received) == [400, 200]
-    labels, _ = upstream_view(upstream, case)
+    labels, _ = upstream_view(upstream, case, False)
     assert labels == ["GET /next"]
 
 
@@ -623,7 +661,8 @@ def test_concurrent_slow_clients_do_not_block_others(gateway: Gateway,
         thread.join(READ_TIMEOUT + 1)
     assert len(results) == 20
     assert all(final_statuses(r) == [408] for r in results)
-    labels, _ = upstream_view(upstream, Case("fast", b"", 200, forwarded=("GET /fast",)))
+    labels, _ = upstream_view(upstream, Case("fast", b"", 200, forwarded=("GET /fast",)),
+                              False)
     assert labels == ["GET /fast"]
 
 
