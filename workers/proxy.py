@@ -90,10 +90,11 @@ _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
 
 def _model_of(head: RequestHead, body_start: bytes) -> str | None:
     """The model a request names: ``x-model``, else a JSON body's ``model`` field (found
-    with a bounded search of the body's start; no full JSON parse on the hot path)."""
+    with a bounded search of the body's start; no full JSON parse on the hot path). At
+    most 128 characters either way (it goes into every audit record)."""
     for name, value in head.headers:
         if name == b"x-model":
-            return value.decode("latin-1")
+            return value[:128].decode("latin-1")
     found = _MODEL.search(body_start, 0, 4096) if body_start else None
     return found.group(1).decode("utf-8", "replace") if found else None
 
