@@ -32,6 +32,7 @@ import orjson
 import trio
 from li_httpd.ops.log.records import Decision
 from li_httpd.shm import gcra
+from trio.lowlevel import checkpoint
 
 from .admission import Admitted, Reject, admit
 from .context import WorkerContext
@@ -123,6 +124,11 @@ class ClientConnection:
                 event = reader.next_event()
                 if event is END:  # the end of a previous request that had no body
                     event = reader.next_event()
+                if not first and isinstance(event, RequestHead):
+                    # A pipelined request, already buffered: let the worker's other
+                    # connections run first, so a flood of requests in one read costs
+                    # this connection its turn, not its neighbours theirs.
+                    await checkpoint()
                 while event is NEED_DATA:
                     if first or reader.buffered:
                         data = await io.recv()

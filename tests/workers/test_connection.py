@@ -190,3 +190,37 @@ async def test_a_stalled_sse_stream_ends_with_an_error_event(
         finally:
             ctx.close()
         upstreams.cancel_scope.cancel()
+
+
+async def test_a_pipelined_flood_does_not_hold_up_other_connections(
+        ctx: WorkerContext) -> None:
+    """300 requests in one write on one connection, one request on another: the second
+    connection's answer comes while the flood is still being answered (each buffered
+    request yields to the worker's other connections), not after all of it."""
+    flood_end, flood_client = socket.socketpair()
+    single_end, single_client = socket.socketpair()
+    for sock in (flood_client, single_client, flood_end, single_end):
+        # Buffers that hold every answer: no write ever waits, so only the actor's own
+        # yielding can let the other connection in.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ctx.housekeeping.run)
+        nursery.start_soon(handle_connection, ctx, flood_end, ("127.0.0.1", 40001))
+        nursery.start_soon(handle_connection, ctx, single_end, ("127.0.0.1", 40002))
+        flood = Client(flood_client)
+        single = Client(single_client)
+        await flood.send(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n" * 300)
+        # The first answers of the flood are in: the other request arrives mid-flood.
+        flood.buffer += await flood.stream.receive_some(1 << 20)
+        await single.send(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert (await single.response())[0] == b"HTTP/1.1 200 OK"
+        with trio.move_on_after(0):  # what the flood connection has received so far
+            while True:
+                flood.buffer += await flood.stream.receive_some(1 << 20)
+        answered_before = flood.buffer.count(b"HTTP/1.1 200 OK")
+        assert answered_before < 100, (
+            f"the single request waited for {answered_before} of the flood's answers")
+        for _ in range(300):
+            assert (await flood.response())[0] == b"HTTP/1.1 200 OK"
+        nursery.cancel_scope.cancel()
