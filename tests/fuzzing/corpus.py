@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -34,6 +35,19 @@ def save_reproducer(target: str, data: bytes, corpus: Path = CORPUS) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def saving(target: str, check: Callable[[bytes], object]) -> Callable[[bytes], None]:
+    """An atheris test function: ``check(data)``, and when it raises, save ``data`` as a
+    reproducer of ``target`` (say where on stderr) before re-raising."""
+    def test_one_input(data: bytes) -> None:
+        try:
+            check(data)
+        except Exception:
+            path = save_reproducer(target, data)
+            print(f"\n==> reproducer saved: {path}", file=sys.stderr)
+            raise
+    return test_one_input
 
 
 def corpus_files(corpus: Path = CORPUS) -> list[tuple[str, Path]]:

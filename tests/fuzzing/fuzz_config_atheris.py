@@ -40,20 +40,15 @@ def main() -> None:
         sys.exit("atheris is not installed; try: pip install atheris==3.0.0")
     tests = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(tests))
-    from fuzzing.corpus import config_text, save_reproducer  # type: ignore[import-not-found]
+    from fuzzing.corpus import config_text, saving  # type: ignore[import-not-found]
 
     with atheris.instrument_imports():
         from li_httpd import config  # noqa: F401  (instrumented for coverage)
 
         from fuzzing import config_invariants  # type: ignore[import-not-found]
 
-    def test_one_input(data: bytes) -> None:
-        try:
-            config_invariants.check_config_text(config_text(data))
-        except Exception:
-            path = save_reproducer("config", data)
-            print(f"\n==> reproducer saved: {path}", file=sys.stderr)
-            raise
+    test_one_input = saving(
+        "config", lambda data: config_invariants.check_config_text(config_text(data)))
 
     argv = list(sys.argv)
     if not any(arg.startswith("-seed_inputs=") for arg in argv[1:]):

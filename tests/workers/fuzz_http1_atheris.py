@@ -77,19 +77,13 @@ def main() -> None:
         sys.exit("atheris is not installed; try: pip install atheris==3.0.0")
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here), str(here.parent)]
-    from fuzzing.corpus import save_reproducer  # type: ignore[import-not-found]
+    from fuzzing.corpus import saving  # type: ignore[import-not-found]
 
     with atheris.instrument_imports():
         import http1_invariants as inv  # type: ignore[import-not-found]
         from li_httpd.workers import http1  # noqa: F401  (instrumented for coverage)
 
-    def test_one_input(data: bytes) -> None:
-        try:
-            inv.check_fuzz_input(data)
-        except Exception:
-            path = save_reproducer("http1", data)
-            print(f"\n==> reproducer saved: {path}", file=sys.stderr)
-            raise
+    test_one_input = saving("http1", inv.check_fuzz_input)
 
     argv = list(sys.argv)
     if not any(arg.startswith("-dict=") for arg in argv[1:]):
