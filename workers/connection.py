@@ -209,6 +209,8 @@ class ClientConnection:
         exchange = self.exchange
         assert exchange is not None, "only while a request is handled"
         reader = self.reader
+        if reader.paused:
+            await checkpoint()  # the last piece ended a turn's worth of chunks
         while True:
             event = reader.next_event()
             if event is END:

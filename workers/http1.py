@@ -335,6 +335,11 @@ this is refused (400 from a client, 502 from an upstream): each chunk costs the 
 the same parsing work whatever its size, so a flood of one-byte chunks would otherwise
 buy seconds of CPU with a megabyte of body. Real senders (SDK uploads, SSE events of a
 few hundred bytes) are far above it."""
+CHUNKS_PER_EVENT = 512
+"""Most chunks one body event decodes. A read can hold thousands of small chunks; past
+this many the reader hands over what it has and reports :attr:`_MessageReader.paused`,
+so the connection yields to its neighbours before decoding the rest (about a
+millisecond of work per turn at most, whatever the chunk sizes)."""
 _MAX_SIZE_DIGITS = 16
 _MAX_LEADING_CRLF = 8
 
@@ -355,6 +360,7 @@ class _MessageReader:
         "_leading_crlf",
         "_limits",
         "_overhead_bytes",
+        "_paused",
         "_remaining",
         "_scanned",
         "_state",
@@ -378,6 +384,7 @@ class _MessageReader:
         self._chunks = 0
         self._overhead_bytes = 0
         self._deferred: HttpError | None = None
+        self._paused = False
         self.body_bytes = 0
 
     # -- feeding --------------------------------------------------------------------------
@@ -394,6 +401,13 @@ class _MessageReader:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def paused(self) -> bool:
+        """The last body event stopped at :data:`CHUNKS_PER_EVENT` with more chunks
+        already buffered: the caller should yield, then ask for the next event (no read
+        is needed for it)."""
+        return self._paused
 
     # -- heads --------------------------------------------------------------------------------
 
@@ -504,6 +518,7 @@ class _MessageReader:
         if deferred is not None:
             self._deferred = None
             raise deferred
+        self._paused = False
         buf = self._buf
         pos = 0
         pieces: list[bytes] = []
@@ -537,6 +552,7 @@ class _MessageReader:
         body_cap = self._body_cap
         size = len(buf)
         pos = 0
+        chunks_left = CHUNKS_PER_EVENT
         while True:
             chunk_state = self._chunk_state
             if chunk_state == _CHUNK_DATA:
@@ -572,12 +588,16 @@ class _MessageReader:
                     raise self._error(error_status, "bare CR or LF in chunked framing")
                 return pos, False
             line = buf[pos:line_end]
-            pos = line_end + 2
+            line_start, pos = pos, line_end + 2
             if b"\r" in line or b"\n" in line:
                 raise self._error(error_status, "bare CR or LF in chunked framing")
             if chunk_state == _CHUNK_SIZE:
+                if not chunks_left:
+                    self._paused = True
+                    return line_start, False  # this size line is decoded next turn
                 chunk_size = self._chunk_size(line, error_status)
                 if chunk_size:
+                    chunks_left -= 1
                     self._chunks += 1
                     if self._chunks > CHUNKS_FREE and \
                             self.body_bytes + chunk_size < self._chunks * MIN_AVERAGE_CHUNK:

@@ -28,6 +28,8 @@ import re
 from collections.abc import Coroutine
 from typing import Any
 
+from trio.lowlevel import checkpoint
+
 from . import sockio
 from .admission import Admitted
 from .context import RoutePlan, WorkerContext
@@ -139,7 +141,8 @@ def _response_headers(plan: RoutePlan, response: ResponseHead,
 
 
 def _collect(reader: ResponseReader, pieces: list[bytes]) -> bool:
-    """Take every body piece already buffered; True when the message is complete."""
+    """Take the body pieces already buffered, up to one turn's worth (the reader pauses
+    after a bounded number of chunks); True when the message is complete."""
     while True:
         event = reader.next_event()
         if event is END:
@@ -148,6 +151,8 @@ def _collect(reader: ResponseReader, pieces: list[bytes]) -> bool:
             return False
         if isinstance(event, bytes):
             pieces.append(event)
+            if reader.paused:
+                return False
         else:
             raise UpstreamProtocolError(502, "unexpected data after the upstream response")
 
@@ -387,11 +392,15 @@ class _Proxy:
                 deadline.set_at(now + idle, "upstream_idle")
             else:
                 deadline.set_at(limit_at, "stream_max")
-            try:
-                reader.feed(await io.recv(reset_is_error=True))
-            except PeerGone as exc:
-                # A reset is not an end: a close-delimited body would look complete.
-                raise UpstreamProtocolError(502, f"upstream connection reset: {exc}") from None
+            if reader.paused:
+                await checkpoint()  # the rest is buffered: decode it on the next turn
+            else:
+                try:
+                    reader.feed(await io.recv(reset_is_error=True))
+                except PeerGone as exc:
+                    # A reset is not an end: a close-delimited body would look complete.
+                    raise UpstreamProtocolError(
+                        502, f"upstream connection reset: {exc}") from None
             pieces.clear()
             complete = _collect(reader, pieces)
             out = b""

@@ -10,8 +10,10 @@ connection's scope when it has passed. A timeout therefore fires within one tick
 (:data:`TICK`) after it is due.
 
 Fairness: an operation that does not block does not yield, so :meth:`SocketIO.recv`
-yields every :data:`YIELD_EVERY` non-blocking successes; a connection that always has
-data ready cannot starve the others.
+yields after :data:`YIELD_EVERY` non-blocking successes, a full read counting as that
+many (every :data:`BYTES_PER_OP` bytes count as one more): a connection that always
+has data ready cannot starve the others, and the work one turn can carry is bounded in
+reads and in bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ times per request)."""
 
 YIELD_EVERY = 32
 RECV_SIZE = 65536
+BYTES_PER_OP = RECV_SIZE // YIELD_EVERY
+_BYTES_PER_OP_SHIFT = BYTES_PER_OP.bit_length() - 1
 
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag "|" is slow
 _GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN,
@@ -156,7 +160,7 @@ class SocketIO:
                 if exc.errno in _GONE_ERRNOS and not reset_is_error:
                     return b""
                 raise _gone(exc) from None
-            self._ops += 1
+            self._ops += 1 + (len(data) >> _BYTES_PER_OP_SHIFT)
             if self._ops >= YIELD_EVERY:
                 self._ops = 0
                 await checkpoint()

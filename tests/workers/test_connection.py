@@ -7,7 +7,10 @@ task serve the other end: no processes, no wall-clock waits.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +20,7 @@ from li_httpd.config import load_text
 from li_httpd.workers import sockio
 from li_httpd.workers.connection import handle_connection
 from li_httpd.workers.context import WorkerContext
+from li_httpd.workers.proxy import REPLAYABLE_BODY
 
 CONFIG = """
 [server]
@@ -224,3 +228,80 @@ async def test_a_pipelined_flood_does_not_hold_up_other_connections(
         for _ in range(300):
             assert (await flood.response())[0] == b"HTTP/1.1 200 OK"
         nursery.cancel_scope.cancel()
+
+
+FLOOD_CHUNKS = 6000
+"""Chunks of 16 bytes (the smallest average the chunk budget lets through): about 130 KB
+on the wire, two reads and a dozen turns' worth of chunks."""
+
+
+async def _parked_upstream(direction: str, accepted: list[trio.SocketStream],
+                           task_status: trio.TaskStatus[int]) -> None:
+    """An upstream that never reads a request body ("request": what the gateway has
+    forwarded stays in its receive buffer, where the test counts it), or that answers
+    every request with the chunk flood ("response")."""
+    async def handler(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        if direction == "response":
+            await stream.receive_some(65536)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  + b"10\r\n0123456789abcdef\r\n" * FLOOD_CHUNKS
+                                  + b"0\r\n\r\n")
+        await trio.sleep_forever()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    for listener in listeners:
+        listener.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+def _unread(sock: socket.socket | trio.socket.SocketType) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+@pytest.mark.parametrize("direction", ["request", "response"])
+async def test_a_chunk_flood_does_not_hold_up_other_connections(direction: str) -> None:
+    """One connection's body (or its upstream's response) is thousands of small chunks,
+    all buffered at once; a neighbour's request arriving just after is answered while
+    less than half of the flood has been relayed: the flood is decoded a bounded batch
+    per turn, and the connection yields between batches."""
+    accepted: list[trio.SocketStream] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(_parked_upstream, direction, accepted)
+        text = CONFIG.replace('peers = ["http://127.0.0.1:9"]',
+                              f'peers = ["http://127.0.0.1:{port}"]')
+        text = text.replace("[routes]", "[defaults]\nrequest_buffering = false\n\n[routes]")
+        ctx = WorkerContext(load_text(text, "flood.toml"))
+        flood_end, flood_client = socket.socketpair()
+        single_end, single_client = socket.socketpair()
+        for sock in (flood_client, single_client, flood_end, single_end):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        await nursery.start(ctx.housekeeping.run)
+        nursery.start_soon(handle_connection, ctx, flood_end, ("127.0.0.1", 40001))
+        flood = Client(flood_client)
+        single = Client(single_client)
+        if direction == "request":
+            # The gateway holds the first REPLAYABLE_BODY bytes (a retry may need them),
+            # then streams: send that much first, wait for it upstream, then the flood.
+            opening = REPLAYABLE_BODY // 16 + 1
+            await flood.send(b"POST /v1/up HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked"
+                             b"\r\n\r\n" + b"10\r\n0123456789abcdef\r\n" * opening)
+            while not accepted or _unread(accepted[0].socket) < 16 * opening:
+                await trio.sleep(0.001)
+            baseline = _unread(accepted[0].socket)
+            await flood.send(b"10\r\n0123456789abcdef\r\n" * FLOOD_CHUNKS)
+        else:
+            await flood.send(b"POST /v1/down HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n")
+            while not _unread(flood_client):
+                await trio.sleep(0.001)  # the response has started
+        nursery.start_soon(handle_connection, ctx, single_end, ("127.0.0.1", 40002))
+        await single.send(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert (await single.response())[0] == b"HTTP/1.1 200 OK"
+        relayed = (_unread(accepted[0].socket) - baseline if direction == "request"
+                   else _unread(flood_client))
+        total = 16 * FLOOD_CHUNKS
+        assert relayed < total // 2, (
+            f"the neighbour waited until {relayed} of {total} flood bytes were relayed")
+        nursery.cancel_scope.cancel()
+    ctx.close()

@@ -19,6 +19,7 @@ from li_httpd.workers.http1 import (
     ParseLimits,
     RequestHead,
     RequestReader,
+    ResponseHead,
     ResponseReader,
     UpstreamProtocolError,
     parse_request_head,
@@ -820,3 +821,28 @@ def test_chunks_decoded_from_one_read_come_as_one_piece() -> None:
     post = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     events = request_events(post + _tiny_chunks(50, 3))
     assert [e for e in events if isinstance(e, bytes)] == [b"aaa" * 50]
+
+
+def test_one_body_event_decodes_at_most_chunks_per_event_chunks() -> None:
+    """Thousands of small chunks in one read come out as bounded events: after each full
+    batch the reader says it paused (the caller yields), and nothing is lost or repeated
+    across the pauses, also when a paused chunk line carries an extension."""
+    from li_httpd.workers.http1 import CHUNKS_PER_EVENT
+    count = 2 * CHUNKS_PER_EVENT + 7
+    body = (b"1;e=x\r\nb\r\n" + _tiny_chunks(count - 1)[:-5]) + b"0\r\n\r\n"
+    reader = RequestReader(dataclasses.replace(LIMITS, max_body=1 << 20))
+    reader.feed(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert isinstance(reader.next_event(), RequestHead)
+    sizes, pauses = [], []
+    while (event := reader.next_event()) is not END:
+        assert isinstance(event, bytes), event
+        sizes.append(len(event))
+        pauses.append(reader.paused)
+    assert sizes == [CHUNKS_PER_EVENT, CHUNKS_PER_EVENT, 7]
+    assert pauses == [True, True, False]
+    assert not reader.paused and reader.body_bytes == count
+    response = ResponseReader(LIMITS)
+    response.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert isinstance(response.next_event(), ResponseHead)
+    first = response.next_event()
+    assert first == b"b" + b"a" * (CHUNKS_PER_EVENT - 1) and response.paused
