@@ -746,6 +746,15 @@ def test_chunked_response_with_trailers() -> None:
     assert events[1:] == [b"data: yes", "END"]
 
 
+@pytest.mark.parametrize("size_line", [b"5 ", b" 5", b"5\t", b"5 ;a=b"])
+def test_whitespace_around_an_upstream_chunk_size_is_a_502(size_line: bytes) -> None:
+    """As strict as for requests: a parser elsewhere in the chain that skips (or does
+    not skip) such blanks would disagree on where the body ends."""
+    data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size_line
+            + b"\r\nhello\r\n0\r\n\r\n")
+    assert error_of(response_events(data)) == 502
+
+
 def test_chunked_response_is_not_capped() -> None:
     size = LIMITS.max_body * 4
     data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
