@@ -379,6 +379,32 @@ def test_static_files(mock: MockUpstream, start_gateway, tmp_path: Path) -> None
         assert head.headers["content-length"] == "40000"
 
 
+def test_a_client_that_stops_reading_is_dropped_after_send_timeout(
+        mock: MockUpstream, start_gateway, tmp_path: Path) -> None:
+    """A slow-read client asks for a large file and never reads: once a write has been
+    blocked for ``send_timeout`` the gateway closes the connection instead of holding
+    it (and the file) open for as long as the client likes."""
+    root = tmp_path / "site"
+    root.mkdir()
+    size = 32 * 1024 * 1024
+    (root / "big.bin").write_bytes(b"z" * size)
+    config = gateway_config(mock.origin, routes='"GET /files/**" = "static:site"\n',
+                            extra=f'[static.site]\nroot = "{root.resolve()}"\n'
+                                  '[limits]\nsend_timeout = "300ms"\n', workers=1)
+    gateway = start_gateway(config)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gateway.port))
+        sock.sendall(b"GET /files/big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+        time.sleep(2.0)  # never reading: the gateway's writes block, then time out
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+    assert 0 < received < size
+
+
 def test_sigterm_lets_a_live_stream_finish(mock: MockUpstream, start_gateway) -> None:
     gateway = start_gateway(gateway_config(mock.origin))
     payload = json.dumps({"model": "m", "stream": True, "messages": []})
