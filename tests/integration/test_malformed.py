@@ -236,6 +236,7 @@ BIG = b"%x\r\n" % (MAX_BODY + 16) + b"b" * (MAX_BODY + 16) + b"\r\n0\r\n\r\n"
 STREAMED = b"%x\r\n" % (REPLAYABLE_BODY + 100) + b"s" * (REPLAYABLE_BODY + 100) + b"\r\n"
 """A valid first chunk larger than what is decoded before contacting the upstream."""
 TOO_MANY_FIELDS = b"".join(b"X-Field-%02d: v\r\n" % i for i in range(20))
+LENGTH_LOOKALIKE = b"Content-Length0" + b"a" * 255
 
 CASES = [
     # --- Content-Length and Transfer-Encoding together (CL.TE / TE.CL) -------------------
@@ -266,6 +267,15 @@ CASES = [
     Case("cl_overflow", post("/cl-overflow", b"Content-Length: 18446744073709551621\r\n",
                              b"hello"), 400),
     Case("cl_empty", post("/cl-empty", b"Content-Length: \r\n"), 400),
+    # An empty value before a valid one: a server taking the first as 0 would read the
+    # body as the next request.
+    Case("cl_empty_then_valid", post("/cl-empty-2", b"Content-Length: \r\nContent-Length: %d\r\n"
+                                     % len(SMUGGLED), SMUGGLED), 400),
+    # A 270-byte name starting with "content-length" (a length kept in 8 bits wraps to
+    # 14): an ordinary field; the request hidden in the body stays body.
+    Case("cl_name_length_wrap", post("/name-wrap", LENGTH_LOOKALIKE + b":\r\nContent-Length: %d"
+                                     b"\r\n" % len(SMUGGLED) + CLOSE, SMUGGLED), 200,
+         forwarded=("POST /name-wrap",), body=SMUGGLED),
     # --- Transfer-Encoding values (only a single "chunked" is accepted) ------------------------
     # RFC 9112 §6.1 suggests 501 for an unknown coding (nginx answers 501); SPEC §5: 400.
     Case("te_gzip", post("/te-gzip", b"Transfer-Encoding: gzip\r\n", b"0\r\n\r\n"), 400),
@@ -295,6 +305,13 @@ CASES = [
          forwarded=("POST /te-space",), body=b"abc"),
     Case("te_capitalized", chunked("/te-cap", b"3\r\nabc\r\n0\r\n\r\n")
          .replace(b"chunked", b"Chunked"), 200, forwarded=("POST /te-cap",), body=b"abc"),
+    # An empty value is not an absent header: refused, not skipped.
+    Case("te_empty", post("/te-empty", b"Transfer-Encoding: \r\n", b"0\r\n\r\n" + SMUGGLED), 400),
+    # A lookalike name is an ordinary field (dropped by the ingress allowlist): the body
+    # is framed by Content-Length.
+    Case("te_underscore_lookalike", post("/te-underscore", b"Transfer_Encoding: chunked\r\n"
+                                         b"Content-Length: 5\r\n" + CLOSE, b"hello"), 200,
+         forwarded=("POST /te-underscore",), body=b"hello"),
     # --- field syntax -----------------------------------------------------------------------
     Case("obs_fold", req("GET", "/obs-fold", H + b"X-A: b\r\n c\r\n"), 400),
     Case("bare_lf_request_line", b"GET /bare-lf HTTP/1.1\nHost: gw.test\r\n\r\n", 400),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 from li_httpd.config import load_text
 from li_httpd.supervisor.tls import ensure_self_signed
 
-from .conftest import MockUpstream, gateway_config, raw_exchange
+from .conftest import Gateway, MockUpstream, gateway_config, raw_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +126,54 @@ def test_bad_tls_record_from_a_client_does_not_mark_the_peer_down(mock: MockUpst
         response = client.get("/v1/models")
     assert response.status_code == 200, response.text
     assert "upstream failed" not in (tmp_path / "logs" / "error.log").read_text()
+
+
+def _tls12_gateway(mock: MockUpstream, start_gateway, tmp_path: Path) -> tuple[Gateway, Path]:
+    config = _tls_config(mock, f'[server.tls]\nmode = "self_signed"\nmin_protocol = "1.2"\n'
+                               f'cert_dir = "{tmp_path / "certs"}"\n')
+    return start_gateway(config), tmp_path / "certs" / "self_signed.crt"
+
+
+def test_alpn_never_selects_h2(mock: MockUpstream, start_gateway, tmp_path: Path) -> None:
+    """The listener speaks HTTP/1.1 only: a client offering h2 first gets http/1.1, a
+    client offering only h2 gets no protocol, and an HTTP/2 connection preface sent
+    anyway is answered 505 (so no HTTP/2 stream machinery, and none of its floods, is
+    reachable)."""
+    gateway, cert = _tls12_gateway(mock, start_gateway, tmp_path)
+    for offered, selected in ((["h2", "http/1.1"], "http/1.1"), (["h2"], None)):
+        context = ssl.create_default_context(cafile=str(cert))
+        context.set_alpn_protocols(offered)
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == selected
+            if selected is None:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                reply = b""
+                while chunk := tls.recv(65536):
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 505"), reply
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_client_initiated_renegotiation_is_refused(mock: MockUpstream, start_gateway,
+                                                   tmp_path: Path) -> None:
+    """On a TLS 1.2 connection a client asks for a renegotiation (``openssl s_client``'s
+    ``R`` command) between two requests: the gateway refuses it and the connection ends,
+    so renegotiation can neither splice a prefix into a session nor be repeated to burn
+    the worker's CPU. The first request proves the session worked."""
+    gateway, cert = _tls12_gateway(mock, start_gateway, tmp_path)
+    client = subprocess.Popen(
+        ["openssl", "s_client", "-tls1_2", "-crlf", "-CAfile", str(cert),
+         "-servername", "localhost", "-connect", f"127.0.0.1:{gateway.port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert client.stdin is not None
+    for line, pause in ((b"GET /health HTTP/1.1\nHost: a\n\n", 1.0), (b"R\n", 1.0),
+                        (b"GET /health HTTP/1.1\nHost: a\n\n", 1.0)):
+        with contextlib.suppress(BrokenPipeError):
+            client.stdin.write(line)
+            client.stdin.flush()
+        time.sleep(pause)
+    output, _ = client.communicate(timeout=15)
+    assert b"RENEGOTIATING" in output, output  # the command was run, not sent as data
+    assert output.count(b'{"status":"ok"}') == 1, output
+    assert b"no renegotiation" in output or b"alert" in output, output

@@ -159,3 +159,92 @@ def test_stray_tls_record_never_reaches_the_next_client(tmp_path: Path, start_ga
         assert upstream.connections == 2  # the tainted connection was replaced once
     finally:
         upstream.close()
+
+
+class _PlaintextUpstream(RawServer):
+    """Not a TLS server: it answers every connection at once, before reading anything,
+    with a plaintext HTTP response (as a man in the middle of an https peer could)."""
+
+    def handle(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nINJECTED")
+            time.sleep(1.0)
+
+
+def test_a_plaintext_answer_from_an_https_peer_is_never_relayed(tmp_path: Path,
+                                                               start_gateway) -> None:
+    """Bytes from an https peer are read only through the TLS session: a quick plaintext
+    response that arrives before (or instead of) the handshake breaks the handshake, the
+    client gets a 502 and nothing of the plaintext."""
+    _server_context(tmp_path)  # the CA the gateway trusts; this peer never uses it
+    upstream = _PlaintextUpstream()
+    try:
+        upstreams = (f'[upstreams.main]\npeers = ["https://localhost:{upstream.port}"]\n'
+                     f'ca_file = "{tmp_path / "ca.pem"}"\nmax_retries = 0\n')
+        gateway = start_gateway(gateway_config("", upstreams=upstreams, workers=1))
+        with gateway.client() as client:
+            response = client.get("/anything")
+        assert response.status_code == 502
+        assert "INJECTED" not in response.text
+    finally:
+        upstream.close()
+
+
+def _https_server(context: ssl.SSLContext) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = b"secure hello"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_certificate_name_with_a_nul_byte_does_not_match(tmp_path: Path,
+                                                          start_gateway) -> None:
+    """A trusted CA signed ``localhost\\0.attacker.test``: a name check that stops at the
+    NUL would take it for ``localhost``. The peer's name must match the whole name, so
+    the handshake fails and the client gets a 502."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "li-httpd test CA")])
+    ca_cert = _certificate("li-httpd test CA", ca_key, ca_name, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker.test")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost\x00.attacker.test")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "leaf.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    server = _https_server(context)
+    try:
+        upstreams = (f'[upstreams.main]\npeers = ["https://localhost:{server.server_address[1]}"]'
+                     f'\nca_file = "{tmp_path / "ca.pem"}"\nmax_retries = 0\n')
+        gateway = start_gateway(gateway_config("", upstreams=upstreams, workers=1))
+        with gateway.client() as client:
+            response = client.get("/anything")
+        assert response.status_code == 502
+        assert "secure hello" not in response.text
+    finally:
+        server.shutdown()

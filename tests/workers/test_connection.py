@@ -305,3 +305,52 @@ async def test_a_chunk_flood_does_not_hold_up_other_connections(direction: str) 
             f"the neighbour waited until {relayed} of {total} flood bytes were relayed")
         nursery.cancel_scope.cancel()
     ctx.close()
+
+
+def _context(**limits: str) -> WorkerContext:
+    """The module's config with some ``[limits]`` replaced."""
+    lines = "".join(f"{key} = {value}\n" for key, value in limits.items())
+    return WorkerContext(load_text(CONFIG.replace("[limits]\n", "[limits]\n" + lines, 1),
+                                   "limits.toml"))
+
+
+async def test_a_stalled_body_answers_408_and_closes(
+        virtual_clock: trio.testing.MockClock) -> None:
+    """The head is in, the body stops: ``body_timeout`` after the last body bytes the
+    client gets a 408 and the connection closes (no upstream is contacted meanwhile)."""
+    ctx = _context(body_timeout='"2s"')
+
+    async def script(client: Client) -> None:
+        await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n{")
+        await trio.sleep(1.5)
+        await client.send(b'"')  # a byte within the timeout restarts it
+        start = trio.current_time()
+        status, headers, _ = await client.response()
+        assert status == b"HTTP/1.1 408 Request Timeout"
+        assert headers[b"connection"] == b"close"
+        assert 2.0 <= trio.current_time() - start <= 2.0 + 2 * sockio.TICK
+        assert await client.closed()
+    try:
+        await _run(ctx, script)
+    finally:
+        ctx.close()
+
+
+async def test_keepalive_requests_caps_the_requests_of_one_connection() -> None:
+    """After ``keepalive_requests`` requests the connection closes, even with more
+    requests pipelined behind: the last answer says ``Connection: close``."""
+    ctx = _context(keepalive_requests="3")
+
+    async def script(client: Client) -> None:
+        await client.send(b"GET /health HTTP/1.1\r\nhost: a\r\n\r\n" * 5)
+        for number in range(3):
+            status, headers, _ = await client.response()
+            assert status == b"HTTP/1.1 200 OK"
+            assert (headers.get(b"connection") == b"close") is (number == 2)
+        assert client.buffer == b""
+        assert await client.closed()
+    try:
+        await _run(ctx, script)
+    finally:
+        ctx.close()
+    assert ctx.shared.worker_stats(0)[2] == 3

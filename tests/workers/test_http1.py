@@ -212,6 +212,28 @@ def test_underscore_lookalikes_are_ordinary_fields() -> None:
     assert parsed.content_length == 5 and not parsed.chunked
 
 
+@pytest.mark.parametrize("value", [b"", b" ", b"\t"])
+def test_an_empty_transfer_encoding_is_refused(value: bytes) -> None:
+    """An empty Transfer-Encoding is not "absent": a server that skips it frames the
+    body one way while one that reads it as a (broken) coding frames it another."""
+    data = request(b"POST", headers=HOST + b"Transfer-Encoding:" + value + b"\r\n",
+                   body=b"0\r\n\r\n")
+    assert status_of(data) == 400
+
+
+@pytest.mark.parametrize("value", [b"", b"0", b"60"])
+def test_a_long_field_name_never_becomes_framing(value: bytes) -> None:
+    """A 270-byte name that starts with "content-length" (270 = 256 + 14: a length kept
+    in 8 bits would wrap to the length of "content-length") is an ordinary field;
+    framing comes from the exact Content-Length field only, whatever its neighbours."""
+    lookalike = b"Content-Length0" + b"a" * 255
+    assert len(lookalike) == 270
+    parsed = head(request(b"POST", headers=HOST + lookalike + b": " + value + b"\r\n"
+                                            + b"Content-Length: 5\r\n"))
+    assert parsed.content_length == 5 and not parsed.chunked
+    assert (lookalike.lower(), value) in parsed.headers
+
+
 def test_transfer_encoding_on_http10_is_refused() -> None:
     data = request(b"POST", version=b"HTTP/1.0", headers=b"Transfer-Encoding: chunked\r\n")
     assert status_of(data) == 400
@@ -723,6 +745,15 @@ def test_chunked_response_with_trailers() -> None:
     events = response_events(data)
     assert events[0][6] is True  # chunked
     assert events[1:] == [b"data: yes", "END"]
+
+
+@pytest.mark.parametrize("size_line", [b"5 ", b" 5", b"5\t", b"5 ;a=b"])
+def test_whitespace_around_an_upstream_chunk_size_is_a_502(size_line: bytes) -> None:
+    """As strict as for requests: a parser elsewhere in the chain that skips (or does
+    not skip) such blanks would disagree on where the body ends."""
+    data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size_line
+            + b"\r\nhello\r\n0\r\n\r\n")
+    assert error_of(response_events(data)) == 502
 
 
 def test_chunked_response_is_not_capped() -> None:
