@@ -87,6 +87,8 @@ class ClientConnection:
                 await self._serve()
             if self.scope.cancelled_caught:
                 await self._after_deadline(self.deadline.fired)
+            elif self.reader.buffered or self.io.readable_now():
+                await self.io.linger()  # the client is still sending: let it read first
         except (PeerGone, TlsHandshakeError):
             self._ended("client_gone")  # the client went away or failed the handshake
         except Exception as exc:  # a bug must cost one connection, never the worker

@@ -36,6 +36,13 @@ now: Callable[[], float] = time.monotonic
 """The clock of every deadline and idle timer (C-speed; the hot path reads it several
 times per request)."""
 
+LINGER_IDLE = 1.0
+"""Seconds a closing connection waits for more client bytes before it closes (a quiet
+client has nothing left in flight)."""
+LINGER_TOTAL = 5.0
+"""Longest a closing connection drains client bytes (a client that keeps sending is
+cut off with a reset after this)."""
+
 YIELD_EVERY = 32
 RECV_SIZE = 65536
 BYTES_PER_OP = RECV_SIZE // YIELD_EVERY
@@ -220,6 +227,28 @@ class SocketIO:
                 raise PeerGone("file shrank while sending")
             offset += sent
             count -= sent
+
+    async def linger(self) -> None:
+        """Half-close, then read and discard what the client still sends until it closes,
+        goes quiet for :data:`LINGER_IDLE`, or :data:`LINGER_TOTAL` passes (nginx's
+        lingering close). Closing with unread bytes in the socket makes the kernel send a
+        reset, which can destroy responses the client has not read yet (a pipelined burst
+        past ``keepalive_requests``, a 413 while the body is still arriving). Nothing read
+        here is ever parsed."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        with trio.move_on_after(LINGER_TOTAL):
+            while True:
+                with trio.move_on_after(LINGER_IDLE):
+                    try:
+                        if not await self.recv():
+                            return
+                    except (OSError, PeerGone):
+                        return
+                    continue
+                return
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket (with ClosedResourceError)."""

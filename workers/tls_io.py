@@ -155,6 +155,11 @@ class TlsSocketIO:
                 return True  # part of a record: the upstream is sending something
         return self._raw.readable_now()
 
+    async def linger(self) -> None:
+        """:meth:`SocketIO.linger` on the raw socket: what the client still sends is
+        discarded undecrypted."""
+        await self._raw.linger()
+
     def close(self) -> None:
         self._raw.close()
 

@@ -229,35 +229,68 @@ def test_keepalive_pipelining_and_http10(mock: MockUpstream, start_gateway) -> N
     assert keep10.count(b"Hello, world!") == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no lingering close: at keepalive_requests (or after a 413 with the body still "
-    "arriving) the gateway closes with unread client bytes in the socket, so the kernel "
-    "answers with a reset and a client may lose the last response; nginx half-closes and "
-    "drains (lingering_close) in these cases"))
+def _read_until_closed(sock: socket.socket) -> tuple[bytes, str]:
+    """Everything the server sends, and how the connection ended."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return received, "reset"
+    return received, "end of stream"
+
+
 def test_closing_at_keepalive_requests_lingers_for_pipelined_requests(
         mock: MockUpstream, start_gateway) -> None:
     """A client pipelines far more requests than ``keepalive_requests`` allows: it gets
     that many answers, the last with ``Connection: close``, and then a clean end of
-    stream (FIN) rather than a reset, so the answers it has not read yet survive."""
+    stream (FIN) rather than a reset, so the answers it has not read yet survive (the
+    gateway half-closes and discards what is still arriving: a lingering close)."""
     gateway = start_gateway(gateway_config(
         mock.origin, extra="[limits]\nkeepalive_requests = 3\n", workers=1))
     request = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
-    received = b""
-    ended = "end of stream"
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
-        try:
-            # 330 kB: far more than the gateway reads before it has its three requests.
-            sock.sendall(request * 10_000)
-            while chunk := sock.recv(65536):
-                received += chunk
-        except ConnectionResetError:
-            with contextlib.suppress(OSError):
-                while chunk := sock.recv(65536):
-                    received += chunk
-            ended = "reset"
+        # 330 kB: far more than the gateway reads before it has its three requests.
+        sock.sendall(request * 10_000)
+        received, ended = _read_until_closed(sock)
     assert received.count(b"HTTP/1.1 200 OK") == 3
     assert b"connection: close" in received.rpartition(b"HTTP/1.1 200 OK")[2].lower()
     assert ended == "end of stream"
+
+
+def test_a_413_while_the_body_is_still_arriving_ends_with_a_clean_close(
+        mock: MockUpstream, start_gateway) -> None:
+    """The body is refused from its Content-Length while the client is still sending it:
+    the client reads the 413 and a clean end of stream, not a reset."""
+    gateway = start_gateway(gateway_config(
+        mock.origin, extra='[limits]\nmax_body = "1k"\n', workers=1))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 400000\r\n\r\n")
+        sock.sendall(b"x" * 400_000)
+        received, ended = _read_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert ended == "end of stream"
+
+
+def test_a_client_that_keeps_sending_is_cut_off_after_the_lingering_time(
+        mock: MockUpstream, start_gateway) -> None:
+    """Lingering is bounded: a client that never stops sending after its refused request
+    loses the connection (reset) once the lingering time is over."""
+    from li_httpd.workers.sockio import LINGER_TOTAL
+    gateway = start_gateway(gateway_config(
+        mock.origin, extra='[limits]\nmax_body = "1k"\n', workers=1))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 900000000\r\n\r\n")
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while time.monotonic() - started < 3 * LINGER_TOTAL:
+                sock.sendall(b"x" * 4096)
+                time.sleep(0.01)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3 * LINGER_TOTAL, "the gateway kept reading past its lingering time"
 
 
 def test_http10_client_gets_close_delimited_stream(mock: MockUpstream, start_gateway) -> None:
