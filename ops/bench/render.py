@@ -43,8 +43,10 @@ def write_fixtures(config: Mapping[str, Any], directory: Path) -> dict[str, byte
     return written
 
 
-def _nginx(name: str, work: Path, port: int, workers: int, upstream: str, locations: str,
-           http_extra: str = "") -> str:
+def nginx_config(name: str, work: Path, port: int, workers: int, upstream: str,
+                 locations: str, http_extra: str = "") -> str:
+    """templates/nginx.conf.in filled in: pid and error log under ``work``, one server on
+    127.0.0.1:``port``; ``upstream`` and ``http_extra`` go into the http block."""
     template = Template((HERE / "templates" / "nginx.conf.in").read_text())
     return template.substitute(name=name, work=work, port=port, workers=workers,
                                upstream=upstream + ("\n    " + http_extra if http_extra else ""),
@@ -55,7 +57,7 @@ def upstream_nginx(work: Path, port: int, static_root: Path) -> str:
     locations = (f"        location = /small {{ default_type text/plain; "
                  f"return 200 \"{SMALL_BODY.strip()}\\n\"; }}\n"
                  f"        location /files/ {{ root {static_root}; }}")
-    return _nginx("upstream", work, port, 1, "", locations)
+    return nginx_config("upstream", work, port, 1, "", locations)
 
 
 def gateway_nginx(config: Mapping[str, Any], work: Path, port: int, peers: Sequence[str],
@@ -65,8 +67,8 @@ def gateway_nginx(config: Mapping[str, Any], work: Path, port: int, peers: Seque
     extra_location = get(config, "nginx.location", "")
     if kind == "static":
         locations = f"        location /files/ {{ root {static_root}; {extra_location} }}"
-        return _nginx("gateway", work, port, workers, "", locations,
-                      get(config, "nginx.http", ""))
+        return nginx_config("gateway", work, port, workers, "", locations,
+                            get(config, "nginx.http", ""))
     balance = "least_conn;" if get(config, "server.balance") == "least_conn" else ""
     servers = " ".join(f"server {peer.removeprefix('http://')};" for peer in peers)
     upstream = (f"    upstream up {{ {balance} {servers} "
@@ -75,8 +77,8 @@ def gateway_nginx(config: Mapping[str, Any], work: Path, port: int, peers: Seque
            if get(config, "server.sse") else "")
     locations = (f"        location / {{ proxy_pass http://up; proxy_http_version 1.1; "
                  f"proxy_set_header Connection \"\"; {sse} {extra_location} }}")
-    return _nginx("gateway", work, port, workers, upstream, locations,
-                  get(config, "nginx.http", ""))
+    return nginx_config("gateway", work, port, workers, upstream, locations,
+                        get(config, "nginx.http", ""))
 
 
 def gateway_li(config: Mapping[str, Any], work: Path, port: int, peers: Sequence[str],
