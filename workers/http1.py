@@ -198,14 +198,20 @@ def _connection_tokens(value: bytes) -> tuple[bytes, ...]:
     return tuple(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
+def _request_line(data: bytes, line_end: int) -> re.Match[bytes]:
+    """The request line ``data[:line_end]``, matched, or the error that refuses it."""
+    match = _REQUEST_LINE.fullmatch(data, 0, line_end)
+    if match is None:
+        if _VERSION_ONLY.fullmatch(data, 0, line_end):
+            raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        raise HttpError(400, "malformed request line")
+    return match
+
+
 def parse_request_head(head: bytes, limits: ParseLimits) -> RequestHead:
     """Validate and parse a complete request head (ending with CRLF CRLF)."""
     line_end = head.find(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(head, 0, line_end)
-    if match is None:
-        if _VERSION_ONLY.fullmatch(head, 0, line_end):
-            raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-        raise HttpError(400, "malformed request line")
+    match = _request_line(head, line_end)
     method, target, minor = match.group(1), match.group(2), match.group(3)
     if method == b"CONNECT":
         raise HttpError(400, "CONNECT is not supported")
@@ -327,6 +333,7 @@ def parse_response_head(head: bytes, limits: ParseLimits) -> ResponseHead:
 _HEAD, _BODY_LENGTH, _BODY_CHUNKED, _BODY_UNTIL_CLOSE, _END, _FAILED = range(6)
 _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_DATA_CRLF, _CHUNK_TRAILERS = range(4)
 _HEX_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # _MAX_SIZE_DIGITS
+_WHOLE_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 CHUNKS_FREE = 4096
 """Chunks a message may have before :data:`MIN_AVERAGE_CHUNK` applies."""
 MIN_AVERAGE_CHUNK = 16
@@ -363,6 +370,7 @@ class _MessageReader:
         "_paused",
         "_remaining",
         "_scanned",
+        "_scanned_line",
         "_state",
         "body_bytes",
     )
@@ -377,6 +385,7 @@ class _MessageReader:
         self._eof = False
         self._state = _HEAD
         self._scanned = 0
+        self._scanned_line = False
         self._leading_crlf = 0
         self._remaining = 0
         self._chunk_state = _CHUNK_SIZE
@@ -433,6 +442,11 @@ class _MessageReader:
                 self._fail(431, "header block too large")
             if b"\n" in buf.replace(b"\r\n", b""):
                 self._fail(400, "bare LF line ending")
+            if line_end >= 0 and not self._scanned_line:
+                # The first line is complete: refuse a malformed one now (an HTTP/0.9
+                # "GET /x" line would otherwise wait for a blank line that never comes).
+                self._first_line(buf, line_end)
+                self._scanned_line = True
             self._scanned = len(buf)
             return None
         head_end = end + 4
@@ -443,8 +457,12 @@ class _MessageReader:
             self._fail(431, "header block too large")
         self._buf = buf[head_end:]
         self._scanned = 0
+        self._scanned_line = False
         self._leading_crlf = 0
         return buf[:head_end]
+
+    def _first_line(self, buf: bytes, line_end: int) -> None:
+        """Check a head's first line as soon as it is complete (requests only)."""
 
     def _fail(self, request_status: int, message: str) -> NoReturn:
         status = request_status if self._error is HttpError else self._error_status
@@ -553,8 +571,34 @@ class _MessageReader:
         size = len(buf)
         pos = 0
         chunks_left = CHUNKS_PER_EVENT
+        whole_chunk = _WHOLE_CHUNK_SIZE.match
         while True:
             chunk_state = self._chunk_state
+            if chunk_state == _CHUNK_SIZE and chunks_left:
+                # Fast path: a plain size line whose data and CRLF are all buffered is
+                # taken in one step. Anything else (extensions, the last chunk, a chunk
+                # cut by the read, a framing error) goes the general way below, which
+                # starts again from the same size line.
+                found = whole_chunk(buf, pos)
+                if found is not None:
+                    chunk_size = int(found.group(1), 16)
+                    data_start = found.end()
+                    data_end = data_start + chunk_size
+                    if chunk_size and data_end + 2 <= size and buf[data_end] == 0x0D \
+                            and buf[data_end + 1] == 0x0A:
+                        chunks = self._chunks + 1
+                        body_bytes = self.body_bytes + chunk_size
+                        if chunks > CHUNKS_FREE and body_bytes < chunks * MIN_AVERAGE_CHUNK:
+                            raise self._error(error_status,
+                                              "chunked body: too many tiny chunks")
+                        if body_cap is not None and body_bytes > body_cap:
+                            raise HttpError(413, "request body too large")
+                        self._chunks = chunks
+                        self.body_bytes = body_bytes
+                        pieces.append(buf[data_start:data_end])
+                        pos = data_end + 2
+                        chunks_left -= 1
+                        continue
             if chunk_state == _CHUNK_DATA:
                 if pos >= size:
                     return pos, False
@@ -644,6 +688,9 @@ class RequestReader(_MessageReader):
 
     def __init__(self, limits: ParseLimits) -> None:
         super().__init__(limits, HttpError, 400, body_cap=limits.max_body)
+
+    def _first_line(self, buf: bytes, line_end: int) -> None:
+        _request_line(buf, line_end)
 
     def next_event(self) -> RequestHead | bytes | _Signal:
         if self._state != _HEAD:

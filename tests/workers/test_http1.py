@@ -877,3 +877,23 @@ def test_one_body_event_decodes_at_most_chunks_per_event_chunks() -> None:
     assert isinstance(response.next_event(), ResponseHead)
     first = response.next_event()
     assert first == b"b" + b"a" * (CHUNKS_PER_EVENT - 1) and response.paused
+
+
+@pytest.mark.parametrize("line", [b"GET /http09\r\n", b"GET  /x HTTP/1.1\r\n",
+                                  b"GET /x HTTP/1.32\r\nHost: a\r\n", b"PRI * HTTP/2.0\r\n"])
+def test_a_malformed_request_line_is_refused_before_the_head_ends(line: bytes) -> None:
+    """The request line is checked as soon as it is complete: an HTTP/0.9 line (which
+    never gets a blank line after it) is refused at once, not at the header timeout."""
+    reader = RequestReader(LIMITS)
+    reader.feed(line)
+    with pytest.raises(HttpError) as caught:
+        reader.next_event()
+    assert caught.value.status in (400, 505)
+
+
+def test_a_well_formed_request_line_waits_for_the_rest_of_the_head() -> None:
+    reader = RequestReader(LIMITS)
+    reader.feed(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+    assert reader.next_event() is NEED_DATA
+    reader.feed(b"\r\n")
+    assert isinstance(reader.next_event(), RequestHead)
