@@ -50,7 +50,9 @@ _BYTES_PER_OP_SHIFT = BYTES_PER_OP.bit_length() - 1
 
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag "|" is slow
 _DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
-_DISCARD = bytearray(1 << 20)
+_DISCARD: list[bytearray] = []
+"""One 1 MiB buffer per process for lingering (MSG_TRUNC never writes it), made on
+first use."""
 _GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN,
                           errno.ECONNABORTED, errno.ETIMEDOUT})
 
@@ -242,12 +244,15 @@ class SocketIO:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             return
+        if not _DISCARD:
+            _DISCARD.append(bytearray(1 << 20))
+        discard = _DISCARD[0]
         with trio.move_on_after(LINGER_TOTAL):
             while True:
                 with trio.move_on_after(LINGER_IDLE):
                     try:
                         # MSG_TRUNC on TCP discards in the kernel: nothing is copied.
-                        if not sock.recv_into(_DISCARD, len(_DISCARD), _DISCARD_FLAGS):
+                        if not sock.recv_into(discard, len(discard), _DISCARD_FLAGS):
                             return
                         await checkpoint()
                     except BlockingIOError:
