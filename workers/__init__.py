@@ -19,6 +19,7 @@ Modules, in the order a request meets them:
 - :mod:`.static`, :mod:`.static_response` — static-file policy (pure), and its I/O;
 - :mod:`.proxy` — the reverse proxy handler; :mod:`.retry` — its retry decisions (pure);
 - :mod:`.upstream` — peers, keep-alive pools, peer choice;
+- :mod:`.sse` — SSE event boundaries, held half events, the terminal error event (pure);
 - :mod:`.sockio`, :mod:`.tls_io` — non-blocking socket I/O and deadlines; TLS over it;
 - :mod:`.housekeeping` — the per-worker timer task: deadlines, disconnect watch, Date;
 - :mod:`.responses` — response heads and the gateway's JSON errors (pure);

@@ -15,9 +15,10 @@ audit record on proxy routes), and an upstream connection still held is closed.
 All of a connection's work runs inside one cancel scope. Timeouts and client
 disconnects cancel that scope (see :mod:`.housekeeping`), after which :meth:`run` knows
 from the deadline's reason and the exchange's response :class:`~.exchange.Phase` what it
-may still send: a 408 or 504 when no response byte was sent yet, an SSE error event on
-an SSE stream, or nothing but the close. The upstream connection in use, if any, is
-reset, so the upstream sees the request go away.
+may still send: a 408 or 504 when no response byte was sent yet, the terminal SSE error
+event on an SSE stream (:meth:`~.sse.SseRelay.error_end`), or nothing but the close.
+The upstream connection in use, if any, is reset, so the upstream sees the request go
+away.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ _QUIET_REASONS: frozenset[DeadlineReason] = frozenset({"idle", "client_gone", "s
                                                        "handshake"})
 _CLIENT_TIMEOUTS: frozenset[DeadlineReason] = frozenset({"header", "body"})
 _LIMIT_REASONS = frozenset({"rate", "streams", "table_full"})
+_SSE_ERRORS: dict[DeadlineReason, tuple[int, str]] = {
+    "upstream_idle": (504, "upstream stream stalled"),
+    "stream_max": (504, "stream exceeded its maximum duration"),
+}
+"""The terminal SSE error event's status and message when a deadline ends a stream."""
 
 
 class ClientConnection:
@@ -341,21 +347,12 @@ class ClientConnection:
                 if phase is Phase.UNSENT:
                     await self._send_error(408 if reason in _CLIENT_TIMEOUTS else 504,
                                            keep_alive=False)
-                elif phase is Phase.SSE and exchange is not None:
-                    await self.io.send_all(sse_error_chunk(reason, exchange.request_id))
+                elif phase is Phase.SSE and exchange is not None and exchange.sse is not None:
+                    code, message = _SSE_ERRORS.get(reason, (504, "stream aborted"))
+                    await self.io.send_all(exchange.sse.error_end(code, message,
+                                                                  exchange.request_id))
             except PeerGone:
                 pass
-
-
-def sse_error_chunk(reason: DeadlineReason, request_id: bytes) -> bytes:
-    """A final SSE event telling the client why its stream ended, then the last chunk."""
-    message = {"upstream_idle": "upstream stream stalled",
-               "stream_max": "stream exceeded its maximum duration",
-               "upstream_ttfb": "upstream did not start in time"}.get(reason, "stream aborted")
-    event = b"data: " + orjson.dumps({"error": {
-        "message": message, "type": "gateway_timeout", "code": 504,
-        "request_id": request_id.decode("ascii", "replace")}}) + b"\n\n"
-    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)
 
 
 async def handle_connection(ctx: WorkerContext, sock: socket.socket, peer: object) -> None:

@@ -21,6 +21,7 @@ from li_httpd.shm import gcra
 
 from .http1 import RequestHead
 from .identity import Caller
+from .sse import SseRelay
 from .upstream import PeerTarget, UpstreamConn, UpstreamGroup
 
 
@@ -36,8 +37,9 @@ class Phase(enum.Enum):
     CHUNKED = "chunked"
     """Head written, chunked body under way: a failure ends it without the last chunk."""
     SSE = "sse"
-    """Head written, chunked ``text/event-stream`` under way: a failure can still send
-    one terminal SSE error event before the last chunk."""
+    """Head written, ``text/event-stream`` under way, chunked or (to an HTTP/1.0 client)
+    ended by the close: a failure drops the held half event and sends one terminal SSE
+    error event (:attr:`Exchange.sse`), then the last chunk or the close."""
 
 
 Outcome = Literal[
@@ -72,7 +74,7 @@ class Exchange:
     """What one request is and did. Created by the connection actor per request head."""
 
     __slots__ = ("audited", "caller", "continue_sent", "group", "head", "meter", "model",
-                 "outcome", "peer", "phase", "request_id", "route", "sent_mark", "started",
+                 "outcome", "peer", "phase", "request_id", "route", "sent_mark", "sse", "started",
                  "status", "ttfb_ms", "upstream")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
@@ -94,6 +96,8 @@ class Exchange:
         self.model: str | None = None
         self.upstream: UpstreamConn | None = None
         self.group: UpstreamGroup | None = None
+        self.sse: SseRelay | None = None
+        """The SSE relay of a response in :attr:`Phase.SSE`: what ends it on a failure."""
 
     @property
     def key_id(self) -> str | None:

@@ -46,6 +46,7 @@ from .port import ClientPort
 from .responses import render_head
 from .retry import Attempts, Decision, FailureKind, replay_of
 from .sockio import ClientGone, PeerGone
+from .sse import SseRelay, SseScanner
 from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
 
 REPLAYABLE_BODY = 64 * 1024
@@ -155,6 +156,14 @@ def _collect(reader: ResponseReader, pieces: list[bytes]) -> bool:
                 return False
         else:
             raise UpstreamProtocolError(502, "unexpected data after the upstream response")
+
+
+def _whole_events(pieces: list[bytes]) -> bool:
+    """True when an event stream made of ``pieces`` ends between events."""
+    scanner = SseScanner()
+    for piece in pieces:
+        scanner.feed(piece)
+    return scanner.at_boundary
 
 
 def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
@@ -340,7 +349,12 @@ class _Proxy:
                 complete = _collect(reader, pieces)
             except UpstreamProtocolError:
                 return await self._upstream_broke(up)
-        chunked = False
+        until_close = (sse and response.content_length is None and not response.chunked
+                       and head.method != b"HEAD" and response.status not in (204, 304))
+        if complete and until_close and not _whole_events(pieces):
+            # The upstream closed mid-event before the head went out: a cut, not a body.
+            return await self._upstream_broke(up)
+        chunked = ends_on_close = False
         if head.method == b"HEAD" or response.status in (204, 304):
             pass
         elif response.content_length is not None:
@@ -352,21 +366,30 @@ class _Proxy:
             chunked = True
         else:
             keep = False  # HTTP/1.0 client, unknown length: the close ends the body
+            ends_on_close = True
         headers.append((b"x-request-id", exchange.request_id))
         headers.append((b"date", self.ctx.housekeeping.date))
         if not keep:
             headers.append((b"connection", b"close"))
         out = render_head(response.status, headers)
+        relay = None
+        if sse and not complete and (chunked or ends_on_close):
+            # Only complete events go out; a failure ends the stream with an error event.
+            relay = exchange.sse = SseRelay(chunked)
         if pieces:
             data = b"".join(pieces)
-            out += _chunk(data) if chunked else data
+            if relay is not None:
+                data = relay.relay(data)
+            if data:
+                out += _chunk(data) if chunked else data
         if complete and chunked:
             out += b"0\r\n\r\n"
-        phase = (Phase.SSE if sse else Phase.CHUNKED) if chunked else Phase.FRAMED
+        phase = (Phase.SSE if relay is not None else Phase.CHUNKED if chunked
+                 else Phase.FRAMED)
         await client.respond(response.status, out, phase)
         if not complete:
             try:
-                await self._stream_response_body(up, chunked)
+                await self._stream_response_body(up, chunked, relay, until_close)
             except UpstreamProtocolError:
                 return await self._upstream_broke(up)
         client.unwatch_disconnect()
@@ -377,8 +400,11 @@ class _Proxy:
             up.close()
         return Handled("completed", keep)
 
-    async def _stream_response_body(self, up: UpstreamConn, chunked: bool) -> None:
-        """Forward body pieces as they arrive until the response is complete."""
+    async def _stream_response_body(self, up: UpstreamConn, chunked: bool,
+                                    relay: SseRelay | None, until_close: bool) -> None:
+        """Forward body pieces as they arrive until the response is complete (an SSE
+        body through ``relay``: only whole events; one that ``until_close``, ending on
+        the upstream's close, is complete only when the close falls between events)."""
         reader = up.reader
         io = up.io
         client = self.client
@@ -403,10 +429,15 @@ class _Proxy:
                         502, f"upstream connection reset: {exc}") from None
             pieces.clear()
             complete = _collect(reader, pieces)
-            out = b""
-            if pieces:
-                data = b"".join(pieces)
-                out = _chunk(data) if chunked else data
+            data = b"".join(pieces) if pieces else b""
+            if relay is not None:
+                if data:
+                    data = relay.relay(data)
+                if complete:
+                    if until_close and not relay.complete:
+                        raise UpstreamProtocolError(502, "upstream closed mid-event")
+                    data += relay.finish()
+            out = (_chunk(data) if chunked else data) if data else b""
             if complete and chunked:
                 out += b"0\r\n\r\n"
             if out:
@@ -415,13 +446,21 @@ class _Proxy:
                 return
 
     async def _upstream_broke(self, up: UpstreamConn) -> Handled:
-        """The upstream sent a malformed or truncated response."""
+        """The upstream sent a malformed or truncated response: a 502 before the head,
+        the terminal error event on an SSE stream, else a reset (the client sees the
+        body end short of its length or of its last chunk)."""
         self._drop_upstream()
         client = self.client
         client.unwatch_disconnect()
+        exchange = self.exchange
         self.ctx.log.diagnostic("warn", "upstream response broke off",
-                                request_id=self.exchange.request_id, peer=up.peer.label)
-        if self.exchange.phase is not Phase.UNSENT:
+                                request_id=exchange.request_id, peer=up.peer.label)
+        if exchange.phase is Phase.SSE and exchange.sse is not None:
+            client.deadline.clear()  # the send is bounded by the send timeout alone
+            await client.send(exchange.sse.error_end(502, "upstream stream broke off",
+                                                     exchange.request_id))
+            return Handled("upstream_broke", False)
+        if exchange.phase is not Phase.UNSENT:
             client.abort()  # the client must see the response end abnormally
             return Handled("upstream_broke", False)
         return await client.reject(502, outcome="upstream_broke", keep_alive=False)

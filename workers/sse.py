@@ -28,6 +28,8 @@ import re
 
 import orjson
 
+from .responses import ERROR_TYPES
+
 HOLD_LIMIT = 64 * 1024
 """The most bytes of one unfinished event the gateway holds back."""
 
@@ -139,14 +141,15 @@ class SseRelay:
         """True when the stream so far ends at an event boundary."""
         return self.scanner.at_boundary
 
-    def error_end(self, error_type: str, code: int, message: str, request_id: bytes) -> bytes:
+    def error_end(self, code: int, message: str, request_id: bytes) -> bytes:
         """The last bytes of a failed stream: the held half event is dropped (a half
         event already partly sent is ended with a blank line instead), then one
-        ``event: error`` whose data is the gateway's JSON error, then the terminal chunk
-        (a chunked response; otherwise the caller closes the connection)."""
+        ``event: error`` whose data is the gateway's JSON error for status ``code`` (the
+        same object as its JSON error responses), then the terminal chunk (a chunked
+        response; otherwise the caller closes the connection)."""
         self._release()
         event = b"event: error\ndata: " + orjson.dumps({"error": {
-            "type": error_type, "code": code, "message": message,
+            "type": ERROR_TYPES.get(code, "error"), "code": code, "message": message,
             "request_id": request_id.decode("ascii", "replace")}}) + b"\n\n"
         if self._open_sent:
             event = b"\n\n" + event

@@ -69,16 +69,16 @@ def _event_of(chunked_end: bytes) -> dict[str, object]:
 def test_error_end_drops_the_held_half_event() -> None:
     relay = SseRelay(chunked=True)
     assert relay.relay(b"data: 1\n\ndata: {\"ha") == b"data: 1\n\n"
-    end = relay.error_end("upstream_error", 502, "upstream stream broke off", b"r-1")
+    end = relay.error_end(502, "upstream stream broke off", b"r-1")
     assert b"ha" not in end
-    assert _event_of(end) == {"error": {"type": "upstream_error", "code": 502,
+    assert _event_of(end) == {"error": {"type": "bad_gateway", "code": 502,
                                         "message": "upstream stream broke off",
                                         "request_id": "r-1"}}
 
 
 def test_error_end_for_a_close_delimited_response_has_no_chunk_framing() -> None:
     relay = SseRelay(chunked=False)
-    end = relay.error_end("gateway_timeout", 504, "upstream stream stalled", b"r-2")
+    end = relay.error_end(504, "upstream stream stalled", b"r-2")
     assert end.startswith(b"event: error\ndata: {") and end.endswith(b"}\n\n")
 
 
@@ -87,9 +87,9 @@ def test_an_event_beyond_the_hold_limit_flows_and_is_ended_before_the_error() ->
     big = b"data: " + b"x" * HOLD_LIMIT
     assert relay.relay(big) == big  # too long to hold: forwarded as it comes
     assert relay.relay(b"yy") == b"yy"
-    end = relay.error_end("gateway_timeout", 504, "stalled", b"r-3")
+    end = relay.error_end(504, "stalled", b"r-3")
     assert end.startswith(b"\n\nevent: error\n")
     relay = SseRelay(chunked=False)
     relay.relay(big)
     assert relay.relay(b"\n\ndata: next") == b"\n\n"  # the long event ended: hold again
-    assert relay.error_end("t", 504, "m", b"r").startswith(b"event: error\n")
+    assert relay.error_end(504, "m", b"r").startswith(b"event: error\n")
