@@ -54,6 +54,7 @@ _LIMIT_REASONS = frozenset({"rate", "streams", "table_full"})
 _SSE_ERRORS: dict[DeadlineReason, tuple[int, str]] = {
     "upstream_idle": (504, "upstream stream stalled"),
     "stream_max": (504, "stream exceeded its maximum duration"),
+    "shutdown": (503, "the gateway shut down before the stream ended"),
 }
 """The terminal SSE error event's status and message when a deadline ends a stream."""
 
@@ -339,14 +340,15 @@ class ClientConnection:
                     exchange.group.failed(upstream.peer)
                 upstream.io.abort()
         self._ended("client_gone" if reason == "client_gone" else "timeout")
-        if reason in _QUIET_REASONS:
+        if reason in _QUIET_REASONS or (reason == "shutdown" and exchange is None):
             return
         phase = exchange.phase if exchange is not None else Phase.UNSENT
         with trio.move_on_after(_AFTER_TIMEOUT_SEND):
             try:
                 if phase is Phase.UNSENT:
-                    await self._send_error(408 if reason in _CLIENT_TIMEOUTS else 504,
-                                           keep_alive=False)
+                    status = (408 if reason in _CLIENT_TIMEOUTS
+                              else 503 if reason == "shutdown" else 504)
+                    await self._send_error(status, keep_alive=False)
                 elif phase is Phase.SSE and exchange is not None and exchange.sse is not None:
                     code, message = _SSE_ERRORS.get(reason, (504, "stream aborted"))
                     await self.io.send_all(exchange.sse.error_end(code, message,

@@ -30,7 +30,7 @@ from trio.lowlevel import wait_readable
 
 from . import sockio
 from .responses import http_date
-from .sockio import TICK, Deadline
+from .sockio import TICK, Deadline, DeadlineReason
 
 WATCH_AFTER = 0.05
 DRAIN_IDLE = 1.0
@@ -139,6 +139,12 @@ class Housekeeping:
             self.unwatch(fd)
             if not data:
                 entry.deadline.expire_now("client_gone")
+
+    def end_all(self, reason: DeadlineReason) -> None:
+        """Fire every connection's deadline now with ``reason`` (the end of a graceful
+        stop: each connection still gets to send its last words)."""
+        for deadline in tuple(self.deadlines):
+            deadline.expire_now(reason)
 
     def drain(self) -> None:
         """Graceful stop: every response from now on says Connection: close, and idle

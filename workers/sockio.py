@@ -77,6 +77,7 @@ DeadlineReason = Literal[
     "upstream_idle",  # the gap between two pieces of the upstream's body (stall)
     "stream_max",     # the whole upstream response
     "client_gone",    # not a timer: the client hung up while a request was in flight
+    "shutdown",       # not a timer: the graceful stop's shutdown_timeout ran out
 ]
 """Why a connection's deadline fires. The connection actor answers each differently."""
 

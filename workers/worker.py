@@ -12,7 +12,10 @@ then runs :func:`serve` under ``trio.run``. Structure (no orphan tasks):
 Graceful stop (SIGTERM): the accept loops end (the master keeps the listening sockets,
 other workers keep accepting during a reload), idle keep-alive connections close at the
 next housekeeping tick, busy ones finish their current request or stream, and after
-``server.shutdown_timeout`` whatever remains is cancelled. Then the process exits 0.
+``server.shutdown_timeout`` whatever remains ends: each connection's deadline fires
+(``shutdown``), so it sends what its response still allows (a 503 before any response
+byte, the terminal error event on an SSE stream) within :data:`SHUTDOWN_LAST_WORDS`,
+then the rest is cancelled. Then the process exits 0.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from .metrics_server import handle_metrics_connection
 _RETRY_ACCEPT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_BURST = 16
 PARENT_CHECK = 1.0
+SHUTDOWN_LAST_WORDS = 1.5
+"""Seconds the connections still open when ``shutdown_timeout`` ends get to send their
+last bytes (the master's kill grace is longer)."""
 
 
 def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
@@ -139,6 +145,13 @@ class _Stopper:
         self.accepting.cancel()
         self.ctx.shared.stopped_accepting()
         await trio.sleep(self.shutdown_timeout)
+        # Time is up: every connection ends now, but first sends what its response still
+        # allows (a 503 before any byte, the terminal error event on an SSE stream).
+        housekeeping = self.ctx.housekeeping
+        housekeeping.end_all("shutdown")
+        last_words = trio.current_time() + SHUTDOWN_LAST_WORDS
+        while housekeeping.deadlines and trio.current_time() < last_words:
+            await trio.sleep(0.02)
         self.connections.cancel()
 
 

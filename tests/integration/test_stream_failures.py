@@ -14,6 +14,8 @@ terminal chunk or before their Content-Length, so the client can tell.
 from __future__ import annotations
 
 import json
+import re
+import signal
 import socket
 import threading
 import time
@@ -272,3 +274,39 @@ def test_a_length_delimited_body_cut_short_ends_before_its_length(
     assert status == b"HTTP/1.1 200 OK" and closed
     assert headers[b"content-length"] == b"100"
     assert body == b'{"partial": tr'
+
+
+def test_a_stream_still_running_when_shutdown_timeout_ends_gets_the_error_event(
+        hostile: Callable[..., _HostileSse], start_gateway: Callable[..., Gateway]) -> None:
+    """SIGTERM during a stream: the gateway drains, the stream runs on, and when
+    ``shutdown_timeout`` ends it the client gets the terminal error event (503)."""
+    upstream = hostile(SSE_HEAD + b"transfer-encoding: chunked\r\n\r\n",
+                       [_chunk(EVENT_1), _chunk(HALF_EVENT)], "stall")
+    config = gateway_config(upstream.origin, workers=1).replace(
+        'shutdown_timeout = "10s"', 'shutdown_timeout = "1s"')
+    gateway = start_gateway(config)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-length: 2\r\n\r\n{}")
+        received = b""
+        while EVENT_1 not in received:
+            data = sock.recv(65536)
+            assert data, received
+            received += data
+        gateway.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        while not received.endswith(b"\r\n0\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, received
+            received += data
+        ended_after = time.monotonic() - signalled
+        assert sock.recv(65536) == b""  # then the close
+    assert 1.0 <= ended_after < 3.0
+    head, _, body = received.partition(b"\r\n\r\n")
+    request_id = re.search(rb"(?i)\r\nx-request-id: *([^\r]+)", head)
+    assert request_id
+    data, terminated = _dechunk(body)
+    assert terminated and data.startswith(EVENT_1) and HALF_EVENT not in data
+    error = _error_event(data[len(EVENT_1):], request_id.group(1))
+    assert (error["type"], error["code"]) == ("unavailable", 503)
+    assert gateway.wait(10) == 0
