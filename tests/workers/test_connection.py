@@ -161,7 +161,7 @@ async def _stalling_sse_upstream(task_status: trio.TaskStatus[int]) -> None:
         await stream.receive_some(65536)
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                               b"transfer-encoding: chunked\r\n\r\n"
-                              b"e\r\ndata: token\n\n\r\n")
+                              b"d\r\ndata: token\n\n\r\n")
         await trio.sleep_forever()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
@@ -186,9 +186,63 @@ async def test_a_stalled_sse_stream_ends_with_an_error_event(
                 assert data, received
                 received += data
             assert b"data: token\n\n" in received
-            assert b'"upstream stream stalled"' in received
+            assert b'event: error\ndata: {"error":{"type":"gateway_timeout","code":504,' \
+                   b'"message":"upstream stream stalled"' in received
             assert received.index(b"token") < received.index(b"stalled")
             assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
+        try:
+            await _run(ctx, script)
+        finally:
+            ctx.close()
+        upstreams.cancel_scope.cancel()
+
+
+async def _trickling_sse_upstream(task_status: trio.TaskStatus[int]) -> None:
+    """An upstream that sends one event, then one event that never ends: a few bytes
+    of it every half second, forever (never idle long enough for the stall detector)."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                              b"transfer-encoding: chunked\r\n\r\n"
+                              b"d\r\ndata: token\n\n\r\n" b"a\r\ndata: {\"ha\r\n")
+        while True:
+            await trio.sleep(0.5)
+            await stream.send_all(b"2\r\nlf\r\n")
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+async def test_the_maximum_duration_mid_event_drops_the_half_event(
+        virtual_clock: trio.testing.MockClock) -> None:
+    """``stream_max_duration`` ends a stream while an event is half sent upstream: the
+    client gets the whole events, never the half one, then the one error event."""
+    async with trio.open_nursery() as upstreams:
+        port = await upstreams.start(_trickling_sse_upstream)
+        text = CONFIG.replace('peers = ["http://127.0.0.1:9"]',
+                              f'peers = ["http://127.0.0.1:{port}"]')
+        text = text.replace("[routes]", '[defaults.rate_limit]\nkey = "ip"\n'
+                            'allow_ip_key = true\nrequests_per_sec = 1000\nburst = 1000\n'
+                            'stream_max_duration = "2s"\n\n[routes]')
+        ctx = WorkerContext(load_text(text, "sse.toml"))
+
+        async def script(client: Client) -> None:
+            start = trio.current_time()
+            await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 2\r\n\r\n{}")
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                data = await client.stream.receive_some(65536)
+                assert data, received
+                received += data
+            body = received.partition(b"\r\n\r\n")[2]
+            event = (b'event: error\ndata: {"error":{"type":"gateway_timeout","code":504,'
+                     b'"message":"stream exceeded its maximum duration","request_id":')
+            assert body.startswith(b"d\r\ndata: token\n\n\r\n")
+            assert body[len(b"d\r\ndata: token\n\n\r\n"):].partition(b"\r\n")[2] \
+                .startswith(event)
+            assert b"half" not in body and b'"ha' not in body
+            assert 2.0 <= trio.current_time() - start <= 2.0 + 2 * sockio.TICK
         try:
             await _run(ctx, script)
         finally:
