@@ -97,10 +97,11 @@ class SseRelay:
     the stream ends when it fails. ``chunked``: the client's response is chunked (else
     the close ends it: an HTTP/1.0 client)."""
 
-    __slots__ = ("_held", "_held_bytes", "_open_sent", "chunked", "scanner")
+    __slots__ = ("_held", "_held_bytes", "_open_sent", "chunked", "hold_limit", "scanner")
 
-    def __init__(self, chunked: bool) -> None:
+    def __init__(self, chunked: bool, hold_limit: int = HOLD_LIMIT) -> None:
         self.chunked = chunked
+        self.hold_limit = hold_limit
         self.scanner = SseScanner()
         self._held: list[bytes] = []
         self._held_bytes = 0
@@ -120,7 +121,7 @@ class SseRelay:
             return data[:end]
         if not end:
             self._hold(data)
-            if self._held_bytes <= HOLD_LIMIT:
+            if self._held_bytes <= self.hold_limit:
                 return b""
             self._open_sent = True
             return self._release()
@@ -138,8 +139,15 @@ class SseRelay:
 
     @property
     def complete(self) -> bool:
-        """True when the stream so far ends at an event boundary."""
+        """True when the upstream's stream so far ends at an event boundary."""
         return self.scanner.at_boundary
+
+    @property
+    def client_between_events(self) -> bool:
+        """True when what the client has received ends between events (always, unless
+        an event beyond HOLD_LIMIT is under way): the gateway may write an event or a
+        comment of its own now without splitting one of the upstream's."""
+        return not self._open_sent
 
     def error_end(self, code: int, message: str, request_id: bytes) -> bytes:
         """The last bytes of a failed stream: the held half event is dropped (a half

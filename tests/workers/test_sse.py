@@ -85,11 +85,14 @@ def test_error_end_for_a_close_delimited_response_has_no_chunk_framing() -> None
 def test_an_event_beyond_the_hold_limit_flows_and_is_ended_before_the_error() -> None:
     relay = SseRelay(chunked=False)
     big = b"data: " + b"x" * HOLD_LIMIT
+    assert relay.client_between_events
     assert relay.relay(big) == big  # too long to hold: forwarded as it comes
+    assert not relay.client_between_events
     assert relay.relay(b"yy") == b"yy"
     end = relay.error_end(504, "stalled", b"r-3")
     assert end.startswith(b"\n\nevent: error\n")
     relay = SseRelay(chunked=False)
     relay.relay(big)
     assert relay.relay(b"\n\ndata: next") == b"\n\n"  # the long event ended: hold again
+    assert relay.client_between_events and not relay.complete
     assert relay.error_end(504, "m", b"r").startswith(b"event: error\n")

@@ -8,7 +8,9 @@ or arbitrary bytes, and split into pieces at arbitrary points:
   non-blank one), however the stream is split: same event count, same boundary state;
 - the relay forwards a prefix of the stream (the rest is what :meth:`finish` gives
   back): after each piece, the stream up to the last event end, or all of it when it
-  stands between events.
+  stands between events;
+- with a hold limit small enough to be exceeded, nothing is lost, and the client's side
+  ends between events whenever the relay says so.
 """
 
 from __future__ import annotations
@@ -84,3 +86,22 @@ def test_the_relay_forwards_exactly_the_complete_events(stream: bytes,
             boundary = len(seen)
         assert forwarded == seen[:max(boundary, last_end)]
     assert forwarded + relay.finish() == stream
+
+
+@FAST
+@given(streams, st.lists(st.integers(0, 200), max_size=12), st.integers(0, 40))
+def test_the_client_side_ends_between_events_unless_an_event_outgrew_the_limit(
+        stream: bytes, cuts: list[int], hold_limit: int) -> None:
+    """With a small hold limit: nothing is lost or reordered, what the client has is
+    between events whenever the relay says so, and the error end starts with a blank
+    line exactly when it is not."""
+    relay = SseRelay(chunked=False, hold_limit=hold_limit)
+    forwarded = b""
+    for piece in _split(stream, cuts):
+        forwarded += relay.relay(piece)
+        if relay.client_between_events:
+            assert _reference(forwarded)[1]
+    between = relay.client_between_events
+    tail = relay.error_end(502, "m", b"r")
+    assert tail.startswith(b"\n\nevent: error\n") is not between
+    assert stream.startswith(forwarded)
