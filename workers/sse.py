@@ -97,7 +97,8 @@ class SseRelay:
     the stream ends when it fails. ``chunked``: the client's response is chunked (else
     the close ends it: an HTTP/1.0 client)."""
 
-    __slots__ = ("_held", "_held_bytes", "_open_sent", "chunked", "hold_limit", "scanner")
+    __slots__ = ("_ended", "_held", "_held_bytes", "_open_sent", "chunked", "hold_limit",
+                 "scanner")
 
     def __init__(self, chunked: bool, hold_limit: int = HOLD_LIMIT) -> None:
         self.chunked = chunked
@@ -107,6 +108,8 @@ class SseRelay:
         self._held_bytes = 0
         self._open_sent = False
         """Part of the unfinished event went out already (it outgrew HOLD_LIMIT)."""
+        self._ended = False
+        """The stream's last bytes were handed out (:meth:`finish` or :meth:`error_end`)."""
 
     def relay(self, data: bytes) -> bytes:
         """What of the stream so far the client may have after ``data`` arrived: the
@@ -135,6 +138,7 @@ class SseRelay:
     def finish(self) -> bytes:
         """The bytes still held when the upstream's own framing says the body is
         complete: they go out as they are (the upstream ended its stream there)."""
+        self._ended = True
         return self._release()
 
     @property
@@ -154,7 +158,12 @@ class SseRelay:
         event already partly sent is ended with a blank line instead), then one
         ``event: error`` whose data is the gateway's JSON error for status ``code`` (the
         same object as its JSON error responses), then the terminal chunk (a chunked
-        response; otherwise the caller closes the connection)."""
+        response; otherwise the caller closes the connection). Nothing (``b""``) once
+        the stream has ended: a second failure while the first one's bytes are being
+        sent must not add a second end."""
+        if self._ended:
+            return b""
+        self._ended = True
         self._release()
         event = b"event: error\ndata: " + orjson.dumps({"error": {
             "type": ERROR_TYPES.get(code, "error"), "code": code, "message": message,

@@ -55,6 +55,7 @@ def test_relay_holds_a_partial_event_until_it_ends() -> None:
     assert relay.relay(b"lf\"}") == b""
     assert relay.relay(b"\n\ndata: 3") == b"data: {\"half\"}\n\n"
     assert relay.finish() == b"data: 3"
+    assert relay.error_end(504, "late", b"r") == b""  # the stream already ended
 
 
 def _event_of(chunked_end: bytes) -> dict[str, object]:
@@ -71,6 +72,7 @@ def test_error_end_drops_the_held_half_event() -> None:
     assert relay.relay(b"data: 1\n\ndata: {\"ha") == b"data: 1\n\n"
     end = relay.error_end(502, "upstream stream broke off", b"r-1")
     assert b"ha" not in end
+    assert relay.error_end(504, "stalled", b"r-1") == b""  # one end, never two
     assert _event_of(end) == {"error": {"type": "bad_gateway", "code": 502,
                                         "message": "upstream stream broke off",
                                         "request_id": "r-1"}}
