@@ -17,8 +17,11 @@ Response side: allowed headers pass, the gateway sets framing, ``date`` and
 ``X-Accel-Buffering: no``. Bodies are forwarded as they arrive, one write per upstream
 read (an SSE event reaches the client while the upstream is still generating), with
 per-read idle deadlines (stall detector), a total stream deadline, and re-chunking when
-the length is unknown. The upstream connection returns to the pool only after a response
-read exactly to its end.
+the length is unknown. An SSE body that the gateway frames itself (re-chunked, or ended
+by the close for an HTTP/1.0 client) goes through an :class:`~.sse.SseRelay`: only whole
+events are written, and a failure after the head ends it with one terminal error event;
+a close-delimited SSE body is complete only when the close falls between events. The
+upstream connection returns to the pool only after a response read exactly to its end.
 """
 
 

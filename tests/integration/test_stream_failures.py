@@ -169,12 +169,14 @@ def test_a_stall_mid_event_drops_the_half_event_then_sends_one_error_event(
     assert 1.0 <= time.monotonic() - started < 5.0
 
 
-@pytest.mark.parametrize("end", ["close", "reset"])
+@pytest.mark.parametrize(("last", "end"), [(b"", "close"), (b"", "reset"),
+                                           (b"zz\r\nmalformed", "stall")])
 def test_a_chunked_upstream_cut_mid_event_ends_with_an_error_event(
-        end: str, hostile: Callable[..., _HostileSse],
+        last: bytes, end: str, hostile: Callable[..., _HostileSse],
         start_gateway: Callable[..., Gateway]) -> None:
+    """The upstream closes, resets, or breaks its chunked framing mid-event."""
     upstream = hostile(SSE_HEAD + b"transfer-encoding: chunked\r\n\r\n",
-                       [_chunk(EVENT_1), _chunk(HALF_EVENT)], end)
+                       [_chunk(EVENT_1), _chunk(HALF_EVENT) + last], end)
     gateway = _gateway(start_gateway, upstream)
     status, headers, body, _ = _exchange(gateway)
     assert status == b"HTTP/1.1 200 OK"
