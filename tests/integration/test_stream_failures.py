@@ -312,3 +312,27 @@ def test_a_stream_still_running_when_shutdown_timeout_ends_gets_the_error_event(
     error = _error_event(data[len(EVENT_1):], request_id.group(1))
     assert (error["type"], error["code"]) == ("unavailable", 503)
     assert gateway.wait(10) == 0
+
+
+def test_a_request_still_waiting_for_its_head_when_shutdown_timeout_ends_gets_a_503(
+        hostile: Callable[..., _HostileSse], start_gateway: Callable[..., Gateway]) -> None:
+    upstream = hostile(b"", [], "stall")  # never answers
+    config = gateway_config(upstream.origin, workers=1).replace(
+        'shutdown_timeout = "10s"', 'shutdown_timeout = "1s"')
+    gateway = start_gateway(config)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-length: 2\r\n\r\n{}")
+        while not upstream.connections:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        gateway.signal(signal.SIGTERM)
+        received = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    assert received.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), received
+    assert b'"code":503' in received
+    assert gateway.wait(10) == 0
