@@ -45,6 +45,11 @@ def _empty_map() -> Mapping[str, str]:
 # -- [server] -------------------------------------------------------------------------------
 
 
+HEALTH_FAILURES = ("connect", "reset", "malformed", "5xx", "ttfb_timeout")
+"""What can count against a peer's passive health (``[upstreams.NAME] health_failures``)."""
+HEALTH_FAILURE_DEFAULT = ("connect", "reset", "malformed", "5xx")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsManual:
     cert: str = setting("", doc="PEM certificate chain file (leaf first).")
@@ -203,6 +208,14 @@ class Upstream:
                                               check=checks.each(
                                                   lambda s: None if 500 <= s <= 599 else
                                                   f"{s} is not a 5xx status"))
+    health_failures: tuple[str, ...] = setting(
+        HEALTH_FAILURE_DEFAULT, doc="Failures that count toward `max_fails`: `connect` "
+        "(refused, unreachable, connect timeout, TLS), `reset` (the connection failed "
+        "before a response), `malformed` (an invalid response), `5xx` (a status in "
+        "`retry_statuses`), `ttfb_timeout` (no response head within the route's first-byte "
+        "timeout). Off by default: a slow model is not a dead one.",
+        check=checks.each(lambda kind: None if kind in HEALTH_FAILURES else
+                           f"{kind!r} is not one of {', '.join(HEALTH_FAILURES)}"))
 
 
 # -- [static.NAME] ----------------------------------------------------------------------------

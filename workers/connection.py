@@ -330,7 +330,7 @@ class ClientConnection:
             upstream = exchange.take_upstream()
             if upstream is not None:
                 if reason == "upstream_ttfb" and exchange.group is not None:
-                    exchange.group.failed(upstream.peer)
+                    exchange.group.failed(upstream.peer, "ttfb_timeout")
                 upstream.io.abort()
         self._ended("client_gone" if reason == "client_gone" else "timeout")
         if reason in _QUIET_REASONS:

@@ -44,7 +44,7 @@ from .http1 import (
 )
 from .port import ClientPort
 from .responses import render_head
-from .retry import Attempts, Decision, FailureKind, replay_of
+from .retry import HEALTH_KIND, Attempts, Decision, FailureKind, replay_of
 from .sockio import ClientGone, PeerGone
 from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
 
@@ -196,10 +196,15 @@ class _Proxy:
             client.deadline.clear()
             pool = group.pick(exclude=attempts.excluded)
             if pool is None:
-                message = ("every upstream peer failed" if attempts.excluded
-                           else "all upstream peers are down")
-                return await client.reject(502, message=message, outcome="upstream_failed",
-                                           keep_alive=attempts.replay != "never")
+                keep = attempts.replay != "never"
+                if attempts.excluded:
+                    return await client.reject(502, message="every upstream peer failed",
+                                               outcome="upstream_failed", keep_alive=keep)
+                # Nothing was tried: the pool is down. Say when to come back.
+                return await client.reject(
+                    503, message="all upstream peers are down", outcome="upstream_failed",
+                    keep_alive=keep,
+                    headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
             peer = pool.peer
             exchange.attempt(group, peer)
             shared.add_active(peer.shared_id, 1)
@@ -255,7 +260,7 @@ class _Proxy:
         decision = attempts.decide(failure, reused=reused, request_sent=request_sent)
         attempts.record(decision, peer.index)
         if decision.blame_peer:
-            group.failed(peer)
+            group.failed(peer, HEALTH_KIND[failure])
         self.ctx.metrics.upstream_error(peer.label, metric_kind)
         return decision
 

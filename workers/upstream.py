@@ -28,6 +28,7 @@ from trio.lowlevel import wait_writable
 
 from . import sockio
 from .http1 import ParseLimits, ResponseReader
+from .retry import HealthFailure
 from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
@@ -231,11 +232,22 @@ class UpstreamGroup:
                                                     exclude)
         return self.pools[position] if position >= 0 else None
 
-    def failed(self, peer: PeerTarget) -> None:
-        """Passive health: count a failure against ``peer`` (all workers see it)."""
+    def failed(self, peer: PeerTarget, kind: HealthFailure) -> None:
+        """Passive health: count a failure against ``peer`` (all workers see it), when
+        the pool's ``health_failures`` says this kind counts."""
         settings = self.settings
+        if kind not in settings.health_failures:
+            return
         self.shared.peer_failed(peer.shared_id, settings.max_fails,
                                 settings.fail_timeout * 1_000_000)
+
+    def seconds_until_a_peer_is_up(self) -> int:
+        """Whole seconds until the first down peer is tried again (at least 1): the
+        ``Retry-After`` of a pool whose every peer is down."""
+        shared = self.shared
+        now = shared.clock()
+        soonest = min(shared.health(peer).down_until_ns for peer in self._ids)
+        return max(1, -(-(soonest - now) // 1_000_000_000))
 
     def succeeded(self, peer: PeerTarget) -> None:
         self.shared.peer_succeeded(peer.shared_id)
