@@ -182,7 +182,7 @@ class _Proxy:
         client, head, exchange, ctx = self.client, self.head, self.exchange, self.ctx
         group = self.plan.group
         if group is None:  # validation guarantees a target; stay total anyway
-            return await client.reject(502, outcome="upstream_failed")
+            return await client.reject(502, outcome="upstream_error")
         start, complete = await _body_start(client, self.plan.buffer_body) \
             if head.has_body else (b"", True)
         body = start if complete else None
@@ -198,7 +198,7 @@ class _Proxy:
             if pool is None:
                 message = ("every upstream peer failed" if attempts.excluded
                            else "all upstream peers are down")
-                return await client.reject(502, message=message, outcome="upstream_failed",
+                return await client.reject(502, message=message, outcome="upstream_error",
                                            keep_alive=attempts.replay != "never")
             peer = pool.peer
             exchange.attempt(group, peer)
@@ -232,7 +232,8 @@ class _Proxy:
                                            error=exc.detail)
                         handled = await self._failed(group, attempts, peer, "protocol")
                     else:
-                        if response.status in group.settings.retry_statuses:
+                        exhausted = response.status in group.settings.retry_statuses
+                        if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
                                                     f"status_{response.status}")
                             if decision.action != "fail":
@@ -241,7 +242,11 @@ class _Proxy:
                             # No other attempt: the upstream's own answer goes to the client.
                         else:
                             group.succeeded(peer)
-                        return await self._relay(pool, up, response)
+                        handled = await self._relay(pool, up, response)
+                        if exhausted and handled.outcome == "completed":
+                            exchange.detail = f"status {response.status} after retries"
+                            return Handled("upstream_error", handled.keep_alive)
+                        return handled
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
@@ -255,7 +260,7 @@ class _Proxy:
         decision = attempts.decide(failure, reused=reused, request_sent=request_sent)
         attempts.record(decision, peer.index)
         if decision.blame_peer:
-            group.failed(peer)
+            group.failed(peer, failure)
         self.ctx.metrics.upstream_error(peer.label, metric_kind)
         return decision
 
@@ -270,7 +275,7 @@ class _Proxy:
         # The connection survives when the request body was read to its end.
         keep = attempts.replay != "never" and failure != "protocol"
         return await self.client.reject(502, message=_FAILURE_MESSAGES[failure],
-                                        outcome="upstream_failed", keep_alive=keep)
+                                        outcome="upstream_error", keep_alive=keep)
 
     def _drop_upstream(self) -> None:
         up = self.exchange.take_upstream()
@@ -338,8 +343,8 @@ class _Proxy:
         else:
             try:
                 complete = _collect(reader, pieces)
-            except UpstreamProtocolError:
-                return await self._upstream_broke(up)
+            except UpstreamProtocolError as exc:
+                return await self._upstream_broke(up, exc.detail)
         chunked = False
         if head.method == b"HEAD" or response.status in (204, 304):
             pass
@@ -367,8 +372,8 @@ class _Proxy:
         if not complete:
             try:
                 await self._stream_response_body(up, chunked)
-            except UpstreamProtocolError:
-                return await self._upstream_broke(up)
+            except UpstreamProtocolError as exc:
+                return await self._upstream_broke(up, exc.detail)
         client.unwatch_disconnect()
         exchange.take_upstream()
         if response.keep_alive:
@@ -414,14 +419,14 @@ class _Proxy:
             if complete:
                 return
 
-    async def _upstream_broke(self, up: UpstreamConn) -> Handled:
-        """The upstream sent a malformed or truncated response."""
+    async def _upstream_broke(self, up: UpstreamConn, detail: str) -> Handled:
+        """The upstream sent a malformed or truncated response (the connection actor
+        writes its error-log line, with ``detail``)."""
         self._drop_upstream()
         client = self.client
         client.unwatch_disconnect()
-        self.ctx.log.diagnostic("warn", "upstream response broke off",
-                                request_id=self.exchange.request_id, peer=up.peer.label)
+        self.exchange.detail = detail
         if self.exchange.phase is not Phase.UNSENT:
             client.abort()  # the client must see the response end abnormally
-            return Handled("upstream_broke", False)
-        return await client.reject(502, outcome="upstream_broke", keep_alive=False)
+            return Handled("upstream_cut", False)
+        return await client.reject(502, outcome="upstream_error", keep_alive=False)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import trio
 from li_httpd.config.model import Upstream
+from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.shm import SharedState
 from trio.lowlevel import wait_writable
 
@@ -202,12 +203,16 @@ class UpstreamGroup:
     weight summed over every worker. Peers marked down by passive health are skipped.
     """
 
-    __slots__ = ("_ids", "_rotate", "_weights", "name", "peers", "pool_index", "pools",
+    __slots__ = ("_ids", "_rotate", "_weights", "log", "name", "peers", "pool_index", "pools",
                  "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
-                 pool_index: int, shared_ids: tuple[int, ...]) -> None:
+                 pool_index: int, shared_ids: tuple[int, ...],
+                 log: WorkerLog | None = None) -> None:
         self.name = name
+        self.log = log
+        """Where a peer marked down or up gets its line (one line, from the one worker
+        whose failure or success changed the shared state)."""
         self.settings = settings
         self.shared = shared
         self.pool_index = pool_index
@@ -231,14 +236,20 @@ class UpstreamGroup:
                                                     exclude)
         return self.pools[position] if position >= 0 else None
 
-    def failed(self, peer: PeerTarget) -> None:
-        """Passive health: count a failure against ``peer`` (all workers see it)."""
+    def failed(self, peer: PeerTarget, reason: str) -> None:
+        """Passive health: count a failure (``reason``: connect, closed, protocol,
+        status, ttfb_timeout) against ``peer`` (all workers see it)."""
         settings = self.settings
-        self.shared.peer_failed(peer.shared_id, settings.max_fails,
-                                settings.fail_timeout * 1_000_000)
+        if self.shared.peer_failed(peer.shared_id, settings.max_fails,
+                                   settings.fail_timeout * 1_000_000) and self.log:
+            self.log.diagnostic("warn", "upstream peer marked down", peer=peer.label,
+                                pool=self.name, reason=reason,
+                                retry_after_s=settings.fail_timeout / 1000)
 
     def succeeded(self, peer: PeerTarget) -> None:
-        self.shared.peer_succeeded(peer.shared_id)
+        if self.shared.peer_succeeded(peer.shared_id) and self.log:
+            self.log.diagnostic("warn", "upstream peer marked up", peer=peer.label,
+                                pool=self.name, reason="a request succeeded")
 
     def sweep(self, now: float) -> None:
         for pool in self.pools:
