@@ -60,7 +60,7 @@ _ABNORMAL_MESSAGES: dict[Outcome, str] = {
     "client_gone": "client went away",
     "shutdown": "request cut by shutdown",
     "timeout": "client timed out",
-    "internal_error": "request failed on a gateway error",
+    "internal_error": "connection error",  # the name crash checks look for
 }
 """The error-log message of each abnormal end (any outcome but completed/rejected)."""
 
@@ -105,11 +105,13 @@ class ClientConnection:
         except (PeerGone, TlsHandshakeError):
             self._ended("client_gone")  # the client went away or failed the handshake
         except Exception as exc:  # a bug must cost one connection, never the worker
-            self._ended("internal_error")
             exchange = self.exchange
-            self.ctx.log.diagnostic("error", "connection error",
-                                    request_id=exchange.request_id if exchange else b"-",
-                                    error="".join(traceback.format_exception(exc)[-4:]))
+            error = "".join(traceback.format_exception(exc)[-4:])
+            if exchange is not None:  # the request's one error line carries the traceback
+                exchange.ended("internal_error", error)
+            else:
+                self.ctx.log.diagnostic("error", "connection error", request_id=b"-",
+                                        error=error)
             if exchange is None or exchange.phase is Phase.UNSENT:
                 with trio.move_on_after(_AFTER_TIMEOUT_SEND), contextlib.suppress(Exception):
                     await self._send_error(500, keep_alive=False)
