@@ -353,8 +353,9 @@ class ClientConnection:
             "request_id": exchange.request_id, "route": exchange.route,
             "peer": exchange.peer, "client": self.client, "status": exchange.status,
             "outcome": outcome, "bytes_out": bytes_out}
-        if exchange.sse_events is not None:
-            fields["events"] = exchange.sse_events
+        events = exchange.sse_events  # hook: the SSE relay's event count, once it has one
+        if events is not None:
+            fields["events"] = events
         if exchange.detail is not None:
             fields["detail"] = exchange.detail
         self.ctx.log.diagnostic("error" if outcome == "internal_error" else "warn",

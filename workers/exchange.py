@@ -63,7 +63,7 @@ Outcome = Literal[
 NORMAL_OUTCOMES: Final = frozenset({"completed", "rejected"})
 """Outcomes that are not an abnormal end (no error-log line)."""
 
-_DEADLINE_OUTCOMES: Final[dict[DeadlineReason, Outcome]] = {
+_DEADLINE_OUTCOMES: Final[dict[str, Outcome]] = {
     "": "internal_error",  # a deadline fired without a reason: cannot happen
     "handshake": "timeout",
     "header": "timeout",
@@ -74,6 +74,7 @@ _DEADLINE_OUTCOMES: Final[dict[DeadlineReason, Outcome]] = {
     "upstream_idle": "idle_timeout",
     "stream_max": "max_duration",
     "client_gone": "client_gone",
+    "shutdown": "shutdown",  # the drain deadline, where it fires as a deadline reason
 }
 
 
