@@ -25,12 +25,13 @@ pytestmark = pytest.mark.integration
 CHAT = b"/v1/chat/completions"
 
 
-def stream_timers(*, idle: str = "1s", ttfb: str = "1s") -> str:
+def stream_timers(*, idle: str = "1s", ttfb: str = "1s", max_duration: str = "600s") -> str:
     """The config that sets the stream timers of every route (the one place to change
     when these keys move to a section of their own)."""
     return ('[defaults.rate_limit]\nkey = "ip"\nallow_ip_key = true\n'
             'requests_per_sec = 1000\nburst = 1000\n'
-            f'stream_idle_timeout = "{idle}"\nttfb_timeout = "{ttfb}"\n')
+            f'stream_idle_timeout = "{idle}"\nttfb_timeout = "{ttfb}"\n'
+            f'stream_max_duration = "{max_duration}"\n')
 
 
 def _free_port() -> int:
@@ -249,3 +250,34 @@ def test_a_stream_cut_by_the_drain_deadline_ends_as_shutdown(
     errors = [line.split(" ") for line in _lines(gateway.log_dir / "error.log")
               if line.split(" ")[2:3] == ["drain-1"]]
     _check_error(errors, outcome="shutdown", route=fields[3])
+
+
+def test_a_stream_past_its_maximum_duration_and_an_upstream_503(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway]) -> None:
+    port = _free_port()
+    extra = (f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+             + stream_timers(max_duration="1s"))
+    hostile = _Gateway(start_gateway(gateway_config(mock.origin, extra=extra)), port)
+    with socket.create_connection(("127.0.0.1", hostile.gateway.port), timeout=10) as sock:
+        client = _address(sock)
+        sock.sendall(_stream_request(b"tokens=100&delay_ms=50", "long-1"))
+        received = _read_all(sock)
+    assert received.startswith(b"HTTP/1.1 200") and received.count(b"data: ") < 100
+    access = hostile.access_line("long-1")
+    _check_access(access, status="200", outcome="max_duration", method="POST",
+                  path="/v1/chat/completions?tokens=<redacted>&delay_ms=<redacted>",
+                  client=client)
+    _check_error(hostile.error_lines("long-1"), outcome="max_duration", route=access[3])
+    hostile.outcome_count(access[3], "max_duration", 1)
+    # The upstream answers 503 and no other attempt is left: upstream_error, not completed.
+    with socket.create_connection(("127.0.0.1", hostile.gateway.port), timeout=10) as sock:
+        client = _address(sock)
+        sock.sendall(b"GET /small?fail=503 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                     b"x-request-id: fail-1\r\n\r\n")
+        received = _read_all(sock)
+    assert received.startswith((b"HTTP/1.1 503", b"HTTP/1.1 502")), received
+    access = hostile.access_line("fail-1")
+    assert access[6] == "upstream_error" and access[10:13] == ["GET", "/small?fail=<redacted>",
+                                                               client]
+    _check_error(hostile.error_lines("fail-1"), outcome="upstream_error", route=access[3])
+    hostile.outcome_count(access[3], "upstream_error", 1)
