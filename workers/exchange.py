@@ -105,8 +105,7 @@ class Exchange:
 
     __slots__ = ("audited", "caller", "continue_sent", "detail", "group", "head", "meter",
                  "model", "outcome", "path_invalid", "peer", "phase", "request_id", "route",
-                 "sent_mark",
-                 "sse_events", "started", "status", "ttfb_ms", "upstream")
+                 "sent_mark", "sse_events", "started", "status", "ttfb_ms", "upstream")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
         self.head = head
@@ -119,10 +118,10 @@ class Exchange:
         self.outcome: Outcome | None = None
         """Set when the request ends; still None when the worker's shutdown cancelled it."""
         self.detail: str | None = None
+        """Why an abnormal end happened, in words, for its error-log line."""
         self.path_invalid = False
         """The path failed normalization: the logs show ``<invalid>``, not its bytes (an
         undecodable path can hide a secret from the log redactor's detectors)."""
-        """Why an abnormal end happened, in words, for its error-log line."""
         self.sse_events: int | None = None
         """SSE events relayed to the client, when the relay counts them (None: not
         counted); the error-log line of an abnormal end reports it."""
