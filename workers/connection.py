@@ -9,8 +9,9 @@ may be kept alive. Any protocol error is answered (400, 408, 413, 414, 431, ...)
 connection closed.
 
 This actor owns the loop, the connection's state and the end of every request: each
-request is logged exactly once from its exchange, however it ends (access line, and an
-audit record on proxy routes), and an upstream connection still held is closed.
+request is logged exactly once from its exchange, however it ends (access line, an
+audit record on proxy routes, and one error-log line when the outcome is abnormal), and
+an upstream connection still held is closed.
 
 All of a connection's work runs inside one cancel scope. Timeouts and client
 disconnects cancel that scope (see :mod:`.housekeeping`), after which :meth:`run` knows
