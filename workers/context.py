@@ -129,7 +129,7 @@ class WorkerContext:
         self.request_ids = RequestIds(_seed(loaded))
         ids = peer_ids(config)
         self.groups = {name: UpstreamGroup(name, upstream, self.limits, self.shared, index,
-                                           ids[name])
+                                           ids[name], self.log)
                        for index, (name, upstream) in enumerate(config.upstreams.items())}
         self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
         sites = {name: StaticSite(root) for name, root in config.static.items()}

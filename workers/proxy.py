@@ -182,7 +182,7 @@ class _Proxy:
         client, head, exchange, ctx = self.client, self.head, self.exchange, self.ctx
         group = self.plan.group
         if group is None:  # validation guarantees a target; stay total anyway
-            return await client.reject(502, outcome="upstream_failed")
+            return await client.reject(502, outcome="upstream_error")
         start, complete = await _body_start(client, self.plan.buffer_body) \
             if head.has_body else (b"", True)
         body = start if complete else None
@@ -199,10 +199,10 @@ class _Proxy:
                 keep = attempts.replay != "never"
                 if attempts.excluded:
                     return await client.reject(502, message="every upstream peer failed",
-                                               outcome="upstream_failed", keep_alive=keep)
+                                               outcome="upstream_error", keep_alive=keep)
                 # Nothing was tried: the pool is down. Say when to come back.
                 return await client.reject(
-                    503, message="all upstream peers are down", outcome="upstream_failed",
+                    503, message="all upstream peers are down", outcome="upstream_error",
                     keep_alive=keep,
                     headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
             peer = pool.peer
@@ -237,7 +237,8 @@ class _Proxy:
                                            error=exc.detail)
                         handled = await self._failed(group, attempts, peer, "protocol")
                     else:
-                        if response.status in group.settings.retry_statuses:
+                        exhausted = response.status in group.settings.retry_statuses
+                        if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
                                                     f"status_{response.status}")
                             if decision.action != "fail":
@@ -246,7 +247,11 @@ class _Proxy:
                             # No other attempt: the upstream's own answer goes to the client.
                         else:
                             group.succeeded(peer)
-                        return await self._relay(pool, up, response)
+                        handled = await self._relay(pool, up, response)
+                        if exhausted and handled.outcome == "completed":
+                            exchange.detail = f"status {response.status} after retries"
+                            return Handled("upstream_error", handled.keep_alive)
+                        return handled
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
@@ -275,7 +280,7 @@ class _Proxy:
         # The connection survives when the request body was read to its end.
         keep = attempts.replay != "never" and failure != "protocol"
         return await self.client.reject(502, message=_FAILURE_MESSAGES[failure],
-                                        outcome="upstream_failed", keep_alive=keep)
+                                        outcome="upstream_error", keep_alive=keep)
 
     def _drop_upstream(self) -> None:
         up = self.exchange.take_upstream()
@@ -343,8 +348,8 @@ class _Proxy:
         else:
             try:
                 complete = _collect(reader, pieces)
-            except UpstreamProtocolError:
-                return await self._upstream_broke(up)
+            except UpstreamProtocolError as exc:
+                return await self._upstream_broke(up, exc.detail)
         chunked = False
         if head.method == b"HEAD" or response.status in (204, 304):
             pass
@@ -372,8 +377,8 @@ class _Proxy:
         if not complete:
             try:
                 await self._stream_response_body(up, chunked)
-            except UpstreamProtocolError:
-                return await self._upstream_broke(up)
+            except UpstreamProtocolError as exc:
+                return await self._upstream_broke(up, exc.detail)
         client.unwatch_disconnect()
         exchange.take_upstream()
         if response.keep_alive:
@@ -419,14 +424,14 @@ class _Proxy:
             if complete:
                 return
 
-    async def _upstream_broke(self, up: UpstreamConn) -> Handled:
-        """The upstream sent a malformed or truncated response."""
+    async def _upstream_broke(self, up: UpstreamConn, detail: str) -> Handled:
+        """The upstream sent a malformed or truncated response (the connection actor
+        writes its error-log line, with ``detail``)."""
         self._drop_upstream()
         client = self.client
         client.unwatch_disconnect()
-        self.ctx.log.diagnostic("warn", "upstream response broke off",
-                                request_id=self.exchange.request_id, peer=up.peer.label)
+        self.exchange.detail = detail
         if self.exchange.phase is not Phase.UNSENT:
             client.abort()  # the client must see the response end abnormally
-            return Handled("upstream_broke", False)
-        return await client.reject(502, outcome="upstream_broke", keep_alive=False)
+            return Handled("upstream_cut", False)
+        return await client.reject(502, outcome="upstream_error", keep_alive=False)
