@@ -23,7 +23,8 @@ _EVENT_CHUNK = b"%x\r\n%s\r\n" % (len(_EVENT), _EVENT)
 
 class _HostileUpstream(RawServer):
     """By request path: ``/hang`` never answers; ``/silent`` sends an SSE head and one
-    event, then nothing; ``/endless`` sends an event every 0.2 s. Each keeps the
+    event, then nothing; ``/framed`` 10 bytes of a 100-byte body, then nothing;
+    ``/endless`` sends an event every 0.2 s. Each keeps the
     connection until the gateway closes it."""
 
     def handle(self, conn: socket.socket) -> None:
@@ -39,6 +40,9 @@ class _HostileUpstream(RawServer):
                 target = pending.split(b" ")[1]
                 if target == b"/silent":
                     conn.sendall(_SSE_HEAD + _EVENT_CHUNK)
+                elif target == b"/framed":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                                 b"content-length: 100\r\n\r\nfirst ten.")
                 elif target == b"/endless":
                     conn.sendall(_SSE_HEAD)
                     conn.settimeout(0.2)
@@ -133,3 +137,20 @@ def test_a_silent_event_stream_gets_heartbeats(
     # Heartbeats do not keep a stalled stream alive: it still ends at the idle timeout.
     assert 3.0 <= ended < 4.0
     assert body.endswith(b"0\r\n\r\n") and b'"error"' in body
+
+
+def test_a_body_with_a_content_length_is_bounded_by_the_pool_read_timeout(
+        hostile: _HostileUpstream, start_gateway: Callable[..., Gateway]) -> None:
+    """Not a stream: the pool's read_timeout bounds its gaps, not stream_idle_timeout
+    (and it caps none of the route's timers)."""
+    pools = f'[upstreams.main]\npeers = ["{hostile.origin}"]\nread_timeout = "1s"\n'
+    gateway = start_gateway(gateway_config(
+        hostile.origin, upstreams=pools, workers=1,
+        extra='[defaults.timeouts]\nstream_idle_timeout = "5s"\nheartbeat_interval = "2s"\n'))
+    pieces, ended = _timed_exchange(gateway.port, "/framed")
+    body = b"".join(data for _, data in pieces)
+    assert body.startswith(b"HTTP/1.1 200") and body.endswith(b"first ten.")
+    assert 1.0 <= ended < 2.0  # closed before the Content-Length: visibly cut
+    # The same pool's streams wait their own stream_idle_timeout, longer than 1 s.
+    pieces, ended = _timed_exchange(gateway.port, "/silent")
+    assert 5.0 <= ended < 6.0
