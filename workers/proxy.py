@@ -360,6 +360,7 @@ class _Proxy:
         if not keep:
             headers.append((b"connection", b"close"))
         out = render_head(response.status, headers)
+        data = b""
         if pieces:
             data = b"".join(pieces)
             out += _chunk(data) if chunked else data
@@ -373,7 +374,7 @@ class _Proxy:
             idle = plan.read_timeout if framed else plan.idle_timeout
             try:
                 if sse and plan.heartbeat and not framed:
-                    await self._stream_with_heartbeats(up, chunked, idle)
+                    await self._stream_with_heartbeats(up, chunked, idle, data[-4:])
                 else:
                     await self._stream_response_body(up, chunked, idle)
             except UpstreamProtocolError:
@@ -424,8 +425,8 @@ class _Proxy:
             if complete:
                 return
 
-    async def _stream_with_heartbeats(self, up: UpstreamConn, chunked: bool,
-                                      idle: float) -> None:
+    async def _stream_with_heartbeats(self, up: UpstreamConn, chunked: bool, idle: float,
+                                      sent: bytes) -> None:
         """:meth:`_stream_response_body` for an event stream that gets heartbeats: while
         the upstream is silent, an SSE comment goes to the client every ``heartbeat``
         seconds. Silence still counts toward ``idle`` (a heartbeat does not reset it).
@@ -434,7 +435,8 @@ class _Proxy:
         idle limit and the stream's end; a ``heartbeat`` deadline cancels only the scope
         in ``deadline.beat``, one per heartbeat period (none per read). A heartbeat is
         sent only where the relayed stream is at an event boundary: inside an event its
-        blank line would dispatch the half event."""
+        blank line would dispatch the half event. ``sent``: the last bytes of the body
+        that went out with the head."""
         reader = up.reader
         io = up.io
         client = self.client
@@ -444,7 +446,8 @@ class _Proxy:
         last_data = sockio.now()
         limit_at = last_data + self.plan.max_duration
         beat_at = last_data + beat
-        tail = b"\n\n"  # nothing relayed yet: a boundary
+        # The end of what went out with the head (nothing yet: a boundary).
+        tail = (b"\n\n" + sent)[-4:]
         pieces: list[bytes] = []
         held: bytes | None = None
         try:

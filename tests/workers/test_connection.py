@@ -155,13 +155,15 @@ async def test_truncated_body_is_a_400(
     await _run(ctx, script)
 
 
-async def _stalling_sse_upstream(task_status: trio.TaskStatus[int]) -> None:
-    """An upstream that starts an SSE stream, sends one event, then goes silent."""
+async def _stalling_sse_upstream(event: bytes = b"data: token\n\n", *,
+                                 task_status: trio.TaskStatus[int]) -> None:
+    """An upstream that starts an SSE stream, sends one event (or the given bytes), then
+    goes silent."""
     async def handler(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                               b"transfer-encoding: chunked\r\n\r\n"
-                              b"e\r\ndata: token\n\n\r\n")
+                              b"%x\r\n%s\r\n" % (len(event), event))
         await trio.sleep_forever()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
@@ -227,6 +229,32 @@ async def test_a_silent_sse_stream_gets_heartbeats_until_its_idle_timeout(
             assert len(beats) == 2
             assert 1.0 <= beats[0] <= 1.0 + 2 * sockio.TICK
             assert 1.0 <= beats[1] - beats[0] <= 1.0 + 2 * sockio.TICK
+            assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
+        try:
+            await _run(ctx, script)
+        finally:
+            ctx.close()
+        upstreams.cancel_scope.cancel()
+
+
+async def test_no_heartbeat_inside_an_event(virtual_clock: trio.testing.MockClock) -> None:
+    """A stall in the middle of an event: a heartbeat's blank line would dispatch the
+    half event, so none is sent; the idle timeout still ends the stream."""
+    async with trio.open_nursery() as upstreams:
+        port = await upstreams.start(_stalling_sse_upstream, b"data: half")
+        ctx = WorkerContext(load_text(_timers_config(port, "3s", "1s"), "sse.toml"))
+
+        async def script(client: Client) -> None:
+            start = trio.current_time()
+            await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 2\r\n\r\n{}")
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                data = await client.stream.receive_some(65536)
+                assert data, received
+                received += data
+            assert b"data: half" in received
+            assert b"heartbeat" not in received
             assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
         try:
             await _run(ctx, script)
