@@ -28,6 +28,7 @@ import re
 from collections.abc import Coroutine
 from typing import Any
 
+import trio
 from trio.lowlevel import checkpoint
 
 from . import sockio
@@ -45,11 +46,13 @@ from .http1 import (
 from .port import ClientPort
 from .responses import render_head
 from .retry import HEALTH_KIND, Attempts, Decision, FailureKind, replay_of
-from .sockio import ClientGone, PeerGone
+from .sockio import ClientGone, DeadlineReason, PeerGone
 from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
 
 REPLAYABLE_BODY = 64 * 1024
 _SSE = b"text/event-stream"
+HEARTBEAT = b": heartbeat\n\n"
+"""The SSE comment sent while an event stream is silent (parsers ignore it)."""
 _FAILURE_MESSAGES: dict[FailureKind, str] = {"connect": "upstream connection failed",
                                              "closed": "upstream failed",
                                              "protocol": "invalid upstream response",
@@ -367,6 +370,7 @@ class _Proxy:
         if not keep:
             headers.append((b"connection", b"close"))
         out = render_head(response.status, headers)
+        data = b""
         if pieces:
             data = b"".join(pieces)
             out += _chunk(data) if chunked else data
@@ -375,8 +379,14 @@ class _Proxy:
         phase = (Phase.SSE if sse else Phase.CHUNKED) if chunked else Phase.FRAMED
         await client.respond(response.status, out, phase)
         if not complete:
+            plan = self.plan
+            framed = response.content_length is not None
+            idle = plan.read_timeout if framed else plan.idle_timeout
             try:
-                await self._stream_response_body(up, chunked)
+                if sse and plan.heartbeat and not framed:
+                    await self._stream_with_heartbeats(up, chunked, idle, data[-4:])
+                else:
+                    await self._stream_response_body(up, chunked, idle)
             except UpstreamProtocolError as exc:
                 return await self._upstream_broke(up, exc.detail)
         client.unwatch_disconnect()
@@ -387,13 +397,14 @@ class _Proxy:
             up.close()
         return Handled("completed", keep)
 
-    async def _stream_response_body(self, up: UpstreamConn, chunked: bool) -> None:
-        """Forward body pieces as they arrive until the response is complete."""
+    async def _stream_response_body(self, up: UpstreamConn, chunked: bool,
+                                    idle: float) -> None:
+        """Forward body pieces as they arrive until the response is complete; ``idle``
+        bounds each wait for the upstream."""
         reader = up.reader
         io = up.io
         client = self.client
         deadline = client.deadline
-        idle = self.plan.idle_timeout
         limit_at = sockio.now() + self.plan.max_duration
         pieces: list[bytes] = []
         while True:
@@ -423,6 +434,85 @@ class _Proxy:
                 await client.send(out)
             if complete:
                 return
+
+    async def _stream_with_heartbeats(self, up: UpstreamConn, chunked: bool, idle: float,
+                                      sent: bytes) -> None:
+        """:meth:`_stream_response_body` for an event stream that gets heartbeats: while
+        the upstream is silent, an SSE comment goes to the client every ``heartbeat``
+        seconds. Silence still counts toward ``idle`` (a heartbeat does not reset it).
+
+        The connection's one deadline is set to the earliest of the next heartbeat, the
+        idle limit and the stream's end; a ``heartbeat`` deadline cancels only the scope
+        in ``deadline.beat``, one per heartbeat period (none per read). A heartbeat is
+        sent only where the relayed stream is at an event boundary: inside an event its
+        blank line would dispatch the half event. ``sent``: the last bytes of the body
+        that went out with the head."""
+        reader = up.reader
+        io = up.io
+        client = self.client
+        deadline = client.deadline
+        beat = self.plan.heartbeat
+        beat_chunk = _chunk(HEARTBEAT) if chunked else HEARTBEAT
+        last_data = sockio.now()
+        limit_at = last_data + self.plan.max_duration
+        beat_at = last_data + beat
+        # The end of what went out with the head (nothing yet: a boundary).
+        tail = (b"\n\n" + sent)[-4:]
+        pieces: list[bytes] = []
+        held: bytes | None = None
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    deadline.beat = scope
+                    while True:
+                        got, held = held, None
+                        if got is None:
+                            idle_at = last_data + idle
+                            end_at = min(idle_at, limit_at)
+                            reason: DeadlineReason = "upstream_idle" if idle_at < limit_at \
+                                else "stream_max"
+                            if beat_at < end_at:
+                                deadline.set_at(beat_at, "heartbeat")
+                            else:
+                                deadline.set_at(end_at, reason)
+                            if reader.paused:
+                                await checkpoint()  # the rest is buffered: decode it next
+                            else:
+                                try:
+                                    got = await io.recv(reset_is_error=True)
+                                except PeerGone as exc:
+                                    raise UpstreamProtocolError(
+                                        502, f"upstream connection reset: {exc}") from None
+                                last_data = sockio.now()
+                                beat_at = last_data + beat
+                            # No wait from here to the next read may end in a heartbeat.
+                            idle_at = last_data + idle
+                            deadline.set_at(min(idle_at, limit_at), "upstream_idle"
+                                            if idle_at < limit_at else "stream_max")
+                            if scope.cancel_called:
+                                held = got  # woke for a heartbeat as data came: keep it
+                                break
+                        if got is not None:
+                            reader.feed(got)
+                        pieces.clear()
+                        complete = _collect(reader, pieces)
+                        out = b""
+                        if pieces:
+                            data = b"".join(pieces)
+                            tail = data[-4:] if len(data) >= 4 else (tail + data)[-4:]
+                            out = _chunk(data) if chunked else data
+                        if complete and chunked:
+                            out += b"0\r\n\r\n"
+                        if out:
+                            await client.send(out)
+                        if complete:
+                            return
+                if held is None:  # the heartbeat's wake-up, no data with it
+                    if tail.endswith((b"\n\n", b"\r\r", b"\r\n\r\n")):
+                        await client.send(beat_chunk)
+                    beat_at = sockio.now() + beat
+        finally:
+            deadline.beat = None
 
     async def _upstream_broke(self, up: UpstreamConn, detail: str) -> Handled:
         """The upstream sent a malformed or truncated response (the connection actor

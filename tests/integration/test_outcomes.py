@@ -26,12 +26,10 @@ CHAT = b"/v1/chat/completions"
 
 
 def stream_timers(*, idle: str = "1s", ttfb: str = "1s", max_duration: str = "600s") -> str:
-    """The config that sets the stream timers of every route (the one place to change
-    when these keys move to a section of their own)."""
-    return ('[defaults.rate_limit]\nkey = "ip"\nallow_ip_key = true\n'
-            'requests_per_sec = 1000\nburst = 1000\n'
+    """The config that sets the stream timers of every route."""
+    return ('[defaults.timeouts]\n'
             f'stream_idle_timeout = "{idle}"\nttfb_timeout = "{ttfb}"\n'
-            f'stream_max_duration = "{max_duration}"\n')
+            f'stream_max_duration = "{max_duration}"\nheartbeat_interval = 0\n')
 
 
 def _free_port() -> int:
