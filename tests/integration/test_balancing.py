@@ -142,8 +142,7 @@ def test_a_slow_model_is_not_marked_down_by_first_byte_timeouts(
                 f'fail_timeout = "30s"\nmax_retries = 0\n'
                 f'health_failures = ["connect", "reset", "malformed", "5xx"{extra}]\n')
         config = gateway_config("", upstreams=pool).replace(
-            "[routes]", '[defaults.rate_limit]\nrequests_per_sec = 1000\nburst = 1000\n'
-            'ttfb_timeout = "1s"\n\n[routes]')
+            "[routes]", '[defaults.timeouts]\nttfb_timeout = "1s"\n\n[routes]')
         gateway = start_gateway(config, name=f"slow-{counts}.toml")
         with gateway.client() as client:
             for _ in range(2):  # max_fails
