@@ -75,6 +75,9 @@ _DEADLINE_OUTCOMES: Final[dict[str, Outcome]] = {
     "stream_max": "max_duration",
     "client_gone": "client_gone",
     "shutdown": "shutdown",  # the drain deadline, where it fires as a deadline reason
+    # The relay handles a heartbeat wake-up itself (it sends the SSE comment); if one
+    # ever reached the connection it would be the gateway's own failure.
+    "heartbeat": "internal_error",
 }
 
 

@@ -20,6 +20,7 @@ TABLE: dict[str, str] = {
     "stream_max": "max_duration",
     "client_gone": "client_gone",
     "shutdown": "shutdown",
+    "heartbeat": "internal_error",
 }
 
 
