@@ -45,6 +45,11 @@ def _empty_map() -> Mapping[str, str]:
 # -- [server] -------------------------------------------------------------------------------
 
 
+HEALTH_FAILURES = ("connect", "reset", "malformed", "5xx", "ttfb_timeout")
+"""What can count against a peer's passive health (``[upstreams.NAME] health_failures``)."""
+HEALTH_FAILURE_DEFAULT = ("connect", "reset", "malformed", "5xx")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsManual:
     cert: str = setting("", doc="PEM certificate chain file (leaf first).")
@@ -186,9 +191,10 @@ class Upstream:
                                    "a failed peer is skipped.", minimum=SECOND, maximum=HOUR)
     connect_timeout: Millis = setting(Millis(5 * SECOND), doc="TCP connect timeout.",
                                       minimum=10, maximum=MINUTE)
-    read_timeout: Millis = setting(Millis(5 * MINUTE), doc="Longest wait for upstream "
-                                   "bytes (response head or body).",
-                                   minimum=100, maximum=HOUR)
+    read_timeout: Millis = setting(Millis(5 * MINUTE), doc="Longest gap between two "
+                                   "reads of a response body with a Content-Length (a "
+                                   "route's [route.timeouts] govern the response head and "
+                                   "streamed bodies).", minimum=100, maximum=HOUR)
     keepalive: int = setting(32, doc="Idle keep-alive connections kept per peer per "
                              "worker.", minimum=0, maximum=1024)
     keepalive_timeout: Millis = setting(Millis(60 * SECOND), doc="Idle time before a "
@@ -203,6 +209,14 @@ class Upstream:
                                               check=checks.each(
                                                   lambda s: None if 500 <= s <= 599 else
                                                   f"{s} is not a 5xx status"))
+    health_failures: tuple[str, ...] = setting(
+        HEALTH_FAILURE_DEFAULT, doc="Failures that count toward `max_fails`: `connect` "
+        "(refused, unreachable, connect timeout, TLS), `reset` (the connection failed "
+        "before a response), `malformed` (an invalid response), `5xx` (a status in "
+        "`retry_statuses`), `ttfb_timeout` (no response head within the route's first-byte "
+        "timeout). Off by default: a slow model is not a dead one.",
+        check=checks.each(lambda kind: None if kind in HEALTH_FAILURES else
+                           f"{kind!r} is not one of {', '.join(HEALTH_FAILURES)}"))
 
 
 # -- [static.NAME] ----------------------------------------------------------------------------
@@ -417,13 +431,26 @@ class RateLimit:
                                       minimum=1, maximum=100_000)
     bytes_in_per_sec: Size = setting(Size(8 * MiB), doc="Request body bytes per second "
                                      "per key.", minimum=1 * KiB, maximum=1 * GiB)
-    stream_max_duration: Millis = setting(Millis(600 * SECOND), doc="Longest response "
-                                          "stream.", minimum=SECOND, maximum=DAY)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteTimeouts:
+    ttfb_timeout: Millis = setting(Millis(60 * SECOND), doc="Longest wait for the upstream's "
+                                   "response head (504 when it passes).", minimum=SECOND,
+                                   maximum=HOUR, inherit=True)
     stream_idle_timeout: Millis = setting(Millis(120 * SECOND), doc="Longest gap between "
-                                          "upstream chunks (stall detector).",
-                                          minimum=SECOND, maximum=HOUR)
-    ttfb_timeout: Millis = setting(Millis(60 * SECOND), doc="Longest wait for the first "
-                                   "upstream byte.", minimum=SECOND, maximum=HOUR)
+                                          "two reads of a response body of unknown length "
+                                          "(chunked or ended by close: a stream; stall "
+                                          "detector).", minimum=SECOND, maximum=HOUR,
+                                          inherit=True)
+    stream_max_duration: Millis = setting(Millis(600 * SECOND), doc="Longest relay of one "
+                                          "response body.", minimum=SECOND, maximum=DAY,
+                                          inherit=True)
+    heartbeat_interval: Millis = setting(Millis(15 * SECOND), doc="While an event stream "
+                                         "(text/event-stream) is silent, an SSE comment "
+                                         "goes to the client this often; 0 = never. "
+                                         "Shorter than `stream_idle_timeout`.",
+                                         minimum=0, maximum=HOUR, inherit=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -479,6 +506,8 @@ class Route:
                                            "listeners.", inherit=True)
     leak_censor: RouteCensor = setting(doc="Body scrubbing policy.", factory=RouteCensor,
                                        inherit=True)
+    timeouts: RouteTimeouts = setting(doc="Proxy routes: upstream response timers and SSE "
+                                      "heartbeats.", factory=RouteTimeouts)
     request_buffering: bool = setting(True, doc="Proxy routes: read the whole request "
                                       "body (at most `limits.max_body`) before an upstream "
                                       "connection is taken, so a slow client holds no "
@@ -496,6 +525,9 @@ class Defaults:
                                            "own.")
     leak_censor: RouteCensor = setting(doc="Censor policy for routes without their own.",
                                        factory=RouteCensor)
+    timeouts: RouteTimeouts = setting(doc="Timers for routes; a route's own "
+                                      "[route.timeouts] overrides them key by key.",
+                                      factory=RouteTimeouts)
     request_buffering: bool = setting(True, doc="`request_buffering` for routes that do "
                                       "not set their own.")
 

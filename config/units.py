@@ -3,7 +3,7 @@
 Sizes are byte counts written as an integer or a string such as ``"4k"`` or ``"1m"``
 (binary multiples: k = 1024). Durations are strings with a unit (``"250ms"``, ``"30s"``,
 ``"5m"``, ``"2h"``, ``"30d"``); a bare number is refused because its unit would be a
-guess. Both print back in the largest unit that represents the value exactly, so
+guess (except ``0``). Both print back in the largest unit that represents the value exactly, so
 ``parse(format(x)) == x`` for every value.
 """
 
@@ -58,7 +58,10 @@ def format_size(value: int) -> str:
 
 
 def parse_duration(value: object) -> Millis:
-    """Return the milliseconds for a duration string such as ``"600s"`` or ``"30d"``."""
+    """Return the milliseconds for a duration string such as ``"600s"`` or ``"30d"``; a
+    bare ``0`` is the one number accepted (zero needs no unit)."""
+    if value == 0 and type(value) is int:
+        return Millis(0)
     if not isinstance(value, str) or isinstance(value, bool):
         raise UnitError("expected a duration string with a unit, e.g. \"250ms\", \"30s\", "
                         "\"5m\", \"2h\", \"30d\"")

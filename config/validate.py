@@ -20,9 +20,19 @@ from cryptography import x509
 from . import checks
 from .locate import KeyPath
 from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
-from .model import BUILTIN_STATIC, RATE_LIMIT_EXEMPT, Config, Match, RateLimit, Route, RouteCensor
+from .model import (
+    BUILTIN_STATIC,
+    RATE_LIMIT_EXEMPT,
+    Config,
+    Match,
+    RateLimit,
+    Route,
+    RouteCensor,
+    RouteTimeouts,
+)
 from .problems import Problems
 from .schema import suggest
+from .units import format_duration
 
 MAX_PEERS = 32
 SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/root", "/boot")
@@ -92,6 +102,9 @@ RULES: tuple[Rule, ...] = (
                               "or [defaults.rate_limit]), except the built-in healthcheck "
                               "(no upstream call, a constant answer)."),
     Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true."),
+    Rule("heartbeat", "A non-zero timeouts.heartbeat_interval is shorter than the "
+                      "stream_idle_timeout it applies with (else a stalled stream would "
+                      "end before its first heartbeat)."),
     Rule("auth", "Keys: unique ids and hashes; a route with auth = api_key needs keys."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
                         "mode = bad only under the exploit profile."),
@@ -549,6 +562,30 @@ def _check_rate_limits(config: Config, problems: Problems) -> None:
                            "limit; add [route.rate_limit] or [defaults.rate_limit]")
 
 
+def _check_timeouts(config: Config, problems: Problems) -> None:
+    for base, route in _policy_sections(config):
+        timers = _own(route, config, "timeouts")
+        if not isinstance(timers, RouteTimeouts):
+            continue
+        beat, idle = timers.heartbeat_interval, timers.stream_idle_timeout
+        inherited = config.defaults.timeouts
+        if route is not None and (beat, idle) == (inherited.heartbeat_interval,
+                                                  inherited.stream_idle_timeout):
+            continue  # both from [defaults.timeouts]: reported there once
+        if beat and beat >= idle:
+            # Either key may be the one inherited from [defaults.timeouts]: point at the
+            # one this section writes.
+            own = (*base, "timeouts")
+            problems.error((*own, "heartbeat_interval"), "heartbeat",
+                           f"heartbeat_interval ({format_duration(beat)}) must be shorter "
+                           f"than stream_idle_timeout ({format_duration(idle)}), or 0 to "
+                           "send no heartbeats",
+                           anchors=((*own, "heartbeat_interval"),
+                                    (*own, "stream_idle_timeout"),
+                                    ("defaults", "timeouts", "heartbeat_interval"),
+                                    ("defaults", "timeouts", "stream_idle_timeout")))
+
+
 def _check_header_policies(config: Config, problems: Problems) -> None:
     for base, route in _policy_sections(config):
         ingress = _own(route, config, "headers.ingress")
@@ -614,6 +651,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_manual_cert, (_TLS,)),
     (_check_profile, (("server",), *_LOG, ("leak_censor",))),
     (_check_rate_limits, (*_ROUTES, _DEFAULTS, _LISTEN)),
+    (_check_timeouts, (*_ROUTES, _DEFAULTS)),
     (_check_header_policies, (*_ROUTES, _DEFAULTS)),
     (_check_auth, (*_ROUTES, ("auth",))),
     (_check_censor, (*_ROUTES, _DEFAULTS, ("leak_censor",))),

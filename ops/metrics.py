@@ -9,7 +9,8 @@ all processes' files (:class:`MultiProcessCollector`) and adds the gauges that l
 shared memory (peer health and in-flight requests, per-worker connections), in a thread
 so the event loop never waits for that file I/O.
 
-Labels follow the audit log's field names (``route``, ``method``, ``status``, ``peer``).
+Labels follow the audit log's field names (``route``, ``method``, ``status``, ``peer``,
+``outcome``).
 When ``[metrics] enabled = false`` the request path calls :class:`NoMetrics`, whose
 methods do nothing, and prometheus_client is never imported.
 
@@ -40,6 +41,9 @@ class NoMetrics:
         pass
 
     def rate_limited(self, route: bytes) -> None:
+        pass
+
+    def stream_outcome(self, route: bytes, outcome: str) -> None:
         pass
 
     def upstream_error(self, peer: str, kind: str) -> None:
@@ -78,6 +82,9 @@ class Metrics(NoMetrics):
         self._upstream_errors = Counter("li_upstream_errors_total",
                                         "Upstream failures by peer and kind.",
                                         ["peer", "kind"])
+        self._outcomes = Counter("li_stream_outcomes_total",
+                                 "Requests on proxy routes by how they ended.",
+                                 ["route", "outcome"])
         self._dropped = Counter("li_log_dropped_total",
                                 "Log records dropped because a worker's queue was full.",
                                 ["kind"])
@@ -100,6 +107,9 @@ class Metrics(NoMetrics):
 
     def rate_limited(self, route: bytes) -> None:
         self._child(self._limited, route.decode()).inc()
+
+    def stream_outcome(self, route: bytes, outcome: str) -> None:
+        self._child(self._outcomes, route.decode(), outcome).inc()
 
     def upstream_error(self, peer: str, kind: str) -> None:
         self._child(self._upstream_errors, peer, kind).inc()

@@ -32,7 +32,13 @@ def on_failure(state: PeerHealth, now: int, max_fails: int, fail_timeout_ns: int
     return PeerHealth(fails, window_start, state.down_until_ns)
 
 
-def on_success(state: PeerHealth) -> PeerHealth:
+def on_success(state: PeerHealth, now: int = 0) -> PeerHealth:
+    """A success resets the count; once the down time is over (``down_until_ns`` at or
+    before ``now``) it also clears the mark, so the peer counts as up again (a success
+    that raced with the mark, seen while the peer is still down, does not)."""
+    down_until = state.down_until_ns
+    if down_until and down_until <= now:
+        return PeerHealth(0, 0, 0)
     if state.fails == 0:
         return state
-    return PeerHealth(0, 0, state.down_until_ns)
+    return PeerHealth(0, 0, down_until)

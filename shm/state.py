@@ -265,12 +265,18 @@ class SharedState:
         finally:
             self._unlock(_LOCK_PEERS + peer)
 
-    def peer_succeeded(self, peer: int) -> None:
-        if self.peers[peer * PEER_FIELDS] == 0:
-            return  # the common case needs no lock
+    def peer_succeeded(self, peer: int) -> bool:
+        """Record a success; True when it marked a peer that had been down up again."""
+        field = peer * PEER_FIELDS
+        peers = self.peers
+        if peers[field] == 0 and peers[field + 2] == 0:
+            return False  # the common case needs no lock
         self._lock(_LOCK_PEERS + peer)
         try:
-            self._store_health(peer, on_success(self.health(peer)))
+            before = self.health(peer)
+            after = on_success(before, self.clock())
+            self._store_health(peer, after)
+            return before.down_until_ns != 0 and after.down_until_ns == 0
         finally:
             self._unlock(_LOCK_PEERS + peer)
 

@@ -9,13 +9,14 @@ may be kept alive. Any protocol error is answered (400, 408, 413, 414, 431, ...)
 connection closed.
 
 This actor owns the loop, the connection's state and the end of every request: each
-request is logged exactly once from its exchange, however it ends (access line, and an
-audit record on proxy routes), and an upstream connection still held is closed.
+request is logged exactly once from its exchange, however it ends (access line, an
+audit record on proxy routes, and one error-log line when the outcome is abnormal), and
+an upstream connection still held is closed.
 
 All of a connection's work runs inside one cancel scope. Timeouts and client
 disconnects cancel that scope (see :mod:`.housekeeping`), after which :meth:`run` knows
 from the deadline's reason and the exchange's response :class:`~.exchange.Phase` what it
-may still send: a 408 or 504 when no response byte was sent yet, the terminal SSE error
+may still send: a 408, 503 or 504 when no response byte was sent yet, the terminal SSE error
 event on an SSE stream (:meth:`~.sse.SseRelay.error_end`), or nothing but the close.
 The upstream connection in use, if any, is reset, so the upstream sees the request go
 away.
@@ -32,12 +33,13 @@ from collections.abc import Awaitable
 import orjson
 import trio
 from li_httpd.ops.log.records import Decision
+from li_httpd.ops.log.redact import logged_path
 from li_httpd.shm import gcra
 from trio.lowlevel import checkpoint
 
 from .admission import Admitted, Reject, admit
 from .context import WorkerContext
-from .exchange import Exchange, Handled, Outcome, Phase
+from .exchange import NORMAL_OUTCOMES, Exchange, Handled, Outcome, Phase, deadline_outcome
 from .http1 import CLOSED, END, NEED_DATA, Header, HttpError, RequestHead, RequestReader
 from .proxy import proxy_request
 from .responses import CONTINUE, error_response, json_response
@@ -57,6 +59,18 @@ _SSE_ERRORS: dict[DeadlineReason, tuple[int, str]] = {
     "shutdown": (503, "the gateway shut down before the stream ended"),
 }
 """The terminal SSE error event's status and message when a deadline ends a stream."""
+_ABNORMAL_MESSAGES: dict[Outcome, str] = {
+    "upstream_error": "upstream failed before responding",
+    "upstream_cut": "upstream response broke off",
+    "ttfb_timeout": "upstream first byte timeout",
+    "idle_timeout": "upstream stream stalled",
+    "max_duration": "stream exceeded its maximum duration",
+    "client_gone": "client went away",
+    "shutdown": "request cut by shutdown",
+    "timeout": "client timed out",
+    "internal_error": "connection error",  # the name crash checks look for
+}
+"""The error-log message of each abnormal end (any outcome but completed/rejected)."""
 
 
 class ClientConnection:
@@ -99,11 +113,13 @@ class ClientConnection:
         except (PeerGone, TlsHandshakeError):
             self._ended("client_gone")  # the client went away or failed the handshake
         except Exception as exc:  # a bug must cost one connection, never the worker
-            self._ended("internal_error")
             exchange = self.exchange
-            self.ctx.log.diagnostic("error", "connection error",
-                                    request_id=exchange.request_id if exchange else b"-",
-                                    error="".join(traceback.format_exception(exc)[-4:]))
+            error = "".join(traceback.format_exception(exc)[-4:])
+            if exchange is not None:  # the request's one error line carries the traceback
+                exchange.ended("internal_error", error)
+            else:
+                self.ctx.log.diagnostic("error", "connection error", request_id=b"-",
+                                        error=error)
             if exchange is None or exchange.phase is Phase.UNSENT:
                 with trio.move_on_after(_AFTER_TIMEOUT_SEND), contextlib.suppress(Exception):
                     await self._send_error(500, keep_alive=False)
@@ -183,6 +199,7 @@ class ClientConnection:
                           plan is not None and plan.group is not None, verdict.caller,
                           verdict.meter if isinstance(verdict, Admitted) else None)
         if isinstance(verdict, Reject):
+            exchange.path_invalid = verdict.reason == "bad_path"
             if plan is not None and verdict.reason in _LIMIT_REASONS:
                 ctx.metrics.rate_limited(plan.name_bytes)
             return await self.reject(verdict.status, message=verdict.message,
@@ -317,18 +334,40 @@ class ClientConnection:
         bytes_out = self.io.sent - exchange.sent_mark
         status = exchange.status
         head = exchange.head
-        outcome = exchange.outcome
+        # No outcome yet: the worker's shutdown cancelled the connection mid-request.
+        outcome: Outcome = exchange.outcome or "shutdown"
+        path = b"<invalid>" if exchange.path_invalid else logged_path(head.path, head.query)
+        key_id = exchange.key_id
         log.access(exchange.request_id, exchange.route, exchange.peer or "-", status, outcome,
-                   latency_ms, bytes_in, bytes_out, head.method, head.path)
-        self.ctx.metrics.request_done(exchange.route, head.method, status,
-                                      latency_ms / 1000, exchange.ttfb_ms, exchange.peer)
+                   latency_ms, bytes_in, bytes_out, head.method, path, self.client, key_id)
+        metrics = self.ctx.metrics
+        metrics.request_done(exchange.route, head.method, status, latency_ms / 1000,
+                             exchange.ttfb_ms, exchange.peer)
+        if outcome not in NORMAL_OUTCOMES:
+            self._log_abnormal(exchange, outcome, bytes_out)
         if exchange.audited:
+            if exchange.route is not None:
+                metrics.stream_outcome(exchange.route, outcome)
             decision: Decision = (
                 "rate_limited" if status == 429 else "deny" if status in (401, 403)
                 else "error" if status >= 500 or status == 0 else "allow")
-            log.audit(exchange.request_id, exchange.key_id, exchange.route, exchange.model,
-                      head.method, head.path, status, outcome, decision, exchange.peer,
+            log.audit(exchange.request_id, key_id, exchange.route, exchange.model,
+                      head.method, path, status, outcome, decision, exchange.peer,
                       latency_ms, exchange.ttfb_ms, bytes_in, bytes_out)
+
+    def _log_abnormal(self, exchange: Exchange, outcome: Outcome, bytes_out: int) -> None:
+        """The one error-log line of a request that ended abnormally."""
+        fields: dict[str, object] = {
+            "request_id": exchange.request_id, "route": exchange.route,
+            "peer": exchange.peer, "client": self.client, "status": exchange.status,
+            "outcome": outcome, "bytes_out": bytes_out}
+        events = exchange.sse.scanner.events if exchange.sse is not None else None
+        if events is not None:
+            fields["events"] = events
+        if exchange.detail is not None:
+            fields["detail"] = exchange.detail
+        self.ctx.log.diagnostic("error" if outcome == "internal_error" else "warn",
+                                _ABNORMAL_MESSAGES.get(outcome, outcome), **fields)
 
     async def _after_deadline(self, reason: DeadlineReason) -> None:
         """The connection scope was cancelled by a timeout or a disconnect."""
@@ -337,9 +376,9 @@ class ClientConnection:
             upstream = exchange.take_upstream()
             if upstream is not None:
                 if reason == "upstream_ttfb" and exchange.group is not None:
-                    exchange.group.failed(upstream.peer)
+                    exchange.group.failed(upstream.peer, "ttfb_timeout")
                 upstream.io.abort()
-        self._ended("client_gone" if reason == "client_gone" else "timeout")
+        self._ended(deadline_outcome(reason))
         if reason in _QUIET_REASONS or (reason == "shutdown" and exchange is None):
             return
         phase = exchange.phase if exchange is not None else Phase.UNSENT

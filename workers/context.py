@@ -64,8 +64,14 @@ class RoutePlan:
     requires_key: bool
     limit: RouteLimit | None
     ttfb_timeout: float
+    """Seconds to wait for the upstream's response head."""
     idle_timeout: float
+    """Longest gap between reads of a streamed body (no Content-Length)."""
+    read_timeout: float
+    """Longest gap between reads of a body with a Content-Length (the pool's)."""
     max_duration: float
+    heartbeat: float
+    """Seconds between SSE comments while an event stream is silent; 0 = none."""
     buffer_body: bool
     """``request_buffering``: the whole body is read before an upstream is contacted."""
 
@@ -129,7 +135,7 @@ class WorkerContext:
         self.request_ids = RequestIds(_seed(loaded))
         ids = peer_ids(config)
         self.groups = {name: UpstreamGroup(name, upstream, self.limits, self.shared, index,
-                                           ids[name])
+                                           ids[name], self.log)
                        for index, (name, upstream) in enumerate(config.upstreams.items())}
         self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
         sites = {name: StaticSite(root) for name, root in config.static.items()}
@@ -138,6 +144,7 @@ class WorkerContext:
             group = self.groups.get(route.proxy) if route.proxy else None
             read_timeout = group.settings.read_timeout / 1000 if group else 60.0
             limit = route.rate_limit
+            timers = route.timeouts
             self.plans[route.name] = RoutePlan(
                 route=route,
                 name_bytes=route.name.encode(),
@@ -147,11 +154,11 @@ class WorkerContext:
                 healthcheck=route.static == "healthcheck",
                 requires_key=route.auth == "api_key",
                 limit=RouteLimit.of(limit) if limit else None,
-                ttfb_timeout=min(read_timeout, limit.ttfb_timeout / 1000)
-                if limit else read_timeout,
-                idle_timeout=min(read_timeout, limit.stream_idle_timeout / 1000)
-                if limit else read_timeout,
-                max_duration=limit.stream_max_duration / 1000 if limit else float("inf"),
+                ttfb_timeout=timers.ttfb_timeout / 1000,
+                idle_timeout=timers.stream_idle_timeout / 1000,
+                read_timeout=read_timeout,
+                max_duration=timers.stream_max_duration / 1000,
+                heartbeat=timers.heartbeat_interval / 1000,
                 buffer_body=route.request_buffering,
             )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from li_httpd.shm import gcra
 
@@ -23,6 +23,9 @@ from .http1 import RequestHead
 from .identity import Caller
 from .sse import SseRelay
 from .upstream import PeerTarget, UpstreamConn, UpstreamGroup
+
+if TYPE_CHECKING:
+    from .sockio import DeadlineReason
 
 
 class Phase(enum.Enum):
@@ -43,15 +46,47 @@ class Phase(enum.Enum):
 
 
 Outcome = Literal[
-    "completed",        # the response was written to its end
-    "rejected",         # the gateway answered itself: routing, auth, limits, bad request
-    "upstream_failed",  # no usable upstream answer: 502 before any response byte
-    "upstream_broke",   # the upstream response broke off or was malformed
-    "timeout",          # a deadline fired (the access line's status says which side)
-    "client_gone",      # the client hung up or broke its TLS stream
-    "internal_error",   # a bug in the gateway cost this request (500 or a cut)
+    "completed",       # the response was written to its end
+    "rejected",        # the gateway answered itself: routing, auth, limits, bad request
+    "upstream_error",  # no usable upstream answer before any response byte (connect
+                       # failure, peers down, invalid head, a retryable 5xx after retries)
+    "upstream_cut",    # the upstream broke off, reset or sent garbage after its head
+    "ttfb_timeout",    # the upstream's response head did not come in time (504)
+    "idle_timeout",    # the upstream's body stalled longer than stream_idle_timeout
+    "max_duration",    # the response outlived stream_max_duration
+    "client_gone",     # the client hung up or broke its TLS stream
+    "shutdown",        # the worker's drain deadline ended the request
+    "timeout",         # a client-side timer: request head, request body, or a client
+                       # that stops reading its response
+    "internal_error",  # a bug in the gateway cost this request (500 or a cut)
 ]
 """How a request ended: the closed vocabulary of access lines, audit records, metrics."""
+
+NORMAL_OUTCOMES: Final = frozenset({"completed", "rejected"})
+"""Outcomes that are not an abnormal end (no error-log line)."""
+
+_DEADLINE_OUTCOMES: Final[dict[str, Outcome]] = {
+    "": "internal_error",  # a deadline fired without a reason: cannot happen
+    "handshake": "timeout",
+    "header": "timeout",
+    "idle": "timeout",
+    "body": "timeout",
+    "send": "timeout",
+    "upstream_ttfb": "ttfb_timeout",
+    "upstream_idle": "idle_timeout",
+    "stream_max": "max_duration",
+    "client_gone": "client_gone",
+    "shutdown": "shutdown",  # the drain deadline, where it fires as a deadline reason
+    # The relay handles a heartbeat wake-up itself (it sends the SSE comment); if one
+    # ever reached the connection it would be the gateway's own failure.
+    "heartbeat": "internal_error",
+}
+
+
+def deadline_outcome(reason: DeadlineReason) -> Outcome:
+    """The outcome of a request ended by the connection deadline firing for ``reason``
+    (the one place that maps the two vocabularies)."""
+    return _DEADLINE_OUTCOMES.get(reason, "internal_error")
 
 
 class Handled(NamedTuple):
@@ -73,9 +108,9 @@ class ByteMeter(NamedTuple):
 class Exchange:
     """What one request is and did. Created by the connection actor per request head."""
 
-    __slots__ = ("audited", "caller", "continue_sent", "group", "head", "meter", "model",
-                 "outcome", "peer", "phase", "request_id", "route", "sent_mark", "sse", "started",
-                 "status", "ttfb_ms", "upstream")
+    __slots__ = ("audited", "caller", "continue_sent", "detail", "group", "head", "meter",
+                 "model", "outcome", "path_invalid", "peer", "phase", "request_id", "route",
+                 "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
         self.head = head
@@ -85,7 +120,13 @@ class Exchange:
         """The client connection's byte count when the request began (for bytes_out)."""
         self.status = 0
         self.phase = Phase.UNSENT
-        self.outcome: Outcome = "completed"
+        self.outcome: Outcome | None = None
+        """Set when the request ends; still None when the worker's shutdown cancelled it."""
+        self.detail: str | None = None
+        """Why an abnormal end happened, in words, for its error-log line."""
+        self.path_invalid = False
+        """The path failed normalization: the logs show ``<invalid>``, not its bytes (an
+        undecodable path can hide a secret from the log redactor's detectors)."""
         self.route: bytes | None = None
         self.audited = False
         self.caller: Caller | None = None
@@ -97,7 +138,8 @@ class Exchange:
         self.upstream: UpstreamConn | None = None
         self.group: UpstreamGroup | None = None
         self.sse: SseRelay | None = None
-        """The SSE relay of a response in :attr:`Phase.SSE`: what ends it on a failure."""
+        """The SSE relay of a response in :attr:`Phase.SSE`: what ends it on a failure,
+        and its scanner's event count for the error-log line of an abnormal end."""
 
     @property
     def key_id(self) -> str | None:
@@ -118,8 +160,10 @@ class Exchange:
         self.status = status
         self.phase = phase
 
-    def ended(self, outcome: Outcome) -> None:
+    def ended(self, outcome: Outcome, detail: str | None = None) -> None:
         self.outcome = outcome
+        if detail is not None:
+            self.detail = detail
 
     def attempt(self, group: UpstreamGroup, peer: PeerTarget) -> None:
         """An attempt on ``peer`` begins (the log names the last peer tried)."""
@@ -139,4 +183,5 @@ class Exchange:
         return upstream
 
 
-__all__ = ["ByteMeter", "Exchange", "Handled", "Outcome", "Phase"]
+__all__ = ["NORMAL_OUTCOMES", "ByteMeter", "Exchange", "Handled", "Outcome", "Phase",
+           "deadline_outcome"]

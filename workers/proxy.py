@@ -20,8 +20,10 @@ per-read idle deadlines (stall detector), a total stream deadline, and re-chunki
 the length is unknown. An SSE body that the gateway frames itself (re-chunked, or ended
 by the close for an HTTP/1.0 client) goes through an :class:`~.sse.SseRelay`: only whole
 events are written, and a failure after the head ends it with one terminal error event;
-a close-delimited SSE body is complete only when the close falls between events. The
-upstream connection returns to the pool only after a response read exactly to its end.
+a close-delimited SSE body is complete only when the close falls between events. While
+such a stream's upstream is silent, SSE heartbeat comments go out every
+``heartbeat_interval``, only where the client stands between events. The upstream
+connection returns to the pool only after a response read exactly to its end.
 """
 
 
@@ -31,6 +33,7 @@ import re
 from collections.abc import Coroutine
 from typing import Any
 
+import trio
 from trio.lowlevel import checkpoint
 
 from . import sockio
@@ -47,13 +50,15 @@ from .http1 import (
 )
 from .port import ClientPort
 from .responses import render_head
-from .retry import Attempts, Decision, FailureKind, replay_of
-from .sockio import ClientGone, PeerGone
+from .retry import HEALTH_KIND, Attempts, Decision, FailureKind, replay_of
+from .sockio import ClientGone, DeadlineReason, PeerGone
 from .sse import SseRelay, SseScanner
 from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
 
 REPLAYABLE_BODY = 64 * 1024
 _SSE = b"text/event-stream"
+HEARTBEAT = b": heartbeat\n\n"
+"""The SSE comment sent while an event stream is silent (parsers ignore it)."""
 _FAILURE_MESSAGES: dict[FailureKind, str] = {"connect": "upstream connection failed",
                                              "closed": "upstream failed",
                                              "protocol": "invalid upstream response",
@@ -169,6 +174,26 @@ def _whole_events(pieces: list[bytes]) -> bool:
     return scanner.at_boundary
 
 
+def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRelay | None,
+              until_close: bool) -> bytes:
+    """What to write to the client for the body ``pieces`` just decoded: through
+    ``relay`` for an SSE body (only whole events; the held rest once ``complete``, which
+    for a body that ends ``until_close`` must fall between events), chunk-framed when
+    ``chunked``, with the last chunk once ``complete``."""
+    data = b"".join(pieces) if pieces else b""
+    if relay is not None:
+        if data:
+            data = relay.relay(data)
+        if complete:
+            if until_close and not relay.complete:
+                raise UpstreamProtocolError(502, "upstream closed mid-event")
+            data += relay.finish()
+    out = (_chunk(data) if chunked else data) if data else b""
+    if complete and chunked:
+        out += b"0\r\n\r\n"
+    return out
+
+
 def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
                   admitted: Admitted) -> Coroutine[Any, Any, Handled]:
     """Proxy one admitted request and write its response to ``client``. Returns the
@@ -194,7 +219,7 @@ class _Proxy:
         client, head, exchange, ctx = self.client, self.head, self.exchange, self.ctx
         group = self.plan.group
         if group is None:  # validation guarantees a target; stay total anyway
-            return await client.reject(502, outcome="upstream_failed")
+            return await client.reject(502, outcome="upstream_error")
         start, complete = await _body_start(client, self.plan.buffer_body) \
             if head.has_body else (b"", True)
         body = start if complete else None
@@ -208,10 +233,15 @@ class _Proxy:
             client.deadline.clear()
             pool = group.pick(exclude=attempts.excluded)
             if pool is None:
-                message = ("every upstream peer failed" if attempts.excluded
-                           else "all upstream peers are down")
-                return await client.reject(502, message=message, outcome="upstream_failed",
-                                           keep_alive=attempts.replay != "never")
+                keep = attempts.replay != "never"
+                if attempts.excluded:
+                    return await client.reject(502, message="every upstream peer failed",
+                                               outcome="upstream_error", keep_alive=keep)
+                # Nothing was tried: the pool is down. Say when to come back.
+                return await client.reject(
+                    503, message="all upstream peers are down", outcome="upstream_error",
+                    keep_alive=keep,
+                    headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
             peer = pool.peer
             exchange.attempt(group, peer)
             shared.add_active(peer.shared_id, 1)
@@ -244,7 +274,8 @@ class _Proxy:
                                            error=exc.detail)
                         handled = await self._failed(group, attempts, peer, "protocol")
                     else:
-                        if response.status in group.settings.retry_statuses:
+                        exhausted = response.status in group.settings.retry_statuses
+                        if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
                                                     f"status_{response.status}")
                             if decision.action != "fail":
@@ -253,7 +284,11 @@ class _Proxy:
                             # No other attempt: the upstream's own answer goes to the client.
                         else:
                             group.succeeded(peer)
-                        return await self._relay(pool, up, response)
+                        handled = await self._relay(pool, up, response)
+                        if exhausted and handled.outcome == "completed":
+                            exchange.detail = f"status {response.status} after retries"
+                            return Handled("upstream_error", handled.keep_alive)
+                        return handled
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
@@ -267,7 +302,7 @@ class _Proxy:
         decision = attempts.decide(failure, reused=reused, request_sent=request_sent)
         attempts.record(decision, peer.index)
         if decision.blame_peer:
-            group.failed(peer)
+            group.failed(peer, HEALTH_KIND[failure])
         self.ctx.metrics.upstream_error(peer.label, metric_kind)
         return decision
 
@@ -282,7 +317,7 @@ class _Proxy:
         # The connection survives when the request body was read to its end.
         keep = attempts.replay != "never" and failure != "protocol"
         return await self.client.reject(502, message=_FAILURE_MESSAGES[failure],
-                                        outcome="upstream_failed", keep_alive=keep)
+                                        outcome="upstream_error", keep_alive=keep)
 
     def _drop_upstream(self) -> None:
         up = self.exchange.take_upstream()
@@ -350,13 +385,13 @@ class _Proxy:
         else:
             try:
                 complete = _collect(reader, pieces)
-            except UpstreamProtocolError:
-                return await self._upstream_broke(up)
+            except UpstreamProtocolError as exc:
+                return await self._upstream_broke(up, exc.detail)
         until_close = (sse and response.content_length is None and not response.chunked
                        and head.method != b"HEAD" and response.status not in (204, 304))
         if complete and until_close and not _whole_events(pieces):
             # The upstream closed mid-event before the head went out: a cut, not a body.
-            return await self._upstream_broke(up)
+            return await self._upstream_broke(up, "upstream closed mid-event")
         chunked = ends_on_close = False
         if head.method == b"HEAD" or response.status in (204, 304):
             pass
@@ -391,10 +426,16 @@ class _Proxy:
                  else Phase.FRAMED)
         await client.respond(response.status, out, phase)
         if not complete:
+            plan = self.plan
+            framed = response.content_length is not None
+            idle = plan.read_timeout if framed else plan.idle_timeout
             try:
-                await self._stream_response_body(up, chunked, relay, until_close)
-            except UpstreamProtocolError:
-                return await self._upstream_broke(up)
+                if relay is not None and plan.heartbeat:
+                    await self._stream_with_heartbeats(up, relay, idle, until_close)
+                else:
+                    await self._stream_response_body(up, chunked, idle, relay, until_close)
+            except UpstreamProtocolError as exc:
+                return await self._upstream_broke(up, exc.detail)
         client.unwatch_disconnect()
         exchange.take_upstream()
         if response.keep_alive:
@@ -404,15 +445,15 @@ class _Proxy:
         return Handled("completed", keep)
 
     async def _stream_response_body(self, up: UpstreamConn, chunked: bool,
-                                    relay: SseRelay | None, until_close: bool) -> None:
-        """Forward body pieces as they arrive until the response is complete (an SSE
-        body through ``relay``: only whole events; one that ``until_close``, ending on
-        the upstream's close, is complete only when the close falls between events)."""
+                                    idle: float, relay: SseRelay | None,
+                                    until_close: bool) -> None:
+        """Forward body pieces as they arrive until the response is complete; ``idle``
+        bounds each wait for the upstream (an SSE body goes through ``relay``, see
+        :func:`_outgoing`)."""
         reader = up.reader
         io = up.io
         client = self.client
         deadline = client.deadline
-        idle = self.plan.idle_timeout
         limit_at = sockio.now() + self.plan.max_duration
         pieces: list[bytes] = []
         while True:
@@ -432,38 +473,102 @@ class _Proxy:
                         502, f"upstream connection reset: {exc}") from None
             pieces.clear()
             complete = _collect(reader, pieces)
-            data = b"".join(pieces) if pieces else b""
-            if relay is not None:
-                if data:
-                    data = relay.relay(data)
-                if complete:
-                    if until_close and not relay.complete:
-                        raise UpstreamProtocolError(502, "upstream closed mid-event")
-                    data += relay.finish()
-            out = (_chunk(data) if chunked else data) if data else b""
-            if complete and chunked:
-                out += b"0\r\n\r\n"
+            out = _outgoing(pieces, complete, chunked, relay, until_close)
             if out:
                 await client.send(out)
             if complete:
                 return
 
-    async def _upstream_broke(self, up: UpstreamConn) -> Handled:
+    async def _stream_with_heartbeats(self, up: UpstreamConn, relay: SseRelay, idle: float,
+                                      until_close: bool) -> None:
+        """:meth:`_stream_response_body` for an event stream that gets heartbeats: while
+        the upstream is silent, an SSE comment goes to the client every ``heartbeat``
+        seconds. Silence still counts toward ``idle`` (a heartbeat does not reset it).
+
+        The connection's one deadline is set to the earliest of the next heartbeat, the
+        idle limit and the stream's end; a ``heartbeat`` deadline cancels only the scope
+        in ``deadline.beat``, one per heartbeat period (none per read). A heartbeat is
+        sent only where what the client has received ends between events
+        (:attr:`~.sse.SseRelay.client_between_events`): inside an event its blank line
+        would dispatch the half event. The body goes through ``relay`` as in
+        :meth:`_stream_response_body` (half events held back; ``until_close``: complete
+        only when the upstream's close falls between events)."""
+        reader = up.reader
+        io = up.io
+        client = self.client
+        deadline = client.deadline
+        beat = self.plan.heartbeat
+        chunked = relay.chunked
+        beat_chunk = _chunk(HEARTBEAT) if chunked else HEARTBEAT
+        last_data = sockio.now()
+        limit_at = last_data + self.plan.max_duration
+        beat_at = last_data + beat
+        pieces: list[bytes] = []
+        held: bytes | None = None
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    deadline.beat = scope
+                    while True:
+                        got, held = held, None
+                        if got is None:
+                            idle_at = last_data + idle
+                            end_at = min(idle_at, limit_at)
+                            reason: DeadlineReason = "upstream_idle" if idle_at < limit_at \
+                                else "stream_max"
+                            if beat_at < end_at:
+                                deadline.set_at(beat_at, "heartbeat")
+                            else:
+                                deadline.set_at(end_at, reason)
+                            if reader.paused:
+                                await checkpoint()  # the rest is buffered: decode it next
+                            else:
+                                try:
+                                    got = await io.recv(reset_is_error=True)
+                                except PeerGone as exc:
+                                    raise UpstreamProtocolError(
+                                        502, f"upstream connection reset: {exc}") from None
+                                last_data = sockio.now()
+                                beat_at = last_data + beat
+                            # No wait from here to the next read may end in a heartbeat.
+                            idle_at = last_data + idle
+                            deadline.set_at(min(idle_at, limit_at), "upstream_idle"
+                                            if idle_at < limit_at else "stream_max")
+                            if scope.cancel_called:
+                                held = got  # woke for a heartbeat as data came: keep it
+                                break
+                        if got is not None:
+                            reader.feed(got)
+                        pieces.clear()
+                        complete = _collect(reader, pieces)
+                        out = _outgoing(pieces, complete, chunked, relay, until_close)
+                        if out:
+                            await client.send(out)
+                        if complete:
+                            return
+                if held is None:  # the heartbeat's wake-up, no data with it
+                    if relay.client_between_events:
+                        await client.send(beat_chunk)
+                    beat_at = sockio.now() + beat
+        finally:
+            deadline.beat = None
+
+    async def _upstream_broke(self, up: UpstreamConn, detail: str) -> Handled:
         """The upstream sent a malformed or truncated response: a 502 before the head,
         the terminal error event on an SSE stream, else a reset (the client sees the
-        body end short of its length or of its last chunk)."""
+        body end short of its length or of its last chunk). The connection actor writes
+        its error-log line, with ``detail``."""
         self._drop_upstream()
         client = self.client
         client.unwatch_disconnect()
         exchange = self.exchange
-        self.ctx.log.diagnostic("warn", "upstream response broke off",
-                                request_id=exchange.request_id, peer=up.peer.label)
+        exchange.detail = detail
         if exchange.phase is Phase.SSE and exchange.sse is not None:
             client.deadline.clear()  # the send is bounded by the send timeout alone
             await client.send(exchange.sse.error_end(502, "upstream stream broke off",
                                                      exchange.request_id))
-            return Handled("upstream_broke", False)
+            return Handled("upstream_cut", False)
         if exchange.phase is not Phase.UNSENT:
             client.abort()  # the client must see the response end abnormally
-            return Handled("upstream_broke", False)
-        return await client.reject(502, outcome="upstream_broke", keep_alive=False)
+            return Handled("upstream_cut", False)
+        return await client.reject(502, outcome="upstream_error", keep_alive=False)

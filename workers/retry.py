@@ -28,6 +28,10 @@ FailureKind = Literal[
     "protocol",  # the upstream's response was malformed
     "status",    # a complete response head with a status in ``retry_statuses``
 ]
+HealthFailure = Literal["connect", "reset", "malformed", "5xx", "ttfb_timeout"]
+"""The names ``[upstreams.NAME] health_failures`` gives failures (config.model)."""
+HEALTH_KIND: dict[FailureKind, HealthFailure] = {
+    "connect": "connect", "closed": "reset", "protocol": "malformed", "status": "5xx"}
 Replay = Literal["never", "if_unsent", "always"]
 Action = Literal["retry", "next_peer", "fail"]
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import trio
-from trio.lowlevel import checkpoint, wait_readable, wait_writable
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, wait_readable, wait_writable
 
 TICK = 0.1
 """Seconds between deadline checks by housekeeping."""
@@ -76,6 +76,7 @@ DeadlineReason = Literal[
     "upstream_ttfb",  # the upstream's response head
     "upstream_idle",  # the gap between two pieces of the upstream's body (stall)
     "stream_max",     # the whole upstream response
+    "heartbeat",      # not an end: an SSE heartbeat is due (cancels ``Deadline.beat`` only)
     "client_gone",    # not a timer: the client hung up while a request was in flight
     "shutdown",       # not a timer: the graceful stop's shutdown_timeout ran out
 ]
@@ -90,10 +91,14 @@ class Deadline:
     outside this class changes it only through these methods.
     """
 
-    __slots__ = ("at", "fired", "reason", "scope")
+    __slots__ = ("at", "beat", "fired", "reason", "scope")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
+        self.beat: trio.CancelScope | None = None
+        """The relay's scope while it waits on a silent event stream: a ``heartbeat``
+        deadline cancels this one (the relay sends a heartbeat and goes on), not the
+        connection."""
         self.at = float("inf")
         self.reason: DeadlineReason = ""
         self.fired: DeadlineReason = ""
@@ -138,6 +143,11 @@ class Deadline:
 
     def expire_if_due(self, now: float) -> None:
         if self.at <= now and not self.fired:
+            if self.reason == "heartbeat":
+                self.at = float("inf")  # the relay re-arms after its heartbeat
+                if self.beat is not None:
+                    self.beat.cancel()
+                return
             self.fired = self.reason
             self.scope.cancel()
 
@@ -175,7 +185,9 @@ class SocketIO:
             self._ops += 1 + (len(data) >> _BYTES_PER_OP_SHIFT)
             if self._ops >= YIELD_EVERY:
                 self._ops = 0
-                await checkpoint()
+                # Shielded: a cancel here would lose ``data`` (a heartbeat's wake-up must
+                # not; a connection deadline lands at the caller's next wait instead).
+                await cancel_shielded_checkpoint()
             return data
 
     async def recv_after_wait(self) -> bytes:

@@ -23,11 +23,13 @@ from urllib.parse import urlsplit
 
 import trio
 from li_httpd.config.model import Upstream
+from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.shm import SharedState
 from trio.lowlevel import wait_writable
 
 from . import sockio
 from .http1 import ParseLimits, ResponseReader
+from .retry import HealthFailure
 from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
@@ -202,12 +204,16 @@ class UpstreamGroup:
     weight summed over every worker. Peers marked down by passive health are skipped.
     """
 
-    __slots__ = ("_ids", "_rotate", "_weights", "name", "peers", "pool_index", "pools",
+    __slots__ = ("_ids", "_rotate", "_weights", "log", "name", "peers", "pool_index", "pools",
                  "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
-                 pool_index: int, shared_ids: tuple[int, ...]) -> None:
+                 pool_index: int, shared_ids: tuple[int, ...],
+                 log: WorkerLog | None = None) -> None:
         self.name = name
+        self.log = log
+        """Where a peer marked down or up gets its line (one line, from the one worker
+        whose failure or success changed the shared state)."""
         self.settings = settings
         self.shared = shared
         self.pool_index = pool_index
@@ -231,14 +237,30 @@ class UpstreamGroup:
                                                     exclude)
         return self.pools[position] if position >= 0 else None
 
-    def failed(self, peer: PeerTarget) -> None:
-        """Passive health: count a failure against ``peer`` (all workers see it)."""
+    def failed(self, peer: PeerTarget, kind: HealthFailure) -> None:
+        """Passive health: count a failure against ``peer`` (all workers see it), when
+        the pool's ``health_failures`` says this kind counts."""
         settings = self.settings
-        self.shared.peer_failed(peer.shared_id, settings.max_fails,
-                                settings.fail_timeout * 1_000_000)
+        if kind not in settings.health_failures:
+            return
+        if self.shared.peer_failed(peer.shared_id, settings.max_fails,
+                                   settings.fail_timeout * 1_000_000) and self.log:
+            self.log.diagnostic("warn", "upstream peer marked down", peer=peer.label,
+                                pool=self.name, reason=kind,
+                                retry_after_s=settings.fail_timeout / 1000)
+
+    def seconds_until_a_peer_is_up(self) -> int:
+        """Whole seconds until the first down peer is tried again (at least 1): the
+        ``Retry-After`` of a pool whose every peer is down."""
+        shared = self.shared
+        now = shared.clock()
+        soonest = min(shared.health(peer).down_until_ns for peer in self._ids)
+        return max(1, -(-(soonest - now) // 1_000_000_000))
 
     def succeeded(self, peer: PeerTarget) -> None:
-        self.shared.peer_succeeded(peer.shared_id)
+        if self.shared.peer_succeeded(peer.shared_id) and self.log:
+            self.log.diagnostic("warn", "upstream peer marked up", peer=peer.label,
+                                pool=self.name, reason="a request succeeded")
 
     def sweep(self, now: float) -> None:
         for pool in self.pools:

@@ -11,10 +11,11 @@ Line formats (``ts`` is RFC 3339 UTC with milliseconds, ``2026-11-21T23:59:59.12
 ``-`` stands for a missing value; a token containing a space, a quote or a control
 character is printed as a JSON string so a line always splits back into its fields):
 
-- access, human: ``ts level request_id route peer status latency_ms bytes_in bytes_out``
-  with ``latency_ms`` to 2 decimals. The level follows the status: ``info`` below 400,
-  ``warn`` for 4xx, ``error`` for 5xx, so ``[log.access] level = "warn"`` keeps only
-  failures. JSON: one object with those keys plus ``method`` and ``path`` when known.
+- access, human: ``ts level request_id route peer status outcome latency_ms bytes_in
+  bytes_out method path client key_id`` with ``latency_ms`` to 2 decimals (the path's
+  query values are already redacted by the caller). The level follows the status:
+  ``info`` below 400, ``warn`` for 4xx, ``error`` for 5xx, so ``[log.access] level =
+  "warn"`` keeps only failures. JSON: one object with the same keys.
 - diagnostic (error file, stderr), human: ``ts level request_id message key=value...``
   (``request_id`` is taken from the fields; the message has control characters
   escaped so one record is always one line). JSON: ``ts, level, request_id, message``
@@ -50,12 +51,14 @@ AccessRecord = tuple[
     Text | None,  # route
     Text | None,  # peer ("ip:port")
     int,          # status
-    str,          # outcome: how the request ended (completed, rejected, timeout, ...)
+    str,          # outcome: how the request ended (completed, upstream_cut, ...)
     float,        # latency_ms
     int,          # bytes_in
     int,          # bytes_out
     Text | None,  # method
-    Text | None,  # path
+    Text | None,  # path (query values redacted)
+    Text | None,  # client ("ip:port")
+    Text | None,  # key_id of the caller's API key
 ]
 AuditRecord = tuple[
     Literal["audit"],
@@ -189,7 +192,7 @@ class Formatter:
 
     def access(self, record: AccessRecord, json: bool = False) -> bytes:
         (_, ts, request_id, route, peer, status, outcome, latency_ms, bytes_in, bytes_out,
-         method, path) = record
+         method, path, client, key_id) = record
         text = self._text
         level = LEVEL_NAMES[access_level(status)]
         if json:
@@ -197,17 +200,14 @@ class Formatter:
                 "ts": self.timestamps.format(ts), "level": level,
                 "request_id": text(request_id), "route": text(route), "peer": text(peer),
                 "status": status, "outcome": outcome, "latency_ms": round(latency_ms, 2),
-                "bytes_in": bytes_in, "bytes_out": bytes_out,
+                "bytes_in": bytes_in, "bytes_out": bytes_out, "method": text(method),
+                "path": text(path), "client": text(client), "key_id": text(key_id),
             }
-            if method is not None:
-                obj["method"] = text(method)
-            if path is not None:
-                obj["path"] = text(path)
             return _json_bytes(obj) + b"\n"
         line = (f"{self.timestamps.format(ts)} {level} {token(text(request_id))} "
                 f"{token(text(route))} {token(text(peer))} {status} {token(outcome)} "
-                f"{latency_ms:.2f} "
-                f"{bytes_in} {bytes_out}\n")
+                f"{latency_ms:.2f} {bytes_in} {bytes_out} {token(text(method))} "
+                f"{token(text(path))} {token(text(client))} {token(text(key_id))}\n")
         return line.encode("utf-8", "backslashreplace")
 
     def audit(self, record: AuditRecord) -> bytes:

@@ -68,13 +68,14 @@ class WorkerLog:
 
     def access(self, request_id: Text | None, route: Text | None, peer: Text | None,
                status: int, outcome: str, latency_ms: float, bytes_in: int, bytes_out: int,
-               method: Text | None = None, path: Text | None = None) -> None:
+               method: Text | None = None, path: Text | None = None,
+               client: Text | None = None, key_id: Text | None = None) -> None:
         """One access line (skipped below the access sink's level)."""
         if status < self._access_min_status:
             return
         size = self.queue.put_request(("access", self._clock(), request_id, route, peer,
                                       status, outcome, latency_ms, bytes_in, bytes_out,
-                                      method, path))
+                                      method, path, client, key_id))
         if size >= self._high_water:
             self._wake.set()
 

@@ -108,8 +108,9 @@ def test_spec_canonical_example_keeps_its_values(written: dict[str, Path]) -> No
     assert limit is not None
     assert (limit.requests_per_sec, limit.burst, limit.concurrent_streams) == (60, 30, 100)
     assert limit.bytes_in_per_sec == 1024 * 1024
-    assert (limit.stream_max_duration, limit.stream_idle_timeout, limit.ttfb_timeout) == (
-        600_000, 120_000, 60_000)
+    timers = route.timeouts
+    assert (timers.stream_max_duration, timers.stream_idle_timeout, timers.ttfb_timeout,
+            timers.heartbeat_interval) == (600_000, 120_000, 60_000, 15_000)
 
 
 def test_partial_log_sink_keeps_its_own_defaults(written: dict[str, Path]) -> None:

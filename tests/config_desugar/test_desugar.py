@@ -158,7 +158,9 @@ def test_list_public_auth_golden(config_env: Any) -> None:
         assert route["rate_limit"] == data["defaults"]["rate_limit"]
     assert data["defaults"]["rate_limit"]["key"] == "agent_id"
     assert data["defaults"]["rate_limit"]["requests_per_sec"] == 25
-    assert data["defaults"]["rate_limit"]["stream_idle_timeout"] == "30s"
+    assert data["defaults"]["timeouts"]["stream_idle_timeout"] == "30s"
+    for route in routes:
+        assert route["timeouts"] == data["defaults"]["timeouts"]
     assert data["upstreams"]["llm"]["peers"] == [{"url": "http://10.0.0.1:8000", "weight": 1},
                                                  {"url": "http://10.0.0.2:8000", "weight": 5}]
     assert data["log"]["dir"] == "./logs"

@@ -108,22 +108,50 @@ def test_dead_peer_is_skipped_then_comes_back(start_mock: Callable[..., MockUpst
         revived.stop()
 
 
-def test_all_peers_down_answers_502_quickly(start_mock: Callable[..., MockUpstream],
-                                           start_gateway) -> None:
+def test_all_peers_down_answers_503_with_retry_after(
+        start_mock: Callable[..., MockUpstream], start_gateway) -> None:
+    """Once every peer is down the gateway answers at once, without trying a peer: 503
+    with Retry-After, the seconds until the first peer is tried again."""
     mocks = [start_mock() for _ in range(2)]
     pool = _pool(mocks, 'max_fails = 1\nfail_timeout = "30s"\nmax_retries = 1\n')
     gateway = start_gateway(gateway_config("", upstreams=pool))
     for mock in mocks:
         mock.stop()
-    _send(gateway.port, 4, threads=1)  # marks both down
+    first = _send(gateway.port, 4, threads=1)  # marks both down
+    assert set(first) <= {502, 503}
     started = time.monotonic()
     statuses = _send(gateway.port, 10, threads=1)
-    assert statuses == [502] * 10
+    assert statuses == [503] * 10
     assert time.monotonic() - started < 2.0
     connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
     connection.request("GET", "/small")
     response = connection.getresponse()
     assert b"all upstream peers are down" in response.read()
+    assert 1 <= int(response.getheader("retry-after")) <= 30
+
+
+def test_a_slow_model_is_not_marked_down_by_first_byte_timeouts(
+        start_mock: Callable[..., MockUpstream], start_gateway) -> None:
+    """First-byte timeouts do not count against a peer by default: a single-peer pool
+    whose model is slow answers 504 for the slow requests and keeps serving the rest.
+    With ``health_failures`` naming ``ttfb_timeout`` the same timeouts take it down."""
+    for counts, after in ((False, 200), (True, 503)):
+        mock = start_mock()
+        extra = ', "ttfb_timeout"' if counts else ""
+        pool = (f'[upstreams.main]\npeers = ["{mock.origin}"]\nmax_fails = 2\n'
+                f'fail_timeout = "30s"\nmax_retries = 0\n'
+                f'health_failures = ["connect", "reset", "malformed", "5xx"{extra}]\n')
+        config = gateway_config("", upstreams=pool).replace(
+            "[routes]", '[defaults.timeouts]\nttfb_timeout = "1s"\n\n[routes]')
+        gateway = start_gateway(config, name=f"slow-{counts}.toml")
+        with gateway.client() as client:
+            for _ in range(2):  # max_fails
+                slow = client.post("/v1/chat/completions?ttfb_ms=1500",
+                                   json={"model": "m", "messages": []})
+                assert slow.status_code == 504
+            assert client.get("/small").status_code == after
+        gateway.stop()
+        mock.stop()
 
 
 def test_post_is_not_replayed_after_it_may_have_run(start_mock: Callable[..., MockUpstream],

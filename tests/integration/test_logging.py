@@ -53,10 +53,12 @@ def test_access_and_audit_records(mock: MockUpstream, start_gateway) -> None:
     _wait_for(lambda: len(_lines(access)) >= 4 and len(_lines(audit)) >= 3)
     # Two workers flush independently: find lines by request id, not by position.
     first = next(line.split(" ") for line in _lines(access) if " req-0 " in line)
-    assert len(first) == 10
+    assert len(first) == 14
     assert first[0].endswith("Z") and "T" in first[0] and len(first[0]) == 24  # RFC 3339 ms
     assert first[2] == "req-0" and first[3] == "any_wildcard" and first[5] == "200"
     assert first[6] == "completed"
+    assert first[10:12] == ["GET", "/small"] and first[12].startswith("127.0.0.1:")
+    assert first[13] == "-"  # no API key on this route
     limited = next(line.split(" ") for line in _lines(access) if " req-2 " in line)
     assert limited[5:7] == ["429", "rejected"]
     records = sorted((json.loads(line) for line in _lines(audit)),
@@ -112,7 +114,7 @@ def test_rotation_by_size_compresses_and_keeps_max_backups(mock: MockUpstream,
     assert len(backups) <= 2
     for backup in directory.glob("access.log.*.gz"):
         lines = _lines(backup)
-        assert lines and all(line.count(" ") == 9 for line in lines)
+        assert lines and all(line.count(" ") == 13 for line in lines)
     assert (os.stat(directory / "access.log").st_mode & 0o777) == 0o640
     assert (os.stat(directory).st_mode & 0o777) == 0o750
 
@@ -143,3 +145,5 @@ def test_planted_secrets_never_reach_a_log(mock: MockUpstream, start_gateway) ->
         assert secret not in logged, name
         assert secret.split("=")[-1] not in logged, name
     assert "[REDACTED" in logged
+    assert "/small?api_key=<redacted> " in logged  # query values never reach the access log
+    assert " GET <invalid> " in logged  # nor the bytes of a path that does not decode

@@ -336,9 +336,9 @@ def test_body_limit_and_large_download(mock: MockUpstream, start_gateway) -> Non
 
 
 def test_timeouts(mock: MockUpstream, start_gateway) -> None:
-    upstreams = (f'[upstreams.main]\npeers = ["{mock.origin}"]\nread_timeout = "500ms"\n')
-    extra = '[limits]\nheader_timeout = "300ms"\n'
-    gateway = start_gateway(gateway_config(mock.origin, upstreams=upstreams, extra=extra))
+    extra = ('[limits]\nheader_timeout = "300ms"\n\n[defaults.timeouts]\n'
+             'ttfb_timeout = "1s"\nstream_idle_timeout = "1s"\nheartbeat_interval = 0\n')
+    gateway = start_gateway(gateway_config(mock.origin, extra=extra))
     started = time.monotonic()
     reply = raw_exchange(gateway.port, b"GET /small HTTP/1.1\r\nHost: a\r\n")
     assert reply.startswith(b"HTTP/1.1 408"), reply

@@ -30,8 +30,9 @@ EVENT_1 = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model
           b'"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}\n\n'
 HALF_EVENT = b'data: {"id":"c2","object":"chat.completion.chunk","created":1,"mod'
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-LIMITS = ('[defaults.rate_limit]\nkey = "ip"\nallow_ip_key = true\nrequests_per_sec = 1000\n'
-          'burst = 1000\nstream_idle_timeout = "1s"\n')
+TIMERS = '[defaults.timeouts]\nstream_idle_timeout = "1s"\nheartbeat_interval = 0\n'
+HEARTBEATS = '[defaults.timeouts]\nstream_idle_timeout = "1s"\nheartbeat_interval = "300ms"\n'
+"""The same timers with SSE heartbeats, several of them within the idle timeout."""
 
 
 def _chunk(data: bytes) -> bytes:
@@ -90,8 +91,11 @@ def hostile() -> Iterator[Callable[..., _HostileSse]]:
 
 
 def _gateway(start_gateway: Callable[..., Gateway], upstream: _HostileSse,
-             extra: str = LIMITS) -> Gateway:
-    return start_gateway(gateway_config(upstream.origin, workers=1, extra=extra))
+             extra: str = TIMERS) -> Gateway:
+    # The pool's read_timeout bounds a Content-Length body's gaps (streams: the timers).
+    pools = f'[upstreams.main]\npeers = ["{upstream.origin}"]\nread_timeout = "1s"\n'
+    return start_gateway(gateway_config(upstream.origin, workers=1, extra=extra,
+                                        upstreams=pools))
 
 
 def _exchange(gateway: Gateway, version: bytes = b"1.1",
@@ -149,11 +153,15 @@ def _error_event(data: bytes, request_id: bytes) -> dict[str, object]:
     return error
 
 
+@pytest.mark.parametrize("timers", [TIMERS, HEARTBEATS], ids=["plain", "heartbeats"])
 def test_a_stall_mid_event_drops_the_half_event_then_sends_one_error_event(
-        hostile: Callable[..., _HostileSse], start_gateway: Callable[..., Gateway]) -> None:
+        timers: str, hostile: Callable[..., _HostileSse],
+        start_gateway: Callable[..., Gateway]) -> None:
+    """With heartbeats, the held half event does not stop them (the client stands
+    between events); they never split an event, and the half event is still dropped."""
     upstream = hostile(SSE_HEAD + b"transfer-encoding: chunked\r\n\r\n",
                        [_chunk(EVENT_1), _chunk(HALF_EVENT)], "stall")
-    gateway = _gateway(start_gateway, upstream)
+    gateway = _gateway(start_gateway, upstream, timers)
     started = time.monotonic()
     status, headers, body, _ = _exchange(gateway)
     assert status == b"HTTP/1.1 200 OK"
@@ -162,7 +170,13 @@ def test_a_stall_mid_event_drops_the_half_event_then_sends_one_error_event(
     assert terminated
     assert data.startswith(EVENT_1)
     assert HALF_EVENT not in data  # held back, then dropped: never half an event
-    error = _error_event(data[len(EVENT_1):], headers[b"x-request-id"])
+    rest = data[len(EVENT_1):]
+    beat = b": heartbeat\n\n"
+    beats = 0
+    while rest.startswith(beat, beats * len(beat)):
+        beats += 1
+    assert beats >= 2 if timers == HEARTBEATS else beats == 0, data
+    error = _error_event(rest[beats * len(beat):], headers[b"x-request-id"])
     assert error == {"type": "gateway_timeout", "code": 504,
                      "message": "upstream stream stalled",
                      "request_id": headers[b"x-request-id"].decode()}
@@ -227,14 +241,16 @@ def test_an_http10_client_gets_the_error_event_then_the_close(
     assert (error["code"], error["message"]) == (504, "upstream stream stalled")
 
 
-@pytest.mark.parametrize(("end", "message"), [("stall", "upstream stream stalled"),
-                                               ("close", "upstream stream broke off")])
+@pytest.mark.parametrize(("end", "message", "timers"),
+                         [("stall", "upstream stream stalled", TIMERS),
+                          ("stall", "upstream stream stalled", HEARTBEATS),
+                          ("close", "upstream stream broke off", TIMERS)])
 def test_the_openai_sdk_raises_an_api_error(
-        end: str, message: str, hostile: Callable[..., _HostileSse],
+        end: str, message: str, timers: str, hostile: Callable[..., _HostileSse],
         start_gateway: Callable[..., Gateway]) -> None:
     upstream = hostile(SSE_HEAD + b"transfer-encoding: chunked\r\n\r\n",
                        [_chunk(EVENT_1), _chunk(HALF_EVENT)], end)
-    gateway = _gateway(start_gateway, upstream)
+    gateway = _gateway(start_gateway, upstream, timers)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0,
                            timeout=10.0)
     stream = client.chat.completions.create(

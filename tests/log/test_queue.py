@@ -9,7 +9,8 @@ from li_httpd.ops.log.records import ERROR, WARN, AccessRecord, AuditRecord
 
 
 def access(n: int) -> AccessRecord:
-    return ("access", float(n), f"a{n}", "r", "p", 200, "completed", 1.0, 0, 0, None, None)
+    return ("access", float(n), f"a{n}", "r", "p", 200, "completed", 1.0, 0, 0, None, None,
+            None, None)
 
 
 def audit(n: int) -> AuditRecord:
@@ -104,7 +105,7 @@ def test_bounded_ordered_and_accounted(capacity: int, ops: list[str]) -> None:
     for n, op in enumerate(ops):
         if op == "access":
             queue.put_request(("access", float(n), None, None, None, 200, "completed", 0.0, 0,
-                               0, None, None))
+                               0, None, None, None, None))
         elif op == "audit":
             queue.put_request(("audit", float(n), None, None, None, None, None, None, 200,
                               "completed", "allow", None, 0.0, None, 0, 0))

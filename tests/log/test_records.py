@@ -41,29 +41,32 @@ def test_timestamp_rfc3339_utc_millis() -> None:
 
 def test_access_human_golden() -> None:
     record: AccessRecord = ("access", T0, "req-1", "chat", "127.0.0.1:5555", 200, "completed",
-                            12.3456, 10, 20, "POST", "/v1/chat")
-    assert fmt().access(record) == \
-        f"{STAMP} info req-1 chat 127.0.0.1:5555 200 completed 12.35 10 20\n".encode()
+                            12.3456, 10, 20, "POST", "/v1/chat?a=<redacted>", "10.0.0.7:40000",
+                            "team-a")
+    assert fmt().access(record) == (
+        f"{STAMP} info req-1 chat 127.0.0.1:5555 200 completed 12.35 10 20 POST "
+        f"/v1/chat?a=<redacted> 10.0.0.7:40000 team-a\n").encode()
 
 
 def test_access_human_missing_values_and_levels() -> None:
     record: AccessRecord = ("access", T0, None, None, "", 404, "rejected", 0.0, 0, 0, None,
-                            None)
-    assert fmt().access(record) == f"{STAMP} warn - - - 404 rejected 0.00 0 0\n".encode()
-    record = ("access", T0, b"r2", b"route", b"[::1]:80", 502, "upstream_failed", 1.005, 5, 0,
-              None, None)
+                            None, None, None)
     assert fmt().access(record) == \
-        f"{STAMP} error r2 route [::1]:80 502 upstream_failed 1.00 5 0\n".encode()
+        f"{STAMP} warn - - - 404 rejected 0.00 0 0 - - - -\n".encode()
+    record = ("access", T0, b"r2", b"route", b"[::1]:80", 502, "upstream_error", 1.005, 5, 0,
+              b"GET", b"/", b"[::1]:5", None)
+    assert fmt().access(record) == \
+        f"{STAMP} error r2 route [::1]:80 502 upstream_error 1.00 5 0 GET / [::1]:5 -\n".encode()
     assert (access_level(399), access_level(400), access_level(599)) == (INFO, WARN, ERROR)
 
 
 def test_access_human_fields_never_split_or_break_the_line() -> None:
     record: AccessRecord = ("access", T0, 'id with "space"\n', "r", "p", 200, "completed", 1.0,
-                            1, 2,
-                            None, None)
+                            1, 2, None, "/a b", None, None)
     line = fmt().access(record)
     assert line.count(b"\n") == 1
-    expected = STAMP + r' info "id with \"space\"\n" r p 200 completed 1.00 1 2' + "\n"
+    expected = (STAMP + r' info "id with \"space\"\n" r p 200 completed 1.00 1 2 - "/a b" - -'
+                + "\n")
     assert line == expected.encode()
     assert token("") == "-"
     assert token("plain") == "plain"
@@ -73,18 +76,20 @@ def test_access_human_fields_never_split_or_break_the_line() -> None:
 def test_access_json() -> None:
     record: AccessRecord = ("access", T0, "req-1", "chat", "127.0.0.1:5555", 201, "completed",
                             3.14159,
-                            10, 20, b"POST", b"/v1/x")
+                            10, 20, b"POST", b"/v1/x", b"127.0.0.1:4000", "key-a")
     line = fmt().access(record, json=True)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert orjson.loads(line) == {
         "ts": STAMP, "level": "info", "request_id": "req-1", "route": "chat",
         "peer": "127.0.0.1:5555", "status": 201, "outcome": "completed", "latency_ms": 3.14,
         "bytes_in": 10,
-        "bytes_out": 20, "method": "POST", "path": "/v1/x",
+        "bytes_out": 20, "method": "POST", "path": "/v1/x", "client": "127.0.0.1:4000",
+        "key_id": "key-a",
     }
     no_path: AccessRecord = ("access", T0, None, "c", "p", 200, "completed", 1.0, 0, 0,
-                             None, None)
-    assert "path" not in orjson.loads(fmt().access(no_path, json=True))
+                             None, None, None, None)
+    decoded = orjson.loads(fmt().access(no_path, json=True))
+    assert decoded["path"] is None and decoded["key_id"] is None
 
 
 def test_diagnostic_human_golden() -> None:
@@ -144,7 +149,7 @@ def test_audit_golden() -> None:
 def test_lone_surrogates_do_not_break_json_or_human_lines() -> None:
     bad = "/caf\udce9"
     record: AccessRecord = ("access", T0, "r", "c", "p", 200, "completed", 1.0, 0, 0, "GET",
-                            bad)
+                            bad, None, None)
     assert orjson.loads(fmt().access(record, json=True))["path"] == "/caf\\udce9"
     diagnostic: DiagnosticRecord = ("diagnostic", T0, ERROR, bad, {"path": bad})
     assert b"\\udce9" in fmt().diagnostic(diagnostic)

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from li_httpd.config.model import Log, LogSink, Redact, StderrSink
 from li_httpd.ops.log import REDACTED, Redactor, WorkerLog
+from li_httpd.ops.log.redact import logged_path
 
 from .test_detectors import POSITIVES
 
@@ -117,3 +118,18 @@ def test_planted_secrets_never_reach_any_sink(tmp_path: Path, fmt: str) -> None:
             assert marker in data, (name, detector_id)
     for line in outputs["audit.jsonl"].splitlines():
         orjson.loads(line)
+
+
+@pytest.mark.parametrize(("path", "query", "logged"), [
+    (b"/v1/chat", None, b"/v1/chat"),
+    (b"/v1/chat", b"", b"/v1/chat?"),
+    (b"/s", b"a=1&b=2", b"/s?a=<redacted>&b=<redacted>"),
+    (b"/s", b"key=sk-secret", b"/s?key=<redacted>"),
+    (b"/s", b"flag&x=", b"/s?flag&x=<redacted>"),
+    (b"/s", b"a=1=2&&b", b"/s?a=<redacted>&&b"),
+    (b"/s", b"=v", b"/s?=<redacted>"),
+    (b"/", b"q=a%26b&lang=en", b"/?q=<redacted>&lang=<redacted>"),
+])
+def test_logged_path_keeps_keys_and_redacts_query_values(path: bytes, query: bytes | None,
+                                                           logged: bytes) -> None:
+    assert logged_path(path, query) == logged

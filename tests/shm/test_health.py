@@ -40,8 +40,12 @@ def test_shared_state_marks_a_peer_down_until_the_timeout() -> None:
         assert shared.peer_failed(1, max_fails=3, fail_timeout_ns=10 * NS)
         assert not shared.peer_up(1, 3 * NS) and not shared.peer_up(1, 13 * NS - 1)
         assert shared.peer_up(1, 13 * NS) and shared.peer_up(0, 3 * NS)
-        shared.peer_succeeded(1)
-        assert shared.health(1).fails == 0
+        assert not shared.peer_succeeded(1)  # still down: a late success does not count
+        assert shared.health(1).fails == 0 and not shared.peer_up(1, clock.now)
+        clock.now = 13 * NS
+        assert shared.peer_succeeded(1)  # tried again after the timeout: marked up
+        assert shared.health(1).down_until_ns == 0
+        assert not shared.peer_succeeded(1)  # once
     finally:
         shared.close()
 
@@ -56,6 +60,9 @@ def test_failures_outside_the_window_do_not_add_up() -> None:
 def test_success_resets_and_zero_disables() -> None:
     state = on_failure(PeerHealth(), NS, max_fails=2, fail_timeout_ns=10 * NS)
     assert on_success(state).fails == 0
+    down = PeerHealth(0, NS, 11 * NS)
+    assert on_success(down, 10 * NS) == down
+    assert on_success(down, 11 * NS) == PeerHealth()
     disabled = PeerHealth()
     for second in range(10):
         disabled = on_failure(disabled, second * NS, max_fails=0, fail_timeout_ns=NS)

@@ -21,6 +21,7 @@ from li_httpd.workers import sockio
 from li_httpd.workers.connection import handle_connection
 from li_httpd.workers.context import WorkerContext
 from li_httpd.workers.proxy import REPLAYABLE_BODY
+from li_httpd.workers.sse import HOLD_LIMIT
 
 CONFIG = """
 [server]
@@ -155,13 +156,15 @@ async def test_truncated_body_is_a_400(
     await _run(ctx, script)
 
 
-async def _stalling_sse_upstream(task_status: trio.TaskStatus[int]) -> None:
-    """An upstream that starts an SSE stream, sends one event, then goes silent."""
+async def _stalling_sse_upstream(event: bytes = b"data: token\n\n", *,
+                                 task_status: trio.TaskStatus[int]) -> None:
+    """An upstream that starts an SSE stream, sends one event (or the given bytes), then
+    goes silent."""
     async def handler(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                               b"transfer-encoding: chunked\r\n\r\n"
-                              b"d\r\ndata: token\n\n\r\n")
+                              b"%x\r\n%s\r\n" % (len(event), event))
         await trio.sleep_forever()
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
@@ -172,9 +175,7 @@ async def test_a_stalled_sse_stream_ends_with_an_error_event(
         virtual_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as upstreams:
         port = await upstreams.start(_stalling_sse_upstream)
-        text = CONFIG.replace('peers = ["http://127.0.0.1:9"]',
-                              f'peers = ["http://127.0.0.1:{port}"]\nread_timeout = "3s"')
-        ctx = WorkerContext(load_text(text, "sse.toml"))
+        ctx = WorkerContext(load_text(_timers_config(port, "3s", "0s"), "sse.toml"))
 
         async def script(client: Client) -> None:
             start = trio.current_time()
@@ -221,8 +222,7 @@ async def test_the_maximum_duration_mid_event_drops_the_half_event(
         port = await upstreams.start(_trickling_sse_upstream)
         text = CONFIG.replace('peers = ["http://127.0.0.1:9"]',
                               f'peers = ["http://127.0.0.1:{port}"]')
-        text = text.replace("[routes]", '[defaults.rate_limit]\nkey = "ip"\n'
-                            'allow_ip_key = true\nrequests_per_sec = 1000\nburst = 1000\n'
+        text = text.replace("[routes]", '[defaults.timeouts]\n'
                             'stream_max_duration = "2s"\n\n[routes]')
         ctx = WorkerContext(load_text(text, "sse.toml"))
 
@@ -243,6 +243,109 @@ async def test_the_maximum_duration_mid_event_drops_the_half_event(
                 .startswith(event)
             assert b"half" not in body and b'"ha' not in body
             assert 2.0 <= trio.current_time() - start <= 2.0 + 2 * sockio.TICK
+        try:
+            await _run(ctx, script)
+        finally:
+            ctx.close()
+        upstreams.cancel_scope.cancel()
+
+
+def _timers_config(port: int, idle: str, heartbeat: str) -> str:
+    return CONFIG.replace('peers = ["http://127.0.0.1:9"]',
+                          f'peers = ["http://127.0.0.1:{port}"]').replace(
+        "[routes]", f'[defaults.timeouts]\nstream_idle_timeout = "{idle}"\n'
+                    f'heartbeat_interval = "{heartbeat}"\n\n[routes]')
+
+
+async def test_a_silent_sse_stream_gets_heartbeats_until_its_idle_timeout(
+        virtual_clock: trio.testing.MockClock) -> None:
+    """Heartbeats at the interval while the upstream is silent, each one chunk and only
+    after a whole event; they do not reset the idle timeout."""
+    async with trio.open_nursery() as upstreams:
+        port = await upstreams.start(_stalling_sse_upstream)
+        ctx = WorkerContext(load_text(_timers_config(port, "3s", "1s"), "sse.toml"))
+
+        async def script(client: Client) -> None:
+            start = trio.current_time()
+            await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 2\r\n\r\n{}")
+            received = b""
+            beats: list[float] = []
+            while not received.endswith(b"0\r\n\r\n"):
+                data = await client.stream.receive_some(65536)
+                assert data, received
+                if b": heartbeat" in data:
+                    assert data == b"d\r\n: heartbeat\n\n\r\n"  # one chunk, one write
+                    beats.append(trio.current_time() - start)
+                received += data
+            assert received.index(b"data: token\n\n") < received.index(b": heartbeat")
+            assert b'"upstream stream stalled"' in received
+            assert len(beats) == 2
+            assert 1.0 <= beats[0] <= 1.0 + 2 * sockio.TICK
+            assert 1.0 <= beats[1] - beats[0] <= 1.0 + 2 * sockio.TICK
+            assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
+        try:
+            await _run(ctx, script)
+        finally:
+            ctx.close()
+        upstreams.cancel_scope.cancel()
+
+
+async def test_heartbeats_go_on_while_a_half_event_is_held(
+        virtual_clock: trio.testing.MockClock) -> None:
+    """A stall in the middle of an event: the half event is held back, so the client
+    stands between events and gets its heartbeats; the idle timeout ends the stream and
+    the half event is dropped, never sent."""
+    async with trio.open_nursery() as upstreams:
+        port = await upstreams.start(_stalling_sse_upstream, b"data: token\n\ndata: half")
+        ctx = WorkerContext(load_text(_timers_config(port, "3s", "1s"), "sse.toml"))
+
+        async def script(client: Client) -> None:
+            start = trio.current_time()
+            await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 2\r\n\r\n{}")
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                data = await client.stream.receive_some(65536)
+                assert data, received
+                received += data
+            assert received.count(b": heartbeat\n\n") == 2
+            assert received.index(b"data: token\n\n") < received.index(b": heartbeat")
+            assert b"half" not in received
+            assert b'"upstream stream stalled"' in received
+            assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
+        try:
+            await _run(ctx, script)
+        finally:
+            ctx.close()
+        upstreams.cancel_scope.cancel()
+
+
+async def test_no_heartbeat_inside_an_event_beyond_the_hold_limit(
+        virtual_clock: trio.testing.MockClock) -> None:
+    """A stall in the middle of an event longer than HOLD_LIMIT, whose bytes went out as
+    they came: a heartbeat's blank line would dispatch the half event, so none is sent;
+    the idle timeout still ends the stream, with the half event closed off before the
+    error event."""
+    half = b"data: " + b"x" * (HOLD_LIMIT + 10)
+    async with trio.open_nursery() as upstreams:
+        port = await upstreams.start(_stalling_sse_upstream, half)
+        ctx = WorkerContext(load_text(_timers_config(port, "3s", "1s"), "sse.toml"))
+
+        async def script(client: Client) -> None:
+            start = trio.current_time()
+            await client.send(b"POST /v1/chat HTTP/1.1\r\nhost: a\r\n"
+                              b"content-length: 2\r\n\r\n{}")
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                data = await client.stream.receive_some(65536)
+                assert data, received
+                received += data
+            assert received.count(b"x") >= HOLD_LIMIT
+            assert b"heartbeat" not in received
+            assert b"\n\nevent: error\n" in received
+            assert b'"upstream stream stalled"' in received
+            assert 3.0 <= trio.current_time() - start <= 3.0 + 2 * sockio.TICK
         try:
             await _run(ctx, script)
         finally:

@@ -117,3 +117,14 @@ def test_attempts_spend_budgets_and_exclude_blamed_peers() -> None:
     assert last == FAIL
     attempts.record(last, 1)
     assert attempts.excluded == [0, 1]
+
+
+def test_health_failure_names_match_the_config_vocabulary() -> None:
+    """The names ``health_failures`` accepts are exactly the kinds the proxy reports, and
+    every failure kind of an attempt has one."""
+    from typing import get_args
+
+    from li_httpd.config.model import HEALTH_FAILURES
+    from li_httpd.workers.retry import HEALTH_KIND, FailureKind, HealthFailure
+    assert set(get_args(HealthFailure)) == set(HEALTH_FAILURES)
+    assert set(HEALTH_KIND) == set(get_args(FailureKind))
