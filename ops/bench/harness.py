@@ -297,6 +297,10 @@ class Scenario:
                 "--duration", str(seconds)], timeout=seconds + 300)
         metrics = loads.sse_metrics(report)
         metrics["cpu_s"] = (sampler.cpu_seconds, "s")
+        # The gateway's CPU (all its processes) per event the driver received: the
+        # streaming cost beside cpu_us_per_req of the request scenarios.
+        events = max(metrics.get("events", (0.0, ""))[0], 1.0)
+        metrics["cpu_us_per_event"] = (sampler.cpu_seconds / events * 1e6, "us")
         metrics["peak_rss_mib"] = (sampler.peak_rss_kib / 1024, "MiB")
         metrics["peak_pss_mib"] = (sampler.peak_pss_kib / 1024, "MiB")
         self.add(lang, variant, metrics)
@@ -304,6 +308,7 @@ class Scenario:
               f"p99 {metrics.get('added_delay_p99_ms', (0,))[0]:.2f} ms, "
               f"{metrics.get('completed', (0,))[0]:.0f} completed, "
               f"{metrics['stream_errors'][0]:.0f} errors, "
+              f"{metrics['cpu_us_per_event'][0]:.1f} us CPU/event, "
               f"peak {metrics['peak_pss_mib'][0]:.0f} MiB", flush=True)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 FIELDS = ("benchmark", "lang", "variant", "workers", "metric", "value", "unit", "git_sha",
           "cpu_model")
 HEADLINE = ("rps", "p50_latency_ms", "p99_latency_ms", "transfer_mib_s", "cpu_us_per_req",
+            "cpu_us_per_event",
             "peak_pss_mib", "added_delay_p50_ms", "added_delay_p99_ms", "ttfb_p50_ms",
             "completed", "stream_errors", "added_p50_ms", "added_p99_ms", "share_spread")
 LOWER_IS_BETTER = ("latency", "delay", "ttfb", "added", "cpu", "pss", "rss", "errors",
