@@ -48,6 +48,8 @@ def _empty_map() -> Mapping[str, str]:
 HEALTH_FAILURES = ("connect", "reset", "malformed", "5xx", "ttfb_timeout")
 """What can count against a peer's passive health (``[upstreams.NAME] health_failures``)."""
 HEALTH_FAILURE_DEFAULT = ("connect", "reset", "malformed", "5xx")
+FALLBACK_TRIGGERS = ("connect", "reset", "status", "ttfb_timeout")
+"""What `[route.fallback] on` may name (workers.retry.FallbackTrigger)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -451,6 +453,41 @@ class RouteTimeouts:
                                          "goes to the client this often; 0 = never. "
                                          "Shorter than `stream_idle_timeout`.",
                                          minimum=0, maximum=HOUR, inherit=True)
+    early_stream_head: bool = setting(False, doc="For a request that asks for a stream "
+                                      "(`\"stream\": true` in its JSON body, or `Accept: "
+                                      "text/event-stream`), send the event-stream head "
+                                      "(200) at once and heartbeats while the upstream "
+                                      "prepares its answer, so that clients and load "
+                                      "balancers with short read timeouts keep waiting. "
+                                      "A failure before the upstream's stream starts then "
+                                      "arrives as the terminal SSE error event, carrying "
+                                      "the upstream's status. Needs `heartbeat_interval`.",
+                                      inherit=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteFallback:
+    chain: tuple[str, ...] = setting((), doc="Upstream pools tried in this order when the "
+                                     "route's own `proxy` pool fails before any response "
+                                     "byte reached the client, and only for a request "
+                                     "whose body can be sent again (no body, or one read "
+                                     "whole under `request_buffering`). Declared pools, "
+                                     "each once, not the route's own.")
+    on: tuple[str, ...] = setting(
+        ("connect", "status", "ttfb_timeout"), doc="Failures that move on to the next "
+        "pool: `connect` (refused, unreachable, TLS, or every peer of the pool down), "
+        "`status` (a response head with a status in `statuses`), `ttfb_timeout` (no "
+        "response head within the route's first-byte timeout), `reset` (the connection "
+        "failed after the request was sent; a non-idempotent request may then run "
+        "twice, so it is off by default).",
+        check=checks.each(lambda kind: None if kind in FALLBACK_TRIGGERS else
+                           f"{kind!r} is not one of {', '.join(FALLBACK_TRIGGERS)}"))
+    statuses: tuple[int, ...] = setting((429, 500, 502, 503, 504), doc="Upstream statuses "
+                                        "that move on to the next pool (with `status` in "
+                                        "`on`): 429 or a 5xx.",
+                                        check=checks.each(
+                                            lambda s: None if s == 429 or 500 <= s <= 599
+                                            else f"{s} is neither 429 nor a 5xx status"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -508,6 +545,8 @@ class Route:
                                        inherit=True)
     timeouts: RouteTimeouts = setting(doc="Proxy routes: upstream response timers and SSE "
                                       "heartbeats.", factory=RouteTimeouts)
+    fallback: RouteFallback = setting(doc="Proxy routes: other pools tried before the "
+                                      "first response byte.", factory=RouteFallback)
     request_buffering: bool = setting(True, doc="Proxy routes: read the whole request "
                                       "body (at most `limits.max_body`) before an upstream "
                                       "connection is taken, so a slow client holds no "

@@ -105,6 +105,10 @@ RULES: tuple[Rule, ...] = (
     Rule("heartbeat", "A non-zero timeouts.heartbeat_interval is shorter than the "
                       "stream_idle_timeout it applies with (else a stalled stream would "
                       "end before its first heartbeat)."),
+    Rule("early_stream_head", "timeouts.early_stream_head needs a non-zero "
+                              "heartbeat_interval (a committed stream must show it is alive)."),
+    Rule("fallback", "fallback.chain names declared upstreams, each once, other than the "
+                     "route's own pool, on a proxy route; fallback.on is not empty."),
     Rule("auth", "Keys: unique ids and hashes; a route with auth = api_key needs keys."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
                         "mode = bad only under the exploit profile."),
@@ -176,6 +180,35 @@ def _check_targets(config: Config, problems: Problems) -> None:
                            f"static target {route.static!r} is neither a declared "
                            f"[static.{route.static}] nor a built-in responder "
                            f"({', '.join(BUILTIN_STATIC)}){hint}")
+
+
+def _check_fallbacks(config: Config, problems: Problems) -> None:
+    for index, route in enumerate(config.route):
+        fallback = route.fallback
+        if not fallback.chain:
+            continue
+        if route.proxy is None:
+            problems.error(_route_path(index, "fallback", "chain"), "fallback",
+                           "fallback.chain needs a proxy route (this route has no "
+                           "upstream to fall back from)")
+            continue
+        seen = {route.proxy}
+        for position, name in enumerate(fallback.chain):
+            where = _route_path(index, "fallback", "chain", position)
+            if name not in config.upstreams:
+                problems.error(where, "fallback", f"fallback pool {name!r} is not a "
+                               f"declared [upstreams.{name}]"
+                               f"{suggest(name, config.upstreams)}")
+            elif name in seen:
+                problems.error(where, "fallback",
+                               f"fallback pool {name!r} is the route's own pool"
+                               if name == route.proxy else
+                               f"fallback pool {name!r} appears twice in the chain")
+            seen.add(name)
+        if not fallback.on:
+            problems.error(_route_path(index, "fallback", "on"), "fallback",
+                           "fallback.on is empty: the chain would never be used; name at "
+                           "least one of connect, status, ttfb_timeout, reset")
 
 
 def _check_has_routes(config: Config, problems: Problems) -> None:
@@ -584,6 +617,15 @@ def _check_timeouts(config: Config, problems: Problems) -> None:
                                     (*own, "stream_idle_timeout"),
                                     ("defaults", "timeouts", "heartbeat_interval"),
                                     ("defaults", "timeouts", "stream_idle_timeout")))
+        if timers.early_stream_head and not beat and (
+                route is None or (timers.early_stream_head, beat) != (
+                    inherited.early_stream_head, inherited.heartbeat_interval)):
+            own = (*base, "timeouts")
+            problems.error((*own, "early_stream_head"), "early_stream_head",
+                           "early_stream_head commits a stream before the upstream answers "
+                           "and needs heartbeat_interval > 0 to keep it alive",
+                           anchors=((*own, "early_stream_head"),
+                                    ("defaults", "timeouts", "early_stream_head")))
 
 
 def _check_header_policies(config: Config, problems: Problems) -> None:
@@ -640,6 +682,7 @@ _LOG: tuple[KeyPath, ...] = (("log",), ("server", "profile"))
 _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], ...] = (
     (_check_has_routes, _ROUTES),
     (_check_targets, (*_ROUTES, ("upstreams",), ("static",))),
+    (_check_fallbacks, (*_ROUTES, ("upstreams",))),
     (_check_names_and_priorities, _ROUTES),
     (_check_matches, (*_ROUTES, _LISTEN)),
     (_check_shadowing, _ROUTES),

@@ -353,7 +353,7 @@ class ClientConnection:
                 else "error" if status >= 500 or status == 0 else "allow")
             log.audit(exchange.request_id, key_id, exchange.route, exchange.model,
                       head.method, path, status, outcome, decision, exchange.peer,
-                      latency_ms, exchange.ttfb_ms, bytes_in, bytes_out)
+                      latency_ms, exchange.ttfb_ms, bytes_in, bytes_out, exchange.attempts)
 
     def _log_abnormal(self, exchange: Exchange, outcome: Outcome, bytes_out: int) -> None:
         """The one error-log line of a request that ended abnormally."""
@@ -375,8 +375,6 @@ class ClientConnection:
         if exchange is not None:
             upstream = exchange.take_upstream()
             if upstream is not None:
-                if reason == "upstream_ttfb" and exchange.group is not None:
-                    exchange.group.failed(upstream.peer, "ttfb_timeout")
                 upstream.io.abort()
         self._ended(deadline_outcome(reason))
         if reason in _QUIET_REASONS or (reason == "shutdown" and exchange is None):

@@ -12,6 +12,7 @@ import os
 import random
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 from li_httpd.config import Found, LoadedConfig, Router
 from li_httpd.config.model import RateLimit, Route
@@ -23,6 +24,7 @@ from .housekeeping import Housekeeping
 from .http1 import DECISION_HEADERS, ParseLimits
 from .identity import KeyRing
 from .policy import HeaderPolicy
+from .retry import FallbackPolicy, FallbackTrigger
 from .static import StaticSite
 from .upstream import UpstreamGroup
 
@@ -74,6 +76,12 @@ class RoutePlan:
     """Seconds between SSE comments while an event stream is silent; 0 = none."""
     buffer_body: bool
     """``request_buffering``: the whole body is read before an upstream is contacted."""
+    fallback: tuple[UpstreamGroup, ...]
+    """``[route.fallback] chain``: the pools tried after ``group``, in order."""
+    fallback_policy: FallbackPolicy | None
+    """What moves a request on to the next pool (None: no chain)."""
+    early_head: bool
+    """``early_stream_head``: a request asking for a stream gets the SSE head at once."""
 
 
 class RequestIds:
@@ -160,6 +168,11 @@ class WorkerContext:
                 max_duration=timers.stream_max_duration / 1000,
                 heartbeat=timers.heartbeat_interval / 1000,
                 buffer_body=route.request_buffering,
+                fallback=tuple(self.groups[name] for name in route.fallback.chain),
+                fallback_policy=FallbackPolicy(
+                    frozenset(cast("list[FallbackTrigger]", route.fallback.on)),
+                    frozenset(route.fallback.statuses)) if route.fallback.chain else None,
+                early_head=timers.early_stream_head and timers.heartbeat_interval > 0,
             )
 
     def close(self) -> None:

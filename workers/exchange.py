@@ -108,9 +108,9 @@ class ByteMeter(NamedTuple):
 class Exchange:
     """What one request is and did. Created by the connection actor per request head."""
 
-    __slots__ = ("audited", "caller", "continue_sent", "detail", "group", "head", "meter",
-                 "model", "outcome", "path_invalid", "peer", "phase", "request_id", "route",
-                 "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream")
+    __slots__ = ("attempts", "audited", "caller", "continue_sent", "detail", "group", "head",
+                 "meter", "model", "outcome", "path_invalid", "peer", "phase", "request_id",
+                 "route", "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
         self.head = head
@@ -137,6 +137,9 @@ class Exchange:
         self.model: str | None = None
         self.upstream: UpstreamConn | None = None
         self.group: UpstreamGroup | None = None
+        self.attempts: list[tuple[str, str, str | None]] | None = None
+        """Every upstream attempt (pool, peer, failure), kept only once one failed: the
+        audit record's ``attempts``. None for the common single clean attempt."""
         self.sse: SseRelay | None = None
         """The SSE relay of a response in :attr:`Phase.SSE`: what ends it on a failure,
         and its scanner's event count for the error-log line of an abnormal end."""
@@ -169,6 +172,26 @@ class Exchange:
         """An attempt on ``peer`` begins (the log names the last peer tried)."""
         self.group = group
         self.peer = peer.label
+        if self.attempts is not None:
+            self.attempts.append((group.name, peer.label, None))
+
+    def attempt_failed(self, failure: str) -> None:
+        """The attempt begun last failed with ``failure`` (the audit record's words:
+        connect, closed, protocol, ttfb_timeout, status_NNN)."""
+        assert self.group is not None and self.peer is not None
+        entry = (self.group.name, self.peer, failure)
+        if self.attempts is None:
+            self.attempts = [entry]
+        else:
+            self.attempts[-1] = entry
+
+    def pool_down(self, group: UpstreamGroup) -> None:
+        """``group`` had no peer to try (every one marked down)."""
+        entry = (group.name, "-", "down")
+        if self.attempts is None:
+            self.attempts = [entry]
+        else:
+            self.attempts.append(entry)
 
     def connected(self, upstream: UpstreamConn) -> None:
         """``upstream`` carries the request now: a timeout or disconnect closes it."""

@@ -29,7 +29,6 @@ connection returns to the pool only after a response read exactly to its end.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Coroutine
 from typing import Any
 
@@ -39,7 +38,7 @@ from trio.lowlevel import checkpoint
 from . import sockio
 from .admission import Admitted
 from .context import RoutePlan, WorkerContext
-from .exchange import Exchange, Handled, Phase
+from .exchange import Exchange, Handled, Outcome, Phase
 from .http1 import (
     END,
     NEED_DATA,
@@ -48,9 +47,19 @@ from .http1 import (
     ResponseReader,
     UpstreamProtocolError,
 )
+from .json_fields import JsonScalar, top_level
 from .port import ClientPort
 from .responses import render_head
-from .retry import HEALTH_KIND, Attempts, Decision, FailureKind, replay_of
+from .retry import (
+    FALLBACK_KIND,
+    HEALTH_KIND,
+    Attempts,
+    Decision,
+    FailureKind,
+    Replay,
+    falls_back,
+    replay_of,
+)
 from .sockio import ClientGone, DeadlineReason, PeerGone
 from .sse import SseRelay, SseScanner
 from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
@@ -62,7 +71,16 @@ HEARTBEAT = b": heartbeat\n\n"
 _FAILURE_MESSAGES: dict[FailureKind, str] = {"connect": "upstream connection failed",
                                              "closed": "upstream failed",
                                              "protocol": "invalid upstream response",
-                                             "status": "upstream failed"}
+                                             "status": "upstream failed",
+                                             "ttfb": "upstream first byte timeout"}
+_FAILURE_WORDS: dict[FailureKind, str] = {"connect": "connect", "closed": "closed",
+                                          "protocol": "protocol", "ttfb": "ttfb_timeout",
+                                          "status": "status"}
+"""A failed attempt in metrics and the audit record (a status is ``status_NNN``)."""
+
+
+class _FirstByteTimeout(Exception):  # noqa: N818 - internal control flow
+    """No response head within the route's ``ttfb_timeout``."""
 
 
 class _UpstreamFailed(Exception):  # noqa: N818 - internal control flow
@@ -96,18 +114,28 @@ async def _body_start(client: ClientPort, buffer_whole: bool) -> tuple[bytes, bo
             return b"".join(pieces), False
 
 
-_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,128})"')
+_FIELDS = (b"model", b"stream")
+"""The request body's top-level fields the proxy reads (the body itself passes as is)."""
 
 
-def _model_of(head: RequestHead, body_start: bytes) -> str | None:
-    """The model a request names: ``x-model``, else a JSON body's ``model`` field (found
-    with a bounded search of the body's start; no full JSON parse on the hot path). At
-    most 128 characters either way (it goes into every audit record)."""
+def _model_of(head: RequestHead, fields: dict[bytes, JsonScalar]) -> str | None:
+    """The model a request names: ``x-model``, else the JSON body's top-level ``model``.
+    At most 128 characters either way (it goes into every audit record)."""
     for name, value in head.headers:
         if name == b"x-model":
             return value[:128].decode("latin-1")
-    found = _MODEL.search(body_start, 0, 4096) if body_start else None
-    return found.group(1).decode("utf-8", "replace") if found else None
+    model = fields.get(b"model")
+    return model[:128] if isinstance(model, str) and model else None
+
+
+def _asks_for_stream(head: RequestHead, fields: dict[bytes, JsonScalar]) -> bool:
+    """Whether the client asked for an event stream: ``"stream": true`` at the top of its
+    JSON body, or ``Accept: text/event-stream``."""
+    if head.method not in (b"GET", b"POST"):
+        return False
+    if fields.get(b"stream") is True:
+        return True
+    return any(name == b"accept" and _SSE in value for name, value in head.headers)
 
 
 def _request_head(head: RequestHead, plan: RoutePlan, upstream_path: str, host: bytes,
@@ -204,7 +232,7 @@ def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
 class _Proxy:
     """One proxied request: attempts on upstream peers, then the relay of the answer."""
 
-    __slots__ = ("client", "ctx", "exchange", "head", "plan", "upstream_path")
+    __slots__ = ("beat_at", "client", "ctx", "exchange", "head", "plan", "upstream_path")
 
     def __init__(self, ctx: WorkerContext, client: ClientPort, exchange: Exchange,
                  admitted: Admitted) -> None:
@@ -214,19 +242,50 @@ class _Proxy:
         self.head = exchange.head
         self.plan = admitted.plan
         self.upstream_path = admitted.upstream_path
+        self.beat_at = 0.0
+        """When the next heartbeat is due on a stream committed early."""
 
     async def run(self) -> Handled:
-        client, head, exchange, ctx = self.client, self.head, self.exchange, self.ctx
-        group = self.plan.group
+        client, head, exchange, ctx, plan = (self.client, self.head, self.exchange, self.ctx,
+                                            self.plan)
+        group = plan.group
         if group is None:  # validation guarantees a target; stay total anyway
             return await client.reject(502, outcome="upstream_error")
-        start, complete = await _body_start(client, self.plan.buffer_body) \
+        start, complete = await _body_start(client, plan.buffer_body) \
             if head.has_body else (b"", True)
         body = start if complete else None
-        exchange.model = _model_of(head, start)
-        attempts = Attempts(replay_of(head.method, body is not None),
-                            group.settings.max_retries)
+        fields = top_level(start, _FIELDS, complete=complete) if start else {}
+        exchange.model = _model_of(head, fields)
+        replay = replay_of(head.method, body is not None)
+        if plan.early_head and _asks_for_stream(head, fields):
+            await self._commit_stream()
+        chain = plan.fallback
+        policy = plan.fallback_policy
+        pools_left = len(chain)
+        while True:
+            handled = await self._on_pool(group, replay, body, start,
+                                          pools_left if policy is not None else 0)
+            if handled is not None:
+                return handled
+            # The pool failed in a way the route's fallback takes over.
+            failed = group
+            group = chain[len(chain) - pools_left]
+            pools_left -= 1
+            attempts = exchange.attempts
+            ctx.log.diagnostic("warn", "falling back to the next pool",
+                               request_id=exchange.request_id, failed=failed.name,
+                               after=attempts[-1][2] if attempts else None, pool=group.name)
+
+    async def _on_pool(self, group: UpstreamGroup, replay: Replay, body: bytes | None,
+                       start: bytes, pools_left: int) -> Handled | None:
+        """Attempts on the peers of ``group`` (retries and failover within it): the
+        final answer, or None when the pool failed and the route's next pool takes over
+        (``pools_left`` > 0 and :func:`~.retry.falls_back` says so)."""
+        client, exchange, ctx = self.client, self.exchange, self.ctx
+        policy = self.plan.fallback_policy
+        attempts = Attempts(replay, group.settings.max_retries)
         shared = group.shared
+        last: FailureKind | None = None
         while True:
             # Each attempt runs under its own timers (connect, TTFB, idle); none of an
             # earlier phase (the request head's, a failed attempt's TTFB) may fire now.
@@ -234,19 +293,22 @@ class _Proxy:
             pool = group.pick(exclude=attempts.excluded)
             if pool is None:
                 keep = attempts.replay != "never"
-                if attempts.excluded:
-                    return await client.reject(502, message="every upstream peer failed",
-                                               outcome="upstream_error", keep_alive=keep)
-                # Nothing was tried: the pool is down. Say when to come back.
-                return await client.reject(
-                    503, message="all upstream peers are down", outcome="upstream_error",
-                    keep_alive=keep,
+                if last is not None:  # every peer failed; the last failure speaks
+                    return await self._pool_failed(last, replay, pools_left, keep)
+                # Nothing was tried: the pool is down.
+                exchange.pool_down(group)
+                if falls_back("connect", replay=replay, policy=policy,
+                              pools_left=pools_left):
+                    return None
+                # Say when to come back.
+                return await self._fail(
+                    503, "all upstream peers are down", "upstream_error", keep,
                     headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
             peer = pool.peer
             exchange.attempt(group, peer)
             shared.add_active(peer.shared_id, 1)
-            # One attempt: the final answer, or None to try again. Inline rather than a
-            # method: a coroutine layer per request is measurable.
+            failure: FailureKind
+            reused = sent = False
             try:
                 try:
                     up = await pool.acquire(client.deadline, ctx.timeouts.send)
@@ -254,70 +316,125 @@ class _Proxy:
                     ctx.log.diagnostic("warn", "upstream connect failed",
                                        request_id=exchange.request_id, peer=peer.label,
                                        error=str(exc))
-                    handled = await self._failed(group, attempts, peer, "connect")
+                    failure = "connect"
                 else:
                     exchange.connected(up)
                     try:
                         response = await self._send_request(up, body, start)
-                    except _UpstreamFailed as failure:
+                    except _UpstreamFailed as failed:
                         self._drop_upstream()
                         ctx.log.diagnostic("warn", "upstream failed",
                                            request_id=exchange.request_id, peer=peer.label,
-                                           error=failure.reason, reused=up.reused)
-                        handled = await self._failed(group, attempts, peer, "closed",
-                                                     reused=up.reused,
-                                                     request_sent=failure.request_sent)
+                                           error=failed.reason, reused=up.reused)
+                        failure, reused, sent = "closed", up.reused, failed.request_sent
                     except UpstreamProtocolError as exc:
                         self._drop_upstream()
                         ctx.log.diagnostic("warn", "invalid upstream response",
                                            request_id=exchange.request_id, peer=peer.label,
                                            error=exc.detail)
-                        handled = await self._failed(group, attempts, peer, "protocol")
+                        failure = "protocol"
+                    except _FirstByteTimeout:
+                        # No line of its own: the request's abnormal end, or the
+                        # fallback's line, says it (the audit record lists the attempt).
+                        self._drop_upstream()
+                        failure = "ttfb"
                     else:
-                        exhausted = response.status in group.settings.retry_statuses
+                        status = response.status
+                        exhausted = status in group.settings.retry_statuses
                         if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
-                                                    f"status_{response.status}")
+                                                    f"status_{status}")
                             if decision.action != "fail":
                                 self._drop_upstream()
                                 continue
-                            # No other attempt: the upstream's own answer goes to the client.
+                            # No other attempt on this pool: the next pool, or the
+                            # upstream's own answer goes to the client.
+                            if falls_back("status", status=status, replay=replay,
+                                          policy=policy, pools_left=pools_left):
+                                self._drop_upstream()
+                                return None
+                        elif falls_back("status", status=status, replay=replay,
+                                        policy=policy, pools_left=pools_left):
+                            # A status only the fallback names (429): not the peer's
+                            # failure, but this pool's answer is not the one wanted.
+                            self._note_failure(peer, f"status_{status}")
+                            self._drop_upstream()
+                            return None
                         else:
                             group.succeeded(peer)
                         handled = await self._relay(pool, up, response)
                         if exhausted and handled.outcome == "completed":
-                            exchange.detail = f"status {response.status} after retries"
+                            exchange.detail = f"status {status} after retries"
                             return Handled("upstream_error", handled.keep_alive)
                         return handled
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
-            if handled is not None:
-                return handled
+            # A failure before any response byte.
+            decision = self._decide(group, attempts, peer, failure, _FAILURE_WORDS[failure],
+                                    reused=reused, request_sent=sent)
+            last = failure
+            if decision.action != "fail":
+                continue
+            # The connection survives when the request body was read to its end.
+            keep = attempts.replay != "never" and failure != "protocol"
+            return await self._pool_failed(failure, replay, pools_left, keep)
+
+    async def _pool_failed(self, failure: FailureKind, replay: Replay, pools_left: int,
+                           keep: bool) -> Handled | None:
+        """The pool's last attempt failed with ``failure`` and it has nothing left to
+        try: None when the route's next pool takes over, else the gateway's answer."""
+        if falls_back(FALLBACK_KIND[failure], replay=replay, policy=self.plan.fallback_policy,
+                      pools_left=pools_left):
+            return None
+        if failure == "ttfb":
+            return await self._fail(504, _FAILURE_MESSAGES[failure], "ttfb_timeout", keep)
+        return await self._fail(502, _FAILURE_MESSAGES[failure], "upstream_error", keep)
 
     def _decide(self, group: UpstreamGroup, attempts: Attempts, peer: PeerTarget,
-                failure: FailureKind, metric_kind: str, *, reused: bool = False,
+                failure: FailureKind, words: str, *, reused: bool = False,
                 request_sent: bool = False) -> Decision:
-        """Decide after a failed attempt and account for it (health, metrics)."""
+        """Decide after a failed attempt and account for it (health, metrics, audit)."""
         decision = attempts.decide(failure, reused=reused, request_sent=request_sent)
         attempts.record(decision, peer.index)
         if decision.blame_peer:
             group.failed(peer, HEALTH_KIND[failure])
-        self.ctx.metrics.upstream_error(peer.label, metric_kind)
+        self._note_failure(peer, words)
         return decision
 
-    async def _failed(self, group: UpstreamGroup, attempts: Attempts, peer: PeerTarget,
-                      failure: FailureKind, *, reused: bool = False,
-                      request_sent: bool = False) -> Handled | None:
-        """A failure before any response byte: None to try again, else the 502."""
-        decision = self._decide(group, attempts, peer, failure, failure, reused=reused,
-                                request_sent=request_sent)
-        if decision.action != "fail":
-            return None
-        # The connection survives when the request body was read to its end.
-        keep = attempts.replay != "never" and failure != "protocol"
-        return await self.client.reject(502, message=_FAILURE_MESSAGES[failure],
-                                        outcome="upstream_error", keep_alive=keep)
+    def _note_failure(self, peer: PeerTarget, words: str) -> None:
+        self.ctx.metrics.upstream_error(peer.label, words)
+        self.exchange.attempt_failed(words)
+
+    async def _fail(self, status: int, message: str, outcome: Outcome, keep_alive: bool,
+                    headers: tuple[tuple[bytes, bytes], ...] = ()) -> Handled:
+        """The gateway's answer when no upstream answer can be relayed: its JSON error, or
+        the terminal error event of a stream committed early."""
+        exchange = self.exchange
+        if exchange.phase is Phase.SSE and exchange.sse is not None:
+            exchange.detail = message
+            await self.client.send(exchange.sse.error_end(status, message,
+                                                          exchange.request_id))
+            return Handled(outcome, False)
+        return await self.client.reject(status, message=message, outcome=outcome,
+                                        keep_alive=keep_alive, headers=headers)
+
+    async def _commit_stream(self) -> None:
+        """Send the event-stream head before any upstream answered (``early_stream_head``):
+        from here on a failure is a terminal error event, and the wait for the upstream's
+        head gets heartbeats."""
+        head, exchange = self.head, self.exchange
+        chunked = head.version == b"1.1"
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                   (b"x-accel-buffering", b"no"), (b"x-request-id", exchange.request_id),
+                   (b"date", self.ctx.housekeeping.date)]
+        if chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        if not (chunked and head.keep_alive):
+            headers.append((b"connection", b"close"))
+        exchange.sse = SseRelay(chunked)
+        self.beat_at = sockio.now() + self.plan.heartbeat
+        await self.client.respond(200, render_head(200, headers), Phase.SSE)
 
     def _drop_upstream(self) -> None:
         up = self.exchange.take_upstream()
@@ -344,19 +461,38 @@ class _Proxy:
             raise _UpstreamFailed(str(exc), request_sent=False) from None
         reader = up.reader
         reader.expect_response(head.method == b"HEAD")
-        client.deadline.set(self.plan.ttfb_timeout, "upstream_ttfb")
         client.watch_disconnect()
+        deadline = client.deadline
+        ttfb_at = sockio.now() + self.plan.ttfb_timeout
+        committed = exchange.sse if exchange.phase is Phase.SSE else None
         waiting = True
         while True:
-            event = reader.next_event()
-            if event is NEED_DATA:
-                reader.feed(await (io.recv_after_wait() if waiting else io.recv()))
-                waiting = False
-                continue
-            if isinstance(event, ResponseHead):
-                exchange.first_byte()
-                return event
-            raise _UpstreamFailed("closed before responding", request_sent=True)
+            if committed is not None and self.beat_at < ttfb_at:
+                deadline.set_at(self.beat_at, "heartbeat")
+            else:
+                deadline.set_at(ttfb_at, "upstream_ttfb")
+            # Both deadlines cancel only this scope (Deadline.soft): the proxy decides.
+            with trio.CancelScope() as scope:
+                deadline.soft = scope
+                try:
+                    while True:
+                        event = reader.next_event()
+                        if event is NEED_DATA:
+                            reader.feed(await (io.recv_after_wait() if waiting
+                                               else io.recv()))
+                            waiting = False
+                            continue
+                        if isinstance(event, ResponseHead):
+                            exchange.first_byte()
+                            return event
+                        raise _UpstreamFailed("closed before responding", request_sent=True)
+                finally:
+                    deadline.soft = None
+            if deadline.reason == "upstream_ttfb" or committed is None:
+                raise _FirstByteTimeout
+            if committed.client_between_events:
+                await client.send(_chunk(HEARTBEAT) if committed.chunked else HEARTBEAT)
+            self.beat_at = sockio.now() + self.plan.heartbeat
 
     async def _stream_request_body(self, up: UpstreamConn) -> None:
         """Copy the rest of the request body to the upstream, one read at a time."""
@@ -373,6 +509,8 @@ class _Proxy:
     async def _relay(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead) -> Handled:
         """Forward the response head and body to the client."""
         head, client, exchange = self.head, self.client, self.exchange
+        if exchange.phase is Phase.SSE and exchange.sse is not None:
+            return await self._relay_committed(pool, up, response, exchange.sse)
         reader = up.reader
         headers, sse = _response_headers(self.plan, response, head)
         keep = head.keep_alive
@@ -444,6 +582,48 @@ class _Proxy:
             up.close()
         return Handled("completed", keep)
 
+    async def _relay_committed(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead,
+                               relay: SseRelay) -> Handled:
+        """Relay the upstream's event stream into a stream whose head went out early: its
+        events follow the heartbeats. Any other answer (an error status, a body that is
+        not an event stream) becomes the terminal error event, with the upstream's status
+        when it is an error."""
+        status = response.status
+        _, sse = _response_headers(self.plan, response, self.head)
+        if status != 200 or not sse:
+            self._drop_upstream()
+            code = status if status >= 400 else 502
+            message = (f"upstream answered {status}" if status >= 400
+                       else "upstream did not answer with an event stream")
+            return await self._fail(code, message, "upstream_error", False)
+        reader = up.reader
+        until_close = response.content_length is None and not response.chunked
+        pieces: list[bytes] = []
+        whole = reader.take_whole_body()
+        try:
+            if whole is not None:
+                complete = True
+                pieces.append(whole)
+            else:
+                complete = _collect(reader, pieces)
+            out = _outgoing(pieces, complete, relay.chunked, relay, until_close)
+            if out:
+                await self.client.send(out)
+            if not complete:
+                plan = self.plan
+                idle = plan.read_timeout if response.content_length is not None \
+                    else plan.idle_timeout
+                await self._stream_with_heartbeats(up, relay, idle, until_close)
+        except UpstreamProtocolError as exc:
+            return await self._upstream_broke(up, exc.detail)
+        self.client.unwatch_disconnect()
+        self.exchange.take_upstream()
+        if response.keep_alive:
+            pool.release(up)
+        else:
+            up.close()
+        return Handled("completed", relay.chunked and self.head.keep_alive)
+
     async def _stream_response_body(self, up: UpstreamConn, chunked: bool,
                                     idle: float, relay: SseRelay | None,
                                     until_close: bool) -> None:
@@ -487,7 +667,7 @@ class _Proxy:
 
         The connection's one deadline is set to the earliest of the next heartbeat, the
         idle limit and the stream's end; a ``heartbeat`` deadline cancels only the scope
-        in ``deadline.beat``, one per heartbeat period (none per read). A heartbeat is
+        in ``deadline.soft``, one per heartbeat period (none per read). A heartbeat is
         sent only where what the client has received ends between events
         (:attr:`~.sse.SseRelay.client_between_events`): inside an event its blank line
         would dispatch the half event. The body goes through ``relay`` as in
@@ -508,7 +688,7 @@ class _Proxy:
         try:
             while True:
                 with trio.CancelScope() as scope:
-                    deadline.beat = scope
+                    deadline.soft = scope
                     while True:
                         got, held = held, None
                         if got is None:
@@ -551,7 +731,7 @@ class _Proxy:
                         await client.send(beat_chunk)
                     beat_at = sockio.now() + beat
         finally:
-            deadline.beat = None
+            deadline.soft = None
 
     async def _upstream_broke(self, up: UpstreamConn, detail: str) -> Handled:
         """The upstream sent a malformed or truncated response: a 502 before the head,

@@ -76,11 +76,15 @@ DeadlineReason = Literal[
     "upstream_ttfb",  # the upstream's response head
     "upstream_idle",  # the gap between two pieces of the upstream's body (stall)
     "stream_max",     # the whole upstream response
-    "heartbeat",      # not an end: an SSE heartbeat is due (cancels ``Deadline.beat`` only)
+    "heartbeat",      # not an end: an SSE heartbeat is due (cancels ``Deadline.soft`` only)
     "client_gone",    # not a timer: the client hung up while a request was in flight
     "shutdown",       # not a timer: the graceful stop's shutdown_timeout ran out
 ]
 """Why a connection's deadline fires. The connection actor answers each differently."""
+
+
+SOFT_REASONS: frozenset[DeadlineReason] = frozenset({"heartbeat", "upstream_ttfb"})
+"""Deadlines the proxy handles itself while :attr:`Deadline.soft` is set."""
 
 
 class Deadline:
@@ -91,14 +95,15 @@ class Deadline:
     outside this class changes it only through these methods.
     """
 
-    __slots__ = ("at", "beat", "fired", "reason", "scope")
+    __slots__ = ("at", "fired", "reason", "scope", "soft")
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
-        self.beat: trio.CancelScope | None = None
-        """The relay's scope while it waits on a silent event stream: a ``heartbeat``
-        deadline cancels this one (the relay sends a heartbeat and goes on), not the
-        connection."""
+        self.soft: trio.CancelScope | None = None
+        """The proxy's scope while it waits on an upstream: a deadline whose reason is in
+        :data:`SOFT_REASONS` cancels this one instead of the connection (the proxy sends
+        a heartbeat and goes on, or tries its next pool after a first-byte timeout); the
+        reason that fired stays in :attr:`reason`."""
         self.at = float("inf")
         self.reason: DeadlineReason = ""
         self.fired: DeadlineReason = ""
@@ -143,11 +148,15 @@ class Deadline:
 
     def expire_if_due(self, now: float) -> None:
         if self.at <= now and not self.fired:
-            if self.reason == "heartbeat":
-                self.at = float("inf")  # the relay re-arms after its heartbeat
-                if self.beat is not None:
-                    self.beat.cancel()
-                return
+            if self.reason in SOFT_REASONS:
+                soft = self.soft
+                if soft is not None:
+                    self.at = float("inf")  # the proxy re-arms after it handled this
+                    soft.cancel()
+                    return
+                if self.reason == "heartbeat":
+                    self.at = float("inf")  # no stream to beat for: nothing to do
+                    return
             self.fired = self.reason
             self.scope.cancel()
 

@@ -27,7 +27,7 @@ character is printed as a JSON string so a line always splits back into its fiel
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 import orjson
@@ -60,6 +60,9 @@ AccessRecord = tuple[
     Text | None,  # client ("ip:port")
     Text | None,  # key_id of the caller's API key
 ]
+Attempts = Sequence[tuple[str, str, str | None]]
+"""A request's upstream attempts in order: (pool, peer, failure or None for the attempt
+that answered). Peer ``-``: the pool had no peer up."""
 AuditRecord = tuple[
     Literal["audit"],
     float,         # ts
@@ -77,6 +80,7 @@ AuditRecord = tuple[
     float | None,  # ttfb_ms
     int,           # bytes_in
     int,           # bytes_out
+    Attempts | None,  # attempts: only when an attempt failed
 ]
 DiagnosticRecord = tuple[
     Literal["diagnostic"],
@@ -212,7 +216,7 @@ class Formatter:
 
     def audit(self, record: AuditRecord) -> bytes:
         (_, ts, request_id, key_id, route, model, method, path, status, outcome, decision,
-         peer, latency_ms, ttfb_ms, bytes_in, bytes_out) = record
+         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts) = record
         text = self._text
         obj: dict[str, object] = {
             "ts": self.timestamps.format(ts), "request_id": text(request_id),
@@ -222,6 +226,9 @@ class Formatter:
             "latency_ms": round(latency_ms, 2),
             "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 2),
             "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "attempts": None if attempts is None else [
+                {"pool": pool, "peer": text(peer_label), "failure": failure}
+                for pool, peer_label, failure in attempts],
         }
         return _json_bytes(obj) + b"\n"
 

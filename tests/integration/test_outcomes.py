@@ -200,7 +200,7 @@ def test_a_slow_first_byte_is_a_504_with_its_diagnostic_and_marks_the_peer_down(
         hostile: _Gateway) -> None:
     with socket.create_connection(("127.0.0.1", hostile.gateway.port), timeout=10) as sock:
         client = _address(sock)
-        sock.sendall(b"GET /small?ttfb_ms=3000 HTTP/1.1\r\nHost: t\r\n"
+        sock.sendall(b"GET /small?ttfb_ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
                      b"x-request-id: ttfb-1\r\n\r\n")
         received = _read_all(sock)
     assert received.startswith(b"HTTP/1.1 504"), received

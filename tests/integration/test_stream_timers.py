@@ -73,7 +73,7 @@ def _timed_exchange(port: int, path: str) -> tuple[list[tuple[float, bytes]], fl
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         start = time.monotonic()
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
         while True:
             data = sock.recv(65536)
             if not data:

@@ -12,11 +12,15 @@ from typing import get_args
 
 import pytest
 from li_httpd.workers.retry import (
+    FALLBACK_KIND,
     Attempts,
     Decision,
     FailureKind,
+    FallbackPolicy,
+    FallbackTrigger,
     Replay,
     decide,
+    falls_back,
     replay_of,
 )
 
@@ -61,6 +65,12 @@ RULES: list[tuple[object, object, object, object, object, object, Decision]] = [
     ("closed", True, True, "always", False, 0, FAIL),
     ("closed", False, True, "always", ANY, 1, NEXT),
     ("closed", False, True, "always", ANY, 0, FAIL),
+    # No response head in time: the request was sent and may be running; only an
+    # idempotent one goes to another peer.
+    ("ttfb", ANY, ANY, "always", ANY, 1, NEXT),
+    ("ttfb", ANY, ANY, "always", ANY, 0, FAIL),
+    ("ttfb", ANY, ANY, "if_unsent", ANY, ANY, FAIL),
+    ("ttfb", ANY, ANY, "never", ANY, ANY, FAIL),
 ]
 
 FAILURES = get_args(FailureKind)
@@ -128,3 +138,37 @@ def test_health_failure_names_match_the_config_vocabulary() -> None:
     from li_httpd.workers.retry import HEALTH_KIND, FailureKind, HealthFailure
     assert set(get_args(HealthFailure)) == set(HEALTH_FAILURES)
     assert set(HEALTH_KIND) == set(get_args(FailureKind))
+
+
+ALL_TRIGGERS: frozenset[FallbackTrigger] = frozenset(get_args(FallbackTrigger))
+DEFAULT_ON: frozenset[FallbackTrigger] = frozenset({"connect", "status", "ttfb_timeout"})
+POLICY = FallbackPolicy(DEFAULT_ON, frozenset({429, 502, 503, 504}))
+
+
+@pytest.mark.parametrize(("trigger", "status", "replay", "policy", "left", "expected"), [
+    ("connect", 0, "if_unsent", POLICY, 1, True),
+    ("connect", 0, "always", POLICY, 2, True),
+    ("connect", 0, "never", POLICY, 1, False),         # a streamed body is gone
+    ("connect", 0, "if_unsent", POLICY, 0, False),     # the chain is spent
+    ("connect", 0, "if_unsent", None, 1, False),       # no chain on this route
+    ("status", 503, "if_unsent", POLICY, 1, True),
+    ("status", 429, "if_unsent", POLICY, 1, True),
+    ("status", 500, "if_unsent", POLICY, 1, False),    # not a listed status
+    ("ttfb_timeout", 0, "if_unsent", POLICY, 1, True),
+    ("reset", 0, "if_unsent", POLICY, 1, False),       # not in the default `on`
+    ("reset", 0, "if_unsent", FallbackPolicy(ALL_TRIGGERS, frozenset()), 1, True),
+    ("status", 503, "if_unsent", FallbackPolicy(frozenset({"connect"}),
+                                                frozenset({503})), 1, False),
+    (None, 0, "always", POLICY, 1, False),              # a malformed response
+])
+def test_falls_back(trigger: FallbackTrigger | None, status: int, replay: Replay,
+                    policy: FallbackPolicy | None, left: int, expected: bool) -> None:
+    assert falls_back(trigger, status=status, replay=replay, policy=policy,
+                      pools_left=left) is expected
+
+
+def test_every_failure_kind_has_a_fallback_trigger_or_none() -> None:
+    assert set(FALLBACK_KIND) == set(FAILURES)
+    assert {t for t in FALLBACK_KIND.values() if t is not None} == ALL_TRIGGERS
+    from li_httpd.config.model import FALLBACK_TRIGGERS
+    assert set(FALLBACK_TRIGGERS) == ALL_TRIGGERS

@@ -1,0 +1,112 @@
+"""Top-level fields of a JSON request body, read without parsing the whole document (pure).
+
+A gateway reads a few fields of the request body (``model``, ``stream``) and must forward
+the body's exact bytes, so it does not decode and re-encode it. :func:`top_level` tokenizes
+the body with one regular expression (a string, however long, is one token matched in C),
+tracks the nesting depth and returns the raw values of the wanted keys of the outermost
+object only: a ``"model"`` inside ``messages`` or a tool schema is not the request's
+model. It works on a body's first bytes too (what arrived so far): a field not yet seen
+is simply absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Collection
+
+import orjson
+
+_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[{}\[\]:,]|[^"{}\[\]:,\s]++')
+"""A string (escapes included), a structural character, or a bare scalar
+(number, true, false, null)."""
+
+_OPEN = frozenset(b"{[")
+_CLOSE = frozenset(b"}]")
+JsonScalar = str | int | float | bool | None
+PARSE_WHOLE = 64 * 1024
+"""A complete body up to this size is parsed whole (orjson, in C): faster than the
+tokenizer's Python loop, and it proves the body is JSON."""
+
+
+def top_level(data: bytes, names: Collection[bytes], *,
+              complete: bool = False) -> dict[bytes, JsonScalar]:
+    """The scalar values of the keys ``names`` (raw key bytes, without quotes) in the
+    top-level JSON object that ``data`` starts with. A key whose value is an object or
+    array, or whose scalar is not valid JSON, is left out. The scan stops at the first
+    byte that starts no token (e.g. a string cut off by the end of ``data``): what
+    follows it would be read out of context. Data that is not a JSON object gives
+    ``{}``. ``complete``: ``data`` is the whole body; a small one is parsed whole, and
+    gives ``{}`` when it is not valid JSON."""
+    if complete and len(data) <= PARSE_WHOLE:
+        return _parsed(data, names)
+    found: dict[bytes, JsonScalar] = {}
+    wanted = len(names)
+    depth = 0
+    key: bytes | None = None   # the top-level key whose value comes next
+    expect_key = False         # at depth 1, the next string is a key
+    after_key = False          # at depth 1, a key was read; ':' then its value follow
+    end = 0
+    for match in _TOKEN.finditer(data):
+        if match.start() != end and data[end:match.start()].strip():
+            return found
+        end = match.end()
+        token = match.group()
+        first = token[0]
+        if depth == 0:
+            if first != 0x7B:  # '{'
+                return found
+            depth = 1
+            expect_key = True
+            continue
+        if first in _OPEN:
+            depth += 1
+            key = None
+            continue
+        if first in _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return found
+            continue
+        if depth != 1:
+            continue
+        if first == 0x2C:  # ','
+            expect_key = True
+            continue
+        if first == 0x3A:  # ':'
+            after_key = False
+            continue
+        if expect_key:
+            expect_key = False
+            after_key = True
+            name = token[1:-1] if first == 0x22 else b""
+            key = name if name in names else None
+            continue
+        if after_key or key is None:
+            continue
+        if first != 0x22 and end == len(data):
+            return found  # a number or literal the end of ``data`` may have cut short
+        with contextlib.suppress(orjson.JSONDecodeError):
+            found[key] = orjson.loads(token)
+        key = None
+        if len(found) == wanted:
+            return found
+    return found
+
+
+def _parsed(data: bytes, names: Collection[bytes]) -> dict[bytes, JsonScalar]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    found: dict[bytes, JsonScalar] = {}
+    for name in names:
+        value = doc.get(name.decode("latin-1"), found)  # ``found``: absent
+        if value is not found and not isinstance(value, dict | list):
+            found[name] = value
+    return found
+
+
+__all__ = ["PARSE_WHOLE", "JsonScalar", "top_level"]
