@@ -1,12 +1,13 @@
 """The cost of one proxied request through the connection actor, in one process.
 
 A real :class:`~li_httpd.workers.context.WorkerContext` and connection actor serve a
-socketpair; a scripted client sends keep-alive GETs one after the other and an
+socketpair; a scripted client sends keep-alive requests one after the other (GETs, or
+``chat``: POSTs with a small JSON body like an SDK's) and an
 in-process upstream answers each with a fixed 12-byte response. No load driver and no
 second process share the measurement, so the cost per request is steady enough to
 compare two builds of the request path:
 
-- ``python -m li_httpd.ops.bench.inproc N`` prints wall and CPU microseconds per request
+- ``python ops/bench/inproc.py N [get|chat]`` prints wall and CPU microseconds per request
   (still subject to the machine's noise);
 - ``bash ops/bench/instructions [PYTHON...]`` runs it under valgrind's callgrind for two
   request counts and prints instructions per request (the difference divided by the
@@ -31,7 +32,16 @@ from li_httpd.workers.context import WorkerContext
 WARMUP = 500
 RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n\r\n"
             b"hello world\n")
-REQUEST = b"GET /small HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: inproc\r\n\r\n"
+CHAT_BODY = (b'{"messages":[{"role":"system","content":"You are a helpful assistant."},'
+             b'{"role":"user","content":"Say hello in five words."}],'
+             b'"model":"gpt-4o-mini","max_tokens":64}')
+REQUESTS = {
+    "get": b"GET /small HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: inproc\r\n\r\n",
+    # What an OpenAI SDK sends: a small JSON body whose fields the gateway reads.
+    "chat": (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+             b"user-agent: inproc\r\ncontent-type: application/json\r\n"
+             b"content-length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY)),
+}
 
 
 async def _upstream(task_status: trio.TaskStatus[int]) -> None:
@@ -51,11 +61,13 @@ def _config(port: int) -> str:
     return (f'[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n'
             f'[limits]\nkeepalive_requests = 1000000\n'
             f'[upstreams.u]\npeers = ["http://127.0.0.1:{port}"]\n'
-            f'[routes]\n"GET /health" = "static:healthcheck"\n"GET /*" = "proxy:u"\n')
+            f'[routes]\n"GET /health" = "static:healthcheck"\n"/*" = "proxy:u"\n')
 
 
-async def measure(requests: int) -> tuple[float, float]:
-    """(wall, CPU) seconds per proxied request, after a warm-up."""
+async def measure(requests: int, kind: str = "get") -> tuple[float, float]:
+    """(wall, CPU) seconds per proxied request of ``kind`` (see REQUESTS), after a
+    warm-up."""
+    request = REQUESTS[kind]
     async with trio.open_nursery() as nursery:
         port = await nursery.start(_upstream)
         ctx = WorkerContext(load_text(_config(port), "inproc.toml"))
@@ -65,7 +77,7 @@ async def measure(requests: int) -> tuple[float, float]:
         client = trio.SocketStream(trio.socket.from_stdlib_socket(client_end))
 
         async def one() -> None:
-            await client.send_all(REQUEST)
+            await client.send_all(request)
             received = b""
             while not received.endswith(b"hello world\n"):
                 data = await client.receive_some(65536)
@@ -88,8 +100,9 @@ async def measure(requests: int) -> tuple[float, float]:
 
 def main(argv: list[str]) -> int:
     requests = int(argv[0]) if argv else 20000
-    wall, cpu = trio.run(measure, requests)
-    print(f"{requests} requests: {wall * 1e6:.1f} us/request wall, "
+    kind = argv[1] if len(argv) > 1 else "get"
+    wall, cpu = trio.run(measure, requests, kind)
+    print(f"{requests} {kind} requests: {wall * 1e6:.1f} us/request wall, "
           f"{cpu * 1e6:.1f} us/request CPU")
     return 0
 
