@@ -375,6 +375,12 @@ class ClientConnection:
         if exchange is not None:
             upstream = exchange.take_upstream()
             if upstream is not None:
+                if reason == "upstream_ttfb" and exchange.group is not None:
+                    # The proxy's last possible attempt timed out (see proxy._send_request).
+                    exchange.group.failed(upstream.peer, "ttfb_timeout")
+                    self.ctx.metrics.upstream_error(upstream.peer.label, "ttfb_timeout")
+                    if exchange.attempts is not None:
+                        exchange.attempt_failed("ttfb_timeout")
                 upstream.io.abort()
         self._ended(deadline_outcome(reason))
         if reason in _QUIET_REASONS or (reason == "shutdown" and exchange is None):
