@@ -88,6 +88,7 @@ _LINE = re.compile(rb"\r\n|\r|\n")
 _TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[{}\[\]:,]|[^"{}\[\]:,\s]++')
 """JSON tokens, as :mod:`.json_fields` reads them."""
 _WS = b" \t\r\n"
+_TAIL_TRIES = 8
 _RESPONSE_END = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -214,9 +215,13 @@ def _balanced_end(data: bytes, start: int) -> int:
 
 
 def _usage_in_tail(data: bytes) -> object:
-    """The last ``"usage": {...}`` object that ends inside ``data``, parsed, or None."""
+    """The last ``"usage": {...}`` object that ends inside ``data``, parsed, or None.
+    Only the last :data:`_TAIL_TRIES` candidates are tried: each try scans to the end of
+    ``data``, and a window full of ``"usage":{`` must not cost quadratic time."""
     at = data.rfind(_USAGE_KEY)
-    while at >= 0:
+    tries = _TAIL_TRIES
+    while at >= 0 and tries:
+        tries -= 1
         start = _usage_object_at(data, at)
         if start >= 0:
             end = _balanced_end(data, start)

@@ -1023,3 +1023,33 @@ async def test_messages_with_the_anthropic_sdk(upstream: MockUpstream) -> None:
         assert failed.value.status_code == 529
 
     await trio.to_thread.run_sync(run)
+
+
+@pytest.mark.parametrize(("path", "body", "expected"), [
+    (CHAT, {"messages": [{"role": "user", "content": "say hello world"}]}, (3, 4, 2, 0)),
+    (COMPLETIONS, {"prompt": "say hello world"}, (3, 4, 2, 0)),
+    (RESPONSES, {"input": "say hello world"}, (3, 4, 2, 0)),
+    (MESSAGES, {"max_tokens": 16, "messages": [{"role": "user", "content": "say hello world"}]},
+     (3, 4, 2, 1)),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_scanner_reads_the_mock(client: httpx.AsyncClient, path: str,
+                                            body: dict[str, Any], stream: bool,
+                                            expected: tuple[int, int, int, int]) -> None:
+    """The gateway's usage scanner (workers/usage.py) reads what the mock reports, fed
+    the de-chunked body as it arrives."""
+    from li_httpd.workers.usage import UsageScanner, shape_of
+
+    shape = shape_of(path)
+    assert shape is not None
+    scanner = UsageScanner(shape, sse=stream)
+    target = path + "?tokens=4&cached_tokens=2&cache_write_tokens=1"
+    async with client.stream("POST", target, content=orjson.dumps(
+            {"model": "m-test", "stream": stream, **body})) as reply:
+        assert reply.status_code == 200
+        async for piece in reply.aiter_bytes():
+            scanner.feed(piece)
+    usage = scanner.finish()
+    assert usage.found
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+            usage.cache_write_tokens) == expected
