@@ -333,6 +333,15 @@ def test_oversized_event_is_skipped_and_the_next_one_read() -> None:
     assert _scan("chat", True, [big[:-1], big[-1:] + usage]) == _u(2, 3)
 
 
+def test_many_small_events_in_one_large_piece_are_all_read() -> None:
+    small = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n' * (EVENT_LIMIT // 40)
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}\n\n'
+    first = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n'
+    for at in (0, 10, len(first) - 1):
+        assert _scan("chat", True, [first[:at], first[at:] + small]) == _u(1, 1), at
+        assert _scan("chat", True, [first[:at], first[at:] + small + usage]) == _u(2, 3), at
+
+
 def test_oversized_event_with_usage_is_skipped() -> None:
     big = (b'data: {"choices":[],"pad":"' + b"x" * EVENT_LIMIT
            + b'","usage":{"prompt_tokens":2}}\n\n')
