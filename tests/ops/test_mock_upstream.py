@@ -1053,3 +1053,42 @@ async def test_usage_scanner_reads_the_mock(client: httpx.AsyncClient, path: str
     assert usage.found
     assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
             usage.cache_write_tokens) == expected
+
+
+@pytest.mark.parametrize(("path", "events"), [(RESPONSES, 3 + 8), (MESSAGES, 3 + 6)])
+async def test_new_shapes_keep_the_timing_and_cut_knobs(
+        autojump_clock: trio.testing.MockClock, path: str, events: int) -> None:
+    body = orjson.dumps({"model": "m", "max_tokens": 16, "input": "hi", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    server = MockUpstream()
+    async with trio.open_nursery() as nursery:
+        raw = socketpair_client(server, nursery)
+        start = trio.current_time()
+        target = path + "?tokens=3&delay_ms=1000&ttfb_ms=5000&body_secret=sk-x1"
+        await raw.send(request_bytes("POST", target, body))
+        await raw.head("POST", target)
+        arrivals, chunks = [], []
+        while (chunk := await raw.next_chunk()) is not None:
+            arrivals.append(trio.current_time() - start)
+            chunks.append(chunk)
+        assert arrivals == pytest.approx([5.0 + i for i in range(events + 1)])  # + the secret
+        assert b"sk-x1" in b"".join(chunks)
+
+        json_body = orjson.loads(body.replace(b'"stream":true', b'"stream":false'))
+        start = trio.current_time()
+        reply = await raw.request("POST", path + "?tokens=4&delay_ms=500",
+                                  orjson.dumps(json_body))
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert reply.json()["usage"]["output_tokens"] == 4
+
+        target = path + "?stall_after=2&tokens=5"
+        await raw.send(request_bytes("POST", target, body))
+        await raw.head("POST", target)
+        assert await raw.next_chunk() is not None
+        assert await raw.next_chunk() is not None
+        with trio.move_on_after(3600) as waited:
+            await raw.next_chunk()
+        assert waited.cancelled_caught
+        assert server.stats.responses_stalled == 1
+        await raw.aclose()
+        nursery.cancel_scope.cancel()
