@@ -15,6 +15,24 @@ Endpoints
     the legacy endpoint has no role event. Every event carries ``x_mock_sent_at``
     (``time.time()`` when the event was produced). ``max_tokens`` /
     ``max_completion_tokens`` below ``tokens`` truncate with ``finish_reason: length``.
+    ``POST /v1/responses`` (OpenAI Responses API): a ``response`` object, or with
+    ``"stream": true`` the named-event stream the openai SDK parses
+    (``response.created``, ``response.in_progress``, ``response.output_item.added``,
+    ``response.content_part.added``, one ``response.output_text.delta`` per token,
+    ``response.output_text.done``, ``response.content_part.done``,
+    ``response.output_item.done``, ``response.completed`` with the usage; no
+    ``[DONE]``). ``max_output_tokens`` is ignored.
+    ``POST /v1/messages`` (Anthropic Messages API): a ``message`` object, or with
+    ``"stream": true`` the named-event stream the anthropic SDK parses
+    (``message_start`` with the input and cache usage, ``content_block_start``, ``ping``,
+    one ``content_block_delta`` per token, ``content_block_stop``, ``message_delta`` with
+    the cumulative ``output_tokens``, ``message_stop``). ``max_tokens`` below ``tokens``
+    truncates with ``stop_reason: max_tokens``. Errors on this path (``fail``, a bad
+    body) use Anthropic's shape ``{"type": "error", "error": {"type", "message"}}``.
+    Usage is deterministic: input tokens are the request's whitespace-separated words
+    (``messages``/``prompt``/``input``, plus ``system`` for messages), output tokens the
+    content tokens; the knobs ``cached_tokens`` and ``cache_write_tokens`` set the cache
+    fields (see ``Knobs``).
     ``POST /v1/embeddings``: deterministic unit vectors (``float`` or ``base64``).
     ``GET /v1/models``: the model list. ``/echo`` (any method): what arrived, as JSON
     (method, raw target, version, headers in order with original case, body length and
@@ -90,6 +108,7 @@ DEFAULT_DIMENSIONS = 1536
 MAX_TOKENS = 100_000
 MAX_BYTES = 64 * 1024 * 1024
 MAX_DIMENSIONS = 65_536
+MAX_CACHE_TOKENS = 10_000_000
 MAX_EVENTS = 1 << 40
 MAX_DELAY_MS = 3_600_000.0
 MAX_REQUEST_BODY = 64 * 1024 * 1024
@@ -129,6 +148,11 @@ _STATUS_LINES: dict[int, bytes] = {
     for status in HTTPStatus
 }
 
+_ANTHROPIC_ERROR_TYPES = {
+    413: "request_too_large",
+    529: "overloaded_error",
+}
+
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -154,6 +178,13 @@ def _error_type(status: int) -> str:
 def _error_body(status: int, message: str, code: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": _error_type(status),
                                    "param": None, "code": code}})
+
+
+def _anthropic_error_body(status: int, message: str) -> bytes:
+    """Anthropic's error shape (``/v1/messages``)."""
+    kind = _ANTHROPIC_ERROR_TYPES.get(status) or (
+        "api_error" if status >= 500 else _error_type(status))
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
 
 
 # ----------------------------------------------------------------------------- knobs
@@ -183,11 +214,25 @@ class Knobs:
     secret_split   1: stream the secret as two consecutive events (split in the middle).
     dimensions     embedding size (overrides the request's ``dimensions``), default 1536.
     n              ``/bytes`` length, default 1024, at most 64 MiB.
+    cached_tokens  prompt tokens read from the cache, default 0. OpenAI shapes count
+                   them inside the prompt (``prompt_tokens``/``input_tokens`` = words +
+                   cached_tokens) and report them as ``prompt_tokens_details.cached_tokens``
+                   (chat and completions, only when not 0) or
+                   ``input_tokens_details.cached_tokens`` (responses); messages report
+                   them as ``cache_read_input_tokens`` (``input_tokens`` = words only, as
+                   Anthropic excludes cache tokens).
+    cache_write_tokens  prompt tokens written to the cache, default 0:
+                   ``cache_creation_input_tokens`` of messages and
+                   ``input_tokens_details.cache_write_tokens`` of responses.
 
     Header names may use dashes (``x-mock-delay-ms``). For ``stall_after`` and
     ``close_after`` every SSE event counts: chat sends ``tokens + 4`` of them (role,
-    tokens, finish, usage, ``[DONE]``), legacy completions ``tokens + 3``; a count at or
-    beyond the end still withholds the terminating chunk. A client that closes its
+    tokens, finish, usage, ``[DONE]``), legacy completions ``tokens + 3``, responses
+    ``tokens + 8`` (created, in_progress, output_item.added, content_part.added, tokens,
+    output_text.done, content_part.done, output_item.done, completed), messages
+    ``tokens + 6`` (message_start, content_block_start, ping, tokens,
+    content_block_stop, message_delta, message_stop); a count at or beyond the end still
+    withholds the terminating chunk. A client that closes its
     sending side (EOF) counts as gone.
     """
 
@@ -201,6 +246,8 @@ class Knobs:
     secret_split: bool = False
     dimensions: int | None = None
     n: int = DEFAULT_BYTES
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def cut(self) -> tuple[int | None, bool]:
         """(count after which the response is cut, True when cut means close)."""
@@ -220,6 +267,8 @@ _INT_KNOBS: dict[str, tuple[int, int]] = {
     "secret_split": (0, 1),
     "dimensions": (1, MAX_DIMENSIONS),
     "n": (0, MAX_BYTES),
+    "cached_tokens": (0, MAX_CACHE_TOKENS),
+    "cache_write_tokens": (0, MAX_CACHE_TOKENS),
 }
 _MS_KNOBS = frozenset({"delay_ms", "ttfb_ms"})
 KNOB_NAMES = frozenset({*_INT_KNOBS, *_MS_KNOBS, "body_secret"})
@@ -769,7 +818,8 @@ class _Connection:
                     await self._flush()
                     await self._pause(knobs.ttfb_ms / 1000.0)
                 if knobs.fail is not None:
-                    return await self._fail(request, knobs)
+                    return await self._fail(request, knobs,
+                                            anthropic=path == b"/v1/messages")
             return await handler(self, request, knobs)
         except _PeerGoneError:
             if not self.in_stream:
@@ -832,7 +882,7 @@ class _Connection:
         return await self._fixed(request, knobs, 200, _JSON, length=len(body),
                                  pieces=iter((body,)))
 
-    async def _fail(self, request: _Request, knobs: Knobs) -> bool:
+    async def _fail(self, request: _Request, knobs: Knobs, *, anthropic: bool = False) -> bool:
         status = knobs.fail
         assert status is not None
         message = f"mock-upstream failure (status {status})"
@@ -843,14 +893,20 @@ class _Connection:
                                        keep=request.keep_alive,
                                        http10=request.version != "1.1"))
             return request.keep_alive
-        body = _error_body(status, message, f"mock_status_{status}")
+        if anthropic:
+            body = _anthropic_error_body(status, message)
+        else:
+            body = _error_body(status, message, f"mock_status_{status}")
         extra = b"retry-after: 1\r\n" if status in (429, 503) else b""
         return await self._fixed(request, knobs, status, _JSON, length=len(body),
                                  pieces=iter((body,)), extra=extra)
 
-    async def _stream(self, request: _Request, knobs: Knobs, events: Iterator[bytes]) -> bool:
+    async def _stream(self, request: _Request, knobs: Knobs, events: Iterator[bytes], *,
+                      framed: bool = False) -> bool:
         """Send an SSE response: each event JSON from ``events`` as its own chunk, as soon
-        as it is produced, then ``data: [DONE]`` and the last chunk."""
+        as it is produced, then ``data: [DONE]`` and the last chunk. ``framed``: the
+        items of ``events`` are whole SSE events (named ones), the last one a
+        ``_LastEvent``; no ``[DONE]`` follows."""
         stats = self.server.stats
         stats.streams_started += 1
         chunked = request.version == "1.1"
@@ -865,9 +921,9 @@ class _Connection:
         sent = 0
         self.in_stream = True
         try:
-            produce = _with_done(events)
-            payload: Any = None
-            while payload is not _DONE:  # _DONE is the last event: no pause after it
+            produce = events if framed else _with_done(events)
+            final = False
+            while not final:  # no pause after the last event
                 if sent == cut:
                     break
                 if sent:
@@ -882,10 +938,11 @@ class _Connection:
                 payload = next(produce, None)
                 if payload is None:
                     break
-                event = payload if payload is _DONE else b"data: " + payload + b"\n\n"
+                final = payload is _DONE or isinstance(payload, _LastEvent)
+                event = payload if framed or payload is _DONE else b"data: " + payload + b"\n\n"
                 if chunked:
                     event = b"%x\r\n%s\r\n" % (len(event), event)
-                    if payload is _DONE and cut is None:
+                    if final and cut is None:
                         event += _LAST_CHUNK
                 if self.out:
                     await self._flush(event)
@@ -975,9 +1032,13 @@ class _Connection:
         if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit < tokens:
             tokens, finish = limit, "length"
         pieces = _content_pieces(tokens, knobs.body_secret, knobs.secret_split)
-        prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-                 "total_tokens": prompt_tokens + len(pieces)}
+        cached = knobs.cached_tokens
+        prompt_tokens = _words(body.get("messages") if chat else body.get("prompt")) + cached
+        usage: dict[str, object] = {"prompt_tokens": prompt_tokens,
+                                    "completion_tokens": len(pieces),
+                                    "total_tokens": prompt_tokens + len(pieces)}
+        if cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         created = int(time.time())
         ident = f"{'chatcmpl' if chat else 'cmpl'}-mock{self.count}"
         if body.get("stream") is True:
@@ -1000,6 +1061,68 @@ class _Connection:
             "id": ident, "object": "chat.completion" if chat else "text_completion",
             "created": created, "model": model, "system_fingerprint": "fp_mock",
             "choices": [choice], "usage": usage,
+        })
+
+    async def _responses(self, request: _Request, knobs: Knobs) -> bool:
+        body = self._json_request(request)
+        if isinstance(body, bytes):
+            return self._simple(request, 400, _JSON, body)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            model = DEFAULT_MODEL
+        pieces = _content_pieces(knobs.tokens, knobs.body_secret, knobs.secret_split)
+        input_tokens = _words(body.get("input")) + knobs.cached_tokens
+        usage = {"input_tokens": input_tokens,
+                 "input_tokens_details": {"cached_tokens": knobs.cached_tokens,
+                                          "cache_write_tokens": knobs.cache_write_tokens},
+                 "output_tokens": len(pieces),
+                 "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": input_tokens + len(pieces)}
+        ident = f"resp_mock{self.count}"
+        created = int(time.time())
+        if body.get("stream") is True:
+            return await self._stream(request, knobs,
+                                      _response_events(ident, created, model, pieces, usage),
+                                      framed=True)
+        if knobs.delay_ms and knobs.tokens:
+            await self._flush()
+            await self._pause(knobs.tokens * knobs.delay_ms / 1000.0)
+        return await self._json(request, knobs, _response_object(
+            ident, created, model, "completed", [_response_message(ident, "".join(pieces))],
+            usage))
+
+    async def _messages(self, request: _Request, knobs: Knobs) -> bool:
+        try:
+            body = orjson.loads(b"".join(request.body))
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return self._simple(request, 400, _JSON, _anthropic_error_body(
+                400, "request body must be a JSON object"))
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            model = DEFAULT_MODEL
+        tokens, stop = knobs.tokens, "end_turn"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit < tokens:
+            tokens, stop = limit, "max_tokens"
+        pieces = _content_pieces(tokens, knobs.body_secret, knobs.secret_split)
+        usage = {"input_tokens": _words(body.get("messages")) + _words(body.get("system")),
+                 "output_tokens": len(pieces),
+                 "cache_creation_input_tokens": knobs.cache_write_tokens,
+                 "cache_read_input_tokens": knobs.cached_tokens}
+        ident = f"msg_mock{self.count}"
+        if body.get("stream") is True:
+            return await self._stream(request, knobs,
+                                      _message_events(ident, model, pieces, stop, usage),
+                                      framed=True)
+        if knobs.delay_ms and tokens:
+            await self._flush()
+            await self._pause(tokens * knobs.delay_ms / 1000.0)
+        return await self._json(request, knobs, {
+            "id": ident, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "".join(pieces)}],
+            "stop_reason": stop, "stop_sequence": None, "usage": usage,
         })
 
     async def _embeddings(self, request: _Request, knobs: Knobs) -> bool:
@@ -1056,7 +1179,7 @@ def _with_done(events: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _chat_events(ident: str, created: int, model: str, pieces: list[str], *,
-                 finish: str, usage: dict[str, int]) -> Iterator[bytes]:
+                 finish: str, usage: dict[str, object]) -> Iterator[bytes]:
     base: dict[str, object] = {"id": ident, "object": "chat.completion.chunk",
                                "created": created, "model": model,
                                "system_fingerprint": "fp_mock"}
@@ -1074,7 +1197,7 @@ def _chat_events(ident: str, created: int, model: str, pieces: list[str], *,
 
 
 def _completion_events(ident: str, created: int, model: str, pieces: list[str], *,
-                       finish: str, usage: dict[str, int]) -> Iterator[bytes]:
+                       finish: str, usage: dict[str, object]) -> Iterator[bytes]:
     base: dict[str, object] = {"id": ident, "object": "text_completion", "created": created,
                                "model": model, "system_fingerprint": "fp_mock"}
     dumps, now = orjson.dumps, time.time
@@ -1086,10 +1209,90 @@ def _completion_events(ident: str, created: int, model: str, pieces: list[str], 
     yield dumps({**base, "choices": [], "usage": usage, "x_mock_sent_at": now()})
 
 
+class _LastEvent(bytes):
+    """A stream's last whole SSE event (a ``framed`` stream has no ``[DONE]``)."""
+
+    __slots__ = ()
+
+
+def _named(kind: str, data: dict[str, object]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (kind.encode("ascii"), orjson.dumps(data))
+
+
+def _response_message(ident: str, text: str) -> dict[str, object]:
+    return {"type": "message", "id": f"msg_{ident.removeprefix('resp_')}",
+            "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [],
+                         "logprobs": []}]}
+
+
+def _response_object(ident: str, created: int, model: str, status: str,
+                     output: list[dict[str, object]],
+                     usage: dict[str, object] | None) -> dict[str, object]:
+    return {"id": ident, "object": "response", "created_at": created, "status": status,
+            "error": None, "incomplete_details": None, "instructions": None,
+            "max_output_tokens": None, "model": model, "output": output,
+            "parallel_tool_calls": True, "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None}, "store": False,
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+            "tools": [], "top_p": 1.0, "truncation": "disabled", "usage": usage,
+            "user": None, "metadata": {}}
+
+
+def _response_events(ident: str, created: int, model: str, pieces: list[str],
+                     usage: dict[str, object]) -> Iterator[bytes]:
+    """The Responses API stream of one text message, as the openai SDK parses it."""
+    numbers = iter(range(1 << 62))
+    item_id = f"msg_{ident.removeprefix('resp_')}"
+    text = "".join(pieces)
+
+    def event(kind: str, **fields: object) -> bytes:
+        return _named(kind, {"type": kind, "sequence_number": next(numbers), **fields})
+
+    started = _response_object(ident, created, model, "in_progress", [], None)
+    yield event("response.created", response=started)
+    yield event("response.in_progress", response=started)
+    item = {**_response_message(ident, ""), "status": "in_progress", "content": []}
+    yield event("response.output_item.added", output_index=0, item=item)
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    place = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    yield event("response.content_part.added", **place, part=part)
+    for piece in pieces:
+        yield event("response.output_text.delta", **place, delta=piece, logprobs=[])
+    yield event("response.output_text.done", **place, text=text, logprobs=[])
+    yield event("response.content_part.done", **place, part={**part, "text": text})
+    message = _response_message(ident, text)
+    yield event("response.output_item.done", output_index=0, item=message)
+    done = _response_object(ident, created, model, "completed", [message], usage)
+    yield _LastEvent(event("response.completed", response=done))
+
+
+def _message_events(ident: str, model: str, pieces: list[str], stop: str,
+                    usage: dict[str, int]) -> Iterator[bytes]:
+    """The Anthropic Messages stream of one text block, as the anthropic SDK parses it."""
+    start: dict[str, object] = {
+        "id": ident, "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
+    yield _named("message_start", {"type": "message_start", "message": start})
+    yield _named("content_block_start", {"type": "content_block_start", "index": 0,
+                                         "content_block": {"type": "text", "text": ""}})
+    yield _named("ping", {"type": "ping"})
+    for piece in pieces:
+        yield _named("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": piece}})
+    yield _named("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield _named("message_delta", {"type": "message_delta",
+                                   "delta": {"stop_reason": stop, "stop_sequence": None},
+                                   "usage": {"output_tokens": usage["output_tokens"]}})
+    yield _LastEvent(_named("message_stop", {"type": "message_stop"}))
+
+
 _ROUTES: dict[bytes, tuple[_Handler, frozenset[bytes] | None]] = {
     b"/v1/chat/completions": (_Connection._chat, _POST),
     b"/v1/completions": (_Connection._completions, _POST),
     b"/v1/embeddings": (_Connection._embeddings, _POST),
+    b"/v1/responses": (_Connection._responses, _POST),
+    b"/v1/messages": (_Connection._messages, _POST),
     b"/v1/models": (_Connection._models, _GET),
     b"/echo": (_Connection._echo, None),
     b"/health": (_Connection._health, _GET),
@@ -1133,7 +1336,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Fake OpenAI-compatible inference server (JSON and SSE streaming) for "
                     "demos, tests and benchmarks. Knobs: x-mock-<name> headers or query "
                     "parameters: tokens, delay_ms, ttfb_ms, stall_after, close_after, fail, "
-                    "body_secret, secret_split, dimensions, n.")
+                    "body_secret, secret_split, dimensions, n, cached_tokens, "
+                    "cache_write_tokens.")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port to listen on; 0 picks a free one")

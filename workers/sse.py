@@ -33,7 +33,7 @@ from .responses import ERROR_TYPES
 HOLD_LIMIT = 64 * 1024
 """The most bytes of one unfinished event the gateway holds back."""
 
-_EVENT_END = re.compile(rb"[^\r\n](?>\r\n|\r|\n)[\r\n]")
+EVENT_END = re.compile(rb"[^\r\n](?>\r\n|\r|\n)[\r\n]")
 """A non-blank line's last byte, its line end, and the first byte of a blank line's line
 end (a blank line exists once its line end has begun; a ``\\n`` after that ``\\r`` only
 completes it). Atomic: ``\\r\\n`` is one line end, never ``\\r`` then a blank line."""
@@ -70,7 +70,7 @@ class SseScanner:
                 return len(data) if self.at_boundary else 0
             self.events += ended
             return len(data) if self.at_boundary else stream.rfind(b"\n\n") + 2 - len(tail)
-        found = _EVENT_END.findall(stream)  # the two-byte tail holds no whole match
+        found = EVENT_END.findall(stream)  # the two-byte tail holds no whole match
         # The next piece needs two bytes of context; a final \r\n is one line end, the
         # same as \n from here on (and the \r before it no longer matters).
         self._tail = (stream[-3:-2] + b"\n") if stream.endswith(b"\r\n") else stream[-2:]
@@ -80,9 +80,15 @@ class SseScanner:
         if self.at_boundary:
             return len(data)
         end = 0
-        for match in _EVENT_END.finditer(stream):
+        for match in EVENT_END.finditer(stream):
             end = match.end()
         return end - len(tail)
+
+    @property
+    def context(self) -> bytes:
+        """The stream's last bytes as the scanner keeps them: searching ``EVENT_END`` in
+        ``context + data`` finds the events that end in the next piece ``data``."""
+        return self._tail
 
     @property
     def at_boundary(self) -> bool:
@@ -190,4 +196,4 @@ class SseRelay:
         return out
 
 
-__all__ = ["HOLD_LIMIT", "SseRelay", "SseScanner"]
+__all__ = ["EVENT_END", "HOLD_LIMIT", "SseRelay", "SseScanner"]

@@ -865,3 +865,230 @@ async def test_upgrade_request_is_answered_then_closed(upstream: MockUpstream) -
     assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"Hello, world!\n")
     assert b"\r\nconnection: close\r\n" in received
     await raw.aclose()
+
+
+# ------------------------------------------- Responses and Messages shapes, real SDKs
+
+RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"
+
+
+def named_event(chunk: bytes) -> tuple[str, Any]:
+    """(event name, JSON data) of one named SSE event that must fill exactly one chunk."""
+    assert chunk.startswith(b"event: ") and chunk.endswith(b"\n\n"), chunk
+    assert chunk.count(b"\n\n") == 1, chunk
+    name, data = chunk[:-2].split(b"\n")
+    assert data.startswith(b"data: ")
+    return name[len(b"event: "):].decode(), orjson.loads(data[len(b"data: "):])
+
+
+async def test_cache_knobs_in_chat_usage(client: httpx.AsyncClient) -> None:
+    reply = await client.post(CHAT + "?tokens=2&cached_tokens=5", content=chat_body())
+    assert reply.json()["usage"] == {"prompt_tokens": 8, "completion_tokens": 2,
+                                     "total_tokens": 10,
+                                     "prompt_tokens_details": {"cached_tokens": 5}}
+    with pytest.raises(KnobError):
+        parse_knobs({"cached_tokens": "-1"})
+
+
+async def test_responses_stream_events(upstream: MockUpstream) -> None:
+    raw = await connect(upstream)
+    target = RESPONSES + "?tokens=2&cached_tokens=3&cache_write_tokens=1"
+    body = orjson.dumps({"model": "m-test", "input": "say hello world", "stream": True})
+    await raw.send(request_bytes("POST", target, body))
+    reply = await raw.reply("POST", RESPONSES)
+    assert reply.status == 200
+    events = [named_event(chunk) for chunk in reply.chunks]
+    names = [name for name, _ in events]
+    assert names == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", "response.output_text.delta",
+                     "response.output_text.delta", "response.output_text.done",
+                     "response.content_part.done", "response.output_item.done",
+                     "response.completed"]
+    assert [data["type"] for _, data in events] == names
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    usage = events[-1][1]["response"]["usage"]
+    assert usage == {"input_tokens": 6,
+                     "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 1},
+                     "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 0},
+                     "total_tokens": 8}
+    again = await raw.request("GET", "/small")  # keep-alive after the stream
+    assert again.body == b"Hello, world!\n"
+    await raw.aclose()
+
+
+async def test_messages_stream_events_and_close_after(upstream: MockUpstream) -> None:
+    raw = await connect(upstream)
+    body = orjson.dumps({"model": "m-test", "max_tokens": 16, "stream": True,
+                         "messages": [{"role": "user", "content": "say hello world"}]})
+    await raw.send(request_bytes("POST", MESSAGES + "?tokens=3", body))
+    reply = await raw.reply("POST", MESSAGES)
+    names = [named_event(chunk)[0] for chunk in reply.chunks]
+    assert names == ["message_start", "content_block_start", "ping", "content_block_delta",
+                     "content_block_delta", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop"]
+    await raw.aclose()
+
+    raw = await connect(upstream)
+    target = MESSAGES + "?close_after=1000&tokens=1"
+    await raw.send(request_bytes("POST", target, body))
+    await raw.head("POST", target)
+    events = []
+    with pytest.raises(h11.RemoteProtocolError):  # all events, no terminating chunk
+        while (chunk := await raw.next_chunk()) is not None:
+            events.append(named_event(chunk)[0])
+    assert len(events) == 1 + 6 and events[-1] == "message_stop"
+    await raw.aclose()
+
+
+async def test_messages_fail_uses_anthropic_error_shape(client: httpx.AsyncClient) -> None:
+    reply = await client.post(MESSAGES + "?fail=529", content=b"{}")
+    assert reply.status_code == 529
+    assert reply.json() == {"type": "error", "error": {
+        "type": "overloaded_error", "message": "mock-upstream failure (status 529)"}}
+    reply = await client.post(MESSAGES + "?fail=429", content=b"{}")
+    assert reply.json()["error"]["type"] == "rate_limit_error"
+    bad = await client.post(MESSAGES, content=b"[")
+    assert bad.status_code == 400
+    assert bad.json()["type"] == "error"
+    assert bad.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_responses_with_the_openai_sdk(upstream: MockUpstream) -> None:
+    import openai
+
+    def run() -> None:
+        sdk = openai.OpenAI(base_url=upstream.url + "/v1", api_key="x", max_retries=0,
+                            default_query={"tokens": "4", "cached_tokens": "2"})
+        response = sdk.responses.create(model="m-test", input="hi there")
+        assert response.output_text == "Hello from the li-httpd"
+        assert response.status == "completed"
+        assert response.usage is not None
+        assert (response.usage.input_tokens, response.usage.output_tokens,
+                response.usage.input_tokens_details.cached_tokens,
+                response.usage.total_tokens) == (4, 4, 2, 8)
+        deltas = []
+        completed = None
+        for event in sdk.responses.create(model="m-test", input="hi there", stream=True):
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+            elif event.type == "response.completed":
+                completed = event.response
+        assert "".join(deltas) == "Hello from the li-httpd"
+        assert completed is not None and completed.usage is not None
+        assert completed.output_text == "Hello from the li-httpd"
+        assert (completed.usage.input_tokens, completed.usage.output_tokens,
+                completed.usage.input_tokens_details.cached_tokens) == (4, 4, 2)
+        with sdk.responses.stream(model="m-test", input="hi there") as stream:
+            final = stream.get_final_response()
+        assert final.usage is not None and final.usage.output_tokens == 4
+        with pytest.raises(openai.RateLimitError):
+            sdk.responses.create(model="m-test", input="hi", extra_query={"fail": "429"})
+
+    await trio.to_thread.run_sync(run)
+
+
+async def test_messages_with_the_anthropic_sdk(upstream: MockUpstream) -> None:
+    import anthropic
+
+    def run() -> None:
+        sdk = anthropic.Anthropic(base_url=upstream.url, api_key="x", max_retries=0,
+                                  default_query={"tokens": "3", "cached_tokens": "7",
+                                                 "cache_write_tokens": "5"})
+        messages: Any = [{"role": "user", "content": "say hello world"}]
+        message = sdk.messages.create(model="m-test", max_tokens=16, messages=messages,
+                                      system="be brief")
+        assert [block.type for block in message.content] == ["text"]
+        assert message.content[0].text == "Hello from the"  # type: ignore[union-attr]
+        assert message.stop_reason == "end_turn"
+        usage = message.usage
+        assert (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens,
+                usage.cache_creation_input_tokens) == (5, 3, 7, 5)
+        with sdk.messages.stream(model="m-test", max_tokens=16, messages=messages) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text == "Hello from the"
+        assert (final.usage.input_tokens, final.usage.output_tokens,
+                final.usage.cache_read_input_tokens,
+                final.usage.cache_creation_input_tokens) == (3, 3, 7, 5)
+        raw_events = list(sdk.messages.create(model="m-test", max_tokens=2, messages=messages,
+                                              stream=True))
+        assert [event.type for event in raw_events][-2:] == ["message_delta", "message_stop"]
+        delta = raw_events[-2]
+        assert delta.type == "message_delta"
+        assert delta.usage.output_tokens == 2 and delta.delta.stop_reason == "max_tokens"
+        with pytest.raises(anthropic.APIStatusError) as failed:
+            sdk.messages.create(model="m-test", max_tokens=16, messages=messages,
+                                extra_query={"fail": "529"})
+        assert failed.value.status_code == 529
+
+    await trio.to_thread.run_sync(run)
+
+
+@pytest.mark.parametrize(("path", "body", "expected"), [
+    (CHAT, {"messages": [{"role": "user", "content": "say hello world"}]}, (3, 4, 2, 0)),
+    (COMPLETIONS, {"prompt": "say hello world"}, (3, 4, 2, 0)),
+    (RESPONSES, {"input": "say hello world"}, (3, 4, 2, 0)),
+    (MESSAGES, {"max_tokens": 16, "messages": [{"role": "user", "content": "say hello world"}]},
+     (3, 4, 2, 1)),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_scanner_reads_the_mock(client: httpx.AsyncClient, path: str,
+                                            body: dict[str, Any], stream: bool,
+                                            expected: tuple[int, int, int, int]) -> None:
+    """The gateway's usage scanner (workers/usage.py) reads what the mock reports, fed
+    the de-chunked body as it arrives."""
+    from li_httpd.workers.usage import UsageScanner, shape_of
+
+    shape = shape_of(path)
+    assert shape is not None
+    scanner = UsageScanner(shape, sse=stream)
+    target = path + "?tokens=4&cached_tokens=2&cache_write_tokens=1"
+    async with client.stream("POST", target, content=orjson.dumps(
+            {"model": "m-test", "stream": stream, **body})) as reply:
+        assert reply.status_code == 200
+        async for piece in reply.aiter_bytes():
+            scanner.feed(piece)
+    usage = scanner.finish()
+    assert usage.found
+    assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+            usage.cache_write_tokens) == expected
+
+
+@pytest.mark.parametrize(("path", "events"), [(RESPONSES, 3 + 8), (MESSAGES, 3 + 6)])
+async def test_new_shapes_keep_the_timing_and_cut_knobs(
+        autojump_clock: trio.testing.MockClock, path: str, events: int) -> None:
+    body = orjson.dumps({"model": "m", "max_tokens": 16, "input": "hi", "stream": True,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    server = MockUpstream()
+    async with trio.open_nursery() as nursery:
+        raw = socketpair_client(server, nursery)
+        start = trio.current_time()
+        target = path + "?tokens=3&delay_ms=1000&ttfb_ms=5000&body_secret=sk-x1"
+        await raw.send(request_bytes("POST", target, body))
+        await raw.head("POST", target)
+        arrivals, chunks = [], []
+        while (chunk := await raw.next_chunk()) is not None:
+            arrivals.append(trio.current_time() - start)
+            chunks.append(chunk)
+        assert arrivals == pytest.approx([5.0 + i for i in range(events + 1)])  # + the secret
+        assert b"sk-x1" in b"".join(chunks)
+
+        json_body = orjson.loads(body.replace(b'"stream":true', b'"stream":false'))
+        start = trio.current_time()
+        reply = await raw.request("POST", path + "?tokens=4&delay_ms=500",
+                                  orjson.dumps(json_body))
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert reply.json()["usage"]["output_tokens"] == 4
+
+        target = path + "?stall_after=2&tokens=5"
+        await raw.send(request_bytes("POST", target, body))
+        await raw.head("POST", target)
+        assert await raw.next_chunk() is not None
+        assert await raw.next_chunk() is not None
+        with trio.move_on_after(3600) as waited:
+            await raw.next_chunk()
+        assert waited.cancelled_caught
+        assert server.stats.responses_stalled == 1
+        await raw.aclose()
+        nursery.cancel_scope.cancel()
