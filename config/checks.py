@@ -15,6 +15,7 @@ from .paths import PathError, normalize_path
 
 TOKEN_RE = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -112,6 +113,13 @@ def identifier(value: Any) -> str | None:
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         return (f"{value!r} is not a valid name: use letters, digits, '_' and '-' "
                 "(at most 64, starting with a letter or digit)")
+    return None
+
+
+def model_name(value: Any) -> str | None:
+    if not isinstance(value, str) or not MODEL_RE.fullmatch(value):
+        return (f"{value!r} is not a valid model name: letters, digits and . _ : / @ + - "
+                "(at most 128, starting with a letter or digit)")
     return None
 
 

@@ -221,6 +221,36 @@ class Upstream:
                            f"{kind!r} is not one of {', '.join(HEALTH_FAILURES)}"))
 
 
+# -- [models."NAME"] ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelPrice:
+    input: float = setting(0.0, doc="USD per million input tokens (those not read from the "
+                           "provider's prompt cache).", minimum=0, maximum=100_000)
+    output: float = setting(0.0, doc="USD per million output tokens.", minimum=0,
+                            maximum=100_000)
+    cache_read: float = setting(0.0, doc="USD per million input tokens read from the "
+                                "prompt cache.", minimum=0, maximum=100_000)
+    cache_write: float = setting(0.0, doc="USD per million input tokens written to the "
+                                 "prompt cache.", minimum=0, maximum=100_000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Model:
+    pool: str = setting(doc="Upstream pool that serves this model: a route with "
+                        "`model_routing = true` sends the model's requests there.")
+    owned_by: str = setting("li-httpd", doc="`owned_by` of the model in `GET /v1/models`.",
+                            check=checks.model_name, check_rule="model")
+    price: ModelPrice = setting(doc="Prices (USD per million tokens) for the cost in audit "
+                                "records, metrics and dollar budgets.", factory=ModelPrice,
+                                style="inline")
+    default_max_tokens: int = setting(4096, doc="Output tokens a budget reserves for a "
+                                      "request of this model that sets no `max_tokens`, "
+                                      "`max_completion_tokens` or `max_output_tokens`.",
+                                      minimum=1, maximum=10_000_000)
+
+
 # -- [static.NAME] ----------------------------------------------------------------------------
 
 
@@ -241,6 +271,17 @@ class ApiKey:
                       check_rule="auth")
     sha256: str = setting(doc="SHA-256 of the raw key, hex (`li-httpd hash-key`).",
                           check=checks.sha256_hex, check_rule="auth")
+    models: tuple[str, ...] = setting((), doc="Models (`[models]` names) this key may use; "
+                                      "[] = every model. Another model: 403.")
+    tokens_per_minute: int = setting(0, doc="Token budget (input + output) per minute, "
+                                     "reserved before each call; 0 = none.", minimum=0,
+                                     maximum=1_000_000_000)
+    usd_budget: float = setting(0.0, doc="Dollar budget per `budget_window` (priced from "
+                                "`[models]`), reserved before each call; 0 = none.",
+                                minimum=0, maximum=1_000_000_000)
+    budget_window: Millis = setting(Millis(DAY), doc="The dollar budget's window (fixed "
+                                    "windows from the Unix epoch).", minimum=MINUTE,
+                                    maximum=31 * DAY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -545,6 +586,19 @@ class Route:
                                        inherit=True)
     timeouts: RouteTimeouts = setting(doc="Proxy routes: upstream response timers and SSE "
                                       "heartbeats.", factory=RouteTimeouts)
+    model_routing: bool = setting(False, doc="Proxy routes: send a request to the pool of "
+                                  "the model it names (`x-model` header, else the JSON "
+                                  "body's top-level `model`) from `[models]`; an unknown "
+                                  "model gets 404 `model_not_found`; a request naming no "
+                                  "model goes to `proxy`.")
+    usage_accounting: bool = setting(True, doc="Proxy routes: read token usage from the "
+                                     "responses that pass (never changing a byte) into "
+                                     "audit records, metrics and budgets.", inherit=True)
+    inject_stream_usage: bool = setting(False, doc="Add `\"stream_options\": "
+                                        "{\"include_usage\": true}` to OpenAI streaming "
+                                        "chat and completion requests that lack it, so their "
+                                        "streams report usage. The one setting that changes "
+                                        "request bytes.", inherit=True)
     fallback: RouteFallback = setting(doc="Proxy routes: other pools tried before the "
                                       "first response byte.", factory=RouteFallback)
     request_buffering: bool = setting(True, doc="Proxy routes: read the whole request "
@@ -569,9 +623,17 @@ class Defaults:
                                       factory=RouteTimeouts)
     request_buffering: bool = setting(True, doc="`request_buffering` for routes that do "
                                       "not set their own.")
+    usage_accounting: bool = setting(True, doc="`usage_accounting` for routes that do not "
+                                     "set their own.")
+    inject_stream_usage: bool = setting(False, doc="`inject_stream_usage` for routes that "
+                                        "do not set their own.")
 
 
 def _empty_upstreams() -> Mapping[str, Upstream]:
+    return MappingProxyType({})
+
+
+def _empty_models() -> Mapping[str, Model]:
     return MappingProxyType({})
 
 
@@ -587,6 +649,11 @@ class Config:
                                                 factory=_empty_upstreams,
                                                 key_check=checks.identifier,
                                                 check_rule="name")
+    models: Mapping[str, Model] = setting(doc="Model catalog: what `GET /v1/models` lists, "
+                                          "where `model_routing` routes, prices.",
+                                          factory=_empty_models,
+                                          key_check=checks.model_name,
+                                          check_rule="model")
     static: Mapping[str, StaticRoot] = setting(doc="Static roots by name.",
                                                factory=_empty_static,
                                                key_check=checks.identifier,
@@ -600,7 +667,7 @@ class Config:
     route: tuple[Route, ...] = setting((), doc="Routes (canonical form); see [routes] for "
                                        "the easy form.")
 
-BUILTIN_STATIC = ("healthcheck",)
+BUILTIN_STATIC = ("healthcheck", "models")
 """Built-in responders a route may name as ``static:<name>``."""
 
 RATE_LIMIT_EXEMPT = ("healthcheck",)

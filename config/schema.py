@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .locate import KeyPath, format_path
 from .problems import Problems
@@ -101,6 +102,9 @@ def default_of(f: dataclasses.Field[Any]) -> Any:
     raise KeyError(f.name)
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 class InvalidValue(Exception):  # noqa: N818 - a control-flow signal, not an error report
     """The value at this path was reported to Problems and cannot be built."""
 
@@ -135,6 +139,8 @@ def describe(tp: Any) -> str:
         return "a boolean"
     if tp is int:
         return "an integer"
+    if tp is float:
+        return "a number"
     if tp is str:
         return "a string"
     origin = typing.get_origin(tp)
@@ -238,12 +244,12 @@ class Decoder:
                 self._fail(path, spec.check_rule, message)
         return decoded
 
-    def _bounded(self, number: int, path: KeyPath, spec: Spec, tp: Any) -> int:
-        def show(n: int) -> str:
+    def _bounded(self, number: _Number, path: KeyPath, spec: Spec, tp: Any) -> _Number:
+        def show(n: float) -> str:
             if tp is Size:
-                return f'"{format_size(n)}"'
+                return f'"{format_size(int(n))}"'
             if tp is Millis:
-                return f'"{format_duration(n)}"'
+                return f'"{format_duration(int(n))}"'
             return str(n)
 
         if spec.maximum is not None and number > spec.maximum:
@@ -276,6 +282,12 @@ class Decoder:
             if not isinstance(raw, int) or isinstance(raw, bool):
                 self._fail(path, "type", f"expected an integer, got {_type_name(raw)}")
             return self._bounded(raw, path, spec, tp)
+        if tp is float:
+            if not isinstance(raw, int | float) or isinstance(raw, bool):
+                self._fail(path, "type", f"expected a number, got {_type_name(raw)}")
+            if not math.isfinite(raw):
+                self._fail(path, "type", f"expected a finite number, got {raw}")
+            return float(self._bounded(raw, path, spec, tp))
         if tp is str:
             if not isinstance(raw, str):
                 self._fail(path, "type", f"expected a string, got {_type_name(raw)}")
@@ -384,6 +396,8 @@ def inline(tp: Any, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return repr(value)  # finite (checked on load): a TOML float, e.g. 0.15 or 1e-05
     if isinstance(value, str):
         return _toml_string(value)
     origin = typing.get_origin(tp)

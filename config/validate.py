@@ -109,6 +109,11 @@ RULES: tuple[Rule, ...] = (
                               "heartbeat_interval (a committed stream must show it is alive)."),
     Rule("fallback", "fallback.chain names declared upstreams, each once, other than the "
                      "route's own pool, on a proxy route; fallback.on is not empty."),
+    Rule("model", "Model names (and owned_by): letters, digits and . _ : / @ + -, at most "
+                  "128, starting with a letter or digit."),
+    Rule("model_pool", "Every [models] entry's pool is a declared upstream."),
+    Rule("model_routing", "model_routing needs a proxy route and a [models] catalog."),
+    Rule("key_models", "A key's models are [models] names."),
     Rule("auth", "Keys: unique ids and hashes; a route with auth = api_key needs keys."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
                         "mode = bad only under the exploit profile."),
@@ -209,6 +214,25 @@ def _check_fallbacks(config: Config, problems: Problems) -> None:
             problems.error(_route_path(index, "fallback", "on"), "fallback",
                            "fallback.on is empty: the chain would never be used; name at "
                            "least one of connect, status, ttfb_timeout, reset")
+
+
+def _check_models(config: Config, problems: Problems) -> None:
+    for name, model in config.models.items():
+        if model.pool not in config.upstreams:
+            problems.error(("models", name, "pool"), "model_pool",
+                           f"model {name!r}: pool {model.pool!r} is not a declared "
+                           f"[upstreams.{model.pool}]{suggest(model.pool, config.upstreams)}")
+    for index, route in enumerate(config.route):
+        if route.model_routing and (route.proxy is None or not config.models):
+            problems.error(_route_path(index, "model_routing"), "model_routing",
+                           "model_routing needs a proxy route (its pool serves requests "
+                           "that name no model) and models in [models]")
+    for index, key in enumerate(config.auth.keys):
+        for position, name in enumerate(key.models):
+            if name not in config.models:
+                problems.error(("auth", "keys", index, "models", position), "key_models",
+                               f"key {key.id!r}: model {name!r} is not in [models]"
+                               f"{suggest(name, config.models)}")
 
 
 def _check_has_routes(config: Config, problems: Problems) -> None:
@@ -683,6 +707,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_has_routes, _ROUTES),
     (_check_targets, (*_ROUTES, ("upstreams",), ("static",))),
     (_check_fallbacks, (*_ROUTES, ("upstreams",))),
+    (_check_models, (*_ROUTES, ("upstreams",), ("models",), ("auth",))),
     (_check_names_and_priorities, _ROUTES),
     (_check_matches, (*_ROUTES, _LISTEN)),
     (_check_shadowing, _ROUTES),

@@ -13,8 +13,9 @@ failure (connect, closed, protocol, retryable status, first-byte timeout) and ca
 out the decision. A first-byte timeout that can only end in the 504 is left to the
 connection's deadline; only when another attempt could follow does the wait for the
 head run in a cancel scope of its own (``Deadline.soft``, ~6 us per scope), as it does
-for a stream committed early (``early_stream_head``), whose wait gets heartbeats. The handler sees the client only through :class:`~.port.ClientPort`
-and records what happened on the request's :class:`~.exchange.Exchange`.
+for a stream committed early (``early_stream_head``), whose wait gets heartbeats. The
+handler sees the client only through :class:`~.port.ClientPort` and records what
+happened on the request's :class:`~.exchange.Exchange`.
 
 Response side: allowed headers pass, the gateway sets framing, ``date`` and
 ``x-request-id``; SSE responses get ``Cache-Control: no-cache`` and
