@@ -58,6 +58,13 @@ class NoMetrics:
     def log_dropped(self, kind: str, count: int) -> None:
         pass
 
+    def usage(self, route: bytes, model: str, tokens: tuple[int, int, int, int],
+              cost_usd: float) -> None:
+        pass
+
+
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
+
 
 class Metrics(NoMetrics):
     """One worker's metric families, with label children cached on first use."""
@@ -88,6 +95,11 @@ class Metrics(NoMetrics):
         self._dropped = Counter("li_log_dropped_total",
                                 "Log records dropped because a worker's queue was full.",
                                 ["kind"])
+        self._tokens = Counter("li_tokens_total", "Tokens used, from the usage the upstream "
+                               "reported (model: a [models] name, or \"other\").",
+                               ["route", "model", "kind"])
+        self._cost = Counter("li_cost_usd_total", "Estimated cost in USD, priced from "
+                             "[models].", ["route", "model"])
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, family: Any, *labels: str) -> Any:
@@ -122,6 +134,15 @@ class Metrics(NoMetrics):
 
     def log_dropped(self, kind: str, count: int) -> None:
         self._child(self._dropped, kind).inc(count)
+
+    def usage(self, route: bytes, model: str, tokens: tuple[int, int, int, int],
+              cost_usd: float) -> None:
+        name = route.decode()
+        for kind, count in zip(TOKEN_KINDS, tokens, strict=True):
+            if count:
+                self._child(self._tokens, name, model, kind).inc(count)
+        if cost_usd:
+            self._child(self._cost, name, model).inc(cost_usd)
 
 
 def for_config(config: Config) -> NoMetrics:

@@ -220,6 +220,13 @@ class ClientConnection:
                 200, _HEALTH_BODY, exchange.request_id, ctx.housekeeping.date,
                 keep_alive=keep, head_only=head.method == b"HEAD"), Phase.FRAMED)
             return Handled("completed", keep)
+        if plan.models_list:
+            keep = head.keep_alive and not head.has_body
+            await self.respond(200, json_response(
+                200, ctx.model_lists.body(exchange.key_id), exchange.request_id,
+                ctx.housekeeping.date, keep_alive=keep, head_only=head.method == b"HEAD"),
+                Phase.FRAMED)
+            return Handled("completed", keep)
         if plan.static is not None:
             return await serve_static(self, exchange, admitted, ctx.housekeeping.date)
         metrics = ctx.metrics
@@ -269,13 +276,14 @@ class ClientConnection:
 
     async def reject(self, status: int, *, message: str | None = None,
                      headers: tuple[Header, ...] = (), keep_alive: bool = True,
-                     outcome: Outcome = "rejected") -> Handled:
+                     outcome: Outcome = "rejected",
+                     error_type: str | None = None) -> Handled:
         exchange = self.exchange
         assert exchange is not None, "only while a request is handled"
         head = exchange.head
         keep = keep_alive and head.keep_alive and not head.has_body
         await self._send_error(status, keep_alive=keep, message=message, headers=headers,
-                               head_only=head.method == b"HEAD")
+                               head_only=head.method == b"HEAD", error_type=error_type)
         return Handled(outcome, keep)
 
     def abort(self) -> None:
@@ -290,7 +298,8 @@ class ClientConnection:
     # -- the end of a request ------------------------------------------------------------------
 
     async def _send_error(self, status: int, *, keep_alive: bool, message: str | None = None,
-                          headers: tuple[Header, ...] = (), head_only: bool = False) -> None:
+                          headers: tuple[Header, ...] = (), head_only: bool = False,
+                          error_type: str | None = None) -> None:
         """The gateway's JSON error as the response to the current request (or to no
         request: a timeout between requests)."""
         exchange = self.exchange
@@ -301,7 +310,7 @@ class ClientConnection:
             request_id = self.ctx.request_ids.next()
         await self.io.send_all(error_response(
             status, request_id, self.ctx.housekeeping.date, keep_alive=keep_alive,
-            message=message, extra=headers, head_only=head_only))
+            message=message, extra=headers, head_only=head_only, error_type=error_type))
 
     async def _meter(self, exchange: Exchange, count: int) -> None:
         """Charge request-body bytes to the caller's byte rate, pausing (backpressure on
@@ -345,6 +354,19 @@ class ClientConnection:
                              exchange.ttfb_ms, exchange.peer)
         if outcome not in NORMAL_OUTCOMES:
             self._log_abnormal(exchange, outcome, bytes_out)
+        usage = None
+        scanner = exchange.usage
+        if scanner is not None:
+            used = scanner.finish()
+            if used.found:
+                model = exchange.model or ""
+                plan = self.ctx.models.get(model)
+                cost = used.cost(plan.price) if plan is not None else 0.0
+                usage = (used.input_tokens, used.output_tokens, used.cache_read_tokens,
+                         used.cache_write_tokens, cost)
+                if exchange.route is not None:  # a label only for [models] names
+                    metrics.usage(exchange.route, model if plan is not None else "other",
+                                  usage[:4], cost)
         if exchange.audited:
             if exchange.route is not None:
                 metrics.stream_outcome(exchange.route, outcome)
@@ -353,7 +375,8 @@ class ClientConnection:
                 else "error" if status >= 500 or status == 0 else "allow")
             log.audit(exchange.request_id, key_id, exchange.route, exchange.model,
                       head.method, path, status, outcome, decision, exchange.peer,
-                      latency_ms, exchange.ttfb_ms, bytes_in, bytes_out, exchange.attempts)
+                      latency_ms, exchange.ttfb_ms, bytes_in, bytes_out, exchange.attempts,
+                      usage)
 
     def _log_abnormal(self, exchange: Exchange, outcome: Outcome, bytes_out: int) -> None:
         """The one error-log line of a request that ended abnormally."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import random
 import ssl
+import time
 from dataclasses import dataclass
 from typing import cast
 
+import orjson
 from li_httpd.config import Found, LoadedConfig, Router
-from li_httpd.config.model import RateLimit, Route
+from li_httpd.config.model import Config, Model, RateLimit, Route
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
 from li_httpd.shm import SharedState, gcra, layout_for, peer_ids
@@ -27,6 +29,7 @@ from .policy import HeaderPolicy
 from .retry import FallbackPolicy, FallbackTrigger
 from .static import StaticSite
 from .upstream import UpstreamGroup
+from .usage import Price
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,56 @@ class RoutePlan:
     """What moves a request on to the next pool (None: no chain)."""
     early_head: bool
     """``early_stream_head``: a request asking for a stream gets the SSE head at once."""
+    model_routing: bool
+    """The pool comes from the model the request names (``[models]``)."""
+    accounting: bool
+    """``usage_accounting``: token usage is read from the responses."""
+    inject_usage: bool
+    """``inject_stream_usage``: OpenAI streaming requests ask for a usage chunk."""
+    models_list: bool
+    """The built-in ``GET /v1/models`` responder."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    """A ``[models]`` entry, compiled: its pool and prices."""
+
+    group: UpstreamGroup
+    price: Price
+    default_max_tokens: int
+
+    @classmethod
+    def of(cls, model: Model, group: UpstreamGroup) -> ModelPlan:
+        price = model.price
+        return cls(group, Price(price.input, price.output, price.cache_read,
+                                price.cache_write), model.default_max_tokens)
+
+
+class ModelLists:
+    """What ``GET /v1/models`` answers (OpenAI's list shape), per API key: only the models
+    the key may use. Rendered once per config generation."""
+
+    __slots__ = ("_allowed", "_bodies")
+
+    def __init__(self, config: Config) -> None:
+        created = int(time.time())
+        self._allowed: dict[str | None, frozenset[str]] = {
+            key.id: frozenset(key.models) for key in config.auth.keys if key.models}
+        self._bodies: dict[str | None, bytes] = {}
+        for key_id in (None, *self._allowed):
+            names = [name for name in config.models if self.allows(key_id, name)]
+            self._bodies[key_id] = orjson.dumps({"object": "list", "data": [
+                {"id": name, "object": "model", "created": created,
+                 "owned_by": config.models[name].owned_by} for name in names]})
+
+    def allows(self, key_id: str | None, model: str) -> bool:
+        """Whether the caller with ``key_id`` may use ``model`` (a key without a list may
+        use any model)."""
+        allowed = self._allowed.get(key_id) if key_id is not None else None
+        return allowed is None or model in allowed
+
+    def body(self, key_id: str | None) -> bytes:
+        return self._bodies.get(key_id, self._bodies[None])
 
 
 class RequestIds:
@@ -107,8 +160,8 @@ def _seed(config: LoadedConfig) -> bytes:
 
 class WorkerContext:
     __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "log", "metrics",
-                 "plans", "request_ids", "resolved", "router", "server_tls", "shared",
-                 "timeouts")
+                 "model_lists", "models", "plans", "request_ids", "resolved", "router",
+                 "server_tls", "shared", "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
                  shared: SharedState | None = None, slot: int = 0,
@@ -146,6 +199,9 @@ class WorkerContext:
                                            ids[name], self.log)
                        for index, (name, upstream) in enumerate(config.upstreams.items())}
         self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
+        self.models = {name: ModelPlan.of(model, self.groups[model.pool])
+                       for name, model in config.models.items()}
+        self.model_lists = ModelLists(config)
         sites = {name: StaticSite(root) for name, root in config.static.items()}
         self.plans: dict[str, RoutePlan] = {}
         for route in config.route:
@@ -173,6 +229,10 @@ class WorkerContext:
                     frozenset(cast("list[FallbackTrigger]", route.fallback.on)),
                     frozenset(route.fallback.statuses)) if route.fallback.chain else None,
                 early_head=timers.early_stream_head and timers.heartbeat_interval > 0,
+                model_routing=route.model_routing,
+                accounting=route.usage_accounting,
+                inject_usage=route.inject_stream_usage,
+                models_list=route.static == "models",
             )
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from .http1 import RequestHead
 from .identity import Caller
 from .sse import SseRelay
 from .upstream import PeerTarget, UpstreamConn, UpstreamGroup
+from .usage import UsageScanner
 
 if TYPE_CHECKING:
     from .sockio import DeadlineReason
@@ -110,7 +111,8 @@ class Exchange:
 
     __slots__ = ("attempts", "audited", "caller", "continue_sent", "detail", "group", "head",
                  "meter", "model", "outcome", "path_invalid", "peer", "phase", "request_id",
-                 "route", "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream")
+                 "route", "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream",
+                 "usage")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
         self.head = head
@@ -140,6 +142,8 @@ class Exchange:
         self.attempts: list[tuple[str, str, str | None]] | None = None
         """Every upstream attempt (pool, peer, failure), kept only once one failed: the
         audit record's ``attempts``. None for the common single clean attempt."""
+        self.usage: UsageScanner | None = None
+        """Reads the token usage of the response being relayed (``usage_accounting``)."""
         self.sse: SseRelay | None = None
         """The SSE relay of a response in :attr:`Phase.SSE`: what ends it on a failure,
         and its scanner's event count for the error-log line of an abnormal end."""

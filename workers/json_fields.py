@@ -36,12 +36,13 @@ def top_level(data: bytes, names: Collection[bytes], *,
     array, or whose scalar is not valid JSON, is left out. The scan stops at the first
     byte that starts no token (e.g. a string cut off by the end of ``data``): what
     follows it would be read out of context. Data that is not a JSON object gives
-    ``{}``. ``complete``: ``data`` is the whole body; a small one is parsed whole, and
-    gives ``{}`` when it is not valid JSON."""
+    ``{}``. A key given twice takes its last value, as JSON parsers do (the upstream's
+    included), so the gateway never routes or prices by a value the upstream does not
+    use. ``complete``: ``data`` is the whole body; a small one is parsed whole, and gives
+    ``{}`` when it is not valid JSON."""
     if complete and len(data) <= PARSE_WHOLE:
         return _parsed(data, names)
     found: dict[bytes, JsonScalar] = {}
-    wanted = len(names)
     depth = 0
     key: bytes | None = None   # the top-level key whose value comes next
     expect_key = False         # at depth 1, the next string is a key
@@ -89,8 +90,6 @@ def top_level(data: bytes, names: Collection[bytes], *,
         with contextlib.suppress(orjson.JSONDecodeError):
             found[key] = orjson.loads(token)
         key = None
-        if len(found) == wanted:
-            return found
     return found
 
 
@@ -109,4 +108,24 @@ def _parsed(data: bytes, names: Collection[bytes]) -> dict[bytes, JsonScalar]:
     return found
 
 
-__all__ = ["PARSE_WHOLE", "JsonScalar", "top_level"]
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+
+
+def with_stream_usage(body: bytes) -> bytes:
+    """``body`` (a complete JSON object) asking for a usage chunk at the end of its
+    stream: ``"stream_options": {"include_usage": true}`` inserted before the closing
+    brace, every other byte kept. Unchanged when the body is not a JSON object or already
+    has ``stream_options`` (the client chose)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(doc, dict) or "stream_options" in doc:
+        return body
+    end = body.rstrip().rfind(b"}")
+    if end < 0:
+        return body
+    return body[:end] + (b"," if doc else b"") + _INCLUDE_USAGE + body[end:]
+
+
+__all__ = ["PARSE_WHOLE", "JsonScalar", "top_level", "with_stream_usage"]

@@ -42,9 +42,11 @@ class ClientPort(Protocol):
 
     async def reject(self, status: int, *, message: str | None = None,
                      headers: tuple[Header, ...] = (), keep_alive: bool = True,
-                     outcome: Outcome = "rejected") -> Handled:
-        """Answer with the gateway's JSON error for ``status`` instead of a response,
-        and say the request ended with ``outcome``. A request whose body was not read to
+                     outcome: Outcome = "rejected",
+                     error_type: str | None = None) -> Handled:
+        """Answer with the gateway's JSON error for ``status`` (its ``type`` is
+        ``error_type`` when given) instead of a response, and say the request ended with
+        ``outcome``. A request whose body was not read to
         its end closes the connection."""
 
     def abort(self) -> None:

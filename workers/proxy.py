@@ -52,7 +52,7 @@ from .http1 import (
     ResponseReader,
     UpstreamProtocolError,
 )
-from .json_fields import JsonScalar, top_level
+from .json_fields import JsonScalar, top_level, with_stream_usage
 from .port import ClientPort
 from .responses import render_head
 from .retry import (
@@ -68,6 +68,7 @@ from .retry import (
 from .sockio import ClientGone, DeadlineReason, PeerGone
 from .sse import SseRelay, SseScanner
 from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
+from .usage import ApiShape, UsageScanner, shape_of
 
 REPLAYABLE_BODY = 64 * 1024
 _SSE = b"text/event-stream"
@@ -120,6 +121,7 @@ async def _body_start(client: ClientPort, buffer_whole: bool) -> tuple[bytes, bo
 
 
 _FIELDS = (b"model", b"stream")
+_USAGE_INJECTABLE: frozenset[ApiShape | None] = frozenset({"chat", "completions"})
 """The request body's top-level fields the proxy reads (the body itself passes as is)."""
 
 
@@ -208,12 +210,14 @@ def _whole_events(pieces: list[bytes]) -> bool:
 
 
 def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRelay | None,
-              until_close: bool) -> bytes:
+              until_close: bool, usage: UsageScanner | None) -> bytes:
     """What to write to the client for the body ``pieces`` just decoded: through
     ``relay`` for an SSE body (only whole events; the held rest once ``complete``, which
     for a body that ends ``until_close`` must fall between events), chunk-framed when
-    ``chunked``, with the last chunk once ``complete``."""
+    ``chunked``, with the last chunk once ``complete``. ``usage`` reads the same bytes."""
     data = b"".join(pieces) if pieces else b""
+    if usage is not None and data:
+        usage.feed(data)
     if relay is not None:
         if data:
             data = relay.relay(data)
@@ -237,7 +241,8 @@ def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
 class _Proxy:
     """One proxied request: attempts on upstream peers, then the relay of the answer."""
 
-    __slots__ = ("beat_at", "client", "ctx", "exchange", "head", "plan", "upstream_path")
+    __slots__ = ("beat_at", "client", "ctx", "exchange", "head", "plan", "shape",
+                 "upstream_path")
 
     def __init__(self, ctx: WorkerContext, client: ClientPort, exchange: Exchange,
                  admitted: Admitted) -> None:
@@ -249,6 +254,8 @@ class _Proxy:
         self.upstream_path = admitted.upstream_path
         self.beat_at = 0.0
         """When the next heartbeat is due on a stream committed early."""
+        self.shape: ApiShape | None = None
+        """The API shape whose token usage the response carries (``usage_accounting``)."""
 
     async def run(self) -> Handled:
         client, head, exchange, ctx, plan = (self.client, self.head, self.exchange, self.ctx,
@@ -260,7 +267,24 @@ class _Proxy:
             if head.has_body else (b"", True)
         body = start if complete else None
         fields = top_level(start, _FIELDS, complete=complete) if start else {}
-        exchange.model = _model_of(head, fields)
+        model = exchange.model = _model_of(head, fields)
+        if model is not None:
+            if plan.model_routing:
+                entry = ctx.models.get(model)
+                if entry is None:
+                    return await client.reject(
+                        404, message=f"model {model!r} does not exist", outcome="rejected",
+                        error_type="model_not_found")
+                group = entry.group
+            if not ctx.model_lists.allows(exchange.key_id, model):
+                return await client.reject(
+                    403, message=f"this key may not use model {model!r}", outcome="rejected",
+                    error_type="model_not_allowed")
+        if plan.accounting:
+            self.shape = shape_of(self.upstream_path)
+            if body is not None and plan.inject_usage and self.shape in _USAGE_INJECTABLE \
+                    and fields.get(b"stream") is True:
+                body = start = with_stream_usage(body)
         replay = replay_of(head.method, body is not None)
         if plan.early_head and _asks_for_stream(head, fields):
             await self._commit_stream()
@@ -573,8 +597,14 @@ class _Proxy:
         if sse and not complete and (chunked or ends_on_close):
             # Only complete events go out; a failure ends the stream with an error event.
             relay = exchange.sse = SseRelay(chunked)
+        if self.shape is not None and response.status == 200:
+            usage = exchange.usage = UsageScanner(self.shape, sse)
+        else:
+            usage = None
         if pieces:
             data = b"".join(pieces)
+            if usage is not None:
+                usage.feed(data)
             if relay is not None:
                 data = relay.relay(data)
             if data:
@@ -619,6 +649,8 @@ class _Proxy:
             return await self._fail(code, message, "upstream_error", False)
         reader = up.reader
         until_close = response.content_length is None and not response.chunked
+        if self.shape is not None:
+            self.exchange.usage = UsageScanner(self.shape, True)
         pieces: list[bytes] = []
         whole = reader.take_whole_body()
         try:
@@ -627,7 +659,8 @@ class _Proxy:
                 pieces.append(whole)
             else:
                 complete = _collect(reader, pieces)
-            out = _outgoing(pieces, complete, relay.chunked, relay, until_close)
+            out = _outgoing(pieces, complete, relay.chunked, relay, until_close,
+                            self.exchange.usage)
             if out:
                 await self.client.send(out)
             if not complete:
@@ -656,6 +689,7 @@ class _Proxy:
         client = self.client
         deadline = client.deadline
         limit_at = sockio.now() + self.plan.max_duration
+        usage = self.exchange.usage
         pieces: list[bytes] = []
         while True:
             now = sockio.now()
@@ -674,7 +708,7 @@ class _Proxy:
                         502, f"upstream connection reset: {exc}") from None
             pieces.clear()
             complete = _collect(reader, pieces)
-            out = _outgoing(pieces, complete, chunked, relay, until_close)
+            out = _outgoing(pieces, complete, chunked, relay, until_close, usage)
             if out:
                 await client.send(out)
             if complete:
@@ -704,6 +738,7 @@ class _Proxy:
         last_data = sockio.now()
         limit_at = last_data + self.plan.max_duration
         beat_at = last_data + beat
+        usage = self.exchange.usage
         pieces: list[bytes] = []
         held: bytes | None = None
         try:
@@ -742,7 +777,7 @@ class _Proxy:
                             reader.feed(got)
                         pieces.clear()
                         complete = _collect(reader, pieces)
-                        out = _outgoing(pieces, complete, chunked, relay, until_close)
+                        out = _outgoing(pieces, complete, chunked, relay, until_close, usage)
                         if out:
                             await client.send(out)
                         if complete:

@@ -71,10 +71,11 @@ def render_head(status: int, headers: Iterable[Header]) -> bytes:
         b"\r\n"
 
 
-def error_body(status: int, request_id: bytes, message: str | None = None) -> bytes:
+def error_body(status: int, request_id: bytes, message: str | None = None,
+               error_type: str | None = None) -> bytes:
     return orjson.dumps({"error": {
         "message": message or DEFAULT_MESSAGES.get(status) or REASONS.get(status, b"").decode(),
-        "type": ERROR_TYPES.get(status, "error"),
+        "type": error_type or ERROR_TYPES.get(status, "error"),
         "code": status,
         "request_id": request_id.decode("ascii", "replace"),
     }})
@@ -99,6 +100,7 @@ def json_response(status: int, body: bytes, request_id: bytes, date: bytes, *,
 
 def error_response(status: int, request_id: bytes, date: bytes, *, keep_alive: bool,
                    message: str | None = None, extra: Iterable[Header] = (),
-                   head_only: bool = False) -> bytes:
-    return json_response(status, error_body(status, request_id, message), request_id, date,
-                         keep_alive=keep_alive, extra=extra, head_only=head_only)
+                   head_only: bool = False, error_type: str | None = None) -> bytes:
+    return json_response(status, error_body(status, request_id, message, error_type),
+                         request_id, date, keep_alive=keep_alive, extra=extra,
+                         head_only=head_only)

@@ -63,6 +63,8 @@ AccessRecord = tuple[
 Attempts = Sequence[tuple[str, str, str | None]]
 """A request's upstream attempts in order: (pool, peer, failure or None for the attempt
 that answered). Peer ``-``: the pool had no peer up."""
+TokenUsage = tuple[int, int, int, int, float]
+"""input, output, cache-read and cache-write tokens, and the cost in USD."""
 AuditRecord = tuple[
     Literal["audit"],
     float,         # ts
@@ -81,6 +83,7 @@ AuditRecord = tuple[
     int,           # bytes_in
     int,           # bytes_out
     Attempts | None,  # attempts: only when an attempt failed
+    TokenUsage | None,  # the usage the upstream reported, priced
 ]
 DiagnosticRecord = tuple[
     Literal["diagnostic"],
@@ -216,7 +219,7 @@ class Formatter:
 
     def audit(self, record: AuditRecord) -> bytes:
         (_, ts, request_id, key_id, route, model, method, path, status, outcome, decision,
-         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts) = record
+         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts, usage) = record
         text = self._text
         obj: dict[str, object] = {
             "ts": self.timestamps.format(ts), "request_id": text(request_id),
@@ -226,6 +229,11 @@ class Formatter:
             "latency_ms": round(latency_ms, 2),
             "ttfb_ms": None if ttfb_ms is None else round(ttfb_ms, 2),
             "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "input_tokens": None if usage is None else usage[0],
+            "output_tokens": None if usage is None else usage[1],
+            "cache_read_tokens": None if usage is None else usage[2],
+            "cache_write_tokens": None if usage is None else usage[3],
+            "cost_usd": None if usage is None else round(usage[4], 8),
             "attempts": None if attempts is None else [
                 {"pool": pool, "peer": text(peer_label), "failure": failure}
                 for pool, peer_label, failure in attempts],

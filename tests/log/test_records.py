@@ -130,24 +130,28 @@ def test_audit_golden() -> None:
                            "/v1/chat/completions", 200, "completed", "allow",
                            "127.0.0.1:5555", 812.345, 95.5, 1200, 5400,
                            (("a", "a/127.0.0.1:1", "status_503"), ("b", "-", "down"),
-                            ("c", "c/127.0.0.1:5555", None)))
+                            ("c", "c/127.0.0.1:5555", None)), (1000, 250, 64, 0, 0.0005215))
     line = fmt().audit(record)
     assert line == (
         b'{"ts":"' + STAMP.encode() + b'","request_id":"req-1","key_id":"key-a",'
         b'"route":"chat","model":"gpt-4o","method":"POST","path":"/v1/chat/completions",'
         b'"status":200,"outcome":"completed","decision":"allow","peer":"127.0.0.1:5555",'
         b'"latency_ms":812.35,"ttfb_ms":95.5,"bytes_in":1200,"bytes_out":5400,'
+        b'"input_tokens":1000,"output_tokens":250,"cache_read_tokens":64,'
+        b'"cache_write_tokens":0,"cost_usd":0.0005215,'
         b'"attempts":[{"pool":"a","peer":"a/127.0.0.1:1","failure":"status_503"},'
         b'{"pool":"b","peer":"-","failure":"down"},'
         b'{"pool":"c","peer":"c/127.0.0.1:5555","failure":null}]}\n'
     )
     bare: AuditRecord = ("audit", T0, "req-2", None, "chat", None, "GET", "/", 429,
-                         "rejected", "rate_limited", "1.2.3.4:5", 0.5, None, 0, 0, None)
+                         "rejected", "rate_limited", "1.2.3.4:5", 0.5, None, 0, 0, None, None)
     decoded = orjson.loads(fmt().audit(bare))
     assert list(decoded) == ["ts", "request_id", "key_id", "route", "model", "method",
                              "path", "status", "outcome", "decision", "peer", "latency_ms",
                              "ttfb_ms",
-                             "bytes_in", "bytes_out", "attempts"]
+                             "bytes_in", "bytes_out", "input_tokens", "output_tokens",
+                             "cache_read_tokens", "cache_write_tokens", "cost_usd",
+                             "attempts"]
     assert decoded["ttfb_ms"] is None and decoded["decision"] == "rate_limited"
 
 

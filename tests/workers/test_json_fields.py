@@ -7,7 +7,7 @@ import json
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
-from li_httpd.workers.json_fields import top_level
+from li_httpd.workers.json_fields import top_level, with_stream_usage
 
 NAMES = (b"model", b"stream")
 
@@ -34,6 +34,12 @@ def test_truncated_body_stops_at_the_cut() -> None:
         found = top_level(body[:cut], NAMES)
         assert b"stream" not in found
         assert found.get(b"model", "a") == "a"
+
+
+def test_a_key_given_twice_takes_its_last_value() -> None:
+    body = b'{"model":"cheap","messages":[],"model":"expensive"}'
+    assert top_level(body, NAMES) == {b"model": "expensive"}
+    assert top_level(body, NAMES, complete=True) == {b"model": "expensive"}
 
 
 def test_a_number_at_the_end_of_a_prefix_is_not_trusted() -> None:
@@ -70,3 +76,15 @@ def test_agrees_with_a_full_parse(doc: dict[str, object], pretty: bool) -> None:
         for key, value in partial.items():
             assert key in expected
             assert value == expected[key]
+
+
+def test_with_stream_usage_inserts_and_keeps_every_other_byte() -> None:
+    body = b'{ "model" : "m",\n "stream": true }\n'
+    out = with_stream_usage(body)
+    assert out == b'{ "model" : "m",\n "stream": true ,"stream_options":{"include_usage":true}}\n'
+    assert orjson.loads(out)["stream_options"] == {"include_usage": True}
+    assert with_stream_usage(b"{}") == b'{"stream_options":{"include_usage":true}}'
+    chosen = b'{"stream":true,"stream_options":{"include_usage":false}}'
+    assert with_stream_usage(chosen) == chosen
+    assert with_stream_usage(b"[1]") == b"[1]"
+    assert with_stream_usage(b"{nope") == b"{nope"
