@@ -411,9 +411,11 @@ class RouteCensor:
 # -- route sections -----------------------------------------------------------------------------
 
 DEFAULT_INGRESS = ("authorization", "content-type", "accept", "user-agent", "traceparent",
-                   "tracestate", "x-request-id", "x-agent-id", "x-model", "idempotency-key")
+                   "tracestate", "x-request-id", "x-agent-id", "x-model", "idempotency-key",
+                   "anthropic-version", "anthropic-beta")
 DEFAULT_EGRESS = ("content-type", "accept", "user-agent", "traceparent", "tracestate",
-                  "x-request-id", "x-model", "idempotency-key")
+                  "x-request-id", "x-model", "idempotency-key", "anthropic-version",
+                  "anthropic-beta")
 DEFAULT_RESPONSE = ("content-type", "content-encoding", "cache-control", "retry-after",
                     "x-request-id", "etag", "last-modified", "vary", "location")
 
@@ -591,6 +593,10 @@ class Route:
                                   "body's top-level `model`) from `[models]`; an unknown "
                                   "model gets 404 `model_not_found`; a request naming no "
                                   "model goes to `proxy`.")
+    accept_x_api_key: bool = setting(False, doc="With `auth = \"api_key\"`, also take the "
+                                     "key from `x-api-key` (where Anthropic's SDKs send "
+                                     "it) when the request has no Authorization header. "
+                                     "Never forwarded upstream.", inherit=True)
     usage_accounting: bool = setting(True, doc="Proxy routes: read token usage from the "
                                      "responses that pass (never changing a byte) into "
                                      "audit records, metrics and budgets.", inherit=True)
@@ -623,6 +629,8 @@ class Defaults:
                                       factory=RouteTimeouts)
     request_buffering: bool = setting(True, doc="`request_buffering` for routes that do "
                                       "not set their own.")
+    accept_x_api_key: bool = setting(False, doc="`accept_x_api_key` for routes that do "
+                                     "not set their own.")
     usage_accounting: bool = setting(True, doc="`usage_accounting` for routes that do not "
                                      "set their own.")
     inject_stream_usage: bool = setting(False, doc="`inject_stream_usage` for routes that "

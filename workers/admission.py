@@ -127,7 +127,7 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
                       f"missing required header {missing.decode()}", plan=plan)
     if policy.accepts_request_id:
         request_id = request_id_from(head.headers) or request_id
-    caller = ctx.keyring.identify(head.headers) if ctx.keyring else _NOBODY
+    caller = ctx.keyring.identify(head.headers, plan.x_api_key) if ctx.keyring else _NOBODY
     if plan.requires_key and caller.key_id is None:
         if caller.presented:
             return Reject(401, "bad_key", request_id, "a valid API key is required",

@@ -93,6 +93,8 @@ class RoutePlan:
     """``inject_stream_usage``: OpenAI streaming requests ask for a usage chunk."""
     models_list: bool
     """The built-in ``GET /v1/models`` responder."""
+    x_api_key: bool
+    """``accept_x_api_key``: the API key may come in ``x-api-key``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,7 @@ class WorkerContext:
                 accounting=route.usage_accounting,
                 inject_usage=route.inject_stream_usage,
                 models_list=route.static == "models",
+                x_api_key=route.accept_x_api_key,
             )
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from li_httpd.config.model import ApiKey
 from .http1 import Header
 
 _BEARER = re.compile(rb"(?i:bearer) +([\x21-\x7e]{1,4096})")  # scheme: any case
+_RAW_KEY = re.compile(rb"[\x21-\x7e]{1,4096}")
 _AGENT_ID = re.compile(rb"[A-Za-z0-9._:@/-]{1,128}")
 ANONYMOUS = b"anonymous"
 
@@ -59,18 +60,31 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self._by_prefix)
 
-    def identify(self, headers: Iterable[Header]) -> Caller:
+    def identify(self, headers: Iterable[Header], x_api_key: bool = False) -> Caller:
+        """The caller's key from ``Authorization: Bearer``, or (``x_api_key``: the route
+        accepts it, as Anthropic's SDKs send it) from ``x-api-key`` when no Authorization
+        header is present."""
+        fallback: bytes | None = None
         for name, value in headers:
             if name == b"authorization":
                 found = _BEARER.fullmatch(value)
                 if found is None:
                     return Caller(None, True)
-                digest = hashlib.sha256(found.group(1)).digest()
-                for candidate, key_id in self._by_prefix.get(digest[:8], ()):
-                    if hmac.compare_digest(candidate, digest):
-                        return Caller(key_id, True)
+                return self._lookup(found.group(1))
+            if x_api_key and name == b"x-api-key":
+                fallback = value
+        if fallback is not None:
+            if not _RAW_KEY.fullmatch(fallback):
                 return Caller(None, True)
+            return self._lookup(fallback)
         return Caller(None, False)
+
+    def _lookup(self, token: bytes) -> Caller:
+        digest = hashlib.sha256(token).digest()
+        for candidate, key_id in self._by_prefix.get(digest[:8], ()):
+            if hmac.compare_digest(candidate, digest):
+                return Caller(key_id, True)
+        return Caller(None, True)
 
 
 def limit_key_value(kind: str, caller: Caller, headers: Iterable[Header],
