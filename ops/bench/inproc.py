@@ -35,32 +35,46 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12\
 CHAT_BODY = (b'{"messages":[{"role":"system","content":"You are a helpful assistant."},'
              b'{"role":"user","content":"Say hello in five words."}],'
              b'"model":"gpt-4o-mini","max_tokens":64}')
+_CHAT = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+         b"user-agent: inproc\r\ncontent-type: application/json\r\n"
+         b"content-length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY))
 REQUESTS = {
     "get": b"GET /small HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: inproc\r\n\r\n",
-    # What an OpenAI SDK sends: a small JSON body whose fields the gateway reads.
-    "chat": (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-             b"user-agent: inproc\r\ncontent-type: application/json\r\n"
-             b"content-length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY)),
+    # What an OpenAI SDK sends: a small JSON body whose fields the gateway reads; the
+    # answer is a chat completion with its usage, which the gateway reads too ...
+    "chat": _CHAT,
+    # ... unless usage accounting is off.
+    "chat_noacct": _CHAT,
 }
+CHAT_RESPONSE_BODY = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,'
+    b'"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant",'
+    b'"content":"Hello there, nice to meet you."},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":24,"completion_tokens":8,"total_tokens":32}}')
+CHAT_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(CHAT_RESPONSE_BODY),
+                                                     CHAT_RESPONSE_BODY))
 
 
-async def _upstream(task_status: trio.TaskStatus[int]) -> None:
+async def _upstream(response: bytes, task_status: trio.TaskStatus[int]) -> None:
     async def answer(stream: trio.SocketStream) -> None:
         buffered = b""
         while data := await stream.receive_some(65536):
             buffered += data
             while b"\r\n\r\n" in buffered:
                 _, _, buffered = buffered.partition(b"\r\n\r\n")
-                await stream.send_all(RESPONSE)
+                await stream.send_all(response)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(answer, listeners)
 
 
-def _config(port: int) -> str:
+def _config(port: int, kind: str) -> str:
+    # Only chat_noacct names a newer key: the other kinds run on older builds too.
+    defaults = "[defaults]\nusage_accounting = false\n" if kind == "chat_noacct" else ""
     return (f'[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n'
             f'[limits]\nkeepalive_requests = 1000000\n'
-            f'[upstreams.u]\npeers = ["http://127.0.0.1:{port}"]\n'
+            f'[upstreams.u]\npeers = ["http://127.0.0.1:{port}"]\n{defaults}'
             f'[routes]\n"GET /health" = "static:healthcheck"\n"/*" = "proxy:u"\n')
 
 
@@ -68,9 +82,11 @@ async def measure(requests: int, kind: str = "get") -> tuple[float, float]:
     """(wall, CPU) seconds per proxied request of ``kind`` (see REQUESTS), after a
     warm-up."""
     request = REQUESTS[kind]
+    response = RESPONSE if kind == "get" else CHAT_RESPONSE
+    ending = response[-12:]
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(_upstream)
-        ctx = WorkerContext(load_text(_config(port), "inproc.toml"))
+        port = await nursery.start(_upstream, response)
+        ctx = WorkerContext(load_text(_config(port, kind), "inproc.toml"))
         await nursery.start(ctx.housekeeping.run)
         served, client_end = socket.socketpair()
         nursery.start_soon(handle_connection, ctx, served, ("127.0.0.1", 1))
@@ -79,7 +95,7 @@ async def measure(requests: int, kind: str = "get") -> tuple[float, float]:
         async def one() -> None:
             await client.send_all(request)
             received = b""
-            while not received.endswith(b"hello world\n"):
+            while not received.endswith(ending):
                 data = await client.receive_some(65536)
                 if not data:
                     raise RuntimeError(f"the gateway closed the connection: {received!r}")

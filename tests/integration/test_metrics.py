@@ -156,3 +156,27 @@ def test_counts_survive_a_killed_worker_and_dead_gauges_go(mock: MockUpstream,
     for connection in held:
         connection.close()
     _eventually(port, lambda s: s[("li_connections", ())] == 0)
+
+
+def test_token_and_cost_counters(mock: MockUpstream, start_gateway) -> None:
+    port = _free_port()
+    catalog = ('[models."mock-chat"]\npool = "main"\n'
+               'price = { input = 1.0, output = 2.0, cache_read = 0.5 }\n')
+    gateway = _started(mock, start_gateway, port, catalog)
+    for model in ("mock-chat", "mock-chat", "unlisted-model"):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        body = ('{"model":"%s","messages":[{"role":"user","content":"one two three"}]}'
+                % model)
+        connection.request("POST", "/v1/chat/completions?tokens=4&cached_tokens=1", body,
+                           {"content-type": "application/json"})
+        assert connection.getresponse().read()
+        connection.close()
+    samples = _eventually(port, lambda s: len(_family(s, "li_tokens_total")) == 6)
+    tokens = {(dict(labels)["model"], dict(labels)["kind"]): value
+              for labels, value in _family(samples, "li_tokens_total").items()}
+    assert tokens == {("mock-chat", "input"): 6, ("mock-chat", "output"): 8,
+                      ("mock-chat", "cache_read"): 2, ("other", "input"): 3,
+                      ("other", "output"): 4, ("other", "cache_read"): 1}
+    cost = _family(samples, "li_cost_usd_total")
+    assert cost == {(("model", "mock-chat"), ("route", "any_wildcard")):
+                    pytest.approx((6 * 1.0 + 8 * 2.0 + 2 * 0.5) / 1e6)}
