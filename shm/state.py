@@ -396,12 +396,17 @@ class SharedState:
                             entry[field + 4])
 
     def _budget_store(self, index: int, usage: budget.Usage) -> None:
+        """Each counter before its window index: a worker killed between the two stores
+        leaves the new total under the old index, where the next reader sees a past
+        window and reads 0. That loses only the dead worker's own reservation, which it
+        never used (it died inside :meth:`budget_reserve`, before any upstream call);
+        settles never change a window, so they cannot tear that way."""
         field = index * BUDGET_FIELDS
         entry = self.budgets
-        entry[field + 1] = usage.token_window
         entry[field + 2] = usage.tokens
-        entry[field + 3] = usage.usd_window
+        entry[field + 1] = usage.token_window
         entry[field + 4] = usage.micro_usd
+        entry[field + 3] = usage.usd_window
 
     def budget_reserve(self, key_index: int, limits: budget.Limits, tokens: int,
                        micro_usd: int, now_ns: int | None = None) -> BudgetGrant | budget.Denied:
