@@ -442,13 +442,15 @@ class SharedState:
     def budget_usage(self, key_index: int, limits: budget.Limits,
                      now_ns: int | None = None) -> BudgetUsage:
         """What the API key at ``key_index`` has used in the current windows (for the
-        operator view and metrics; read under the lock so window and total match)."""
+        operator view and metrics).
+
+        Lock-free, so that any thread may call it: fcntl locks belong to the process, so
+        a scrape thread taking and releasing one would release it under the event loop
+        thread of the same worker. Each field is read whole; a read racing a window's
+        rollover may pair the old total with the new window for that instant, which a
+        display can live with (decisions are only ever made under the lock)."""
         now = self.wall_clock() if now_ns is None else now_ns
-        self._lock(_LOCK_BUDGETS + key_index)
-        try:
-            usage = self._budget_load(key_index).current(limits, now)
-        finally:
-            self._unlock(_LOCK_BUDGETS + key_index)
+        usage = self._budget_load(key_index).current(limits, now)
         return BudgetUsage(usage.tokens, budget.window_end_ns(usage.token_window,
                                                               budget.MINUTE_NS),
                            usage.micro_usd, budget.window_end_ns(usage.usd_window,
