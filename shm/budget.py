@@ -162,3 +162,25 @@ def settle(usage: Usage, grant: Grant, tokens: int, micro_usd: int) -> Usage:
     if usage.usd_window == grant.usd_window:
         new_usd = min(COUNTER_MAX, max(0, usage.micro_usd + micro_usd - grant.micro_usd))
     return Usage(usage.token_window, new_tokens, usage.usd_window, new_usd)
+
+
+def fold(target: Usage, before: Usage, after: Usage) -> Usage:
+    """``target`` plus what another copy of the same counters changed from ``before`` to
+    ``after``: after a reload the old generation's workers still reserve and settle in
+    the old segment, and the master adds their changes to the new one. A change in a
+    window ``target`` has moved past is history and is dropped; never below 0."""
+    token_window, tokens = _fold_one(target.token_window, target.tokens, before.token_window,
+                                     before.tokens, after.token_window, after.tokens)
+    usd_window, usd = _fold_one(target.usd_window, target.micro_usd, before.usd_window,
+                                before.micro_usd, after.usd_window, after.micro_usd)
+    return Usage(token_window, tokens, usd_window, usd)
+
+
+def _fold_one(window: int, value: int, before_window: int, before: int, after_window: int,
+              after: int) -> tuple[int, int]:
+    delta = after - (before if before_window == after_window else 0)
+    if window == after_window:
+        return window, min(COUNTER_MAX, max(0, value + delta))
+    if window < after_window:
+        return after_window, min(COUNTER_MAX, max(0, delta))
+    return window, value

@@ -167,6 +167,11 @@ class SharedState:
         self.wall_clock: Clock = time.time_ns
         """Budget windows are fixed spans of Unix time, the one clock every worker (and
         every host) agrees on; replaceable in tests."""
+        self.budget_origin: SharedState | None = None
+        """The segment this one inherited budgets from while its workers may still run
+        (the master's bookkeeping for :meth:`fold_budgets`)."""
+        self.budget_carried: dict[int, tuple[int, budget.Usage]] = {}
+        """Entry here -> (entry in the origin, its counters at the last fold)."""
         self.key_secret = b""
         """Keys the rate-limit key hash (set by :meth:`create`, kept across reloads): a
         key's bucket in the table is unpredictable, so nobody can compute keys that fill
@@ -383,9 +388,38 @@ class SharedState:
         for old_peer, new_peer in peer_map.items():
             self._store_health(new_peer, old.health(old_peer))
         old_entries = {key: index for index, key in enumerate(old.layout.budget_ids)}
+        self.budget_origin = old
         for index, key in enumerate(self.layout.budget_ids):
             if key in old_entries:
-                self.budget_inherit(index, old, old_entries[key])
+                carried = old._budget_locked_load(old_entries[key])
+                self._budget_store(index, carried)  # nobody uses this segment yet
+                self.budget_carried[index] = (old_entries[key], carried)
+
+    def fold_budgets(self) -> None:
+        """Master: add what the old generation's workers charged or gave back in the
+        segment this one inherited from (:meth:`inherit`) since the last fold, so that
+        budgets stay exact across a reload once the old workers are gone (call it often
+        while they drain, and before closing the old segment)."""
+        old = self.budget_origin
+        if old is None:
+            return
+        for index, (old_index, before) in self.budget_carried.items():
+            after = old._budget_locked_load(old_index)
+            if after == before:
+                continue
+            self._lock(_LOCK_BUDGETS + index)
+            try:
+                self._budget_store(index, budget.fold(self._budget_load(index), before, after))
+            finally:
+                self._unlock(_LOCK_BUDGETS + index)
+            self.budget_carried[index] = (old_index, after)
+
+    def forget_origin(self, old: SharedState) -> None:
+        """Master, before closing ``old``: a last fold if it is this segment's origin."""
+        if self.budget_origin is old:
+            self.fold_budgets()
+            self.budget_origin = None
+            self.budget_carried = {}
 
     # -- budgets (per configured API key) ------------------------------------------------------
 
@@ -456,13 +490,12 @@ class SharedState:
                            usage.micro_usd, budget.window_end_ns(usage.usd_window,
                                                                  limits.window_ns))
 
-    def budget_inherit(self, index: int, old: SharedState, old_index: int) -> None:
-        """Copy one key's counters from ``old``'s entry ``old_index`` (a reload)."""
-        old._lock(_LOCK_BUDGETS + old_index)
+    def _budget_locked_load(self, index: int) -> budget.Usage:
+        self._lock(_LOCK_BUDGETS + index)
         try:
-            self._budget_store(index, old._budget_load(old_index))
+            return self._budget_load(index)
         finally:
-            old._unlock(_LOCK_BUDGETS + old_index)
+            self._unlock(_LOCK_BUDGETS + index)
 
     # -- per-worker statistics (own slot only) -----------------------------------------------
 

@@ -417,6 +417,10 @@ class Master:
             if not generation.live:
                 self.retiring.remove(generation)
                 self._retired(generation)
+        # Budgets charged by draining workers reach the new segment (oldest first, so
+        # that a chain of reloads folds in order).
+        for generation in sorted(self._generations(), key=lambda g: g.number):
+            generation.shared.fold_budgets()
         if self.actor_pid == 0 and now >= self.actor_respawn_at:
             self.start_actor()
         self._rotate_logs(now)
@@ -426,6 +430,8 @@ class Master:
         generations = self._generations()
         self.listeners.close_unserved(s for g in generations for s in g.sockets)
         if all(g.shared is not generation.shared for g in generations):
+            for following in generations:
+                following.shared.forget_origin(generation.shared)
             generation.shared.close()
 
     # -- reload -------------------------------------------------------------------------------

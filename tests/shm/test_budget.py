@@ -194,3 +194,34 @@ def test_a_denial_reserves_nothing_and_a_full_window_is_used(limit: int,
         else:
             usage = decision[0]
     assert usage.tokens <= limit
+
+
+@pytest.mark.parametrize(("target", "before", "after", "expect"), [
+    # the other copy charged 30 more / gave 20 back, in the same windows
+    (Usage(5, 100, 1, 100), Usage(5, 40, 1, 40), Usage(5, 70, 1, 20), Usage(5, 130, 1, 80)),
+    # given back more than the target holds: 0, never negative
+    (Usage(5, 10, 1, 10), Usage(5, 40, 1, 40), Usage(5, 0, 1, 0), Usage(5, 0, 1, 0)),
+    # the other copy moved to a window the target has not seen: its use there is new
+    (Usage(5, 100, 1, 100), Usage(5, 40, 1, 40), Usage(6, 25, 1, 40), Usage(6, 25, 1, 100)),
+    # the target moved on already: the other copy's change in an older window is history
+    (Usage(7, 3, 2, 3), Usage(5, 40, 1, 40), Usage(5, 90, 1, 90), Usage(7, 3, 2, 3)),
+    # and a target in the new window adds what the other copy charged there
+    (Usage(6, 3, 1, 3), Usage(5, 40, 1, 40), Usage(6, 10, 1, 40), Usage(6, 13, 1, 3)),
+])
+def test_fold_table(target: Usage, before: Usage, after: Usage, expect: Usage) -> None:
+    assert budget.fold(target, before, after) == expect
+
+
+@given(start=st.integers(0, 10**6), old_ops=st.lists(st.integers(-1000, 1000), max_size=20),
+       new_ops=st.lists(st.integers(0, 1000), max_size=20))
+def test_fold_equals_one_shared_counter_within_a_window(start: int, old_ops: list[int],
+                                                       new_ops: list[int]) -> None:
+    """Within one window and without clamping, folding the old copy's changes into the
+    new copy gives what a single counter seeing every change would hold."""
+    old = new = Usage(3, start, 3, start)
+    for change in old_ops:
+        old = Usage(3, max(0, old.tokens + change), 3, max(0, old.micro_usd + change))
+    for change in new_ops:
+        new = Usage(3, new.tokens + change, 3, new.micro_usd + change)
+    folded = budget.fold(new, Usage(3, start, 3, start), old)
+    assert folded.tokens == old.tokens - start + new.tokens - start + start

@@ -189,8 +189,25 @@ def test_budget_usage_survives_a_reload_that_reorders_and_adds_keys() -> None:
         listeners.close_all()
     assert following.shared is not shared and again.shared is following.shared
     new_keys = new_loaded.config.auth.keys
-    seen = [following.shared.budget_usage(i, budget_limits(new_keys[i]), NOW)
-            for i in range(3)]
-    assert [(u.tokens, u.micro_usd) for u in seen] == [(0, 0), (300, 3000), (100, 1000)]
+
+    def seen() -> list[tuple[int, int]]:
+        usage = [following.shared.budget_usage(i, budget_limits(new_keys[i]), NOW)
+                 for i in range(3)]
+        return [(u.tokens, u.micro_usd) for u in usage]
+
+    assert seen() == [(0, 0), (300, 3000), (100, 1000)]
+    # the old generation drains: it still reserves and settles in the old segment; the
+    # master folds that into the new one on every tick and a last time before closing
+    late = shared.budget_reserve(0, budget_limits(keys[0]), 50, 500)  # alice
+    assert not isinstance(late, BudgetDenied)
+    following.shared.fold_budgets()
+    assert seen() == [(0, 0), (300, 3000), (150, 1500)]
+    shared.budget_settle(late, 20, 200)  # alice used less than reserved
+    carol = following.shared.budget_reserve(1, budget_limits(new_keys[1]), 5, 50, NOW)
+    assert not isinstance(carol, BudgetDenied)
+    following.shared.forget_origin(shared)
+    assert seen() == [(0, 0), (305, 3050), (120, 1200)]
+    assert following.shared.budget_origin is None
+    following.shared.fold_budgets()  # nothing left to fold
     following.shared.close()
     shared.close()
