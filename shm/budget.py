@@ -35,8 +35,9 @@ Limit = Literal["tokens", "usd"]
 
 
 def micro_usd(usd: float) -> int:
-    """Dollars (as configured, a float) to integer micro-dollars, rounded to nearest."""
-    return round(usd * MICRO_PER_USD)
+    """Dollars (as configured, a float) to integer micro-dollars, rounded to nearest;
+    a positive amount is at least 1 (a tiny budget must not round to 0 = unlimited)."""
+    return max(1, round(usd * MICRO_PER_USD)) if usd > 0 else 0
 
 
 def window_index(now_ns: int, window_ns: int) -> int:
@@ -85,9 +86,12 @@ class Usage:
     micro_usd: int = 0
 
     def current(self, limits: Limits, now_ns: int) -> Usage:
-        """The counters as of ``now_ns``: a counter whose window has ended reads 0."""
-        token_window = window_index(now_ns, MINUTE_NS)
-        usd_window = window_index(now_ns, limits.window_ns)
+        """The counters as of ``now_ns``: a counter whose window has ended reads 0. A
+        counter already in a *later* window (the wall clock was stepped back) stays in
+        it: what was charged there is not forgotten, and nothing new is charged to a
+        window that was already left."""
+        token_window = max(self.token_window, window_index(now_ns, MINUTE_NS))
+        usd_window = max(self.usd_window, window_index(now_ns, limits.window_ns))
         return Usage(token_window, self.tokens if self.token_window == token_window else 0,
                      usd_window, self.micro_usd if self.usd_window == usd_window else 0)
 

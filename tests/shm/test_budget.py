@@ -100,6 +100,14 @@ def test_limits_from_config_units() -> None:
     assert limits == Limits(500, 12_345_678, 86_400 * NS_PER_SECOND)
     assert budget.micro_usd(0.1 + 0.2) == 300_000
     assert Limits.of(0, 0.0, 60_000).any is False and limits.any
+    assert budget.micro_usd(1e-9) == 1  # a tiny budget is not "unlimited"
+
+
+def test_a_clock_stepped_back_keeps_the_later_window() -> None:
+    usage = Usage(T0 // MINUTE_NS + 1, 990, T0 // HOUR_NS, 0)  # charged in the next minute
+    decision = _reserve(usage, LIMITS, 20, 0, T0 + 5 * NS_PER_SECOND)
+    assert isinstance(decision, Denied) and decision.retry_after_s == 115
+    assert usage.current(LIMITS, T0).tokens == 990
 
 
 # -- properties -----------------------------------------------------------------------------
