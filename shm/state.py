@@ -403,6 +403,10 @@ class SharedState:
         old = self.budget_origin
         if old is None:
             return
+        if old.memory.closed:  # closed without forget_origin: nothing more to learn
+            self.budget_origin = None
+            self.budget_carried = {}
+            return
         for index, (old_index, before) in self.budget_carried.items():
             after = old._budget_locked_load(old_index)
             if after == before:

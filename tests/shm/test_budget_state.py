@@ -211,3 +211,14 @@ def test_budget_usage_survives_a_reload_that_reorders_and_adds_keys() -> None:
     following.shared.fold_budgets()  # nothing left to fold
     following.shared.close()
     shared.close()
+
+
+def test_a_closed_origin_is_dropped_not_read() -> None:
+    old = _state(("a",))
+    new = _state(("b", "a"))
+    new.inherit(old, {})
+    assert new.budget_origin is old and list(new.budget_carried) == [1]
+    old.close()
+    new.fold_budgets()  # no read of the unmapped segment
+    assert new.budget_origin is None
+    new.close()
