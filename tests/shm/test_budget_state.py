@@ -222,3 +222,17 @@ def test_a_closed_origin_is_dropped_not_read() -> None:
     new.fold_budgets()  # no read of the unmapped segment
     assert new.budget_origin is None
     new.close()
+
+
+def test_a_store_torn_by_a_kill_only_drops_the_dead_reservation() -> None:
+    """A worker killed inside budget_reserve between storing a new minute's total and
+    its window index leaves that total under the previous minute's index: everyone
+    then reads the new minute as empty (the dead worker never called upstream)."""
+    state = _state()
+    minute = NOW // MINUTE_NS
+    state.budgets[1], state.budgets[2] = minute - 1, 150_000  # a full previous minute
+    state.budgets[2] = 1_234  # the killed worker stored its total, not yet the index
+    assert state.budget_usage(0, LIMITS, NOW).tokens == 0
+    assert not isinstance(state.budget_reserve(0, LIMITS, TOKENS, 0, NOW), BudgetDenied)
+    assert state.budget_usage(0, LIMITS, NOW).tokens == TOKENS
+    state.close()
