@@ -6,8 +6,8 @@ runtime directory before it imports prometheus_client and forks, so every proces
 files there; the master calls ``mark_process_dead`` for every worker it reaps. A scrape
 of ``[metrics] listen`` + ``path`` is answered by whichever worker accepts it: it merges
 all processes' files (:class:`MultiProcessCollector`) and adds the gauges that live in
-shared memory (peer health and in-flight requests, per-worker connections), in a thread
-so the event loop never waits for that file I/O.
+shared memory (peer health and in-flight requests, per-worker connections, what is left
+of each API key's budget), in a thread so the event loop never waits for that file I/O.
 
 Labels follow the audit log's field names (``route``, ``method``, ``status``, ``peer``,
 ``outcome``).
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from li_httpd.config.model import Config
-from li_httpd.shm import SharedState, peer_ids
+from li_httpd.shm import SharedState, budget_limits, peer_ids
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 120.0, 300.0)
@@ -172,6 +172,22 @@ class _SharedStateCollector:
                 active.add_metric([pool, peer.url], float(self.shared.active_of(shared_id)))
         yield up
         yield active
+        remaining = GaugeMetricFamily(
+            "li_budget_remaining", "What is left of an API key's budget in its current "
+            "window: tokens this minute, or dollars this budget window.",
+            labels=["key_id", "kind"])
+        for index, key in enumerate(self.config.auth.keys):
+            limits = budget_limits(key)
+            if not limits.any:
+                continue
+            usage = self.shared.budget_usage(index, limits)  # lock-free: we are a thread
+            if limits.tokens_per_minute:
+                remaining.add_metric([key.id, "tokens"],
+                                     float(max(0, limits.tokens_per_minute - usage.tokens)))
+            if limits.micro_usd:
+                remaining.add_metric([key.id, "usd"],
+                                     max(0, limits.micro_usd - usage.micro_usd) / 1e6)
+        yield remaining
 
 
 def render(config: Config, shared: SharedState) -> bytes:

@@ -1,20 +1,23 @@
 """li_httpd.shm: the only code that knows shared-memory layouts.
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
-counters, least-connection counts, passive health), in one segment the master creates
-before it forks (:mod:`.state`), plus the pure arithmetic on that state (:mod:`.gcra`,
-:mod:`.health`).
+counters, least-connection counts, passive health, per-key token and dollar budgets),
+in one segment the master creates before it forks (:mod:`.state`), plus the pure
+arithmetic on that state (:mod:`.gcra`, :mod:`.health`, :mod:`.budget`).
 
 May import: li_httpd.config.
 """
 
-from .state import Layout, SharedState
+from .budget import Denied as BudgetDenied
+from .budget import Limits as BudgetLimits
+from .state import BudgetGrant, BudgetUsage, Layout, SharedState
 
-__all__ = ["Layout", "SharedState", "layout_for", "peer_ids"]
+__all__ = ["BudgetDenied", "BudgetGrant", "BudgetLimits", "BudgetUsage", "Layout",
+           "SharedState", "budget_limits", "layout_for", "peer_ids"]
 
-from li_httpd.config.model import Config
+from li_httpd.config.model import ApiKey, Config
 
-from .state import SLOTS_PER_BUCKET
+from .state import SLOTS_PER_BUCKET, budget_id
 
 GENERATIONS = 2
 """Worker slots per configured worker: a reload's new generation uses fresh columns."""
@@ -23,7 +26,13 @@ GENERATIONS = 2
 def layout_for(config: Config, workers: int) -> Layout:
     capacity = -(-config.limits.max_rate_keys // SLOTS_PER_BUCKET) * SLOTS_PER_BUCKET
     peers = sum(len(pool.peers) for pool in config.upstreams.values())
-    return Layout(capacity, workers * GENERATIONS, max(peers, 1))
+    return Layout(capacity, workers * GENERATIONS, max(peers, 1),
+                  tuple(budget_id(key.id) for key in config.auth.keys))
+
+
+def budget_limits(key: ApiKey) -> BudgetLimits:
+    """A configured key's budget limits in the shared state's units."""
+    return BudgetLimits.of(key.tokens_per_minute, key.usd_budget, key.budget_window)
 
 
 def peer_ids(config: Config) -> dict[str, tuple[int, ...]]:

@@ -4,9 +4,10 @@ The master creates one anonymous shared file (``memfd_create``) before it forks,
 it from the config and maps it; workers use the inherited mapping and descriptor. No
 name exists in the filesystem, so nothing is left behind by a crash.
 
-Layout (version 1; all integers little-endian, 8-byte aligned)::
+Layout (version 2; all integers little-endian, 8-byte aligned)::
 
-    offset 0      Header        magic "LIHTTPD1", version, capacities (64 bytes)
+    offset 0      Header        magic "LIHTTPD1", version, capacities, budget entries
+                                (64 bytes)
     keys          KeyEntry × key_capacity        (buckets of SLOTS_PER_BUCKET)
                   ┌──────────┬──────────┬────────────┬──────────┐
                   │ key u64  │ tat i64  │ btat i64   │ reserved │  32 bytes
@@ -28,6 +29,13 @@ Layout (version 1; all integers little-endian, 8-byte aligned)::
                   what `li-httpd ctl status` shows per worker; accepting = 0 once
                   a draining worker has stopped accepting (the master waits for
                   that before a reload reports success).
+    budgets       BudgetEntry × configured API keys  (config order)
+                  ┌─────────┬───────────┬────────────┬───────────┬──────────────┐
+                  │ id i64  │ twin i64  │ tokens i64 │ uwin i64  │ micro-USD i64│ 40 bytes
+                  └─────────┴───────────┴────────────┴───────────┴──────────────┘
+                  id: hash of the key's id (a reload finds a kept key's entry by
+                  it); twin/uwin: the minute / dollar window the counter belongs to
+                  (shm/budget.py).
 
 Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
 the others or leak capacity:
@@ -36,9 +44,10 @@ the others or leak capacity:
   its own column; readers sum the columns; the master zeroes a dead worker's column
   (:meth:`SharedState.clear_worker`) before its replacement starts.
 - *Read-modify-write* that must be global (a key's GCRA state together with its
-  stream-cap check, a pool's round-robin weights, a peer's failure count) happens under
-  an ``fcntl`` byte-range lock on the segment's descriptor: one lock byte per key
-  bucket, per pool and per peer. The kernel releases such locks when the holder dies.
+  stream-cap check, a pool's round-robin weights, a peer's failure count, an API key's
+  budget counters) happens under an ``fcntl`` byte-range lock on the segment's
+  descriptor: one lock byte per key bucket, per pool, per peer and per budget entry.
+  The kernel releases such locks when the holder dies.
   Lock holders never await, so a trio task cannot be suspended while holding one.
 - Single 8-byte aligned loads and stores are atomic on the supported platforms, so
   lock-free readers (is a peer down? how many streams?) see whole values.
@@ -53,6 +62,7 @@ frees up (a limited key becomes idle after at most burst/rate seconds).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import mmap
 import os
 import struct
@@ -61,11 +71,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from . import gcra
+from . import budget, gcra
 from .health import PeerHealth, on_failure, on_success
 
 MAGIC = b"LIHTTPD1"
-VERSION = 1
+VERSION = 2
 SLOTS_PER_BUCKET = 8
 HEADER_SIZE = 64
 KEY_ENTRY = 32
@@ -74,12 +84,15 @@ PEER_ENTRY = 40
 PEER_FIELDS = PEER_ENTRY // 8
 WORKER_ENTRY = 40
 WORKER_FIELDS = WORKER_ENTRY // 8
-_HEADER = struct.Struct("<8sIIIII")
+BUDGET_ENTRY = 40
+BUDGET_FIELDS = BUDGET_ENTRY // 8
+_HEADER = struct.Struct("<8sIIIIII")
 
 # Lock byte namespaces (fcntl locks may lie beyond the end of the file).
 _LOCK_BUCKETS = 1 << 40
 _LOCK_POOLS = 2 << 40
 _LOCK_PEERS = 3 << 40
+_LOCK_BUDGETS = 4 << 40
 
 Clock = Callable[[], int]
 
@@ -89,6 +102,10 @@ class Layout:
     key_capacity: int
     worker_slots: int
     peer_count: int
+    budget_ids: tuple[int, ...] = ()
+    """Per configured API key (config order), the hash of its id (:func:`budget_id`):
+    part of the layout, so a reload that renames, reorders, adds or removes keys gets
+    a new segment (old workers keep their indexes into the old one)."""
 
     @property
     def buckets(self) -> int:
@@ -115,8 +132,18 @@ class Layout:
         return _align(self.active_offset + self.peer_count * self.worker_slots * 4, 8)
 
     @property
+    def budgets_offset(self) -> int:
+        return self.workers_offset + self.worker_slots * WORKER_ENTRY
+
+    @property
     def size(self) -> int:
-        return _align(self.workers_offset + self.worker_slots * WORKER_ENTRY)
+        return _align(self.budgets_offset + len(self.budget_ids) * BUDGET_ENTRY)
+
+
+def budget_id(key_id: str) -> int:
+    """A stable nonzero 63-bit hash of an API key's id (ids are not secret)."""
+    digest = hashlib.blake2b(key_id.encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 1) or 1
 
 
 def _align(value: int, to: int = 64) -> int:
@@ -137,6 +164,14 @@ class SharedState:
         self.layout = layout
         self.clock = clock
         self.slot = 0
+        self.wall_clock: Clock = time.time_ns
+        """Budget windows are fixed spans of Unix time, the one clock every worker (and
+        every host) agrees on; replaceable in tests."""
+        self.budget_origin: SharedState | None = None
+        """The segment this one inherited budgets from while its workers may still run
+        (the master's bookkeeping for :meth:`fold_budgets`)."""
+        self.budget_carried: dict[int, tuple[int, budget.Usage]] = {}
+        """Entry here -> (entry in the origin, its counters at the last fold)."""
         self.key_secret = b""
         """Keys the rate-limit key hash (set by :meth:`create`, kept across reloads): a
         key's bucket in the table is unpredictable, so nobody can compute keys that fill
@@ -148,8 +183,9 @@ class SharedState:
         self.peers = view[layout.peers_offset:layout.active_offset].cast("q")
         self.active = view[layout.active_offset:layout.active_offset
                            + layout.peer_count * layout.worker_slots * 4].cast("i")
-        self.workers = view[layout.workers_offset:layout.workers_offset
-                            + layout.worker_slots * WORKER_ENTRY].cast("q")
+        self.workers = view[layout.workers_offset:layout.budgets_offset].cast("q")
+        self.budgets = view[layout.budgets_offset:layout.budgets_offset
+                            + len(layout.budget_ids) * BUDGET_ENTRY].cast("q")
 
     @classmethod
     def create(cls, layout: Layout, clock: Clock = time.monotonic_ns) -> SharedState:
@@ -157,13 +193,16 @@ class SharedState:
         os.ftruncate(fd, layout.size)
         memory = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         _HEADER.pack_into(memory, 0, MAGIC, VERSION, layout.key_capacity, SLOTS_PER_BUCKET,
-                          layout.worker_slots, layout.peer_count)
+                          layout.worker_slots, layout.peer_count, len(layout.budget_ids))
         state = cls(fd, memory, layout, clock)
+        for index, key in enumerate(layout.budget_ids):
+            state.budgets[index * BUDGET_FIELDS] = key
         state.key_secret = os.urandom(16)
         return state
 
     def close(self) -> None:
-        for view in (self.keys, self.streams, self.peers, self.active, self.workers):
+        for view in (self.keys, self.streams, self.peers, self.active, self.workers,
+                     self.budgets):
             view.release()
         self.memory.close()
         os.close(self.fd)
@@ -339,13 +378,128 @@ class SharedState:
     def inherit(self, old: SharedState, peer_map: dict[int, int]) -> None:
         """Carry state into a new segment at a reload: the key table (rate-limit state;
         key hashes include the route name, so they stay meaningful) when the capacity is
-        unchanged, and the health of peers present in both configs (``peer_map``: old
-        number -> new number). Stream and request counters stay with the old workers."""
+        unchanged, the health of peers present in both configs (``peer_map``: old
+        number -> new number), and the budget counters of API keys whose id is in both
+        (found by id hash, wherever the key now is in the list). Stream and request
+        counters stay with the old workers."""
         self.key_secret = old.key_secret  # the carried key hashes were made with it
         if old.layout.key_capacity == self.layout.key_capacity:
             self.keys[:] = old.keys
         for old_peer, new_peer in peer_map.items():
             self._store_health(new_peer, old.health(old_peer))
+        old_entries = {key: index for index, key in enumerate(old.layout.budget_ids)}
+        self.budget_origin = old
+        for index, key in enumerate(self.layout.budget_ids):
+            if key in old_entries:
+                carried = old._budget_locked_load(old_entries[key])
+                self._budget_store(index, carried)  # nobody uses this segment yet
+                self.budget_carried[index] = (old_entries[key], carried)
+
+    def fold_budgets(self) -> None:
+        """Master: add what the old generation's workers charged or gave back in the
+        segment this one inherited from (:meth:`inherit`) since the last fold, so that
+        budgets stay exact across a reload once the old workers are gone (call it often
+        while they drain, and before closing the old segment)."""
+        old = self.budget_origin
+        if old is None:
+            return
+        if old.memory.closed:  # closed without forget_origin: nothing more to learn
+            self.budget_origin = None
+            self.budget_carried = {}
+            return
+        for index, (old_index, before) in self.budget_carried.items():
+            after = old._budget_locked_load(old_index)
+            if after == before:
+                continue
+            self._lock(_LOCK_BUDGETS + index)
+            try:
+                self._budget_store(index, budget.fold(self._budget_load(index), before, after))
+            finally:
+                self._unlock(_LOCK_BUDGETS + index)
+            self.budget_carried[index] = (old_index, after)
+
+    def forget_origin(self, old: SharedState) -> None:
+        """Master, before closing ``old``: a last fold if it is this segment's origin."""
+        if self.budget_origin is old:
+            self.fold_budgets()
+            self.budget_origin = None
+            self.budget_carried = {}
+
+    # -- budgets (per configured API key) ------------------------------------------------------
+
+    def _budget_load(self, index: int) -> budget.Usage:
+        field = index * BUDGET_FIELDS
+        entry = self.budgets
+        return budget.Usage(entry[field + 1], entry[field + 2], entry[field + 3],
+                            entry[field + 4])
+
+    def _budget_store(self, index: int, usage: budget.Usage) -> None:
+        """Each counter before its window index: a worker killed between the two stores
+        leaves the new total under the old index, where the next reader sees a past
+        window and reads 0. That loses only the dead worker's own reservation, which it
+        never used (it died inside :meth:`budget_reserve`, before any upstream call);
+        settles never change a window, so they cannot tear that way."""
+        field = index * BUDGET_FIELDS
+        entry = self.budgets
+        entry[field + 2] = usage.tokens
+        entry[field + 1] = usage.token_window
+        entry[field + 4] = usage.micro_usd
+        entry[field + 3] = usage.usd_window
+
+    def budget_reserve(self, key_index: int, limits: budget.Limits, tokens: int,
+                       micro_usd: int, now_ns: int | None = None) -> BudgetGrant | budget.Denied:
+        """Reserve a request's worst case (``tokens``, ``micro_usd``) against the API key
+        at ``key_index`` (its position in ``config.auth.keys``), atomically across
+        workers. A grant must later go to :meth:`budget_settle`; a denial reserved
+        nothing (answer 429 with its ``retry_after_s``)."""
+        now = self.wall_clock() if now_ns is None else now_ns
+        self._lock(_LOCK_BUDGETS + key_index)
+        try:
+            decision = budget.reserve(self._budget_load(key_index), limits, tokens,
+                                      micro_usd, now)
+            if isinstance(decision, budget.Denied):
+                return decision
+            usage, grant = decision
+            self._budget_store(key_index, usage)
+            return BudgetGrant(key_index, grant)
+        finally:
+            self._unlock(_LOCK_BUDGETS + key_index)
+
+    def budget_settle(self, grant: BudgetGrant, tokens: int, micro_usd: int) -> None:
+        """Replace ``grant``'s reservation with the actual usage (a stream cut before its
+        usage arrived settles with the grant's own amounts, i.e. keeps it charged). A
+        window that has ended since the grant is left alone."""
+        self._lock(_LOCK_BUDGETS + grant.key_index)
+        try:
+            usage = self._budget_load(grant.key_index)
+            self._budget_store(grant.key_index,
+                               budget.settle(usage, grant.grant, tokens, micro_usd))
+        finally:
+            self._unlock(_LOCK_BUDGETS + grant.key_index)
+
+    def budget_usage(self, key_index: int, limits: budget.Limits,
+                     now_ns: int | None = None) -> BudgetUsage:
+        """What the API key at ``key_index`` has used in the current windows (for the
+        operator view and metrics).
+
+        Lock-free, so that any thread may call it: fcntl locks belong to the process, so
+        a scrape thread taking and releasing one would release it under the event loop
+        thread of the same worker. Each field is read whole; a read racing a window's
+        rollover may pair the old total with the new window for that instant, which a
+        display can live with (decisions are only ever made under the lock)."""
+        now = self.wall_clock() if now_ns is None else now_ns
+        usage = self._budget_load(key_index).current(limits, now)
+        return BudgetUsage(usage.tokens, budget.window_end_ns(usage.token_window,
+                                                              budget.MINUTE_NS),
+                           usage.micro_usd, budget.window_end_ns(usage.usd_window,
+                                                                 limits.window_ns))
+
+    def _budget_locked_load(self, index: int) -> budget.Usage:
+        self._lock(_LOCK_BUDGETS + index)
+        try:
+            return self._budget_load(index)
+        finally:
+            self._unlock(_LOCK_BUDGETS + index)
 
     # -- per-worker statistics (own slot only) -----------------------------------------------
 
@@ -396,3 +550,29 @@ class Admission:
     retry_after_ns: int
     reason: Literal["", "rate", "streams", "table_full"]
     """Why it was refused ("" when allowed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetGrant:
+    """A reservation made by :meth:`SharedState.budget_reserve`."""
+
+    key_index: int
+    grant: budget.Grant
+
+    @property
+    def tokens(self) -> int:
+        return self.grant.tokens
+
+    @property
+    def micro_usd(self) -> int:
+        return self.grant.micro_usd
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """One key's usage in its current windows, with when each window ends (Unix ns)."""
+
+    tokens: int
+    tokens_window_end_ns: int
+    micro_usd: int
+    usd_window_end_ns: int

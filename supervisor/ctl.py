@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from typing import Any
 
@@ -90,4 +91,15 @@ def render_status(status: dict[str, Any]) -> str:
                    str(p["active"]), str(p["fails"]), p["circuit"]]
                   for p in status["upstreams"]]
         lines += ["upstreams", _table(peers)]
+    if status.get("budgets"):
+        rows = [["key", "tokens/min", "usd", "window ends (UTC)"]]
+        rows += [[b["key"], f"{b['tokens']}/{b['tokens_per_minute'] or '-'}",
+                  f"{b['usd']:.2f}/" + (f"{b['usd_budget']:.2f}" if b["usd_budget"] else "-"),
+                  _utc(b["usd_window_end"]) if b["usd_budget"] else ""]
+                 for b in status["budgets"]]
+        lines += ["budgets", _table(rows)]
     return "\n".join(lines)
+
+
+def _utc(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -36,17 +36,19 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 from li_httpd.actors.reload import ReloadClient
 from li_httpd.config import VERSION, LoadedConfig
+from li_httpd.config.model import ApiKey
 from li_httpd.ops import metrics as metrics_env
 from li_httpd.ops.log.files import Rotator
 from li_httpd.ops.log.master import MasterLog
 from li_httpd.ops.log.records import Level
-from li_httpd.shm import SharedState, layout_for, peer_ids
+from li_httpd.shm import SharedState, budget_limits, layout_for, peer_ids
 
 from . import reaper, sdnotify
 from .control import DEFER, ControlError, ControlServer, PendingReply, Reply
@@ -415,6 +417,10 @@ class Master:
             if not generation.live:
                 self.retiring.remove(generation)
                 self._retired(generation)
+        # Budgets charged by draining workers reach the new segment (oldest first, so
+        # that a chain of reloads folds in order).
+        for generation in sorted(self._generations(), key=lambda g: g.number):
+            generation.shared.fold_budgets()
         if self.actor_pid == 0 and now >= self.actor_respawn_at:
             self.start_actor()
         self._rotate_logs(now)
@@ -424,6 +430,8 @@ class Master:
         generations = self._generations()
         self.listeners.close_unserved(s for g in generations for s in g.sockets)
         if all(g.shared is not generation.shared for g in generations):
+            for following in generations:
+                following.shared.forget_origin(generation.shared)
             generation.shared.close()
 
     # -- reload -------------------------------------------------------------------------------
@@ -535,12 +543,14 @@ class Master:
                               "circuit": "n/a"})
         tls = current.tls is not None
         last: LastResult = self.last_reload["result"]
+        budgets = budget_status(current.shared, current.loaded.config.auth.keys,
+                                time.time_ns())
         return {
             "version": VERSION, "pid": os.getpid(), "config_hash": current.loaded.hash,
             "config_file": current.loaded.filename, "generation": current.number,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "listen": [listener_url(s, tls) for s in current.listeners],
-            "workers": workers, "upstreams": peers,
+            "workers": workers, "upstreams": peers, "budgets": budgets,
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
@@ -606,6 +616,24 @@ class Master:
         if self.log is not None:
             self.log.close()
         return True
+
+
+def budget_status(shared: SharedState, keys: Sequence[ApiKey],
+                  now_ns: int) -> list[dict[str, Any]]:
+    """Per API key with a budget: what it used in the current windows, its limits (0 =
+    none) and when each window ends (Unix seconds)."""
+    rows: list[dict[str, Any]] = []
+    for index, key in enumerate(keys):
+        limits = budget_limits(key)
+        if not limits.any:
+            continue
+        usage = shared.budget_usage(index, limits, now_ns)
+        rows.append({"key": key.id,
+                     "tokens": usage.tokens, "tokens_per_minute": key.tokens_per_minute,
+                     "tokens_window_end": usage.tokens_window_end_ns // 1_000_000_000,
+                     "usd": usage.micro_usd / 1e6, "usd_budget": key.usd_budget,
+                     "usd_window_end": usage.usd_window_end_ns // 1_000_000_000})
+    return rows
 
 
 def start(loaded: LoadedConfig, source: str | None = None) -> int:

@@ -354,3 +354,26 @@ def test_sigterm_during_a_stalled_reload_still_drains_in_flight_work(
           f"after {took:.3f}s")
     assert statuses == [200]
     assert took < 1.2 + 1.0, gateway.output.text()
+
+
+def _budget_keys(*keys: str) -> str:
+    entries = ", ".join(f'{{ id = "{key}", sha256 = "{str(n + 1) * 64}", '
+                        f'tokens_per_minute = {1000 * (n + 1)}, usd_budget = 2.5 }}'
+                        for n, key in enumerate(keys))
+    return f"[auth]\nkeys = [{entries}]\n"
+
+
+def test_ctl_status_shows_budgets_across_a_reload(mock: MockUpstream, start_gateway) -> None:
+    """The master's status reads the budget entries of the running segment; a reload
+    that reorders and adds keys moves to a new one (ids decide, not positions)."""
+    gateway = start_gateway(gateway_config(mock.origin, routes=V1_ROUTES,
+                                           extra=_budget_keys("alice", "bob")))
+    status = json.loads(gateway.ctl("status", "--json").stdout)
+    assert [(b["key"], b["tokens"], b["tokens_per_minute"], b["usd_budget"])
+            for b in status["budgets"]] == [("alice", 0, 1000, 2.5), ("bob", 0, 2000, 2.5)]
+    assert status["budgets"][0]["usd_window_end"] % 86_400 == 0
+    _rewrite(gateway, gateway_config(mock.origin, routes=V1_ROUTES,
+                                     extra=_budget_keys("carol", "bob", "alice")))
+    assert gateway.ctl("reload").returncode == 0
+    table = gateway.ctl("status").stdout
+    assert "budgets" in table and "0/3000" in table and "0.00/2.50" in table, table

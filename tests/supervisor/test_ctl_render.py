@@ -35,3 +35,22 @@ def test_a_failure_outside_the_file_has_no_line_zero() -> None:
 def test_no_reload_yet_shows_nothing_and_success_shows_the_hash() -> None:
     assert "reload" not in render_status(_status({"result": "none"}))
     assert _reload_line({"result": "ok", "config_hash": "9c1e"}) == "reload   ok  config 9c1e"
+
+
+def test_budgets_show_use_over_limit_and_the_window_end() -> None:
+    status = _status({"result": "none"})
+    status["budgets"] = [
+        {"key": "alice", "tokens": 1200, "tokens_per_minute": 5000,
+         "tokens_window_end": 1_800_000_060, "usd": 1.5, "usd_budget": 20.0,
+         "usd_window_end": 1_800_057_600},
+        {"key": "ci-bot", "tokens": 7, "tokens_per_minute": 100, "tokens_window_end": 60,
+         "usd": 0.25, "usd_budget": 0.0, "usd_window_end": 86_400},
+    ]
+    text = render_status(status)
+    assert text.splitlines()[-4:] == [
+        "budgets",
+        "  key     tokens/min  usd         window ends (UTC)",
+        "  alice   1200/5000   1.50/20.00  2027-01-16 00:00:00",
+        "  ci-bot  7/100       0.25/-",
+    ]
+    assert "budgets" not in render_status(_status({"result": "none"}))

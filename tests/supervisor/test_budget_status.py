@@ -1,0 +1,52 @@
+"""What the master reports about budgets (`ctl status` JSON and the metrics gauge)."""
+
+from __future__ import annotations
+
+from li_httpd.config import load_text
+from li_httpd.config.model import Config
+from li_httpd.ops.metrics import _SharedStateCollector
+from li_httpd.shm import BudgetDenied, SharedState, budget_limits, layout_for
+from li_httpd.supervisor.master import budget_status
+
+NOW = 1_800_000_030 * 1_000_000_000  # 30 s into a minute; the day ends at 1800057600
+CONFIG = ('[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 1\n'
+          '[routes]\n"GET /health" = "static:healthcheck"\n'
+          '[auth]\nkeys = [{ id = "free", sha256 = "' + "1" * 64 + '" }, '
+          '{ id = "team", sha256 = "' + "2" * 64 + '", tokens_per_minute = 5000, '
+          'usd_budget = 20.0 }, '
+          '{ id = "bot", sha256 = "' + "3" * 64 + '", usd_budget = 1.5, '
+          'budget_window = "1h" }]\n')
+
+
+def _shared() -> tuple[SharedState, Config]:
+    config = load_text(CONFIG, "gw.toml").config
+    shared = SharedState.create(layout_for(config, 1))
+    keys = config.auth.keys
+    assert not isinstance(shared.budget_reserve(1, budget_limits(keys[1]), 1200, 1_500_000,
+                                                NOW), BudgetDenied)
+    assert not isinstance(shared.budget_reserve(2, budget_limits(keys[2]), 10, 250_000, NOW),
+                          BudgetDenied)
+    return shared, config
+
+
+def test_status_lists_keys_with_a_budget() -> None:
+    shared, config = _shared()
+    rows = budget_status(shared, config.auth.keys, NOW)
+    assert rows == [
+        {"key": "team", "tokens": 1200, "tokens_per_minute": 5000,
+         "tokens_window_end": 1_800_000_060, "usd": 1.5, "usd_budget": 20.0,
+         "usd_window_end": 1_800_057_600},
+        {"key": "bot", "tokens": 10, "tokens_per_minute": 0,
+         "tokens_window_end": 1_800_000_060, "usd": 0.25, "usd_budget": 1.5,
+         "usd_window_end": 1_800_003_600},
+    ]
+
+
+def test_remaining_gauge() -> None:
+    shared, config = _shared()
+    shared.wall_clock = lambda: NOW
+    families = {f.name: f for f in _SharedStateCollector(config, shared).collect()}
+    samples = {tuple(s.labels.values()): s.value
+               for s in families["li_budget_remaining"].samples}
+    assert samples == {("team", "tokens"): 3800.0, ("team", "usd"): 18.5,
+                       ("bot", "usd"): 1.25}
