@@ -25,6 +25,7 @@ away.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import time
 import traceback
@@ -32,7 +33,7 @@ from collections.abc import Awaitable
 
 import orjson
 import trio
-from li_httpd.ops.log.records import Decision
+from li_httpd.ops.log.records import Decision, TokenUsage
 from li_httpd.ops.log.redact import logged_path
 from li_httpd.shm import gcra
 from trio.lowlevel import checkpoint
@@ -367,6 +368,8 @@ class ClientConnection:
                 if exchange.route is not None:  # a label only for [models] names
                     metrics.usage(exchange.route, model if plan is not None else "other",
                                   usage[:4], cost)
+        if exchange.budget is not None:
+            self._settle(exchange, usage)
         if exchange.audited:
             if exchange.route is not None:
                 metrics.stream_outcome(exchange.route, outcome)
@@ -377,6 +380,23 @@ class ClientConnection:
                       head.method, path, status, outcome, decision, exchange.peer,
                       latency_ms, exchange.ttfb_ms, bytes_in, bytes_out, exchange.attempts,
                       usage)
+
+    def _settle(self, exchange: Exchange, usage: TokenUsage | None) -> None:
+        """Replace the request's budget reservation by what it used: the reported usage;
+        nothing when no upstream answered or it answered an error; else (a stream cut
+        before its usage, or a response that reports none) the reservation stays
+        charged, as the tokens may have been spent."""
+        grant = exchange.budget
+        if grant is None:
+            return
+        exchange.budget = None
+        if usage is not None:
+            tokens, micro = sum(usage[:4]), math.ceil(usage[4] * 1_000_000)
+        elif exchange.ttfb_ms is None or exchange.status != 200:
+            tokens = micro = 0
+        else:
+            tokens, micro = grant.tokens, grant.micro_usd
+        self.ctx.shared.budget_settle(grant, tokens, micro)
 
     def _log_abnormal(self, exchange: Exchange, outcome: Outcome, bytes_out: int) -> None:
         """The one error-log line of a request that ended abnormally."""

@@ -20,7 +20,7 @@ from li_httpd.config import Found, LoadedConfig, Router
 from li_httpd.config.model import Config, Model, RateLimit, Route
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
-from li_httpd.shm import SharedState, gcra, layout_for, peer_ids
+from li_httpd.shm import SharedState, budget_limits, gcra, layout_for, peer_ids
 
 from .housekeeping import Housekeeping
 from .http1 import DECISION_HEADERS, ParseLimits
@@ -161,9 +161,9 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = ("config", "groups", "housekeeping", "keyring", "limits", "log", "metrics",
-                 "model_lists", "models", "plans", "request_ids", "resolved", "router",
-                 "server_tls", "shared", "timeouts")
+    __slots__ = ("budgets", "config", "groups", "housekeeping", "keyring", "limits", "log",
+                 "metrics", "model_lists", "models", "plans", "request_ids", "resolved",
+                 "router", "server_tls", "shared", "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
                  shared: SharedState | None = None, slot: int = 0,
@@ -204,6 +204,10 @@ class WorkerContext:
         self.models = {name: ModelPlan.of(model, self.groups[model.pool])
                        for name, model in config.models.items()}
         self.model_lists = ModelLists(config)
+        self.budgets = {key.id: (index, budget_limits(key))
+                        for index, key in enumerate(config.auth.keys)
+                        if key.tokens_per_minute or key.usd_budget}
+        """Keys with a token or dollar budget: their entry in the shared state, limits."""
         sites = {name: StaticSite(root) for name, root in config.static.items()}
         self.plans: dict[str, RoutePlan] = {}
         for route in config.route:

@@ -17,7 +17,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-from li_httpd.shm import gcra
+from li_httpd.shm import BudgetGrant, gcra
 
 from .http1 import RequestHead
 from .identity import Caller
@@ -109,8 +109,8 @@ class ByteMeter(NamedTuple):
 class Exchange:
     """What one request is and did. Created by the connection actor per request head."""
 
-    __slots__ = ("attempts", "audited", "caller", "continue_sent", "detail", "group", "head",
-                 "meter", "model", "outcome", "path_invalid", "peer", "phase", "request_id",
+    __slots__ = ("attempts", "audited", "budget", "caller", "continue_sent", "detail", "group",
+                 "head", "meter", "model", "outcome", "path_invalid", "peer", "phase", "request_id",
                  "route", "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream",
                  "usage")
 
@@ -142,6 +142,8 @@ class Exchange:
         self.attempts: list[tuple[str, str, str | None]] | None = None
         """Every upstream attempt (pool, peer, failure), kept only once one failed: the
         audit record's ``attempts``. None for the common single clean attempt."""
+        self.budget: BudgetGrant | None = None
+        """The caller's budget reservation, settled when the request ends."""
         self.usage: UsageScanner | None = None
         """Reads the token usage of the response being relayed (``usage_accounting``)."""
         self.sse: SseRelay | None = None

@@ -34,10 +34,12 @@ connection returns to the pool only after a response read exactly to its end.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Coroutine
 from typing import Any
 
 import trio
+from li_httpd.shm import BudgetDenied, BudgetLimits
 from trio.lowlevel import checkpoint
 
 from . import sockio
@@ -120,7 +122,15 @@ async def _body_start(client: ClientPort, buffer_whole: bool) -> tuple[bytes, bo
             return b"".join(pieces), False
 
 
-_FIELDS = (b"model", b"stream")
+_FIELDS = (b"model", b"stream", b"max_tokens", b"max_completion_tokens",
+           b"max_output_tokens")
+_CAPS = (b"max_completion_tokens", b"max_tokens", b"max_output_tokens")
+"""The request's cap on output tokens, in the names of the API shapes that have one."""
+DEFAULT_MAX_TOKENS = 4096
+"""What a budget reserves for a request with no cap, of a model not in ``[models]``."""
+BYTES_PER_TOKEN = 4
+"""The input estimate a budget reserves: the body's size over this (text runs about four
+bytes a token; the JSON around it makes this an over-estimate, which is the safe side)."""
 _USAGE_INJECTABLE: frozenset[ApiShape | None] = frozenset({"chat", "completions"})
 """The request body's top-level fields the proxy reads (the body itself passes as is)."""
 
@@ -280,11 +290,17 @@ class _Proxy:
                 return await client.reject(
                     403, message=f"this key may not use model {model!r}", outcome="rejected",
                     error_type="model_not_allowed")
-        if plan.accounting:
+        if plan.accounting or ctx.budgets:
             self.shape = shape_of(self.upstream_path)
-            if body is not None and plan.inject_usage and self.shape in _USAGE_INJECTABLE \
-                    and fields.get(b"stream") is True:
-                body = start = with_stream_usage(body)
+        budget = ctx.budgets.get(exchange.key_id) if ctx.budgets and exchange.key_id else None
+        if budget is not None and self.shape is not None:
+            refused = await self._reserve(budget, fields, len(start) if complete
+                                          else head.content_length or len(start))
+            if refused is not None:
+                return refused
+        if plan.accounting and body is not None and plan.inject_usage \
+                and self.shape in _USAGE_INJECTABLE and fields.get(b"stream") is True:
+            body = start = with_stream_usage(body)
         replay = replay_of(head.method, body is not None)
         if plan.early_head and _asks_for_stream(head, fields):
             await self._commit_stream()
@@ -304,6 +320,32 @@ class _Proxy:
             ctx.log.diagnostic("warn", "falling back to the next pool",
                                request_id=exchange.request_id, failed=failed.name,
                                after=attempts[-1][2] if attempts else None, pool=group.name)
+
+    async def _reserve(self, budget: tuple[int, BudgetLimits],
+                       fields: dict[bytes, JsonScalar], size: int) -> Handled | None:
+        """Reserve the request's worst case against the caller's budget (settled when the
+        request ends, see ``ClientConnection._finish``): None when it fits, else the 429
+        (no upstream call)."""
+        exchange, ctx = self.exchange, self.ctx
+        model = ctx.models.get(exchange.model or "")
+        cap = next((v for name in _CAPS if isinstance(v := fields.get(name), int)
+                    and not isinstance(v, bool) and v > 0), None)
+        output = 0 if self.shape == "embeddings" else cap or (
+            model.default_max_tokens if model is not None else DEFAULT_MAX_TOKENS)
+        estimate = size // BYTES_PER_TOKEN + 1
+        price = model.price if model is not None else None
+        micro = 0 if price is None else math.ceil(estimate * price.input
+                                                  + output * price.output)
+        index, limits = budget
+        grant = ctx.shared.budget_reserve(index, limits, estimate + output, micro)
+        if isinstance(grant, BudgetDenied):
+            what = "token" if grant.limit == "tokens" else "dollar"
+            return await self.client.reject(
+                429, message=f"the key's {what} budget is exhausted ({grant.reason})",
+                headers=((b"retry-after", b"%d" % grant.retry_after_s),),
+                error_type="budget_exceeded")
+        exchange.budget = grant
+        return None
 
     async def _on_pool(self, group: UpstreamGroup, replay: Replay, body: bytes | None,
                        start: bytes, pools_left: int) -> Handled | None:

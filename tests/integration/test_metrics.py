@@ -165,8 +165,8 @@ def test_token_and_cost_counters(mock: MockUpstream, start_gateway) -> None:
     gateway = _started(mock, start_gateway, port, catalog)
     for model in ("mock-chat", "mock-chat", "unlisted-model"):
         connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-        body = ('{"model":"%s","messages":[{"role":"user","content":"one two three"}]}'
-                % model)
+        body = ('{"model":"' + model
+                + '","messages":[{"role":"user","content":"one two three"}]}')
         connection.request("POST", "/v1/chat/completions?tokens=4&cached_tokens=1", body,
                            {"content-type": "application/json"})
         assert connection.getresponse().read()
