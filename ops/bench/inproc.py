@@ -43,9 +43,15 @@ REQUESTS = {
     # What an OpenAI SDK sends: a small JSON body whose fields the gateway reads; the
     # answer is a chat completion with its usage, which the gateway reads too ...
     "chat": _CHAT,
-    # ... unless usage accounting is off.
+    # ... unless usage accounting is off ...
     "chat_noacct": _CHAT,
+    # ... or, with a key that has a token and dollar budget: reserve, then settle.
+    "chat_budget": _CHAT.replace(b"user-agent: inproc\r\n",
+                                 b"user-agent: inproc\r\nauthorization: Bearer bench-key\r\n"),
 }
+_BUDGET_KEY = ('[auth]\nkeys = [{ id = "bench", sha256 = "b0962662e937d44c699c8305d90cbf190b3'
+               '150c59b13863d1380b5cc3c711bb7", tokens_per_minute = 1000000000, '
+               'usd_budget = 1000000000 }]\n')
 CHAT_RESPONSE_BODY = (
     b'{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,'
     b'"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant",'
@@ -70,8 +76,9 @@ async def _upstream(response: bytes, task_status: trio.TaskStatus[int]) -> None:
 
 
 def _config(port: int, kind: str) -> str:
-    # Only chat_noacct names a newer key: the other kinds run on older builds too.
-    defaults = "[defaults]\nusage_accounting = false\n" if kind == "chat_noacct" else ""
+    # Only chat_noacct and chat_budget name newer keys: get and chat run on older builds.
+    defaults = ("[defaults]\nusage_accounting = false\n" if kind == "chat_noacct"
+                else _BUDGET_KEY if kind == "chat_budget" else "")
     return (f'[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n'
             f'[limits]\nkeepalive_requests = 1000000\n'
             f'[upstreams.u]\npeers = ["http://127.0.0.1:{port}"]\n{defaults}'

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_measure_proxies_every_request() -> None:
-    for kind in ("get", "chat", "chat_noacct"):
+    for kind in ("get", "chat", "chat_noacct", "chat_budget"):
         wall, cpu = await measure(50, kind)
         assert cpu > 0 and 0 < wall < 1.0  # per request; a hang or an error would raise
 

@@ -281,3 +281,20 @@ def test_stream_usage_injection_changes_only_what_it_documents(
             received = recording_upstream.data()
             assert received.endswith(b"\r\n\r\n" + expected), received
             assert b"content-length: %d\r\n" % len(expected) in received
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_completions_usage(pools: _Pools, stream: bool) -> None:
+    request_id = f"completions-{stream}"
+    client = pools.openai()
+    if stream:
+        chunks = list(client.completions.create(
+            model="m-a", prompt="hello there model", stream=True, extra_query=KNOBS,
+            stream_options={"include_usage": True},
+            extra_headers={"x-request-id": request_id}))
+        assert chunks
+    else:
+        client.completions.create(model="m-a", prompt="hello there model",
+                                  extra_query=KNOBS, extra_headers={"x-request-id": request_id})
+    _check_usage(pools.audit(request_id), input_tokens=3, output=5, cache_read=2,
+                 cache_write=0)
