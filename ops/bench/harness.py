@@ -140,7 +140,11 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
     try:
         server.start(timeout=120 if lang in AI_GATEWAYS else 30)
     except RuntimeError as exc:
-        return f"unavailable: failed to start: {str(exc).splitlines()[0][:200]}"
+        # The first line says what happened, the log's last line usually why (e.g.
+        # HAProxy's "[ALERT] ... Cannot raise FD limit").
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = f" ({lines[-1][:200]})" if len(lines) > 1 else ""
+        return f"unavailable: failed to start: {lines[0][:200]}{why}"
     return server
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from li_httpd.ops.bench import benchconfig, harness, peers, render_peers, report
+from li_httpd.ops.bench.procs import Server
 
 PEERS_2 = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
 
@@ -155,3 +156,15 @@ def test_compare_table_has_a_column_and_a_ratio_per_peer() -> None:
     # A run without the new peers keeps the table it always had.
     old = report.compare_table(rows[:1] + rows[2:3]).splitlines()[0].split()
     assert old[3:] == ["nginx", "li", "litellm", "li/nginx", "li/litellm"]
+
+
+def test_a_peer_that_cannot_start_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(lang: str, *_args: object) -> Server:
+        return Server(lang, ["sh", "-c", "echo starting; echo '[ALERT] cannot bind'; exit 1"],
+                      1, tmp_path / "broken.log")
+
+    monkeypatch.setattr(peers, "server", broken)
+    reason = harness._gateway("haproxy", _config("proxy_small"), tmp_path, ["http://x:1"])
+    assert isinstance(reason, str)
+    assert reason.startswith("unavailable: failed to start: haproxy: exited with status 1")
+    assert reason.endswith("([ALERT] cannot bind)")
