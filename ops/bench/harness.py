@@ -1,7 +1,9 @@
-"""The benchmark harness: li-httpd against nginx (and LiteLLM), one scenario at a time.
+"""The benchmark harness: li-httpd against nginx, HAProxy, Caddy, LiteLLM and Portkey,
+one scenario at a time.
 
     bash ops/bench/run [SCENARIO ...] [--profile ci|quick|full] [--set KEY=VALUE ...]
-                       [--langs nginx,li,litellm] [--results DIR] [--compare CSV]
+                       [--langs nginx,haproxy,caddy,li,litellm,portkey] [--results DIR]
+                       [--compare CSV]
 
 Everything a scenario does comes from TOML (see benchconfig.py); adding one needs no
 Python. For each scenario the harness writes the fixtures, starts the upstream(s), then
@@ -10,7 +12,8 @@ same worker count, runs ``[verify]`` (correctness before timing: a server that a
 wrongly is not measured), runs the scenario's loads (a discarded warm-up, then
 ``global.runs`` measured runs, median reported) while sampling the server's processes'
 CPU and memory, and stops it. Results: ``results/<timestamp>.csv``, one PNG per scenario,
-and a table of li/nginx and li/litellm ratios on stdout.
+and a table of li/<peer> ratios on stdout. The peers other than nginx are optional
+(peers.py): one that is not installed is reported unavailable and skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from . import loads, render
+from . import loads, peers, render
 from .benchconfig import HERE, BenchConfigError, get, load_profile, parse_value, scenario_config
 from .procs import Sampler, Server, free_port
 from .report import Row, compare_table, median_metrics, plot, read_csv, write_csv
@@ -36,6 +39,9 @@ from .report import Row, compare_table, median_metrics, plot, read_csv, write_cs
 LITELLM = HERE / "litellm"
 LITELLM_VENV = HERE / ".litellm-venv"
 OPENAI_PATH = "/v1/chat/completions"
+# AI gateways: they reshape answers (headers, usage events), so a failed check is
+# reported but does not fail the run, and only the OpenAI requests of [verify] apply.
+AI_GATEWAYS = frozenset({"litellm", "portkey"})
 
 
 class Upstreams:
@@ -124,12 +130,21 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
         server = Server("litellm", ["bash", str(LITELLM / "run"), "--config", str(conf),
                                     "--port", str(port), "--num_workers", workers],
                         port, work / "litellm.log")
+    elif lang in peers.LANGS:
+        started = peers.server(lang, config, work, port, origins)
+        if isinstance(started, str):
+            return started
+        server = started
     else:
         return f"unknown lang {lang}"
     try:
-        server.start(timeout=120 if lang == "litellm" else 30)
+        server.start(timeout=120 if lang in AI_GATEWAYS else 30)
     except RuntimeError as exc:
-        return f"unavailable: failed to start: {str(exc).splitlines()[0][:200]}"
+        # The first line says what happened, the log's last line usually why (e.g.
+        # HAProxy's "[ALERT] ... Cannot raise FD limit").
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = f" ({lines[-1][:200]})" if len(lines) > 1 else ""
+        return f"unavailable: failed to start: {lines[0][:200]}{why}"
     return server
 
 
@@ -174,12 +189,18 @@ class Scenario:
             # (CPU frequency, noisy neighbours) lands on all of them alike.
             for round_index in range(rounds):
                 for lang in langs:
+                    absent = peers.missing(lang)
+                    if absent:
+                        if round_index == 0:
+                            self.note(lang, absent)
+                        self.failed = self.failed or (lang in peers.SYSTEM and peers.required())
+                        continue
                     for variant, spec in _variants(self.config, lang):
                         server = _gateway(lang, self.config, work, upstreams.origins, spec)
                         if isinstance(server, str):
                             if round_index == 0:
                                 self.note(lang, server)
-                            if lang != "litellm":
+                            if lang not in AI_GATEWAYS:
                                 self.failed = True
                             continue
                         try:
@@ -195,13 +216,16 @@ class Scenario:
     def _serve(self, lang: str, variant: str, server: Server, upstreams: Upstreams,
                fixtures: Mapping[str, bytes], first_round: bool = True) -> None:
         requests = get(self.config, "verify.requests", [])
-        if lang == "litellm":
+        if lang in AI_GATEWAYS:
             requests = [r for r in requests if r["path"].startswith(OPENAI_PATH)]
+        extra = peers.client_headers(lang, upstreams.origins)
+        if extra:
+            requests = [_with_headers(r, extra) for r in requests]
         failures = loads.verify(server.port, requests, fixtures)
         if first_round or failures:
             self.add(lang, "verify", {"verify_passed": (0.0 if failures else 1.0, "bool")})
         if failures:
-            self.failed = lang != "litellm" or self.failed
+            self.failed = lang not in AI_GATEWAYS or self.failed
             self.note(lang, "verify failed: " + "; ".join(failures)[:300])
             return
         print(f"  {_label(lang, variant)}: verify ok", flush=True)
@@ -213,7 +237,7 @@ class Scenario:
             elif tool == "latency":
                 self._latency(lang, server, upstreams)
             elif tool == "sse":
-                self._sse(lang, variant, server)
+                self._sse(lang, variant, server, upstreams)
             else:
                 raise BenchConfigError(f"{self.name}: unknown load tool {tool!r}")
 
@@ -224,7 +248,8 @@ class Scenario:
                    "connections": int(get(config, "load.wrk.connections", 64)),
                    "method": get(config, "load.method", "GET"),
                    "body": get(config, "load.body", ""),
-                   "headers": get(config, "load.headers", [])}
+                   "headers": [*get(config, "load.headers", []),
+                               *peers.client_headers(lang, upstreams.origins)]}
         loads.run_wrk(url, seconds=float(get(config, "global.warmup_sec", 3)), **options)
         distribution = bool(get(config, "check.distribution", False))
         before = upstreams.request_counts() if distribution else []
@@ -276,14 +301,15 @@ class Scenario:
             "--concurrency", levels,
             "--requests-per-level", str(get(config, "load.latency.requests_per_level", 1000)),
             "--warmup", str(get(config, "load.latency.warmup", 100)),
-            "--baseline-url", upstreams.origins[0] + path], timeout=1800)
+            "--baseline-url", upstreams.origins[0] + path,
+            *_header_args(peers.client_headers(lang, upstreams.origins))], timeout=1800)
         for variant, metrics in loads.latency_metrics(report).items():
             self.add(lang, variant, metrics)
         summary = {v: m.get("added_p50_ms", (float("nan"),))[0]
                    for v, m in loads.latency_metrics(report).items()}
         print(f"  {lang}: added p50 ms by concurrency {summary}", flush=True)
 
-    def _sse(self, lang: str, variant: str, server: Server) -> None:
+    def _sse(self, lang: str, variant: str, server: Server, upstreams: Upstreams) -> None:
         config = self.config
         seconds = float(get(config, "load.sse.duration_sec", 30))
         with Sampler(server.pid, float(get(config, "global.sample_interval_sec", 0.1))) \
@@ -294,7 +320,9 @@ class Scenario:
                 "--open-rate", str(get(config, "load.sse.open_rate", 100)),
                 "--events", str(get(config, "load.sse.events", 100)),
                 "--event-interval-ms", str(get(config, "load.sse.event_interval_ms", 100)),
-                "--duration", str(seconds)], timeout=seconds + 300)
+                "--duration", str(seconds),
+                *_header_args(peers.client_headers(lang, upstreams.origins))],
+                timeout=seconds + 300)
         metrics = loads.sse_metrics(report)
         metrics["cpu_s"] = (sampler.cpu_seconds, "s")
         # The gateway's CPU (all its processes) per event the driver received: the
@@ -310,6 +338,19 @@ class Scenario:
               f"{metrics['stream_errors'][0]:.0f} errors, "
               f"{metrics['cpu_us_per_event'][0]:.1f} us CPU/event, "
               f"peak {metrics['peak_pss_mib'][0]:.0f} MiB", flush=True)
+
+
+def _with_headers(spec: Mapping[str, Any], headers: Sequence[str]) -> dict[str, Any]:
+    """A [verify] request with ``NAME: VALUE`` headers added (the peer's own)."""
+    merged = dict(spec.get("headers", {}))
+    for header in headers:
+        name, _, value = header.partition(":")
+        merged[name.strip()] = value.strip()
+    return {**spec, "headers": merged}
+
+
+def _header_args(headers: Sequence[str]) -> list[str]:
+    return [arg for header in headers for arg in ("--header", header)]
 
 
 def _parse_sets(values: Sequence[str]) -> list[tuple[str, Any]]:

@@ -21,6 +21,7 @@ HEADLINE = ("rps", "p50_latency_ms", "p99_latency_ms", "transfer_mib_s", "cpu_us
             "cpu_us_per_event",
             "peak_pss_mib", "added_delay_p50_ms", "added_delay_p99_ms", "ttfb_p50_ms",
             "completed", "stream_errors", "added_p50_ms", "added_p99_ms", "share_spread")
+COLOURS = {"li": "#3b7dd8", "nginx": "#888888", "haproxy": "#aaaaaa", "caddy": "#666666"}
 LOWER_IS_BETTER = ("latency", "delay", "ttfb", "added", "cpu", "pss", "rss", "errors",
                    "spread", "non_2xx")
 
@@ -88,17 +89,27 @@ def _number(value: str) -> float | None:
         return None
 
 
+# Peers in the order of the table's columns; li is compared with each one present.
+PEERS = ("nginx", "haproxy", "caddy", "litellm", "portkey")
+
+
 def compare_table(rows: Sequence[Row], metrics: Sequence[str] = HEADLINE) -> str:
-    """li next to nginx and litellm, with li/nginx and li/litellm ratios."""
+    """li next to every peer that has a row (a number or a status), then li/<peer> ratios
+    for the same peers; a peer that could not run shows ``n/a`` and its reason below."""
     table: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
-    units: dict[tuple[str, str, str], str] = {}
     for row in rows:
         if row.metric in metrics:
             table[(row.benchmark, row.variant, row.metric)][row.lang] = row.value
-            units[(row.benchmark, row.variant, row.metric)] = row.unit
     status = {(r.benchmark, r.lang): r.unit for r in rows if r.metric == "status"}
-    lines = [f"{'benchmark':<15} {'variant':<8} {'metric':<20} {'nginx':>11} {'li':>11} "
-             f"{'litellm':>11} {'li/nginx':>9} {'li/litellm':>10}"]
+    present = {lang for values in table.values() for lang in values} | \
+        {lang for _, lang in status}
+    # nginx and litellm always: the table of a run without the newer peers keeps its shape.
+    peers = [lang for lang in PEERS if lang in present or lang in ("nginx", "litellm")]
+    columns = [peers[0], "li", *peers[1:]]
+    header = f"{'benchmark':<17} {'variant':<8} {'metric':<20} " + \
+        " ".join(f"{lang:>11}" for lang in columns) + " " + \
+        " ".join(f"{'li/' + lang:>10}" for lang in peers)
+    lines = [header]
     for (benchmark, variant, metric), values in sorted(table.items()):
         li = _number(values.get("li", ""))
 
@@ -112,9 +123,9 @@ def compare_table(rows: Sequence[Row], metrics: Sequence[str] = HEADLINE) -> str
             other = _number(values.get(lang, ""))
             return f"{li / other:.2f}" if li is not None and other else ""
 
-        lines.append(f"{benchmark:<15} {variant:<8} {metric:<20} {cell('nginx'):>11} "
-                     f"{cell('li'):>11} {cell('litellm'):>11} {ratio('nginx'):>9} "
-                     f"{ratio('litellm'):>10}")
+        lines.append(f"{benchmark:<17} {variant:<8} {metric:<20} "
+                     + " ".join(f"{cell(lang):>11}" for lang in columns) + " "
+                     + " ".join(f"{ratio(lang):>10}" for lang in peers))
     for (benchmark, lang), reason in sorted(status.items()):
         lines.append(f"{benchmark}: {lang} {reason}")
     return "\n".join(lines)
@@ -140,8 +151,7 @@ def plot(rows: Sequence[Row], directory: Path) -> list[Path]:
             points = [(r.lang, float(r.value)) for r in selected
                       if (r.variant, r.metric) == (variant, metric)]
             axis.bar([p[0] for p in points], [p[1] for p in points],
-                     color=["#888888" if p[0] == "nginx" else "#3b7dd8" if p[0] == "li"
-                            else "#d8843b" for p in points])
+                     color=[COLOURS.get(p[0], "#d8843b") for p in points])
             better = "lower" if any(word in metric for word in LOWER_IS_BETTER) else "higher"
             axis.set_title(f"{metric}\n({variant}, {better} is better)", fontsize=8)
             axis.tick_params(labelsize=8)
