@@ -290,9 +290,9 @@ class _Proxy:
                 return await client.reject(
                     403, message=f"this key may not use model {model!r}", outcome="rejected",
                     error_type="model_not_allowed")
-        if plan.accounting or ctx.budgets:
-            self.shape = shape_of(self.upstream_path)
         budget = ctx.budgets.get(exchange.key_id) if ctx.budgets and exchange.key_id else None
+        if plan.accounting or budget is not None:  # a budget is settled on the usage
+            self.shape = shape_of(self.upstream_path)
         if budget is not None and self.shape is not None:
             refused = await self._reserve(budget, fields, len(start) if complete
                                           else head.content_length or len(start))
