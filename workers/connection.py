@@ -382,18 +382,23 @@ class ClientConnection:
                       usage)
 
     def _settle(self, exchange: Exchange, usage: TokenUsage | None) -> None:
-        """Replace the request's budget reservation by what it used: the reported usage;
-        nothing when no upstream answered or it answered an error; else (a stream cut
-        before its usage, or a response that reports none) the reservation stays
-        charged, as the tokens may have been spent."""
+        """Replace the request's budget reservation by what it used: nothing when no
+        upstream answered or it answered an error; the reported usage when the response
+        completed; otherwise (cut, timed out, the client gone, or a response that
+        reports no usage) at least the reservation, as the tokens may have been spent
+        (an Anthropic stream reports its input and one output token first: a cut after
+        that must not be charged one token)."""
         grant = exchange.budget
         if grant is None:
             return
         exchange.budget = None
-        if usage is not None:
-            tokens, micro = sum(usage[:4]), math.ceil(usage[4] * 1_000_000)
-        elif exchange.ttfb_ms is None or exchange.status != 200:
+        if exchange.upstream_status != 200:
             tokens = micro = 0
+        elif usage is not None and exchange.outcome == "completed":
+            tokens, micro = sum(usage[:4]), math.ceil(usage[4] * 1_000_000)
+        elif usage is not None:
+            tokens = max(grant.tokens, sum(usage[:4]))
+            micro = max(grant.micro_usd, math.ceil(usage[4] * 1_000_000))
         else:
             tokens, micro = grant.tokens, grant.micro_usd
         self.ctx.shared.budget_settle(grant, tokens, micro)

@@ -135,6 +135,10 @@ class ModelLists:
         allowed = self._allowed.get(key_id) if key_id is not None else None
         return allowed is None or model in allowed
 
+    def restricts(self, key_id: str | None) -> bool:
+        """Whether the key may use only some models."""
+        return key_id is not None and key_id in self._allowed
+
     def body(self, key_id: str | None) -> bytes:
         return self._bodies.get(key_id, self._bodies[None])
 

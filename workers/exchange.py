@@ -112,7 +112,7 @@ class Exchange:
     __slots__ = ("attempts", "audited", "budget", "caller", "continue_sent", "detail", "group",
                  "head", "meter", "model", "outcome", "path_invalid", "peer", "phase", "request_id",
                  "route", "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream",
-                 "usage")
+                 "upstream_status", "usage")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
         self.head = head
@@ -136,6 +136,8 @@ class Exchange:
         self.continue_sent = False
         self.peer: str | None = None
         self.ttfb_ms: float | None = None
+        self.upstream_status = 0
+        """The status of the last upstream response head (0: none came)."""
         self.model: str | None = None
         self.upstream: UpstreamConn | None = None
         self.group: UpstreamGroup | None = None
@@ -203,8 +205,10 @@ class Exchange:
         """``upstream`` carries the request now: a timeout or disconnect closes it."""
         self.upstream = upstream
 
-    def first_byte(self) -> None:
+    def first_byte(self, status: int) -> None:
+        """The upstream's response head (``status``) arrived."""
         self.ttfb_ms = (time.monotonic() - self.started) * 1000
+        self.upstream_status = status
 
     def take_upstream(self) -> UpstreamConn | None:
         """The upstream connection in use, which the caller now closes or pools."""

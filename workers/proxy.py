@@ -128,21 +128,43 @@ _CAPS = (b"max_completion_tokens", b"max_tokens", b"max_output_tokens")
 """The request's cap on output tokens, in the names of the API shapes that have one."""
 DEFAULT_MAX_TOKENS = 4096
 """What a budget reserves for a request with no cap, of a model not in ``[models]``."""
-BYTES_PER_TOKEN = 4
-"""The input estimate a budget reserves: the body's size over this (text runs about four
-bytes a token; the JSON around it makes this an over-estimate, which is the safe side)."""
+BYTES_PER_TOKEN = 1
+"""The input a budget reserves: the body's size over this. A token is at least one byte
+of the text it encodes, and JSON only adds bytes, so this bounds the input from above
+whatever the text (English runs about four bytes a token; "a a a" two): the reservation
+never falls short, and the settle gives the difference back."""
 _USAGE_INJECTABLE: frozenset[ApiShape | None] = frozenset({"chat", "completions"})
 """The request body's top-level fields the proxy reads (the body itself passes as is)."""
 
 
-def _model_of(head: RequestHead, fields: dict[bytes, JsonScalar]) -> str | None:
-    """The model a request names: ``x-model``, else the JSON body's top-level ``model``.
-    At most 128 characters either way (it goes into every audit record)."""
+def _models_of(head: RequestHead, fields: dict[bytes, JsonScalar]
+               ) -> tuple[str | None, str | None]:
+    """The model a request names in its ``x-model`` header and in its JSON body's
+    top-level ``model`` (None where absent)."""
+    header = None
     for name, value in head.headers:
         if name == b"x-model":
-            return value[:128].decode("latin-1")
+            header = value.decode("latin-1")
+            break
     model = fields.get(b"model")
-    return model[:128] if isinstance(model, str) and model else None
+    return header, (model if isinstance(model, str) and model else None)
+
+
+def _cap(fields: dict[bytes, JsonScalar]) -> int | None:
+    """The request's cap on output tokens, read as leniently as the upstream's own
+    validation might (an integral float, a numeric string): a budget must not reserve
+    less than the upstream will allow."""
+    for name in _CAPS:
+        value = fields.get(name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _asks_for_stream(head: RequestHead, fields: dict[bytes, JsonScalar]) -> bool:
@@ -277,7 +299,26 @@ class _Proxy:
             if head.has_body else (b"", True)
         body = start if complete else None
         fields = top_level(start, _FIELDS, complete=complete) if start else {}
-        model = exchange.model = _model_of(head, fields)
+        header_model, body_model = _models_of(head, fields)
+        if header_model is not None and body_model is not None and header_model != body_model:
+            # The upstream reads the body: routing, access and price must not differ.
+            return await client.reject(
+                400, message="the x-model header and the body's model differ",
+                error_type="model_mismatch")
+        model = body_model if body_model is not None else header_model
+        exchange.model = model[:128] if model is not None else None  # for the logs
+        budget = ctx.budgets.get(exchange.key_id) if ctx.budgets and exchange.key_id else None
+        if head.has_body and (budget is not None or ctx.model_lists.restricts(exchange.key_id)):
+            # The model decides what this caller may do and pay: it must be the one the
+            # upstream will read, so the whole body must have been read and parsed.
+            if not complete:
+                return await client.reject(
+                    400, message="this key's requests are checked by model: the body "
+                    "must fit the route's request buffering", error_type="model_unreadable")
+            if body_model is None and header_model is None and start:
+                return await client.reject(
+                    400, message="the request's model cannot be read: the body is not a "
+                    "JSON object naming one", error_type="model_unreadable")
         if model is not None:
             if plan.model_routing:
                 entry = ctx.models.get(model)
@@ -290,12 +331,10 @@ class _Proxy:
                 return await client.reject(
                     403, message=f"this key may not use model {model!r}", outcome="rejected",
                     error_type="model_not_allowed")
-        budget = ctx.budgets.get(exchange.key_id) if ctx.budgets and exchange.key_id else None
         if plan.accounting or budget is not None:  # a budget is settled on the usage
             self.shape = shape_of(self.upstream_path)
         if budget is not None and self.shape is not None:
-            refused = await self._reserve(budget, fields, len(start) if complete
-                                          else head.content_length or len(start))
+            refused = await self._reserve(budget, fields, len(start))
             if refused is not None:
                 return refused
         if plan.accounting and body is not None and plan.inject_usage \
@@ -328,9 +367,7 @@ class _Proxy:
         (no upstream call)."""
         exchange, ctx = self.exchange, self.ctx
         model = ctx.models.get(exchange.model or "")
-        cap = next((v for name in _CAPS if isinstance(v := fields.get(name), int)
-                    and not isinstance(v, bool) and v > 0), None)
-        output = 0 if self.shape == "embeddings" else cap or (
+        output = 0 if self.shape == "embeddings" else _cap(fields) or (
             model.default_max_tokens if model is not None else DEFAULT_MAX_TOKENS)
         estimate = size // BYTES_PER_TOKEN + 1
         price = model.price if model is not None else None
@@ -577,7 +614,7 @@ class _Proxy:
                 waiting = False
                 continue
             if isinstance(event, ResponseHead):
-                self.exchange.first_byte()
+                self.exchange.first_byte(event.status)
                 return event
             raise _UpstreamFailed("closed before responding", request_sent=True)
 

@@ -152,3 +152,53 @@ def test_a_stream_cut_before_its_usage_keeps_the_reservation(
     time.sleep(0.3)
     charged = gateway.status()["budgets"][0]["tokens"]
     assert charged >= 200  # the whole reservation: output cap and input estimate
+
+
+@pytest.mark.parametrize("cap", ['"5000"', "5000.0", "5000"])
+def test_a_cap_in_any_form_the_upstream_accepts_is_reserved(
+        cap: str, mock: MockUpstream, start_gateway: Callable[..., Gateway]) -> None:
+    gateway = start_gateway(_config(mock.origin, "tokens_per_minute = 1000"))
+    before = int(mock.stats()["requests"])
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as http:
+        reply = http.post("/v1/chat/completions",
+                          content='{"model":"mock-chat","messages":[],"max_tokens":' + cap + "}",
+                          headers={"authorization": f"Bearer {KEY}",
+                                   "content-type": "application/json"})
+    assert reply.status_code == 429 and "larger than the budget" in reply.text
+    assert int(mock.stats()["requests"]) - before == 1  # the /stats read only
+
+
+def test_the_input_reservation_bounds_any_text(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway]) -> None:
+    # 7,000 bytes of one-letter words can be 3,500 tokens or more: reserved as 7,000.
+    gateway = start_gateway(_config(mock.origin, "tokens_per_minute = 6000"))
+    text = "a " * 3500
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as http:
+        reply = http.post("/v1/chat/completions", json={
+            "model": "mock-chat", "max_tokens": 1,
+            "messages": [{"role": "user", "content": text}]},
+            headers={"authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 429
+
+
+def test_an_anthropic_stream_cut_after_message_start_keeps_the_reservation(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway]) -> None:
+    gateway = start_gateway(_config(mock.origin, f"tokens_per_minute = {TOKENS_PER_MINUTE}")
+                            .replace('"/v1/*" = "proxy:main"',
+                                     '"/v1/*" = "proxy:main"\n\n[defaults]\n'
+                                     'accept_x_api_key = true'))
+    _fresh_minute(15)
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as http, \
+            http.stream("POST", "/v1/messages", params={"tokens": "400", "delay_ms": "5"},
+                        json={"model": "mock-chat", "max_tokens": 1000, "stream": True,
+                              "messages": [{"role": "user", "content": "hi"}]},
+                        headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+                        ) as reply:
+        seen = b""
+        for piece in reply.iter_bytes():
+            seen += piece
+            if seen.count(b"content_block_delta") >= 5:
+                break  # the client goes away mid-stream, after message_start's usage
+    time.sleep(0.5)
+    charged = gateway.status()["budgets"][0]["tokens"]
+    assert charged >= 1000  # the reservation (cap 1000 + the input bound), not ~2 tokens

@@ -123,11 +123,17 @@ def test_routes_by_the_body_model_and_by_x_model(pools: _Pools) -> None:
     assert (_served(pools.a) - before_a, _served(pools.b) - before_b) == (1, 2)  # +stats
     client.chat.completions.create(model="m-a", messages=MESSAGES)
     assert _served(pools.a) - before_a == 3
-    # x-model wins over the body's model.
+    # x-model routes a body that names no model; a body naming another one is refused
+    # (the upstream reads the body: routing, access and price must follow it).
     with httpx.Client(base_url=pools.base) as raw:
-        answer = raw.post("/v1/chat/completions", json={"model": "m-a", "messages": []},
-                          headers={"authorization": f"Bearer {KEY_ALL}", "x-model": "m-b"})
-    assert answer.status_code == 200
+        auth = {"authorization": f"Bearer {KEY_ALL}"}
+        answer = raw.post("/v1/chat/completions", json={"messages": []},
+                          headers={**auth, "x-model": "m-b"})
+        assert answer.status_code == 200
+        mismatch = raw.post("/v1/chat/completions", json={"model": "m-a", "messages": []},
+                            headers={**auth, "x-model": "m-b"})
+        assert mismatch.status_code == 400
+        assert mismatch.json()["error"]["type"] == "model_mismatch"
     assert _served(pools.b) - before_b == 4  # the request and two /stats reads
     assert _served(pools.a) - before_a == 4  # only the /stats read
 
@@ -298,3 +304,24 @@ def test_openai_completions_usage(pools: _Pools, stream: bool) -> None:
                                   extra_query=KNOBS, extra_headers={"x-request-id": request_id})
     _check_usage(pools.audit(request_id), input_tokens=3, output=5, cache_read=2,
                  cache_write=0)
+
+
+@pytest.mark.parametrize(("body", "status", "error"), [
+    # A BOM that the upstream's parser skips: the gateway reads the same model.
+    (b'\xef\xbb\xbf{"model":"m-b","messages":[]}', 403, "model_not_allowed"),
+    # An escaped key in a large body: parsed whole, not by raw bytes.
+    (b'{"mod\\u0065l":"m-b","input":"' + b"x" * 70_000 + b'"}', 403, "model_not_allowed"),
+    (b'{"model":"m-a","model":"m-b","messages":[]}', 403, "model_not_allowed"),
+    # JSON the gateway cannot parse (NaN) but a lenient upstream might: refused.
+    (b'{"model":"m-b","temperature":NaN,"messages":[]}', 400, "model_unreadable"),
+    (b'not json at all', 400, "model_unreadable"),
+])
+def test_a_restricted_key_cannot_hide_its_model(pools: _Pools, body: bytes, status: int,
+                                                error: str) -> None:
+    before = _served(pools.b)
+    with httpx.Client(base_url=pools.base) as raw:
+        reply = raw.post("/v1/chat/completions", content=body, headers={
+            "authorization": f"Bearer {KEY_A}", "content-type": "application/json"})
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["type"] == error
+    assert _served(pools.b) - before == 1  # only the /stats read: nothing reached pool b

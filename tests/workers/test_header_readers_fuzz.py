@@ -1,5 +1,5 @@
 """Fuzz tests of the readers of client header and body bytes outside workers/http1.py
-(hypothesis): the model a request names (``_model_of``, workers/proxy.py), the client
+(hypothesis): the model a request names (``_models_of``, workers/proxy.py), the client
 request id (``request_id_from``, workers/policy.py), the caller (``KeyRing.identify``)
 and the rate-limit key (``limit_key_value``, workers/identity.py).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from li_httpd.config.model import ApiKey
@@ -26,7 +27,7 @@ from li_httpd.workers.http1 import Header, RequestHead
 from li_httpd.workers.identity import ANONYMOUS, Caller, KeyRing, hash_key, limit_key_value
 from li_httpd.workers.json_fields import top_level
 from li_httpd.workers.policy import request_id_from
-from li_httpd.workers.proxy import _FIELDS, _model_of
+from li_httpd.workers.proxy import _FIELDS, _cap, _models_of
 
 FAST = settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 
@@ -61,23 +62,32 @@ def _head(headers: list[Header]) -> RequestHead:
 
 @FAST
 @given(headers=header_lists, body=bodies)
-@example(headers=[], body=b'{"model": "' + b"m" * 128 + b'"}')
 @example(headers=[], body=b'{"model": "' + b"m" * 129 + b'"}')
 @example(headers=[], body=b'{"model": "\xff\xfe"}')
+@example(headers=[], body=b'\xef\xbb\xbf{"model": "m"}')
 @example(headers=[(b"x-model", b"m" * 5000)], body=b"")
-def test_model_of_is_total_and_bounded(headers: list[Header], body: bytes) -> None:
-    model = _model_of(_head(headers), top_level(body, _FIELDS))
-    assert _model_of(_head(headers), top_level(body, _FIELDS, complete=True)) in (model, None)
+def test_models_of_is_total(headers: list[Header], body: bytes) -> None:
+    header, model = _models_of(_head(headers), top_level(body, _FIELDS))
+    whole = _models_of(_head(headers), top_level(body, _FIELDS, complete=True))[1]
+    assert whole in (model, None) or model is None
     declared = [v for n, v in headers if n == b"x-model"]
-    if declared:
-        assert model == declared[0][:128].decode("latin-1")
-        return
-    if model is None:
-        return
-    assert isinstance(model, str)
-    assert 1 <= len(model) <= 128
-    # The model is a top-level string field of the body.
-    assert b'"model"' in body
+    assert header == (declared[0].decode("latin-1") if declared else None)
+    for found in (model, whole):
+        if found is not None:  # a non-empty top-level string field of the body
+            assert isinstance(found, str) and found
+            assert b'"model"' in body
+
+
+@pytest.mark.parametrize(("fields", "cap"), [
+    ({b"max_tokens": 100}, 100), ({b"max_tokens": 100.0}, 100), ({b"max_tokens": "100"}, 100),
+    ({b"max_tokens": " 7 "}, 7), ({b"max_tokens": True}, None), ({b"max_tokens": 0}, None),
+    ({b"max_tokens": -5}, None), ({b"max_tokens": 1.5}, None), ({b"max_tokens": "1e9"}, None),
+    ({b"max_completion_tokens": 9, b"max_tokens": 100}, 9),
+    ({b"max_output_tokens": 50}, 50), ({}, None),
+])
+def test_cap_reads_what_the_upstream_would_accept(fields: dict[bytes, object],
+                                                  cap: int | None) -> None:
+    assert _cap(fields) == cap  # type: ignore[arg-type]
 
 
 @FAST
