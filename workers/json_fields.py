@@ -43,9 +43,13 @@ def top_level(data: bytes, names: Collection[bytes], *,
     use. ``complete``: ``data`` is the whole body, parsed whole (a leading UTF-8 BOM is
     skipped, as Python's parser does); it gives ``{}`` when it is not valid JSON (callers
     that must know the model refuse such a body). Without ``complete`` the tokenizer
-    reads raw key bytes: a key spelt with escapes (``"mod\\u0065l"``) is not seen."""
+    reads raw key bytes (a key spelt with escapes, ``"mod\\u0065l"``, is not seen) in the
+    first :data:`PARSE_WHOLE` bytes only."""
     if complete:
         return _parsed(data, names)
+    # The tokenizer runs in Python (~0.5 s per MiB of hostile input): bounded to what a
+    # streamed body's first read holds, so no body can stall the worker for long.
+    data = data[:PARSE_WHOLE]
     found: dict[bytes, JsonScalar] = {}
     depth = 0
     key: bytes | None = None   # the top-level key whose value comes next
