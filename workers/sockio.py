@@ -10,10 +10,12 @@ connection's scope when it has passed. A timeout therefore fires within one tick
 (:data:`TICK`) after it is due.
 
 Fairness: an operation that does not block does not yield, so :meth:`SocketIO.recv`
-yields after :data:`YIELD_EVERY` non-blocking successes, a full read counting as that
-many (every :data:`BYTES_PER_OP` bytes count as one more): a connection that always
-has data ready cannot starve the others, and the work one turn can carry is bounded in
-reads and in bytes.
+yields after :data:`YIELD_EVERY` non-blocking successes in a row, a full read counting
+as that many (every :data:`BYTES_PER_OP` bytes count as one more): a connection that
+always has data ready cannot starve the others, and the work one turn can carry is
+bounded in reads and in bytes. A wait for the socket is a yield, so it starts the count
+again: a keep-alive connection that waits for each request and each upstream answer
+never pays for an extra turn of the scheduler (each turn costs an ``epoll_wait``).
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ class SocketIO:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await wait_readable(sock)
+                self._ops = 0  # the wait let every other task run
                 continue
             except OSError as exc:
                 if exc.errno in _GONE_ERRNOS and not reset_is_error:
@@ -206,6 +209,7 @@ class SocketIO:
             await wait_readable(self.sock)
         except (OSError, trio.ClosedResourceError):
             return b""
+        self._ops = 0  # the wait let every other task run
         return await self.recv()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
