@@ -11,10 +11,15 @@ request by syscall name and in total.
 
 Why strace and not perf: every syscall is counted (nothing sampled), so the same build
 gives the same numbers run after run, up to the background of the worker's own timers
-(``idle/s``: housekeeping's 10 Hz tick, measured over a window with no requests and
-printed next to each table so a reader can subtract it). The counts do not depend on
-the machine's speed; the seconds strace reports do (and strace slows every call), so
-they are left out.
+(``idle background``: housekeeping's 10 Hz tick, measured over a window with no
+requests and printed next to each table so a reader can subtract it). Calls that failed
+(EAGAIN: a read tried before the data was there) are shown per request too. The seconds
+strace reports are left out: strace stops the worker at every call, which makes it
+several times slower. That also skews what depends on timing: how many ready
+connections one ``epoll_wait`` returns with 16 connections, and whether a read tried
+without waiting would find data (the slowed worker gives the client time to send its
+next request first, which it would not have unslowed). Counts that follow from the code
+path alone (reads, writes, ``epoll_ctl``, the reuse check) are exact.
 
 May import: the standard library and ops.bench (no li_httpd.workers: the gateway under
 test may be another build's interpreter, see ``--li-python``).
@@ -35,6 +40,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .procs import Server, free_port, tree
 from .render import gateway_li, gateway_nginx, upstream_nginx
@@ -133,6 +139,12 @@ def serving_pid(root: int, port: int) -> int:
     raise RuntimeError(f"no process under {root} holds a connection on port {port}")
 
 
+class Calls(NamedTuple):
+    calls: int
+    failed: int
+    """Calls that returned an error (EAGAIN: work for nothing)."""
+
+
 class Strace:
     """``strace -f -c`` attached to a running process until :meth:`stop`."""
 
@@ -147,20 +159,21 @@ class Strace:
             raise RuntimeError(f"strace did not attach: {line.strip()}")
         time.sleep(0.3)  # the other threads' "attached" lines; the worker is idle now
 
-    def stop(self) -> dict[str, int]:
+    def stop(self) -> dict[str, Calls]:
         self.process.send_signal(signal.SIGINT)
         self.process.communicate(timeout=30)
-        counts: dict[str, int] = {}
+        counts: dict[str, Calls] = {}
         for line in self.out.read_text().splitlines():
             fields = line.split()
             if len(fields) >= 2 and fields[1].isdigit() and not line.startswith("-"):
-                counts[fields[0]] = int(fields[1])
+                failed = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+                counts[fields[0]] = Calls(int(fields[1]), failed)
         counts.pop("total", None)
         return counts
 
 
 def measure(server_pid: int, port: int, path: bytes, requests: int, concurrency: int,
-            work: Path, label: str) -> tuple[dict[str, int], float]:
+            work: Path, label: str) -> tuple[dict[str, Calls], float]:
     """(syscall counts over ``requests`` requests, the worker's idle syscalls/s)."""
     clients = [Client(port, path) for _ in range(concurrency)]
     try:
@@ -168,7 +181,7 @@ def measure(server_pid: int, port: int, path: bytes, requests: int, concurrency:
         worker = serving_pid(server_pid, port)
         idle_trace = Strace(worker, work / f"{label}.idle.strace")
         time.sleep(IDLE_WINDOW)
-        idle = sum(idle_trace.stop().values()) / IDLE_WINDOW
+        idle = sum(c.calls for c in idle_trace.stop().values()) / IDLE_WINDOW
         trace = Strace(worker, work / f"{label}.strace")
         try:
             run_load(clients, requests)
@@ -180,14 +193,16 @@ def measure(server_pid: int, port: int, path: bytes, requests: int, concurrency:
     return counts, idle
 
 
-def report(label: str, counts: dict[str, int], idle: float, requests: int) -> None:
-    total = sum(counts.values())
+def report(label: str, counts: dict[str, Calls], idle: float, requests: int) -> None:
+    total = sum(c.calls for c in counts.values())
     print(f"{label}: {total / requests:.2f} syscalls per request "
           f"({total} calls / {requests} requests; idle background {idle:.1f}/s)")
-    for name, calls in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+    for name, (calls, failed) in sorted(counts.items(), key=lambda item: (-item[1].calls,
+                                                                          item[0])):
         per = calls / requests
         if per >= 0.005:
-            print(f"    {name:<18} {per:8.2f}")
+            errors = f"  ({failed / requests:.2f} failed)" if failed / requests >= 0.005 else ""
+            print(f"    {name:<18} {per:8.2f}{errors}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
