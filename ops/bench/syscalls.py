@@ -4,7 +4,8 @@ Each gateway runs with one worker and no access log in front of the same upstrea
 mock upstream's ``GET /small``, or nginx's fixed ``/small``); after a warm-up (so the
 upstream keep-alive pool is full and every lazy import is done) ``strace -f -c`` is
 attached to the gateway's worker process (the one holding the client connections) for
-exactly ``requests`` keep-alive GETs, sent by a small blocking client in this process
+exactly ``requests`` keep-alive requests (``GET /small``, or with ``--request chat`` a
+chat completion POST), sent by a small blocking client in this process
 (``concurrency`` connections, one thread each, every request read to its end before
 the next). strace's summary divided by the request count is the table: calls per
 request by syscall name and in total.
@@ -45,19 +46,28 @@ from typing import NamedTuple
 from .procs import Server, free_port, tree
 from .render import gateway_li, gateway_nginx, upstream_nginx
 
-REQUEST = b"GET /small HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: syscalls\r\n\r\n"
+CHAT_BODY = (b'{"messages":[{"role":"system","content":"You are a helpful assistant."},'
+             b'{"role":"user","content":"Say hello in five words."}],'
+             b'"model":"gpt-4o-mini","max_tokens":64}')
+REQUESTS = {
+    "get": b"GET /small HTTP/1.1\r\nhost: 127.0.0.1\r\nuser-agent: syscalls\r\n\r\n",
+    # What an OpenAI SDK sends (the body of ops/bench/inproc.py's chat request).
+    "chat": (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+             b"user-agent: syscalls\r\ncontent-type: application/json\r\n"
+             b"content-length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY)),
+}
 WARMUP = 300
 IDLE_WINDOW = 2.0
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
 
 
 class Client:
-    """One keep-alive connection that sends a GET and reads its response to the end."""
+    """One keep-alive connection that sends a request and reads its response to the end."""
 
-    def __init__(self, port: int, path: bytes) -> None:
+    def __init__(self, port: int, request: bytes) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.request = REQUEST.replace(b"/small", path)
+        self.request = request
         self.buffered = b""
 
     def get(self) -> None:
@@ -172,10 +182,10 @@ class Strace:
         return counts
 
 
-def measure(server_pid: int, port: int, path: bytes, requests: int, concurrency: int,
+def measure(server_pid: int, port: int, request: bytes, requests: int, concurrency: int,
             work: Path, label: str) -> tuple[dict[str, Calls], float]:
     """(syscall counts over ``requests`` requests, the worker's idle syscalls/s)."""
-    clients = [Client(port, path) for _ in range(concurrency)]
+    clients = [Client(port, request) for _ in range(concurrency)]
     try:
         run_load(clients, max(WARMUP, 10 * concurrency))
         worker = serving_pid(server_pid, port)
@@ -214,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="interpreter of a li-httpd install to measure (repeatable; "
                              "default: this one)")
     parser.add_argument("--upstream", choices=("mock", "nginx"), default="mock")
+    parser.add_argument("--request", choices=sorted(REQUESTS), default="get",
+                        help="get: GET /small; chat: a chat completion POST (mock only)")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx gateway")
     args = parser.parse_args(argv)
     concurrencies = args.concurrency or [1, 16]
@@ -255,9 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.start()
                 try:
                     for concurrency in concurrencies:
-                        counts, idle = measure(server.pid, port, b"/small", args.requests,
+                        counts, idle = measure(server.pid, port, REQUESTS[args.request],
+                                               args.requests,
                                                concurrency, work, f"gw-{index}-c{concurrency}")
-                        report(f"{label}, {concurrency} connection(s)", counts, idle,
+                        report(f"{label}, {args.request}, {concurrency} connection(s)",
+                               counts, idle,
                                args.requests)
                 finally:
                     server.stop()
