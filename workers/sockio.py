@@ -313,9 +313,10 @@ class SocketIO:
         One ``poll(0)`` on a poll object of this socket's own, made on first use (a
         pooled connection keeps it for every reuse): the same one syscall as a
         ``recv(MSG_PEEK)``, without the bytes object and the ``BlockingIOError`` that
-        such a peek allocates on every idle connection (measured ~1.7 us against ~4 us
-        per check). Why not a syscall-free check (housekeeping watching idle pooled
-        sockets): see docs/benchmarks.md, "Syscalls per request"."""
+        such a peek allocates on every idle connection (about half the time per check:
+        ``python -m li_httpd.ops.bench.reuse_check``). Why not a syscall-free check
+        (housekeeping watching idle pooled sockets): see docs/benchmarks.md, "Syscalls
+        per request"."""
         poll = self._poll
         if poll is None:
             poll = self._poll = select.poll()
