@@ -6,7 +6,9 @@ which fails with EAGAIN and so allocates a bytes object and raises
 ``BlockingIOError`` each time, and for ``poll(0)`` on a poll object registered once
 (what :meth:`li_httpd.workers.sockio.SocketIO.readable_now` does). Both are one syscall.
 
-May import: the standard library.
+Only the standard library:
+
+May import: nothing else.
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ without waiting would find data (the slowed worker gives the client time to send
 next request first, which it would not have unslowed). Counts that follow from the code
 path alone (reads, writes, ``epoll_ctl``, the reuse check) are exact.
 
-May import: the standard library and ops.bench (no li_httpd.workers: the gateway under
-test may be another build's interpreter, see ``--li-python``).
+The gateway under test may be another build's interpreter (``--li-python``), so this
+module drives it only as a process: no li_httpd.workers here.
+
+May import: li_httpd.ops.bench.procs, li_httpd.ops.bench.render.
 """
 
 from __future__ import annotations
