@@ -10,10 +10,12 @@ connection's scope when it has passed. A timeout therefore fires within one tick
 (:data:`TICK`) after it is due.
 
 Fairness: an operation that does not block does not yield, so :meth:`SocketIO.recv`
-yields after :data:`YIELD_EVERY` non-blocking successes, a full read counting as that
-many (every :data:`BYTES_PER_OP` bytes count as one more): a connection that always
-has data ready cannot starve the others, and the work one turn can carry is bounded in
-reads and in bytes.
+yields after :data:`YIELD_EVERY` non-blocking successes in a row, a full read counting
+as that many (every :data:`BYTES_PER_OP` bytes count as one more): a connection that
+always has data ready cannot starve the others, and the work one turn can carry is
+bounded in reads and in bytes. A wait for the socket is a yield, so it starts the count
+again: a keep-alive connection that waits for each request and each upstream answer
+never pays for an extra turn of the scheduler (each turn costs an ``epoll_wait``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +51,7 @@ RECV_SIZE = 65536
 BYTES_PER_OP = RECV_SIZE // YIELD_EVERY
 _BYTES_PER_OP_SHIFT = BYTES_PER_OP.bit_length() - 1
 
-_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag "|" is slow
+_READABLE = select.POLLIN  # a reset or hang-up is always reported too (POLLERR, POLLHUP)
 _DISCARD_FLAGS = int(socket.MSG_TRUNC | socket.MSG_DONTWAIT)
 _DISCARD: list[bytearray] = []
 """One 1 MiB buffer per process for lingering (MSG_TRUNC never writes it), made on
@@ -164,7 +167,7 @@ class Deadline:
 class SocketIO:
     """A connected non-blocking socket. Not safe for concurrent use by two tasks."""
 
-    __slots__ = ("_ops", "deadline", "fd", "send_timeout", "sent", "sock")
+    __slots__ = ("_ops", "_poll", "deadline", "fd", "send_timeout", "sent", "sock")
 
     def __init__(self, sock: socket.socket, deadline: Deadline, send_timeout: float) -> None:
         sock.setblocking(False)
@@ -175,6 +178,7 @@ class SocketIO:
         self.sent = 0
         """Bytes handed to send_all/sendfile so far (the access log's bytes_out)."""
         self._ops = 0
+        self._poll: select.poll | None = None
 
     async def recv(self, *, reset_is_error: bool = False) -> bytes:
         """Up to RECV_SIZE bytes; ``b""`` at end of stream, also after a reset unless
@@ -186,6 +190,7 @@ class SocketIO:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
                 await wait_readable(sock)
+                self._ops = 0  # the wait let every other task run
                 continue
             except OSError as exc:
                 if exc.errno in _GONE_ERRNOS and not reset_is_error:
@@ -206,6 +211,7 @@ class SocketIO:
             await wait_readable(self.sock)
         except (OSError, trio.ClosedResourceError):
             return b""
+        self._ops = 0  # the wait let every other task run
         return await self.recv()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -299,15 +305,23 @@ class SocketIO:
         self.close()
 
     def readable_now(self) -> bool:
-        """Non-blocking check for pending bytes or end of stream. On an idle pooled
-        upstream connection either one means the connection must not be reused."""
-        try:
-            self.sock.recv(1, _PEEK)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        return True
+        """Non-blocking check for pending bytes, end of stream or a reset. On an idle
+        pooled upstream connection any of them means the connection must not be reused
+        (a close: a request written to it could fail after the upstream got it; stray
+        bytes: they would pass for the next request's response).
+
+        One ``poll(0)`` on a poll object of this socket's own, made on first use (a
+        pooled connection keeps it for every reuse): the same one syscall as a
+        ``recv(MSG_PEEK)``, without the bytes object and the ``BlockingIOError`` that
+        such a peek allocates on every idle connection (about half the time per check:
+        ``python -m li_httpd.ops.bench.reuse_check``). Why not a syscall-free check
+        (housekeeping watching idle pooled sockets): see docs/benchmarks.md, "Syscalls
+        per request"."""
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = select.poll()
+            poll.register(self.fd, _READABLE)
+        return bool(poll.poll(0))
 
 
 def _gone(exc: OSError) -> Exception:
