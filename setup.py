@@ -18,6 +18,7 @@ which setuptools places in the package folders the ``.py`` files are copied to.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -66,6 +67,10 @@ def _compiled_extensions() -> list[object]:
 
 
 if os.environ.get("LI_HTTPD_COMPILE") == "1":
+    if "editable_wheel" in sys.argv:
+        # build_ext --inplace would drop .so files into the source folders, where they
+        # would shadow every later edit of the .py files.
+        raise SystemExit("LI_HTTPD_COMPILE=1 is for non-editable installs (pip install .)")
     setup(ext_modules=_compiled_extensions(),
           options={"build": {"build_base": str(BUILD)}})
 else:
