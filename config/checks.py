@@ -34,7 +34,7 @@ GATEWAY_MANAGED = frozenset({"host", "content-length", "transfer-encoding", "exp
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 """Methods a route may name. CONNECT (tunnels) and TRACE (echoes credentials) are refused."""
 
-DETECTOR_IDS = (
+DETECTOR_IDS: tuple[str, ...] = (
     "openai_sk", "anthropic_key", "aws_access_key", "github_token", "jwt_bearer",
     "pem_private", "slack_token", "google_api_key", "stripe_key",
 )
