@@ -8,6 +8,7 @@ which the fixtures parse. Processes are stopped (SIGTERM, then SIGKILL) at teard
 from __future__ import annotations
 
 import abc
+import json
 import os
 import re
 import signal
@@ -131,6 +132,18 @@ class Gateway(Process):
 
     def status(self) -> dict[str, Any]:
         return control.request(self.control_socket, "status", timeout=10)
+
+    def audit_record(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The audit record of ``request_id``, once a worker has written it."""
+        path = self.log_dir / "audit.jsonl"
+        give_up = time.monotonic() + timeout
+        while True:
+            for line in (path.read_text().splitlines() if path.exists() else []):
+                record = json.loads(line)
+                if record["request_id"] == request_id:
+                    return dict(record)
+            assert time.monotonic() < give_up, f"no audit record for {request_id}"
+            time.sleep(0.05)
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0, **kwargs)  # type: ignore[arg-type]

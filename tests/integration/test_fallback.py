@@ -9,7 +9,6 @@ list of attempts.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
@@ -125,18 +124,6 @@ def _config(primary: str, backup: str, *, fallback: str = "", timeouts: str = ""
             f'shutdown_timeout = "5s"\n\n{pools}\n{routes}')
 
 
-def _audit(gateway: Gateway, request_id: str) -> dict[str, object]:
-    path = gateway.log_dir / "audit.jsonl"
-    give_up = time.monotonic() + 10
-    while True:
-        for line in (path.read_text().splitlines() if path.exists() else []):
-            record = json.loads(line)
-            if record["request_id"] == request_id:
-                return dict(record)
-        assert time.monotonic() < give_up, f"no audit record for {request_id}"
-        time.sleep(0.05)
-
-
 def _attempts(record: dict[str, object]) -> list[tuple[str, str | None]]:
     attempts = record["attempts"]
     assert isinstance(attempts, list)
@@ -167,7 +154,7 @@ def test_falls_back_to_the_next_pool_with_the_same_bytes(
     status, content, took = _post(gateway, f"fb-{failure}")
     assert (status, content) == (200, b'{"ok":true}')
     assert primary.bodies() == [BODY] and backup.bodies() == [BODY]  # byte for byte
-    record = _audit(gateway, f"fb-{failure}")
+    record = gateway.audit_record(f"fb-{failure}")
     assert _attempts(record) == [("primary", failure), ("backup", None)]
     assert record["status"] == 200 and record["outcome"] == "completed"
     assert record["peer"] == f"127.0.0.1:{backup.port}"
@@ -186,10 +173,10 @@ def test_falls_back_on_a_refused_connection_and_on_a_pool_that_is_down(
         "max_fails = 0", 'max_fails = 1\nfail_timeout = "30s"')
     gateway = start_gateway(config)
     assert _post(gateway, "refused")[:2] == (200, b'{"ok":true}')
-    assert _attempts(_audit(gateway, "refused")) == [("primary", "connect"), ("backup", None)]
+    assert _attempts(gateway.audit_record("refused")) == [("primary", "connect"), ("backup", None)]
     # The refusal marked the only peer down: the next request skips the pool at once.
     assert _post(gateway, "down")[:2] == (200, b'{"ok":true}')
-    assert _attempts(_audit(gateway, "down")) == [("primary", "down"), ("backup", None)]
+    assert _attempts(gateway.audit_record("down")) == [("primary", "down"), ("backup", None)]
     assert backup.bodies() == [BODY, BODY]
 
 
@@ -202,7 +189,7 @@ def test_without_a_matching_failure_the_first_answer_stands(
     status, content, _ = _post(gateway, "no-match")
     assert status == 500 and b"busy" in content
     assert backup.bodies() == []
-    assert _audit(gateway, "no-match")["attempts"] is None
+    assert gateway.audit_record("no-match")["attempts"] is None
 
 
 def test_a_streamed_body_is_never_replayed(scripted: Callable[[bytes | str], Scripted],
@@ -225,7 +212,7 @@ def test_never_after_the_first_byte(scripted: Callable[[bytes | str], Scripted],
     assert content.startswith(b"data: first\n\n")
     assert b"event: error\n" in content and b'"code":502' in content
     assert backup.bodies() == []
-    record = _audit(gateway, "cut")
+    record = gateway.audit_record("cut")
     assert record["outcome"] == "upstream_cut" and record["attempts"] is None
 
 

@@ -8,8 +8,6 @@ models, and records each response's token usage and cost in the audit record.
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,17 +86,6 @@ class _Pools:
 
     def anthropic(self, key: str = KEY_ALL) -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.base, api_key=key, max_retries=0)
-
-    def audit(self, request_id: str) -> dict[str, Any]:
-        path = self.gateway.log_dir / "audit.jsonl"
-        give_up = time.monotonic() + 10
-        while True:
-            for line in (path.read_text().splitlines() if path.exists() else []):
-                record = json.loads(line)
-                if record["request_id"] == request_id:
-                    return dict(record)
-            assert time.monotonic() < give_up, f"no audit record for {request_id}"
-            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -195,7 +182,7 @@ def test_openai_chat_usage(pools: _Pools, stream: bool) -> None:
         client.chat.completions.create(model="m-a", messages=MESSAGES, extra_query=KNOBS,
                                        extra_headers={"x-request-id": request_id})
     # The mock counts 3 prompt words + 2 cached; the gateway splits out the cached ones.
-    _check_usage(pools.audit(request_id), input_tokens=3, output=5, cache_read=2,
+    _check_usage(pools.gateway.audit_record(request_id), input_tokens=3, output=5, cache_read=2,
                  cache_write=0)
 
 
@@ -213,7 +200,7 @@ def test_openai_responses_usage(pools: _Pools, stream: bool) -> None:
                                         extra_query=KNOBS,
                                         extra_headers={"x-request-id": request_id})
         assert reply.output_text
-    _check_usage(pools.audit(request_id), input_tokens=3, output=5, cache_read=2,
+    _check_usage(pools.gateway.audit_record(request_id), input_tokens=3, output=5, cache_read=2,
                  cache_write=0)
 
 
@@ -230,14 +217,14 @@ def test_anthropic_messages_usage(pools: _Pools, stream: bool) -> None:
     else:
         final = client.messages.create(**arguments)
     assert final.usage.output_tokens == 5
-    _check_usage(pools.audit(request_id), input_tokens=final.usage.input_tokens, output=5,
-                 cache_read=2, cache_write=3)
+    _check_usage(pools.gateway.audit_record(request_id),
+                 input_tokens=final.usage.input_tokens, output=5, cache_read=2, cache_write=3)
 
 
 def test_embeddings_usage_and_an_unpriced_model(pools: _Pools) -> None:
     pools.openai().embeddings.create(model="m-b", input="hello there model",
                                      extra_headers={"x-request-id": "embed-1"})
-    record = pools.audit("embed-1")
+    record = pools.gateway.audit_record("embed-1")
     assert record["model"] == "m-b" and record["input_tokens"] == 3
     assert record["output_tokens"] == 0 and record["cost_usd"] == 0.0
 
@@ -302,7 +289,7 @@ def test_openai_completions_usage(pools: _Pools, stream: bool) -> None:
     else:
         client.completions.create(model="m-a", prompt="hello there model",
                                   extra_query=KNOBS, extra_headers={"x-request-id": request_id})
-    _check_usage(pools.audit(request_id), input_tokens=3, output=5, cache_read=2,
+    _check_usage(pools.gateway.audit_record(request_id), input_tokens=3, output=5, cache_read=2,
                  cache_write=0)
 
 
