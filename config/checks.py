@@ -40,6 +40,10 @@ DETECTOR_IDS: tuple[str, ...] = (
 )
 """Built-in secret detectors, shared by the leak censor and log redaction."""
 
+CENSOR_ONLY_DETECTORS: tuple[str, ...] = ("generic_high_entropy",)
+"""Detectors the leak censor may enable (never by default, never for logs): they trade
+false positives for recall."""
+
 
 def header_name(value: Any) -> str | None:
     if not isinstance(value, str) or not TOKEN_RE.fullmatch(value):
@@ -146,6 +150,13 @@ def json_path(value: Any) -> str | None:
 def detector_id(value: Any) -> str | None:
     if value not in DETECTOR_IDS:
         return f"{value!r} is not a built-in detector; known: {', '.join(DETECTOR_IDS)}"
+    return None
+
+
+def censor_detector_id(value: Any) -> str | None:
+    if value not in DETECTOR_IDS and value not in CENSOR_ONLY_DETECTORS:
+        known = ", ".join(DETECTOR_IDS + CENSOR_ONLY_DETECTORS)
+        return f"{value!r} is not a built-in detector; known: {known}"
     return None
 
 

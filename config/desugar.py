@@ -152,6 +152,7 @@ def desugar(raw: dict[str, Any], problems: Problems) -> Desugared:
     _desugar_routes(data, result, problems)
     _fill_route_defaults(data)
     _fill_log_dir(data)
+    _fill_expose_errors(data)
     return result
 
 
@@ -247,6 +248,15 @@ def _fill_route_defaults(data: dict[str, Any]) -> None:
             route["auth"] = "api_key" if have_keys and "proxy" in route else "none"
         filled.append(route)
     data["route"] = filled
+
+
+def _fill_expose_errors(data: dict[str, Any]) -> None:
+    """Under the dev profile upstream error bodies pass through unless the file says
+    otherwise (they help while building against a backend); elsewhere the default holds."""
+    server = data.get("server")
+    if isinstance(server, dict) and server.get("profile") == "dev" \
+            and "expose_upstream_errors" not in server:
+        data["server"] = {**server, "expose_upstream_errors": True}
 
 
 def _fill_log_dir(data: dict[str, Any]) -> None:

@@ -129,8 +129,11 @@ class Server:
     control_socket: str = setting("auto", doc="Unix socket for `li-httpd ctl`; `auto` = "
                                   "/run/li-httpd/control.sock as root, else under "
                                   "$XDG_RUNTIME_DIR or the temp directory.")
-    expose_upstream_errors: bool = setting(False, doc="Pass upstream error bodies through "
-                                           "unchanged (refused under production).")
+    expose_upstream_errors: bool = setting(False, doc="Pass upstream 4xx/5xx bodies through "
+                                           "unchanged; false answers the gateway's JSON "
+                                           "error with the same status (Retry-After "
+                                           "kept). Default true under `dev`; refused "
+                                           "under production.")
     tls: Tls = setting(doc="TLS termination.", factory=Tls)
     rng: Rng = setting(doc="Randomness source.", factory=Rng)
 
@@ -394,8 +397,9 @@ class RouteCensor:
     max_scrub_bytes: Size = setting(Size(1 * MiB), doc="Largest JSON body buffered for "
                                     "field redaction.", minimum=4 * KiB, maximum=16 * MiB)
     patterns: tuple[str, ...] = setting(checks.DETECTOR_IDS, doc="Detectors applied to "
-                                        "every chunk and SSE event.",
-                                        check=checks.each(checks.detector_id),
+                                        "every chunk and SSE event; "
+                                        "`generic_high_entropy` is opt-in.",
+                                        check=checks.each(checks.censor_detector_id),
                                         check_rule="detector")
     json_deny_paths: tuple[str, ...] = setting((), doc="JSON fields replaced by "
                                                "\"[REDACTED]\", e.g. $.api_key, "

@@ -62,6 +62,9 @@ class NoMetrics:
               cost_usd: float) -> None:
         pass
 
+    def censored(self, route: bytes, kind: str, name: str, count: int) -> None:
+        pass
+
 
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
 
@@ -100,6 +103,9 @@ class Metrics(NoMetrics):
                                ["route", "model", "kind"])
         self._cost = Counter("li_cost_usd_total", "Estimated cost in USD, priced from "
                              "[models].", ["route", "model"])
+        self._censor = Counter("li_censor_hits_total", "Secrets the leak censor found in "
+                               "responses (kind: detector or path; name: the detector id "
+                               "or the JSON deny path).", ["route", "kind", "name"])
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, family: Any, *labels: str) -> Any:
@@ -143,6 +149,9 @@ class Metrics(NoMetrics):
                 self._child(self._tokens, name, model, kind).inc(count)
         if cost_usd:
             self._child(self._cost, name, model).inc(cost_usd)
+
+    def censored(self, route: bytes, kind: str, name: str, count: int) -> None:
+        self._child(self._censor, route.decode(), kind, name).inc(count)
 
 
 def for_config(config: Config) -> NoMetrics:

@@ -39,6 +39,7 @@ from li_httpd.shm import gcra
 from trio.lowlevel import checkpoint
 
 from .admission import Admitted, Reject, admit
+from .censor import Hits
 from .context import WorkerContext
 from .exchange import NORMAL_OUTCOMES, Exchange, Handled, Outcome, Phase, deadline_outcome
 from .http1 import CLOSED, END, NEED_DATA, Header, HttpError, RequestHead, RequestReader
@@ -70,6 +71,7 @@ _ABNORMAL_MESSAGES: dict[Outcome, str] = {
     "shutdown": "request cut by shutdown",
     "timeout": "client timed out",
     "internal_error": "connection error",  # the name crash checks look for
+    "censored": "leak censor withheld the response",
 }
 """The error-log message of each abnormal end (any outcome but completed/rejected)."""
 
@@ -370,6 +372,11 @@ class ClientConnection:
                                   usage[:4], cost)
         if exchange.budget is not None:
             self._settle(exchange, usage)
+        censor = None
+        hits = exchange.censor_hits
+        if hits:
+            censor = (hits.detectors, hits.paths)
+            self._censored(exchange, hits)
         if exchange.audited:
             if exchange.route is not None:
                 metrics.stream_outcome(exchange.route, outcome)
@@ -379,7 +386,21 @@ class ClientConnection:
             log.audit(exchange.request_id, key_id, exchange.route, exchange.model,
                       head.method, path, status, outcome, decision, exchange.peer,
                       latency_ms, exchange.ttfb_ms, bytes_in, bytes_out, exchange.attempts,
-                      usage)
+                      usage, censor)
+
+    def _censored(self, exchange: Exchange, hits: Hits) -> None:
+        """Count what the leak censor found (metrics per detector and deny path) and say
+        so in the error log: request id, route, what matched; never the secret."""
+        route = exchange.route or b"-"
+        metrics = self.ctx.metrics
+        for kind, counts in (("detector", hits.detectors), ("path", hits.paths)):
+            for name, count in counts.items():
+                metrics.censored(route, kind, name, count)
+        if exchange.outcome != "censored":  # a withheld response gets its own line
+            self.ctx.log.diagnostic("warn", "leak censor redacted the response",
+                                    request_id=exchange.request_id, route=exchange.route,
+                                    detectors=",".join(hits.detectors) or None,
+                                    paths=",".join(hits.paths) or None)
 
     def _settle(self, exchange: Exchange, usage: TokenUsage | None) -> None:
         """Replace the request's budget reservation by what it used: nothing when no

@@ -22,6 +22,7 @@ from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
 from li_httpd.shm import SharedState, budget_limits, gcra, layout_for, peer_ids
 
+from .censor import Rules, rules_for
 from .housekeeping import Housekeeping
 from .http1 import DECISION_HEADERS, ParseLimits
 from .identity import KeyRing
@@ -95,6 +96,10 @@ class RoutePlan:
     """The built-in ``GET /v1/models`` responder."""
     x_api_key: bool
     """``accept_x_api_key``: the API key may come in ``x-api-key``."""
+    censor: Rules | None
+    """The leak censor's rules for response bodies (None: the censor is off here)."""
+    expose_errors: bool
+    """``expose_upstream_errors``: upstream 4xx/5xx bodies pass through unchanged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,16 @@ class RequestIds:
     def next(self) -> bytes:
         self._count += 1
         return self._prefix + b"%x" % self._count
+
+
+def censor_rules(config: Config, route: Route) -> Rules | None:
+    """A route's compiled leak censor, or None when the master switch or the route's own
+    switch is off."""
+    censor = route.leak_censor
+    if not (config.leak_censor.enabled and censor.enabled):
+        return None
+    return rules_for((tuple(censor.patterns), censor.on_detect, tuple(censor.json_deny_paths),
+                      censor.max_scrub_bytes))
 
 
 def _seed(config: LoadedConfig) -> bytes:
@@ -222,7 +237,7 @@ class WorkerContext:
             self.plans[route.name] = RoutePlan(
                 route=route,
                 name_bytes=route.name.encode(),
-                policy=HeaderPolicy(route.headers),
+                policy=HeaderPolicy(route.headers, route.leak_censor.deny_headers),
                 group=group,
                 static=sites.get(route.static) if route.static else None,
                 healthcheck=route.static == "healthcheck",
@@ -244,6 +259,8 @@ class WorkerContext:
                 inject_usage=route.inject_stream_usage,
                 models_list=route.static == "models",
                 x_api_key=route.accept_x_api_key,
+                censor=censor_rules(config, route),
+                expose_errors=config.server.expose_upstream_errors,
             )
 
     def close(self) -> None:

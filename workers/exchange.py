@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from li_httpd.shm import BudgetGrant, gcra
 
+from .censor import Hits
 from .http1 import RequestHead
 from .identity import Caller
 from .sse import SseRelay
@@ -60,6 +61,7 @@ Outcome = Literal[
     "timeout",         # a client-side timer: request head, request body, or a client
                        # that stops reading its response
     "internal_error",  # a bug in the gateway cost this request (500 or a cut)
+    "censored",        # the leak censor withheld the response (block_502 / abort_stream)
 ]
 """How a request ended: the closed vocabulary of access lines, audit records, metrics."""
 
@@ -109,10 +111,10 @@ class ByteMeter(NamedTuple):
 class Exchange:
     """What one request is and did. Created by the connection actor per request head."""
 
-    __slots__ = ("attempts", "audited", "budget", "caller", "continue_sent", "detail", "group",
-                 "head", "meter", "model", "outcome", "path_invalid", "peer", "phase", "request_id",
-                 "route", "sent_mark", "sse", "started", "status", "ttfb_ms", "upstream",
-                 "upstream_status", "usage")
+    __slots__ = ("attempts", "audited", "budget", "caller", "censor_hits", "continue_sent",
+                 "detail", "group", "head", "meter", "model", "outcome", "path_invalid", "peer",
+                 "phase", "request_id", "route", "sent_mark", "sse", "started", "status",
+                 "ttfb_ms", "upstream", "upstream_status", "usage")
 
     def __init__(self, head: RequestHead, request_id: bytes, sent_mark: int) -> None:
         self.head = head
@@ -148,6 +150,9 @@ class Exchange:
         """The caller's budget reservation, settled when the request ends."""
         self.usage: UsageScanner | None = None
         """Reads the token usage of the response being relayed (``usage_accounting``)."""
+        self.censor_hits: Hits | None = None
+        """What the leak censor found in the response body (for the audit record,
+        metrics and the error log); None when the censor did not look."""
         self.sse: SseRelay | None = None
         """The SSE relay of a response in :attr:`Phase.SSE`: what ends it on a failure,
         and its scanner's event count for the error-log line of an abnormal end."""

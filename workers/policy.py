@@ -46,7 +46,9 @@ class HeaderPolicy:
     __slots__ = ("accepts_agent_id", "accepts_request_id", "forward", "inject",
                  "inject_names", "require", "response_allow")
 
-    def __init__(self, headers: RouteHeaders) -> None:
+    def __init__(self, headers: RouteHeaders, deny_response: Iterable[str] = ()) -> None:
+        """``deny_response``: response headers removed even when allowed (the censor's
+        ``deny_headers``)."""
         ingress = frozenset(n.encode() for n in headers.ingress.allow)
         egress = frozenset(n.encode() for n in headers.egress.allow)
         self.accepts_request_id = b"x-request-id" in ingress
@@ -58,7 +60,7 @@ class HeaderPolicy:
         self.inject: tuple[Header, ...] = tuple(
             (n.encode(), v.encode()) for n, v in headers.egress.inject.items())
         self.response_allow = frozenset(n.encode() for n in headers.response.allow) \
-            - _GATEWAY_RESPONSE
+            - _GATEWAY_RESPONSE - frozenset(n.lower().encode() for n in deny_response)
 
     def missing_required(self, headers: Iterable[Header]) -> bytes | None:
         """The first required header the request lacks, or None."""

@@ -39,11 +39,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 import trio
+import trio_parallel
 from li_httpd.shm import BudgetDenied, BudgetLimits
 from trio.lowlevel import checkpoint
 
 from . import sockio
 from .admission import Admitted
+from .censor import ByteCensor, Hits, Rules, SseCensor, scrub_json, scrub_json_spec
 from .context import RoutePlan, WorkerContext
 from .exchange import Exchange, Handled, Outcome, Phase
 from .http1 import (
@@ -56,7 +58,7 @@ from .http1 import (
 )
 from .json_fields import JsonScalar, top_level, with_stream_usage
 from .port import ClientPort
-from .responses import render_head
+from .responses import error_response, render_head
 from .retry import (
     FALLBACK_KIND,
     HEALTH_KIND,
@@ -85,6 +87,10 @@ _FAILURE_WORDS: dict[FailureKind, str] = {"connect": "connect", "closed": "close
                                           "protocol": "protocol", "ttfb": "ttfb_timeout",
                                           "status": "status"}
 """A failed attempt in metrics and the audit record (a status is ``status_NNN``)."""
+
+
+class _Withheld(Exception):  # noqa: N818 - internal control flow
+    """The leak censor found a secret and its mode is not ``redact``."""
 
 
 class _FirstByteTimeout(Exception):  # noqa: N818 - internal control flow
@@ -242,11 +248,14 @@ def _whole_events(pieces: list[bytes]) -> bool:
 
 
 def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRelay | None,
-              until_close: bool, usage: UsageScanner | None) -> bytes:
+              until_close: bool, usage: UsageScanner | None,
+              censor: ByteCensor | SseCensor | None) -> bytes:
     """What to write to the client for the body ``pieces`` just decoded: through
     ``relay`` for an SSE body (only whole events; the held rest once ``complete``, which
-    for a body that ends ``until_close`` must fall between events), chunk-framed when
-    ``chunked``, with the last chunk once ``complete``. ``usage`` reads the same bytes."""
+    for a body that ends ``until_close`` must fall between events), then through the
+    leak ``censor``, chunk-framed when ``chunked``, with the last chunk once
+    ``complete``. ``usage`` reads the upstream's bytes. Raises :class:`_Withheld` when
+    the censor trips."""
     data = b"".join(pieces) if pieces else b""
     if usage is not None and data:
         usage.feed(data)
@@ -257,10 +266,54 @@ def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRela
             if until_close and not relay.complete:
                 raise UpstreamProtocolError(502, "upstream closed mid-event")
             data += relay.finish()
+    if censor is not None:
+        data = censor.feed(data) if data else b""
+        if complete:
+            data += censor.finish()
+        if censor.tripped:
+            raise _Withheld
     out = (_chunk(data) if chunked else data) if data else b""
     if complete and chunked:
         out += b"0\r\n\r\n"
     return out
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return False
+
+
+INLINE_SCRUB = 64 * 1024
+"""Whole JSON bodies larger than this are scrubbed in a worker process (trio-parallel),
+not on the event loop."""
+
+
+async def _scrub_whole(rules: Rules, pieces: list[bytes], sse: bool,
+                       headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, Hits]:
+    """A whole response body through the censor: ``(body, hits)``; the body is None when
+    the censor tripped (a hit under ``block_502`` / ``abort_stream``)."""
+    body = b"".join(pieces)
+    if not body:
+        return body, Hits()
+    if sse:
+        events = SseCensor(rules)
+        out = events.feed(body) + events.finish()
+        return (None if events.tripped else out), events.hits
+    if _is_json(headers):
+        if len(body) > INLINE_SCRUB:
+            scrubbed = await trio_parallel.run_sync(scrub_json_spec, rules.spec, body,
+                                                    cancellable=True)
+        else:
+            scrubbed = scrub_json(rules, body)
+        if scrubbed is not None:
+            out, hits = scrubbed
+            return (None if hits and not rules.redacts else out), hits
+    censor = ByteCensor(rules)
+    out = censor.feed(body, True)
+    return (None if censor.tripped else out), censor.hits
 
 
 def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
@@ -273,7 +326,7 @@ def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
 class _Proxy:
     """One proxied request: attempts on upstream peers, then the relay of the answer."""
 
-    __slots__ = ("beat_at", "client", "ctx", "exchange", "head", "plan", "shape",
+    __slots__ = ("beat_at", "censor", "client", "ctx", "exchange", "head", "plan", "shape",
                  "upstream_path")
 
     def __init__(self, ctx: WorkerContext, client: ClientPort, exchange: Exchange,
@@ -288,6 +341,8 @@ class _Proxy:
         """When the next heartbeat is due on a stream committed early."""
         self.shape: ApiShape | None = None
         """The API shape whose token usage the response carries (``usage_accounting``)."""
+        self.censor: ByteCensor | SseCensor | None = None
+        """The leak censor following a body relayed as it arrives."""
 
     async def run(self) -> Handled:
         client, head, exchange, ctx, plan = (self.client, self.head, self.exchange, self.ctx,
@@ -654,13 +709,35 @@ class _Proxy:
         if complete and until_close and not _whole_events(pieces):
             # The upstream closed mid-event before the head went out: a cut, not a body.
             return await self._upstream_broke(up, "upstream closed mid-event")
+        plan = self.plan
+        if response.status >= 400 and not plan.expose_errors:
+            return await self._generic_error(pool, up, response, complete)
+        rules = plan.censor
+        has_body = head.method != b"HEAD" and response.status not in (204, 304)
+        if rules is not None and has_body:
+            length = response.content_length
+            if not complete and not sse and length is not None \
+                    and length <= rules.max_scrub_bytes \
+                    and (not rules.redacts or (rules.deny is not None and _is_json(headers))):
+                # A hit must become a 502 (block_502), or the JSON must be rewritten
+                # whole: read the body before the head goes out.
+                try:
+                    complete = await self._read_whole(up, pieces)
+                except UpstreamProtocolError as exc:
+                    return await self._upstream_broke(up, exc.detail)
+            if complete:
+                scrubbed = await _scrub_whole(rules, pieces, sse, headers)
+                exchange.censor_hits = scrubbed[1]
+                if scrubbed[0] is None:
+                    return await self._withhold(pool, up, response, complete)
+                pieces = [scrubbed[0]] if scrubbed[0] else []
         chunked = ends_on_close = False
-        if head.method == b"HEAD" or response.status in (204, 304):
+        if not has_body:
             pass
-        elif response.content_length is not None:
-            headers.append((b"content-length", b"%d" % response.content_length))
         elif complete:
             headers.append((b"content-length", b"%d" % sum(map(len, pieces))))
+        elif response.content_length is not None:
+            headers.append((b"content-length", b"%d" % response.content_length))
         elif head.version == b"1.1":
             headers.append((b"transfer-encoding", b"chunked"))
             chunked = True
@@ -676,6 +753,13 @@ class _Proxy:
         if sse and not complete and (chunked or ends_on_close):
             # Only complete events go out; a failure ends the stream with an error event.
             relay = exchange.sse = SseRelay(chunked)
+        censor = None
+        if rules is not None and has_body and not complete:
+            # An SSE body the gateway frames arrives here as whole events; any other body
+            # keeps its length if it has one (a mark of the secret's length).
+            censor = self.censor = (SseCensor(rules) if relay is not None
+                                    else ByteCensor(rules, response.content_length is not None))
+            exchange.censor_hits = censor.hits
         if self.shape is not None and response.status == 200:
             usage = exchange.usage = UsageScanner(self.shape, sse)
         else:
@@ -686,6 +770,10 @@ class _Proxy:
                 usage.feed(data)
             if relay is not None:
                 data = relay.relay(data)
+            if censor is not None and data:
+                data = censor.feed(data)
+                if censor.tripped:
+                    return await self._withhold(pool, up, response, complete)
             if data:
                 out += _chunk(data) if chunked else data
         if complete and chunked:
@@ -694,7 +782,6 @@ class _Proxy:
                  else Phase.FRAMED)
         await client.respond(response.status, out, phase)
         if not complete:
-            plan = self.plan
             framed = response.content_length is not None
             idle = plan.read_timeout if framed else plan.idle_timeout
             try:
@@ -704,6 +791,8 @@ class _Proxy:
                     await self._stream_response_body(up, chunked, idle, relay, until_close)
             except UpstreamProtocolError as exc:
                 return await self._upstream_broke(up, exc.detail)
+            except _Withheld:
+                return await self._withhold(pool, up, response, False)
         client.unwatch_disconnect()
         exchange.take_upstream()
         if response.keep_alive:
@@ -730,6 +819,9 @@ class _Proxy:
         until_close = response.content_length is None and not response.chunked
         if self.shape is not None:
             self.exchange.usage = UsageScanner(self.shape, True)
+        if self.plan.censor is not None:
+            self.censor = SseCensor(self.plan.censor)
+            self.exchange.censor_hits = self.censor.hits
         pieces: list[bytes] = []
         whole = reader.take_whole_body()
         try:
@@ -739,7 +831,7 @@ class _Proxy:
             else:
                 complete = _collect(reader, pieces)
             out = _outgoing(pieces, complete, relay.chunked, relay, until_close,
-                            self.exchange.usage)
+                            self.exchange.usage, self.censor)
             if out:
                 await self.client.send(out)
             if not complete:
@@ -749,6 +841,8 @@ class _Proxy:
                 await self._stream_with_heartbeats(up, relay, idle, until_close)
         except UpstreamProtocolError as exc:
             return await self._upstream_broke(up, exc.detail)
+        except _Withheld:
+            return await self._withhold(pool, up, response, False)
         self.client.unwatch_disconnect()
         self.exchange.take_upstream()
         if response.keep_alive:
@@ -787,7 +881,8 @@ class _Proxy:
                         502, f"upstream connection reset: {exc}") from None
             pieces.clear()
             complete = _collect(reader, pieces)
-            out = _outgoing(pieces, complete, chunked, relay, until_close, usage)
+            out = _outgoing(pieces, complete, chunked, relay, until_close, usage,
+                                        self.censor)
             if out:
                 await client.send(out)
             if complete:
@@ -856,7 +951,8 @@ class _Proxy:
                             reader.feed(got)
                         pieces.clear()
                         complete = _collect(reader, pieces)
-                        out = _outgoing(pieces, complete, chunked, relay, until_close, usage)
+                        out = _outgoing(pieces, complete, chunked, relay, until_close, usage,
+                                        self.censor)
                         if out:
                             await client.send(out)
                         if complete:
@@ -867,6 +963,72 @@ class _Proxy:
                     beat_at = sockio.now() + beat
         finally:
             deadline.soft = None
+
+    async def _read_whole(self, up: UpstreamConn, pieces: list[bytes]) -> bool:
+        """Read the rest of a body before the head goes out (the censor must see all of
+        it); each wait bounded by the pool's read timeout."""
+        reader = up.reader
+        deadline = self.client.deadline
+        idle = self.plan.read_timeout
+        while True:
+            deadline.set_at(sockio.now() + idle, "upstream_idle")
+            if reader.paused:
+                await checkpoint()
+            else:
+                try:
+                    reader.feed(await up.io.recv(reset_is_error=True))
+                except PeerGone as exc:
+                    raise UpstreamProtocolError(
+                        502, f"upstream connection reset: {exc}") from None
+            if _collect(reader, pieces):
+                return True
+
+    def _finish_upstream(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead,
+                         complete: bool) -> None:
+        """Done with the upstream before its body was relayed: back to the pool when the
+        response was read to its end, else closed."""
+        self.client.unwatch_disconnect()
+        if complete and response.keep_alive:
+            self.exchange.take_upstream()
+            pool.release(up)
+        else:
+            self._drop_upstream()
+
+    async def _generic_error(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead,
+                             complete: bool) -> Handled:
+        """An upstream 4xx/5xx answered with the gateway's own JSON error of the same
+        status instead of the upstream's body (``expose_upstream_errors`` off): upstream
+        error bodies can carry stack traces, internal hosts and keys. ``Retry-After``
+        is kept."""
+        self._finish_upstream(pool, up, response, complete)
+        status = response.status
+        head, exchange = self.head, self.exchange
+        keep = head.keep_alive and complete
+        retry = tuple(h for h in response.headers if h[0] == b"retry-after")
+        data = error_response(status, exchange.request_id, self.ctx.housekeeping.date,
+                              keep_alive=keep, message=f"upstream answered {status}",
+                              extra=retry, head_only=head.method == b"HEAD")
+        await self.client.respond(status, data, Phase.FRAMED)
+        return Handled("completed", keep)
+
+    async def _withhold(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead,
+                        complete: bool) -> Handled:
+        """The censor found a secret under ``block_502`` or ``abort_stream``: a 502
+        before the head went out, else the stream's terminal error event, else a reset
+        (the client sees the body end short)."""
+        self._finish_upstream(pool, up, response, complete)
+        client, exchange = self.client, self.exchange
+        hits = exchange.censor_hits
+        exchange.detail = f"secret found: {hits.first()}" if hits else "secret found"
+        message = "response withheld by the leak censor"
+        if exchange.phase is Phase.UNSENT:
+            return await client.reject(502, message=message, outcome="censored")
+        if exchange.phase is Phase.SSE and exchange.sse is not None:
+            client.deadline.clear()
+            await client.send(exchange.sse.error_end(502, message, exchange.request_id))
+        else:
+            client.abort()
+        return Handled("censored", False)
 
     async def _upstream_broke(self, up: UpstreamConn, detail: str) -> Handled:
         """The upstream sent a malformed or truncated response: a 502 before the head,

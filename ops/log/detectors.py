@@ -57,7 +57,7 @@ import functools
 import re
 from collections.abc import Iterable
 
-from li_httpd.config.checks import DETECTOR_IDS
+from li_httpd.config.checks import CENSOR_ONLY_DETECTORS, DETECTOR_IDS
 
 _B64URL = r"[A-Za-z0-9_-]"
 
@@ -91,12 +91,25 @@ PATTERNS: dict[str, str] = {
 }
 """Regex source per detector id (no capturing groups of their own)."""
 
+CENSOR_ONLY_PATTERNS: dict[str, str] = {
+    # A run of 32..200 token characters with a digit, a lower- and an upper-case letter,
+    # standing alone (longer runs are data such as base64 images, not credentials). The
+    # censor also requires a high Shannon entropy of the run before it counts as a hit.
+    "generic_high_entropy": (
+        r"(?<![A-Za-z0-9+/_=-])(?=[A-Za-z0-9+/_-]{0,199}[0-9])"
+        r"(?=[A-Za-z0-9+/_-]{0,199}[a-z])(?=[A-Za-z0-9+/_-]{0,199}[A-Z])"
+        r"[A-Za-z0-9+/_-]{32,200}={0,2}(?![A-Za-z0-9+/_=-])"
+    ),
+}
+"""Sources of the opt-in censor detectors (``CENSOR_ONLY_DETECTORS``); never used for logs."""
+
 ORDER: tuple[str, ...] = ("pem_private", "anthropic_key", "openai_sk", "aws_access_key",
                           "github_token", "jwt_bearer", "slack_token", "google_api_key",
                           "stripe_key")
 """Priority when two detectors could match at the same position (longest formats first)."""
 
 assert set(ORDER) == set(PATTERNS) == set(DETECTOR_IDS), "detector ids out of sync"
+assert set(CENSOR_ONLY_PATTERNS) == set(CENSOR_ONLY_DETECTORS), "censor-only ids out of sync"
 
 DETECTORS: dict[str, re.Pattern[str]] = {name: re.compile(source)
                                          for name, source in PATTERNS.items()}

@@ -65,6 +65,9 @@ Attempts = Sequence[tuple[str, str, str | None]]
 that answered). Peer ``-``: the pool had no peer up."""
 TokenUsage = tuple[int, int, int, int, float]
 """input, output, cache-read and cache-write tokens, and the cost in USD."""
+CensorHits = tuple[Mapping[str, int], Mapping[str, int]]
+"""What the leak censor found in the response: counts per detector id and per JSON deny
+path (never the secret itself)."""
 AuditRecord = tuple[
     Literal["audit"],
     float,         # ts
@@ -84,6 +87,7 @@ AuditRecord = tuple[
     int,           # bytes_out
     Attempts | None,  # attempts: only when an attempt failed
     TokenUsage | None,  # the usage the upstream reported, priced
+    CensorHits | None,  # what the leak censor found
 ]
 DiagnosticRecord = tuple[
     Literal["diagnostic"],
@@ -219,7 +223,7 @@ class Formatter:
 
     def audit(self, record: AuditRecord) -> bytes:
         (_, ts, request_id, key_id, route, model, method, path, status, outcome, decision,
-         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts, usage) = record
+         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts, usage, censor) = record
         text = self._text
         obj: dict[str, object] = {
             "ts": self.timestamps.format(ts), "request_id": text(request_id),
@@ -237,6 +241,8 @@ class Formatter:
             "attempts": None if attempts is None else [
                 {"pool": pool, "peer": text(peer_label), "failure": failure}
                 for pool, peer_label, failure in attempts],
+            "censor": None if censor is None else {"detectors": dict(censor[0]),
+                                                   "paths": dict(censor[1])},
         }
         return _json_bytes(obj) + b"\n"
 

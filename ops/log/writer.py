@@ -27,7 +27,7 @@ import trio
 from li_httpd.config.model import Log
 
 from .queue import LogQueue
-from .records import ERROR, LEVELS, Attempts, Decision, Kind, Level, Text, TokenUsage
+from .records import ERROR, LEVELS, Attempts, CensorHits, Decision, Kind, Level, Text, TokenUsage
 from .redact import Redactor
 from .sinks import SinkPlan, Sinks, plan
 
@@ -83,14 +83,15 @@ class WorkerLog:
               model: Text | None, method: Text | None, path: Text | None, status: int,
               outcome: str, decision: Decision, peer: Text | None, latency_ms: float,
               ttfb_ms: float | None, bytes_in: int, bytes_out: int,
-              attempts: Attempts | None = None, usage: TokenUsage | None = None) -> None:
+              attempts: Attempts | None = None, usage: TokenUsage | None = None,
+              censor: CensorHits | None = None) -> None:
         """One audit record."""
         if not self._audit_on:
             return
         size = self.queue.put_request(("audit", self._clock(), request_id, key_id, route,
                                       model, method, path, status, outcome, decision, peer,
                                       latency_ms, ttfb_ms, bytes_in, bytes_out, attempts,
-                                      usage))
+                                      usage, censor))
         if size >= self._high_water:
             self._wake.set()
 

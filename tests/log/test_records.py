@@ -130,7 +130,8 @@ def test_audit_golden() -> None:
                            "/v1/chat/completions", 200, "completed", "allow",
                            "127.0.0.1:5555", 812.345, 95.5, 1200, 5400,
                            (("a", "a/127.0.0.1:1", "status_503"), ("b", "-", "down"),
-                            ("c", "c/127.0.0.1:5555", None)), (1000, 250, 64, 0, 0.0005215))
+                            ("c", "c/127.0.0.1:5555", None)), (1000, 250, 64, 0, 0.0005215),
+                           ({"openai_sk": 2}, {"$.api_key": 1}))
     line = fmt().audit(record)
     assert line == (
         b'{"ts":"' + STAMP.encode() + b'","request_id":"req-1","key_id":"key-a",'
@@ -141,17 +142,19 @@ def test_audit_golden() -> None:
         b'"cache_write_tokens":0,"cost_usd":0.0005215,'
         b'"attempts":[{"pool":"a","peer":"a/127.0.0.1:1","failure":"status_503"},'
         b'{"pool":"b","peer":"-","failure":"down"},'
-        b'{"pool":"c","peer":"c/127.0.0.1:5555","failure":null}]}\n'
+        b'{"pool":"c","peer":"c/127.0.0.1:5555","failure":null}],'
+        b'"censor":{"detectors":{"openai_sk":2},"paths":{"$.api_key":1}}}\n'
     )
     bare: AuditRecord = ("audit", T0, "req-2", None, "chat", None, "GET", "/", 429,
-                         "rejected", "rate_limited", "1.2.3.4:5", 0.5, None, 0, 0, None, None)
+                         "rejected", "rate_limited", "1.2.3.4:5", 0.5, None, 0, 0, None, None, None)
     decoded = orjson.loads(fmt().audit(bare))
     assert list(decoded) == ["ts", "request_id", "key_id", "route", "model", "method",
                              "path", "status", "outcome", "decision", "peer", "latency_ms",
                              "ttfb_ms",
                              "bytes_in", "bytes_out", "input_tokens", "output_tokens",
                              "cache_read_tokens", "cache_write_tokens", "cost_usd",
-                             "attempts"]
+                             "attempts", "censor"]
+    assert decoded["censor"] is None
     assert decoded["ttfb_ms"] is None and decoded["decision"] == "rate_limited"
 
 

@@ -1,0 +1,294 @@
+"""The leak censor's pure core: every detector's secrets split at every byte position
+across chunks and SSE events come out redacted exactly as a whole-text redaction would
+redact them; ordinary text comes out byte-identical; holds are bounded.
+
+The oracle is :func:`li_httpd.ops.log.detectors.redact_text`, the whole-string redaction
+of the same patterns (log redaction uses it), so streaming must agree with it for every
+split.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+import uuid
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from li_httpd.config.checks import DETECTOR_IDS
+from li_httpd.ops.log import detectors
+from li_httpd.workers import censor as censor_mod
+from li_httpd.workers.censor import MAX_HOLD, ByteCensor, Rules, SseCensor, scrub_json
+
+from tests.log.test_detectors import POSITIVES
+
+REDACT = Rules(DETECTOR_IDS, "redact", (), 1 << 20)
+
+
+def _cases() -> list[tuple[str, str]]:
+    return [(kind, secret) for kind, secrets in POSITIVES.items() for secret in secrets]
+
+
+CASES = _cases()
+
+
+def _ids(case: tuple[str, str]) -> str:
+    return f"{case[0]}-{len(case[1])}"
+
+
+def _through_bytes(pieces: list[bytes], rules: Rules = REDACT,
+                   same_length: bool = False) -> bytes:
+    body = ByteCensor(rules, same_length)
+    return b"".join(body.feed(piece) for piece in pieces) + body.finish()
+
+
+def _splits3(size: int, stride: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(size + 1) for j in range(i, size + 1, stride)]
+
+
+def test_every_detector_match_starts_with_one_of_its_triggers() -> None:
+    for kind, secret in CASES:
+        found = detectors.find(f"x {secret} y")
+        assert found, (kind, secret)
+        start = found[0][0]
+        text = f"x {secret} y"[start:].lower().encode()
+        assert any(text.startswith(t) for t in censor_mod.TRIGGERS[kind]), (kind, secret)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_a_secret_split_anywhere_in_two_or_three_chunks_is_redacted(
+        case: tuple[str, str]) -> None:
+    kind, secret = case
+    text = f'{{"note": "key: {secret} end", "n": 1}}\n'.encode()
+    expected = detectors.redact_text(text.decode()).encode()
+    assert f"[REDACTED:{kind}]".encode() in expected
+    for i in range(len(text) + 1):
+        assert _through_bytes([text[:i], text[i:]]) == expected, i
+    for i, j in _splits3(len(text), 5):
+        assert _through_bytes([text[:i], text[i:j], text[j:]]) == expected, (i, j)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_same_length_marks_keep_the_body_length(case: tuple[str, str]) -> None:
+    _, secret = case
+    text = f"before {secret} after".encode()
+    for i in range(0, len(text) + 1, 3):
+        out = _through_bytes([text[:i], text[i:]], same_length=True)
+        assert len(out) == len(text)
+        assert secret.encode() not in out and b"[REDACTED" in out
+
+
+def _chat_event(text: str, index: int = 0) -> bytes:
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+             "model": "m", "choices": [{"index": index, "delta": {"content": text},
+                                        "finish_reason": None}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _anthropic_event(text: str) -> bytes:
+    body = {"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": text}}
+    return b"event: content_block_delta\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
+def _events(out: bytes) -> list[dict[str, object]]:
+    docs = []
+    for block in out.split(b"\n\n"):
+        for line in block.split(b"\n"):
+            if line.startswith(b"data: {"):
+                docs.append(orjson.loads(line[6:]))
+    return docs
+
+
+def _chat_text(out: bytes, index: int = 0) -> str:
+    parts = []
+    for doc in _events(out):
+        for choice in doc["choices"]:  # type: ignore[attr-defined]
+            if choice["index"] == index:
+                parts.append(choice["delta"]["content"])
+    return "".join(parts)
+
+
+def _through_sse(events: list[bytes], rules: Rules = REDACT) -> bytes:
+    stream = SseCensor(rules)
+    return b"".join(stream.feed(event) for event in events) + \
+        stream.feed(b"data: [DONE]\n\n") + stream.finish()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_a_secret_streamed_across_sse_events_is_redacted(case: tuple[str, str]) -> None:
+    _, secret = case
+    text = f"Here it is: {secret} - keep it safe."
+    expected = detectors.redact_text(text)
+    for i in range(1, len(text)):
+        out = _through_sse([_chat_event(text[:i]), _chat_event(text[i:])])
+        assert _chat_text(out) == expected, i
+        assert out.endswith(b"data: [DONE]\n\n")
+    for i, j in _splits3(len(text), 9):
+        pieces = [text[:i], text[i:j], text[j:]]
+        out = _through_sse([_anthropic_event(p) for p in pieces])
+        texts = [doc["delta"]["text"] for doc in _events(out)]  # type: ignore[index]
+        assert "".join(texts) == expected, (i, j)
+
+
+def test_token_by_token_stream_of_every_secret() -> None:
+    for _, secret in CASES:
+        text = f"k={secret}\n"
+        events = [_chat_event(text[i:i + 3]) for i in range(0, len(text), 3)]
+        out = _through_sse(events)
+        assert _chat_text(out) == detectors.redact_text(text)
+        assert secret.encode() not in out
+
+
+def test_choices_are_separate_texts() -> None:
+    _, secret = CASES[0]
+    half = len(secret) // 2
+    events = [_chat_event("a " + secret[:half], 0), _chat_event("plain", 1),
+              _chat_event(secret[half:] + " b", 0), _chat_event(" text", 1)]
+    out = _through_sse(events)
+    assert _chat_text(out, 0) == detectors.redact_text("a " + secret + " b")
+    assert _chat_text(out, 1) == "plain text"
+
+
+def test_secrets_elsewhere_in_a_payload_are_redacted_and_json_stays_valid() -> None:
+    _, secret = CASES[0]
+    doc = {"type": "tool_result", "data": {"rows": [{"cfg": f"token {secret}"}]},
+           "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+    out = _through_sse([b"data: " + orjson.dumps(doc) + b"\n\n"])
+    [parsed, ] = [d for d in _events(out) if d.get("type") == "tool_result"]
+    assert parsed["data"] == {"rows": [{"cfg": "token [REDACTED:openai_sk]"}]}
+    assert parsed["aws_secret_access_key"] == "[REDACTED:aws_access_key]"
+    assert secret.encode() not in out
+
+
+def test_escaped_text_is_scanned_decoded() -> None:
+    _, secret = CASES[0]
+    out = _through_sse([_chat_event("line one\n" + secret[:10]), _chat_event(secret[10:])])
+    assert _chat_text(out) == "line one\n[REDACTED:openai_sk]"
+
+
+def test_non_json_data_is_one_text_channel() -> None:
+    _, secret = CASES[0]
+    out = _through_sse([b"data: plain " + secret[:7].encode() + b"\n\n",
+                        b"data: " + secret[7:].encode() + b" end\n\n"])
+    assert secret.encode() not in out
+    assert b"[REDACTED:openai_sk]" in out
+
+
+FALSE_POSITIVES = [
+    # source code
+    "def task_runner(ask_for_key: str) -> None:\n    risk_level = 'sk-ip'\n"
+    "    return {'asia_region': True, 'eyes': 'bearer of news'}\n",
+    "const AKIAH = 3; // not a key; ghp is a word, xoxo hugs, aizawa-san\n",
+    # hex digests and ids
+    hashlib.sha256(b"x").hexdigest() + " " + hashlib.sha1(b"y").hexdigest(),
+    " ".join(str(uuid.UUID(int=random.Random(7).getrandbits(128))) for _ in range(3)),
+    # base64 image
+    "data:image/png;base64," + base64.b64encode(random.Random(3).randbytes(3000)).decode(),
+    # prose
+    "The bearer bond was sold in Asia; ask-me-anything threads ended with -----.\n"
+    "She said: sk-ipping school is fine, eyJ-like strings aside.",
+    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----",
+]
+
+
+@pytest.mark.parametrize("text", FALSE_POSITIVES)
+def test_ordinary_text_passes_byte_identical(text: str) -> None:
+    data = text.encode()
+    for i in range(0, len(data) + 1, max(1, len(data) // 50)):
+        assert _through_bytes([data[:i], data[i:]]) == data
+    words = text.split(" ")
+    events = [_chat_event(w + " ") for w in words]
+    out = _through_sse(events)
+    assert out == b"".join(events) + b"data: [DONE]\n\n"
+
+
+def test_an_event_without_a_partial_match_is_released_at_once() -> None:
+    stream = SseCensor(REDACT)
+    for word in ["Hello", " world", ",", " how", " are", " you", "?"]:
+        event = _chat_event(word)
+        assert stream.feed(event) == event
+    held = _chat_event(" sk-pro")
+    assert stream.feed(held) == b""  # may be the start of a key
+    after = _chat_event("blem solved")
+    assert stream.feed(after) == held + after
+
+
+def test_holds_are_bounded_and_a_long_secret_is_swallowed() -> None:
+    long_key = "sk-proj-" + "Ab1_" * 3000  # far beyond MAX_HOLD
+    body = ByteCensor(REDACT)
+    out = b""
+    for i in range(0, len(long_key), 100):
+        out += body.feed(long_key[i:i + 100].encode())
+        assert len(body._stream.buf) <= MAX_HOLD + 200  # noqa: SLF001 - the bound
+    out += body.feed(b" done") + body.finish()
+    assert out == b"[REDACTED:openai_sk] done"
+
+    pem = "-----BEGIN PRIVATE KEY-----\n" + "MIIE\n" * 2000 + "-----END PRIVATE KEY-----\nok"
+    body = ByteCensor(REDACT)
+    out = b"".join(body.feed(pem[i:i + 64].encode()) for i in range(0, len(pem), 64))
+    out += body.finish()
+    assert out == b"[REDACTED:pem_private]\nok"
+
+
+def test_sse_holds_are_bounded() -> None:
+    stream = SseCensor(REDACT)
+    out = stream.feed(_chat_event("sk-proj-"))
+    for _ in range(2000):
+        out += stream.feed(_chat_event("Ab1_"))
+    assert len(stream._pending) < 2000  # noqa: SLF001 - the bound is the point
+    out += stream.finish()
+    assert _chat_text(out) == "[REDACTED:openai_sk]"
+
+
+@pytest.mark.parametrize("mode", ["block_502", "abort_stream"])
+def test_other_modes_trip_and_release_nothing_after(mode: str) -> None:
+    rules = Rules(DETECTOR_IDS, mode, (), 1 << 20)  # type: ignore[arg-type]
+    _, secret = CASES[0]
+    body = ByteCensor(rules)
+    out = body.feed(b"safe part. ") + body.feed(secret.encode() + b" more")
+    assert body.tripped and out == b"safe part. "
+    assert body.feed(b"anything") == b"" and body.finish() == b""
+    stream = SseCensor(rules)
+    first = _chat_event("hi ")
+    assert stream.feed(first) == first
+    assert stream.feed(_chat_event(secret + " more")) == b""
+    assert stream.tripped and stream.finish() == b""
+    assert stream.hits.detectors == {"openai_sk": 1}
+
+
+def test_generic_high_entropy_is_opt_in() -> None:
+    token = "q8ZrT2mW9xKpL4vN7bYc3HsD6fGjA1eU"
+    assert _through_bytes([f"token {token} end".encode()]) == f"token {token} end".encode()
+    rules = Rules(("generic_high_entropy",), "redact", (), 1 << 20)
+    out = _through_bytes([f"token {token[:9]}".encode(), f"{token[9:]} end".encode()], rules)
+    assert out == b"token [REDACTED:generic_high_entropy] end"
+    for text in FALSE_POSITIVES:
+        assert _through_bytes([text.encode()], rules) == text.encode()
+
+
+def test_scrub_json_redacts_nested_values_and_keeps_untouched_bodies() -> None:
+    _, secret = CASES[0]
+    body = orjson.dumps({"a": [{"b": {"c": f"x {secret}"}}], "n": 1.5})
+    result = scrub_json(REDACT, body)
+    assert result is not None
+    out, hits = result
+    assert orjson.loads(out) == {"a": [{"b": {"c": "x [REDACTED:openai_sk]"}}], "n": 1.5}
+    assert hits.detectors == {"openai_sk": 1}
+    plain = b'{ "a" : "hello",\n "b": [1, 2.50] }'
+    kept = scrub_json(REDACT, plain)
+    assert kept is not None and kept[0] is plain
+    assert scrub_json(REDACT, b"not json") is None
+
+
+@given(st.text(max_size=200), st.lists(st.integers(0, 200), max_size=4))
+def test_streaming_agrees_with_whole_text_redaction(text: str, cuts: list[int]) -> None:
+    _, secret = CASES[len(text) % len(CASES)]
+    full = (text[: len(text) // 2] + " " + secret + " " + text[len(text) // 2:]).encode()
+    points = sorted({min(c, len(full)) for c in cuts})
+    pieces = [full[a:b] for a, b in zip([0, *points], [*points, len(full)], strict=True)]
+    expected = detectors.redact_text(full.decode()).encode()
+    assert _through_bytes(pieces) == expected

@@ -1,0 +1,708 @@
+"""Response leak censor: secrets in response bytes and in the text of SSE events (pure).
+
+The detectors are the built-in ones of :mod:`li_httpd.ops.log.detectors` (the same ids
+log redaction uses, plus the opt-in ``generic_high_entropy``). Every built-in match
+starts with a short literal *trigger* (``sk-``, ``AKIA``, ``eyJ``, ``-----BEGIN `` …), so
+a scan first looks for triggers with one case-insensitive literal search and runs a
+detector only where one starts, anchored there. What the gateway holds back is only
+what could still become a secret: a match that reaches the end of the bytes seen so far
+(it may go on), a detector that matches the bytes so far as a prefix (``partial``
+matching of the ``regex`` package), or a proper prefix of a trigger at the very end
+(``…sk``). Everything before the first such position goes out at once, so a piece with
+no partial match adds no delay. The hold is bounded by :data:`MAX_HOLD`: past it the
+held text is decided as if the stream ended, and a secret still running (a PEM key with
+no END line yet, a very long token) is swallowed as it continues.
+
+:class:`ByteCensor` follows a body as bytes (plain, chunked, JSON): a secret is replaced
+by ``[REDACTED:<id>]``, or by a mark of exactly its length when the body's length is
+already fixed (``Content-Length``), so framing stays valid either way.
+
+:class:`SseCensor` follows an event stream as whole events. Models stream text a few
+characters per event, so a secret is nearly always split across events and is not
+visible in any one of them: the censor reads the JSON ``data:`` payload of each event
+and joins the string values under delta-text keys (``content``, ``text``,
+``partial_json``, ``arguments``, ``delta`` …) into one text *channel* per JSON path (so
+``choices[0]`` and ``choices[1]`` are separate texts), and scans each channel as a
+stream. An event is held only while one of its channel pieces lies in a channel's
+undecided tail; when a secret completes, the pieces that carry it are rewritten (the
+first gets the marker, the rest lose their share) and those events are re-serialised;
+untouched events go out byte-identical. Other strings in a payload are scanned on their
+own, and JSON deny paths (a function from :mod:`.json_redact`) apply to each payload.
+Non-JSON payloads form one text channel of their own.
+
+With ``on_detect`` other than ``redact`` the first hit *trips* the censor: nothing more
+is released and the caller ends the response (a 502 before the head, else the stream's
+error event or an abort).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+
+import orjson
+import regex
+from li_httpd.ops.log.detectors import CENSOR_ONLY_PATTERNS, ORDER, PATTERNS
+
+OnDetect = Literal["redact", "block_502", "abort_stream"]
+
+DenyFn = Callable[[Any], tuple[Any, list[str]]]
+"""Applies a route's JSON deny paths to a parsed document: (new value, matched paths)."""
+
+MAX_HOLD = 4096
+"""The most undecided bytes held per body or per SSE text channel."""
+
+MAX_PENDING_EVENTS = 64 * 1024
+"""The most bytes of whole SSE events held back at once (then everything is decided)."""
+
+ENTROPY_MIN = 4.3
+"""Bits per character a ``generic_high_entropy`` candidate needs (random base62 of 32+
+characters measures about 4.6-5.0; identifiers and hex digests stay below 4.0)."""
+
+TRIGGERS: dict[str, tuple[bytes, ...]] = {
+    "pem_private": (b"-----begin ",),
+    "anthropic_key": (b"sk-",),
+    "openai_sk": (b"sk-",),
+    "aws_access_key": (b"akia", b"asia", b"abia", b"acca", b"aws"),
+    "github_token": (b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_", b"github_pat_"),
+    "jwt_bearer": (b"eyj", b"bearer"),
+    "slack_token": (b"xox", b"xapp-", b"https://hooks.slack"),
+    "google_api_key": (b"aiza",),
+    "stripe_key": (b"sk_", b"rk_", b"whsec_"),
+}
+"""Lower-case literals every match of a detector starts with (tests check each sample)."""
+
+_UNBOUNDED_TRIGGERS = (b"-----begin ",)
+"""Triggers whose detector does not start at a word boundary."""
+
+_PEM_END = re.compile(rb"-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END_MAX = 70
+_TOKEN_RUN = re.compile(rb"[A-Za-z0-9._~+/=-]*")
+_RUN_TAIL = re.compile(rb"[A-Za-z0-9+/_=-]{1,202}\Z")
+
+Hit = tuple[int, int, str]
+"""``(start, end, detector)`` in the scanned bytes."""
+
+CHANNEL_KEYS = frozenset({"content", "text", "partial_json", "arguments", "thinking",
+                          "reasoning_content", "reasoning", "refusal", "delta"})
+"""Keys whose string values are streamed text: joined across events per JSON path."""
+
+_SHORTEST = 12
+"""No built-in secret is shorter (a short Slack token is about 15 characters)."""
+
+
+def _marker(kind: str, length: int | None) -> bytes:
+    mark = b"[REDACTED:" + kind.encode() + b"]"
+    if length is None:
+        return mark
+    if len(mark) > length:
+        mark = b"[REDACTED]"[:length]
+    return mark + b"*" * (length - len(mark))
+
+
+def entropy(data: bytes) -> float:
+    """Shannon entropy of ``data`` in bits per byte."""
+    counts: dict[int, int] = {}
+    for byte in data:
+        counts[byte] = counts.get(byte, 0) + 1
+    total = len(data)
+    return -sum(n / total * math.log2(n / total) for n in counts.values())
+
+
+RulesSpec = tuple[tuple[str, ...], OnDetect, tuple[str, ...], int]
+"""``(detectors, on_detect, json_deny_paths, max_scrub_bytes)``."""
+
+
+def _deny_for(paths: tuple[str, ...]) -> DenyFn:
+    from .json_redact import compile_paths, redact_value
+    compiled = compile_paths(paths)
+    return functools.partial(redact_value, deny=compiled)
+
+
+@functools.lru_cache(maxsize=64)
+def rules_for(spec: RulesSpec) -> Rules:
+    """The compiled rules for ``spec`` (one object per distinct spec and process)."""
+    return Rules(*spec)
+
+
+class Rules:
+    """A route's censor, compiled: which detectors, what a hit does, its deny paths."""
+
+    __slots__ = ("_full", "_generic", "_tail", "_triggers", "deny", "detectors",
+                 "max_scrub_bytes", "on_detect", "spec")
+
+    def __init__(self, detectors: tuple[str, ...], on_detect: OnDetect,
+                 deny_paths: tuple[str, ...], max_scrub_bytes: int) -> None:
+        self.spec: RulesSpec = (detectors, on_detect, deny_paths, max_scrub_bytes)
+        """What the rules were built from (picklable: rebuilt in a scrubbing process)."""
+        self.detectors = detectors
+        self.on_detect = on_detect
+        self.deny = _deny_for(deny_paths) if deny_paths else None
+        self.max_scrub_bytes = max_scrub_bytes
+        self._triggers, self._tail, self._full, self._generic = _compile(
+            tuple(d for d in ORDER if d in detectors), "generic_high_entropy" in detectors)
+
+    @property
+    def redacts(self) -> bool:
+        return self.on_detect == "redact"
+
+    def scan(self, buf: bytes, start: int, final: bool) -> tuple[list[Hit], int]:
+        """The secrets in ``buf[start:hold]`` and ``hold``, where the undecided tail
+        begins (``len(buf)`` when nothing is). ``final``: no more bytes follow, so
+        nothing is undecided. ``buf[:start]`` is context only (word boundaries)."""
+        size = len(buf)
+        hold = size
+        hits: list[Hit] = []
+        generic = self._generic
+        if generic is not None:
+            if not final:
+                tail = _RUN_TAIL.search(buf, max(start, size - 202))
+                if tail is not None:
+                    hold = tail.start()
+            for match in generic.finditer(buf, start, hold):
+                if entropy(match.group()) >= ENTROPY_MIN:
+                    hits.append((match.start(), match.end(), "generic_high_entropy"))
+        triggers = self._triggers
+        if triggers is not None:
+            low = buf.lower()
+            if not final:
+                assert self._tail is not None
+                partial = self._tail.search(low, max(start, size - 19))
+                if partial is not None and partial.start() < hold:
+                    hold = partial.start()
+            full = self._full
+            assert full is not None
+            found: list[Hit] = []
+            after = start
+            for trigger in triggers.finditer(low, start, hold):
+                at = trigger.start()
+                if at < after:
+                    continue
+                secret = full.match(buf, at, partial=not final)
+                if secret is None:
+                    continue
+                end = secret.end()
+                if secret.partial or (end >= hold and not final):
+                    hold = at
+                    break
+                found.append((at, end, secret.lastgroup or ""))
+                after = end
+            hits = _merge(hits, found) if hits else found
+        if hits and hits[-1][1] > hold:
+            hits = [hit for hit in hits if hit[1] <= hold]
+        return hits, hold
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(ids: tuple[str, ...], generic: bool) -> tuple[
+        re.Pattern[bytes] | None, re.Pattern[bytes] | None, regex.Pattern[bytes] | None,
+        re.Pattern[bytes] | None]:
+    generic_re = (re.compile(CENSOR_ONLY_PATTERNS["generic_high_entropy"].encode())
+                  if generic else None)
+    if not ids:
+        return None, None, None, generic_re
+    words = sorted({t for d in ids for t in TRIGGERS[d]}, key=len, reverse=True)
+    triggers = re.compile(b"|".join(re.escape(w) for w in words))
+    bounded = sorted({w[:n] for w in words if w not in _UNBOUNDED_TRIGGERS
+                      for n in range(1, len(w) + 1)}, key=len, reverse=True)
+    unbounded = sorted({w[:n] for w in words if w in _UNBOUNDED_TRIGGERS
+                        for n in range(1, len(w) + 1)}, key=len, reverse=True)
+    parts = []
+    if bounded:
+        parts.append(rb"(?<![a-z0-9_])(?:" + b"|".join(re.escape(p) for p in bounded) + rb")\Z")
+    if unbounded:
+        parts.append(rb"(?:" + b"|".join(re.escape(p) for p in unbounded) + rb")\Z")
+    tail = re.compile(b"|".join(parts))
+    full = regex.compile("|".join(f"(?P<{d}>{PATTERNS[d]})" for d in ids).encode())
+    return triggers, tail, full, generic_re
+
+
+def _merge(first: list[Hit], second: list[Hit]) -> list[Hit]:
+    merged: list[Hit] = []
+    end = -1
+    for hit in sorted(first + second):
+        if hit[0] >= end:
+            merged.append(hit)
+            end = hit[1]
+    return merged
+
+
+def _continuation(kind: str, buf: bytes, start: int, final: bool) -> tuple[int, bool]:
+    """Where a secret that was still running when it was cut off ends in ``buf[start:]``:
+    ``(end, still_open)``. A PEM key runs to its END line (the last bytes that could be
+    the start of one stay undecided), any other secret to the end of its token."""
+    if kind == "pem_private":
+        end = _PEM_END.search(buf, start)
+        if end is not None:
+            return end.end(), False
+        if final:
+            return len(buf), False
+        return max(start, len(buf) - _PEM_END_MAX), True
+    run = _TOKEN_RUN.match(buf, start)
+    stop = run.end() if run is not None else start
+    return stop, stop == len(buf) and not final
+
+
+class Hits:
+    """What one response's censor found: counts per detector and per deny path."""
+
+    __slots__ = ("detectors", "paths")
+
+    def __init__(self) -> None:
+        self.detectors: dict[str, int] = {}
+        self.paths: dict[str, int] = {}
+
+    def detector(self, kind: str) -> None:
+        self.detectors[kind] = self.detectors.get(kind, 0) + 1
+
+    def path(self, path: str) -> None:
+        self.paths[path] = self.paths.get(path, 0) + 1
+
+    def __bool__(self) -> bool:
+        return bool(self.detectors or self.paths)
+
+    def first(self) -> str:
+        """A name for the first thing found, for the error log."""
+        for kind in self.detectors:
+            return kind
+        for path in self.paths:
+            return path
+        return ""
+
+
+class _Stream:
+    """One byte stream under scan: the undecided tail, the running secret (if one was
+    cut off), absolute offsets. Shared by bodies and SSE text channels."""
+
+    __slots__ = ("base", "buf", "open_kind", "start")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.base = 0
+        """Absolute offset of ``buf[0]``."""
+        self.start = 0
+        """Index in ``buf`` of the first undecided byte (before it: one context byte)."""
+        self.open_kind: str | None = None
+
+    @property
+    def resolved(self) -> int:
+        return self.base + self.start
+
+    def push(self, rules: Rules, data: bytes, final: bool,
+             forced: bool = False) -> list[tuple[int, int, str, bool]]:
+        """Add ``data`` and decide what can be: ``(abs_start, abs_end, kind, marked)``
+        for each secret (``marked`` False: the rest of a running secret, swallowed
+        without a second marker). ``forced``: decide everything now although more bytes
+        may follow (a secret still running at the end is then swallowed as it goes on)."""
+        buf = self.buf + data if self.buf else data
+        start = self.start
+        out: list[tuple[int, int, str, bool]] = []
+        base = self.base
+        if self.open_kind is not None:
+            end, still_open = _continuation(self.open_kind, buf, start, final)
+            if end > start:
+                out.append((base + start, base + end, self.open_kind, False))
+            start = end
+            if still_open:
+                self._keep(buf, start)
+                return out
+            self.open_kind = None
+        hits, hold = rules.scan(buf, start, final)
+        if not final and len(buf) - hold > MAX_HOLD:
+            forced = True
+            hits, hold = rules.scan(buf, start, True)
+        if forced and hits and hits[-1][1] == len(buf):
+            self.open_kind = hits[-1][2]
+        for hit_start, hit_end, kind in hits:
+            out.append((base + hit_start, base + hit_end, kind, True))
+        self._keep(buf, hold)
+        return out
+
+    def _keep(self, buf: bytes, hold: int) -> None:
+        cut = hold - 1 if hold > 0 else 0
+        self.buf = buf[cut:]
+        self.base += cut
+        self.start = hold - cut
+
+
+class ByteCensor:
+    """A response body as bytes; see the module docstring. ``same_length``: marks keep
+    each secret's length (the body's length is already on the wire)."""
+
+    __slots__ = ("_emitted", "_rules", "_same_length", "_stream", "hits", "tripped")
+
+    def __init__(self, rules: Rules, same_length: bool = False) -> None:
+        self._rules = rules
+        self._stream = _Stream()
+        self._same_length = same_length
+        self._emitted = 0
+        self.hits = Hits()
+        self.tripped = False
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        """The bytes of the body that may go out now, given ``data`` next."""
+        if self.tripped:
+            return b""
+        stream = self._stream
+        base = stream.base
+        buf = stream.buf + data
+        found = stream.push(self._rules, data, final)
+        resolved = stream.resolved
+        out: list[bytes] = []
+        at = self._emitted
+        for start, end, kind, marked in found:
+            if marked:
+                self.hits.detector(kind)
+                if not self._rules.redacts:
+                    self.tripped = True
+                    out.append(buf[at - base:start - base])
+                    return b"".join(out)
+            out.append(buf[at - base:start - base])
+            if marked:
+                out.append(_marker(kind, end - start if self._same_length else None))
+            elif self._same_length:
+                out.append(b"*" * (end - start))
+            at = end
+        out.append(buf[at - base:resolved - base])
+        self._emitted = resolved
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The rest of the body at its end."""
+        return self.feed(b"", True)
+
+
+class _Segment:
+    """One channel string of one event: where it sits in the event's payload (the JSON
+    string's content, between its quotes) and in its channel's text (decoded)."""
+
+    __slots__ = ("edits", "end", "escaped", "event", "span", "start", "text")
+
+    def __init__(self, event: _Event, span: tuple[int, int], text: bytes, escaped: bool,
+                 start: int) -> None:
+        self.event = event
+        self.span = span
+        self.text = text
+        self.escaped = escaped
+        self.start = start
+        self.end = start + len(text)
+        self.edits: list[tuple[int, int, bytes]] | None = None
+
+    def rendered(self) -> bytes:
+        """The new content of the JSON string (escaped as JSON needs)."""
+        text = _apply(self.text, self.edits or [])
+        if not self.escaped and b"\\" not in text and b'"' not in text:
+            return text
+        return orjson.dumps(text.decode("utf-8", "replace"))[1:-1]
+
+
+class _Channel:
+    __slots__ = ("segments", "stream")
+
+    def __init__(self) -> None:
+        self.stream = _Stream()
+        self.segments: deque[_Segment] = deque()
+
+
+class _Event:
+    __slots__ = ("edits", "payload", "raw", "segments")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.payload = b""
+        self.segments: list[tuple[_Channel, _Segment]] = []
+        self.edits: list[tuple[int, int, bytes]] | None = None
+        """Payload edits outside channel strings; ``[]`` when the payload was replaced."""
+
+    def edit(self, start: int, end: int, replacement: bytes) -> None:
+        if self.edits is None:
+            self.edits = []
+        self.edits.append((start, end, replacement))
+
+    @property
+    def dirty(self) -> bool:
+        return self.edits is not None or any(segment.edits is not None
+                                             for _, segment in self.segments)
+
+
+_CHANNEL_STRING = re.compile(
+    rb'"(content|text|partial_json|arguments|thinking|reasoning_content|reasoning|refusal|delta)"'
+    rb'[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"')
+"""A delta-text key and its string value, in raw JSON (the value's content as group 2)."""
+
+_INDEX = re.compile(rb'"index"[ \t\r\n]*:[ \t\r\n]*([0-9]+)')
+
+
+class SseCensor:
+    """An event stream, fed whole events; see the module docstring."""
+
+    __slots__ = ("_channels", "_pending", "_pending_bytes", "_rules", "hits", "tripped")
+
+    def __init__(self, rules: Rules) -> None:
+        self._rules = rules
+        self._channels: dict[tuple[bytes, bytes], _Channel] = {}
+        self._pending: deque[_Event] = deque()
+        self._pending_bytes = 0
+        self.hits = Hits()
+        self.tripped = False
+
+    def feed(self, events: bytes) -> bytes:
+        """Whole events in; the events that may go out now (possibly rewritten)."""
+        if self.tripped or not events:
+            return b""
+        for raw in _split_events(events):
+            event = _Event(raw)
+            self._pending.append(event)
+            self._pending_bytes += len(raw)
+            for channel in self._read(event):
+                self._decide(channel, False)
+            if self.tripped:
+                return b""
+        if self._pending_bytes > MAX_PENDING_EVENTS:
+            for channel in self._channels.values():
+                self._decide(channel, True, forced=True)
+        return b"" if self.tripped else self._release(False)
+
+    def finish(self) -> bytes:
+        """The held events at the stream's end, decided as they stand."""
+        if self.tripped:
+            return b""
+        for channel in self._channels.values():
+            self._decide(channel, True)
+        return b"" if self.tripped else self._release(True)
+
+    def _read(self, event: _Event) -> list[_Channel]:
+        """Parse one event's payload into channel segments; scan the rest of it."""
+        data: list[bytes] = []
+        for line in event.raw.splitlines():
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value[:1] == b" " else value)
+        if not data:
+            return []
+        payload = data[0] if len(data) == 1 else b"\n".join(data)
+        rules = self._rules
+        if payload[:1] not in (b"{", b"["):
+            event.payload = payload
+            return [self._add(event, (b"<data>", b""), (0, len(payload)), payload, False)]
+        if rules.deny is not None:
+            try:
+                doc = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                doc = None
+            if doc is not None:
+                doc, paths = rules.deny(doc)
+                if paths:
+                    for path in paths:
+                        self.hits.path(path)
+                    if not rules.redacts:
+                        self.tripped = True
+                        return []
+                    payload = orjson.dumps(doc)
+                    event.edits = []
+        event.payload = payload
+        touched: list[_Channel] = []
+        spans: list[tuple[int, int]] = []
+        index = b""
+        has_index = b'"index"' in payload
+        for match in _CHANNEL_STRING.finditer(payload):
+            start, end = match.span(2)
+            raw = match.group(2)
+            escaped = b"\\" in raw
+            text = raw
+            if escaped:
+                try:
+                    text = orjson.loads(b'"' + raw + b'"').encode()
+                except orjson.JSONDecodeError:
+                    continue
+            if has_index:
+                indexes = _INDEX.findall(payload, 0, start)
+                index = indexes[-1] if indexes else b""
+            channel = self._add(event, (match.group(1), index), (start, end), text, escaped)
+            if channel not in touched:
+                touched.append(channel)
+            spans.append((start, end))
+        self._scan_rest(event, payload, spans)
+        return touched
+
+    def _add(self, event: _Event, where: tuple[bytes, bytes], span: tuple[int, int],
+             text: bytes, escaped: bool) -> _Channel:
+        channel = self._channels.get(where)
+        if channel is None:
+            channel = self._channels[where] = _Channel()
+        stream = channel.stream
+        segment = _Segment(event, span, text, escaped, stream.base + len(stream.buf))
+        stream.buf += text
+        channel.segments.append(segment)
+        event.segments.append((channel, segment))
+        return channel
+
+    def _scan_rest(self, event: _Event, payload: bytes, spans: list[tuple[int, int]]) -> None:
+        """Secrets anywhere in the payload outside the channel strings (ids, tool results,
+        custom fields), each redacted in place; a hit that begins before a quote (a JSON
+        key and its value) is cut to the part after the quote, so the JSON stays valid."""
+        rules = self._rules
+        hits, _ = rules.scan(payload, 0, True)
+        for start, end, kind in hits:
+            if any(start < span_end and span_start < end for span_start, span_end in spans):
+                continue
+            self.hits.detector(kind)
+            if not rules.redacts:
+                self.tripped = True
+                return
+            quote = payload.rfind(b'"', start, end)
+            if quote >= 0:
+                start = quote + 1
+            event.edit(start, end, _marker(kind, None))
+
+    def _decide(self, channel: _Channel, final: bool, forced: bool = False) -> None:
+        stream = channel.stream
+        if final:
+            found = stream.push(self._rules, b"", True, forced)
+        else:
+            # The new text is already at the end of the stream's buffer (see _add).
+            buf, stream.buf = stream.buf, b""
+            found = stream.push(self._rules, buf, False)
+        segments = channel.segments
+        for start, end, kind, marked in found:
+            if marked:
+                self.hits.detector(kind)
+                if not self._rules.redacts:
+                    self.tripped = True
+                    return
+            first = marked
+            for segment in segments:
+                if segment.end <= start:
+                    continue
+                if segment.start >= end:
+                    break
+                edit = (max(start, segment.start) - segment.start,
+                        min(end, segment.end) - segment.start,
+                        _marker(kind, None) if first else b"")
+                first = False
+                if segment.edits is None:
+                    segment.edits = [edit]
+                else:
+                    segment.edits.append(edit)
+        resolved = stream.resolved
+        while segments and segments[0].end <= resolved:
+            segments.popleft()
+
+    def _release(self, final: bool) -> bytes:
+        out: list[bytes] = []
+        pending = self._pending
+        while pending:
+            event = pending[0]
+            if not final and any(segment.end > channel.stream.resolved
+                                 for channel, segment in event.segments):
+                break
+            pending.popleft()
+            self._pending_bytes -= len(event.raw)
+            out.append(_render(event) if event.dirty else event.raw)
+        return b"".join(out)
+
+
+def _apply(text: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    parts: list[bytes] = []
+    at = 0
+    for start, end, replacement in sorted(edits):
+        start = max(start, at)
+        parts.append(text[at:start])
+        parts.append(replacement)
+        at = max(at, end)
+    parts.append(text[at:])
+    return b"".join(parts)
+
+
+def _render(event: _Event) -> bytes:
+    """An event whose payload changed, re-serialised: its other fields in place, the
+    data as one line per payload line."""
+    edits = list(event.edits or ())
+    for _, segment in event.segments:
+        if segment.edits is not None:
+            edits.append((*segment.span, segment.rendered()))
+    payload = _apply(event.payload, edits)
+    lines: list[bytes] = []
+    wrote_data = False
+    for line in event.raw.splitlines():
+        if not line:
+            continue
+        if line.startswith(b"data:"):
+            if not wrote_data:
+                lines.extend(b"data: " + part for part in payload.split(b"\n"))
+                wrote_data = True
+            continue
+        lines.append(line)
+    return b"\n".join(lines) + b"\n\n"
+
+
+_EVENT_SPLIT = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+
+
+def _split_events(data: bytes) -> list[bytes]:
+    """Whole events (each with its blank line; blank lines between events go with the
+    event before them)."""
+    events: list[bytes] = []
+    at = 0
+    for match in _EVENT_SPLIT.finditer(data):
+        end = match.end()
+        if match.start() < at:
+            continue
+        events.append(data[at:end])
+        at = end
+    if at < len(data):
+        if events:
+            events[-1] += data[at:]
+        else:
+            events.append(data[at:])
+    return events
+
+
+def scrub_json_spec(spec: RulesSpec, body: bytes) -> tuple[bytes, Hits] | None:
+    """:func:`scrub_json` by spec: what a scrubbing process runs for a large body."""
+    return scrub_json(rules_for(spec), body)
+
+
+def scrub_json(rules: Rules, body: bytes) -> tuple[bytes, Hits] | None:
+    """A whole JSON body, scrubbed: ``(bytes, hits)``; the original bytes, unchanged, when
+    nothing was found; None when ``body`` is not JSON."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    hits = Hits()
+    if rules.deny is not None:
+        doc, paths = rules.deny(doc)
+        for path in paths:
+            hits.path(path)
+    changed = bool(hits.paths)
+    wrapper = [doc]
+    if _scrub_strings(rules, wrapper, hits):
+        changed = True
+    if not changed:
+        return body, hits
+    return orjson.dumps(wrapper[0]), hits
+
+
+def _scrub_strings(rules: Rules, node: Any, hits: Hits) -> bool:
+    changed = False
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in list(items):
+        if isinstance(value, str):
+            if len(value) < _SHORTEST:
+                continue
+            text = value.encode()
+            found, _ = rules.scan(text, 0, True)
+            if found:
+                for _, _, kind in found:
+                    hits.detector(kind)
+                node[key] = _apply(text, [(s, e, _marker(k, None))
+                                          for s, e, k in found]).decode("utf-8", "replace")
+                changed = True
+        elif isinstance(value, (dict, list)) and _scrub_strings(rules, value, hits):
+            changed = True
+    return changed
