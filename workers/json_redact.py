@@ -248,15 +248,25 @@ def redact_json_bytes(body: bytes, deny: DenyPaths) -> tuple[bytes, list[str]] |
 
 # -- streaming ------------------------------------------------------------------------------
 
+_WS = rb"[ \t\n\r]*+"
+_STR = rb'"(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*+"'
+"""A whole string without surrogate escapes (those take the checked slow path)."""
+_NUM_LIT = rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][+-]?[0-9]++)?|true|false|null"
 _NEXT = re.compile(
-    rb'[ \t\n\r]*+(?:([{\[])|([}\]])|(,)|(:)'
-    # a whole string without surrogate escapes (those take the checked slow path)
-    rb'|("(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*+")'
+    _WS + rb"(?:([{\[])|([}\]])|(,)|(:)|(" + _STR + rb")"
     # a whole number or literal, seen to end before the data does
-    rb'|(-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][+-]?[0-9]++)?|true|false|null)'
-    rb'(?=[ \t\n\r,\]}])'
-    rb')?')
+    + rb"|(" + _NUM_LIT + rb")(?=[ \t\n\r,\]}])"
+    + rb")?")
 """Whitespace then, when it is whole in the data, one token (groups 1 to 6)."""
+_MEMBER = re.compile(_WS + rb"(" + _STR + rb")" + _WS + rb":" + _WS
+                     + rb"(" + _STR + rb"|" + _NUM_LIT + rb")" + _WS + rb",")
+"""One ``"key": scalar,`` member (the key and the value as groups 1 and 2)."""
+_MEMBERS = re.compile(rb"(?:" + _WS + _STR + _WS + rb":" + _WS + rb"(?:" + _STR + rb"|"
+                      + _NUM_LIT + rb")" + _WS + rb",)*+")
+"""A run of ``"key": scalar,`` members, for objects where no key matters."""
+_ELEMENTS = re.compile(rb"(?:" + _WS + rb"(?:" + _STR + rb"|" + _NUM_LIT + rb")" + _WS
+                       + rb",)*+")
+"""A run of ``scalar,`` elements, for arrays whose elements are not replaced."""
 _OPEN, _CLOSE, _COMMA, _COLON, _STRING, _SCALAR = 1, 2, 3, 4, 5, 6
 _STRING_START, _SCALAR_START = 7, 8
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*+')
@@ -279,6 +289,7 @@ _HEX = re.compile(rb"[0-9a-fA-F]{4}")
 _TOP, _OBJ_VALUE, _ARR_VALUE, _ARR_FIRST, _KEY, _KEY_FIRST, _COLON_NEXT, _AFTER, _DONE = \
     range(9)
 _KEY_POSITIONS = (_KEY, _KEY_FIRST)
+_ARRAY_POSITIONS = (_ARR_VALUE, _ARR_FIRST)
 _EXPECTED = {_TOP: "a value", _OBJ_VALUE: "a value", _ARR_VALUE: "a value",
              _ARR_FIRST: "a value or ']'", _KEY: "a key", _KEY_FIRST: "a key or '}'",
              _COLON_NEXT: "':'", _AFTER: "',' or the container's end",
@@ -395,6 +406,37 @@ class JsonStreamRedactor:
             lex = self._lex
             start = pos
             if lex == _LEX_NONE:
+                # Runs of scalar members and elements first, in one regex call where no
+                # key matters, one call per member where keys do.
+                if expect in _KEY_POSITIONS:
+                    state = stack[-1] >> 1
+                    if skip_base >= 0 or not live_of[state]:
+                        run = _run(_MEMBERS, data, pos)
+                        if run > pos:
+                            pos = run
+                            expect = _KEY
+                    else:
+                        names, other = deny.names[state], deny.other[state]
+                        member = _MEMBER.match(data, pos)
+                        while member is not None:
+                            raw = member.group(1)[1:-1]
+                            if b"\\" in raw:
+                                raw = orjson.loads(member.group(1)).encode()
+                            child = names.get(raw, other)
+                            if hit_of[child] >= 0:
+                                out.append(data[copy_from:member.start(2)])
+                                out.append(_REDACTED_JSON)
+                                self.hits.append(deny.paths[hit_of[child]])
+                                copy_from = member.end(2)
+                            pos = member.end()
+                            expect = _KEY
+                            member = _MEMBER.match(data, pos)
+                elif expect in _ARRAY_POSITIONS and (
+                        skip_base >= 0 or hit_of[element_of[stack[-1] >> 1]] < 0):
+                    run = _run(_ELEMENTS, data, pos)
+                    if run > pos:
+                        pos = run
+                        expect = _ARR_VALUE
                 match = _NEXT.match(data, pos)
                 assert match is not None  # every part of the pattern is optional
                 kind = match.lastindex
@@ -472,7 +514,7 @@ class JsonStreamRedactor:
                 # A value starts at ``start``.
                 if expect == _OBJ_VALUE:
                     child = self._child_state
-                elif expect in (_ARR_VALUE, _ARR_FIRST):
+                elif expect in _ARRAY_POSITIONS:
                     child = element_of[stack[-1] >> 1]
                 elif expect == _TOP:
                     child = 0
