@@ -47,7 +47,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from li_httpd.config.checks import JSON_PATH_RE
@@ -251,22 +251,37 @@ def redact_json_bytes(body: bytes, deny: DenyPaths) -> tuple[bytes, list[str]] |
 _WS = rb"[ \t\n\r]*+"
 _STR = rb'"(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*+"'
 """A whole string without surrogate escapes (those take the checked slow path)."""
-_NUM_LIT = rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][+-]?[0-9]++)?|true|false|null"
-_NEXT = re.compile(
-    _WS + rb"(?:([{\[])|([}\]])|(,)|(:)|(" + _STR + rb")"
-    # a whole number or literal, seen to end before the data does
-    + rb"|(" + _NUM_LIT + rb")(?=[ \t\n\r,\]}])"
-    + rb")?")
-"""Whitespace then, when it is whole in the data, one token (groups 1 to 6)."""
-_MEMBER = re.compile(_WS + rb"(" + _STR + rb")" + _WS + rb":" + _WS
-                     + rb"(" + _STR + rb"|" + _NUM_LIT + rb")" + _WS + rb",")
-"""One ``"key": scalar,`` member (the key and the value as groups 1 and 2)."""
-_MEMBERS = re.compile(rb"(?:" + _WS + _STR + _WS + rb":" + _WS + rb"(?:" + _STR + rb"|"
-                      + _NUM_LIT + rb")" + _WS + rb",)*+")
-"""A run of ``"key": scalar,`` members, for objects where no key matters."""
-_ELEMENTS = re.compile(rb"(?:" + _WS + rb"(?:" + _STR + rb"|" + _NUM_LIT + rb")" + _WS
-                       + rb",)*+")
-"""A run of ``scalar,`` elements, for arrays whose elements are not replaced."""
+
+
+class _Patterns(NamedTuple):
+    next: re.Pattern[bytes]
+    """Whitespace then, when it is whole in the data, one token (groups 1 to 6)."""
+    member: re.Pattern[bytes]
+    """One ``"key": scalar,`` member (the key and the value as groups 1 and 2)."""
+    members: re.Pattern[bytes]
+    """A run of ``"key": scalar,`` members, for objects where no key matters."""
+    elements: re.Pattern[bytes]
+    """A run of ``scalar,`` elements, for arrays whose elements are not replaced."""
+
+
+@functools.lru_cache(maxsize=8)
+def _patterns(max_token: int) -> _Patterns:
+    """The token patterns for numbers up to ``max_token`` bytes (a longer one takes the
+    slow path, which refuses it: the same outcome wherever the pieces are cut)."""
+    scalar = (rb"(?=[-+.0-9eE]{1,%d}+(?![-+.0-9eE]))" % max_token
+              + rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][+-]?[0-9]++)?|true|false|null")
+    value = rb"(?:" + _STR + rb"|" + scalar + rb")"
+    return _Patterns(
+        next=re.compile(_WS + rb"(?:([{\[])|([}\]])|(,)|(:)|(" + _STR + rb")"
+                        # a number or literal, seen to end before the data does
+                        + rb"|(" + scalar + rb")(?=[ \t\n\r,\]}])" + rb")?"),
+        member=re.compile(_WS + rb"(" + _STR + rb")" + _WS + rb":" + _WS + rb"(" + value
+                          + rb")" + _WS + rb","),
+        members=re.compile(rb"(?:" + _WS + _STR + _WS + rb":" + _WS + value + _WS
+                           + rb",)*+"),
+        elements=re.compile(rb"(?:" + _WS + value + _WS + rb",)*+"))
+
+
 _OPEN, _CLOSE, _COMMA, _COLON, _STRING, _SCALAR = 1, 2, 3, 4, 5, 6
 _STRING_START, _SCALAR_START = 7, 8
 _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*+')
@@ -306,14 +321,15 @@ class JsonStreamRedactor:
     per replaced value."""
 
     __slots__ = ("_child_state", "_collect", "_deny", "_error", "_expect", "_high", "_is_key",
-                 "_key", "_lex", "_max_depth", "_max_token", "_offset", "_pending",
-                 "_scalar", "_skip_base", "_stack", "_utf8", "hits")
+                 "_key", "_lex", "_max_depth", "_max_token", "_offset", "_patterns",
+                 "_pending", "_scalar", "_skip_base", "_stack", "_utf8", "hits")
 
     def __init__(self, deny: DenyPaths, *, max_depth: int = MAX_DEPTH,
                  max_token: int = MAX_TOKEN) -> None:
         self._deny = deny
         self._max_depth = max_depth
         self._max_token = max_token
+        self._patterns = _patterns(max_token)
         self.hits: list[str] = []
         self._stack: list[int] = []
         """Open containers: automaton state << 1 | 1 for an object, 0 for an array."""
@@ -395,6 +411,10 @@ class JsonStreamRedactor:
         deny = self._deny
         hit_of, live_of, element_of = deny.hit, deny.live, deny.element
         dead = deny.dead
+        patterns = self._patterns
+        next_token, member_at = patterns.next.match, patterns.member.match
+        members_at, elements_at = patterns.members, patterns.elements
+        max_token = self._max_token
         stack = self._stack
         expect = self._expect
         skip_base = self._skip_base
@@ -411,15 +431,18 @@ class JsonStreamRedactor:
                 if expect in _KEY_POSITIONS:
                     state = stack[-1] >> 1
                     if skip_base >= 0 or not live_of[state]:
-                        run = _run(_MEMBERS, data, pos)
+                        run = _run(members_at, data, pos)
                         if run > pos:
                             pos = run
                             expect = _KEY
                     else:
                         names, other = deny.names[state], deny.other[state]
-                        member = _MEMBER.match(data, pos)
+                        member = member_at(data, pos)
                         while member is not None:
                             raw = member.group(1)[1:-1]
+                            if len(raw) > max_token:
+                                raise self._fail(f"key longer than {max_token} bytes",
+                                                 member.start(1))
                             if b"\\" in raw:
                                 raw = orjson.loads(member.group(1)).encode()
                             child = names.get(raw, other)
@@ -430,14 +453,14 @@ class JsonStreamRedactor:
                                 copy_from = member.end(2)
                             pos = member.end()
                             expect = _KEY
-                            member = _MEMBER.match(data, pos)
+                            member = member_at(data, pos)
                 elif expect in _ARRAY_POSITIONS and (
                         skip_base >= 0 or hit_of[element_of[stack[-1] >> 1]] < 0):
-                    run = _run(_ELEMENTS, data, pos)
+                    run = _run(elements_at, data, pos)
                     if run > pos:
                         pos = run
                         expect = _ARR_VALUE
-                match = _NEXT.match(data, pos)
+                match = next_token(data, pos)
                 assert match is not None  # every part of the pattern is optional
                 kind = match.lastindex
                 if kind is None:
@@ -563,6 +586,8 @@ class JsonStreamRedactor:
 
     def _key_read(self, raw: bytes, stack: list[int], start: int) -> int:
         """Sets the state of the value whose key ``raw`` (between the quotes) was read."""
+        if len(raw) > self._max_token:
+            raise self._fail(f"key longer than {self._max_token} bytes", start)
         if b"\\" in raw:
             try:
                 raw = orjson.loads(b'"' + raw + b'"').encode()

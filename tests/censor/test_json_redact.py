@@ -190,6 +190,39 @@ def test_token_caps() -> None:
     assert stream(long_string, [], 5, max_token=16)[0] == long_string
 
 
+CAP_CASES = [
+    (b'{"a": 1, "' + b"k" * 16 + b'": 2}', True),
+    (b'{"a": 1, "' + b"k" * 17 + b'": 2}', False),
+    (b'{"a": 1, "' + b"k" * 14 + b'\\\\": 2}', True),
+    (b'{"a": 1, "' + b"k" * 15 + b'\\\\": 2}', False),   # counted escaped
+    (b'{"' + b"k" * 17 + b'": {"a": 1}, "b": 2}', False),
+    (b'[1, ' + b"1" * 16 + b", 2]", True),
+    (b'[1, ' + b"1" * 17 + b", 2]", False),
+    (b'{"a": -1.' + b"5" * 13 + b', "b": 2}', True),
+    (b'{"a": -1.' + b"5" * 14 + b', "b": 2}', False),
+    (b'{"b": {"c": ' + b"1" * 17 + b"}}", False),       # also inside a replaced value
+    (b"1" * 16, True),
+    (b"1" * 17, False),
+]
+
+
+@pytest.mark.parametrize(("body", "accepted"), CAP_CASES)
+def test_caps_do_not_depend_on_the_split(body: bytes, accepted: bool) -> None:
+    """A key (where keys are read) or number over the cap is refused whether it arrives
+    whole in one piece or cut across pieces."""
+    for cut in range(len(body) + 1):
+        redactor = JsonStreamRedactor(compile_paths(["$.a", "$.b"]), max_token=16)
+        try:
+            redactor.feed(body[:cut])
+            redactor.feed(body[cut:])
+            redactor.finish()
+        except JsonRedactError as exc:
+            assert not accepted, (cut, exc)
+            assert "longer than 16" in str(exc)
+        else:
+            assert accepted, cut
+
+
 def test_output_is_emitted_as_input_arrives() -> None:
     redactor = JsonStreamRedactor(compile_paths(["$.secret"]))
     assert redactor.feed(b'{"keep": "abc') == b'{"keep": "abc'
