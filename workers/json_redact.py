@@ -258,8 +258,13 @@ def redact_json_bytes(body: bytes, deny: DenyPaths) -> tuple[bytes, list[str]] |
 # -- streaming ------------------------------------------------------------------------------
 
 _WS = rb"[ \t\n\r]*+"
-_STR = rb'"(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4})*+"'
-"""A whole string without surrogate escapes (those take the checked slow path)."""
+_CHARS = (rb'(?:[^"\\\x00-\x1f]++|\\["\\/bfnrt]|\\u(?![dD][89a-fA-F])[0-9a-fA-F]{4}'
+          rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})*+")
+"""Characters of a string: any but quote, backslash and controls; escapes, surrogate
+escapes only as a high-low pair (others, and an escape cut by the end of the data, take
+the checked slow path)."""
+_STR = rb'"' + _CHARS + rb'"'
+"""A whole string."""
 
 
 class _Patterns(NamedTuple):
@@ -293,7 +298,7 @@ def _patterns(max_token: int) -> _Patterns:
 
 _OPEN, _CLOSE, _COMMA, _COLON, _STRING, _SCALAR = 1, 2, 3, 4, 5, 6
 _STRING_START, _SCALAR_START = 7, 8
-_STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*+')
+_STRING_RUN = re.compile(_CHARS)
 _SCALAR_RUN = re.compile(rb'[-+.0-9A-Za-z]*+')
 
 
@@ -612,9 +617,12 @@ class JsonStreamRedactor:
         end = len(data)
         collect = self._collect
         while True:
-            if self._high and pos < end and data[pos] != 0x5C:
+            if not self._high:
+                run = _run(_STRING_RUN, data, pos)
+            elif pos < end and data[pos] != 0x5C:
                 raise self._fail("lone high surrogate escape in string", pos)
-            run = _run(_STRING_RUN, data, pos)
+            else:
+                run = pos  # the low surrogate escape must come first
             if collect and run > pos:
                 self._key += data[pos:run]
                 if len(self._key) > self._max_token:

@@ -146,7 +146,23 @@ MALFORMED = [
     b'"a\x01b"', b'"a\nb"', b'"\\ud800"', b'"\\udc00"', b'"\\ud800\\u0041"',
     b'"\\ud800x"', b'"\xff"', b'"\xc3"', b'"\xed\xa0\x80"', b"\xef\xbb\xbf{}",
     b"[1,2", b'{"a":[1,{"b":"c"}', b"\x00", b"'a'", b"[1;2]",
+    b'["x\\ud83d\\ud83d"]', b'["x\\ude00\\ud83d"]', b'["\\ud83d\\n"]', b'{"\\ud83dk": 1}',
+    b'["\\ud83d\\ude0"]', b'["\\ud83d\\u"]',
 ]
+
+
+LONE_SURROGATES = [b'["' + b"a" * 20 + tail + b'"]' for tail in
+                   (b"\\ud83d", b"\\ud83d\\ud83d", b"\\ude00", b"\\ud83dx", b"\\ud83d\\u0041")]
+
+
+@pytest.mark.parametrize("body", LONE_SURROGATES)
+def test_lone_surrogates_raise_at_every_split(body: bytes) -> None:
+    for cut in range(len(body) + 1):
+        redactor = JsonStreamRedactor(compile_paths(["$..a"]))
+        with pytest.raises(JsonRedactError, match="surrogate"):
+            redactor.feed(body[:cut])
+            redactor.feed(body[cut:])
+            redactor.finish()
 
 
 @pytest.mark.parametrize("body", MALFORMED)
