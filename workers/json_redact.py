@@ -46,7 +46,10 @@ Cost (CPU time, 2-core dev box, ``python -m li_httpd.ops.bench.json_redact_micro
 regex call per token, one per ``"key": scalar,`` member of an object where keys matter,
 one per run of such members or of scalar elements elsewhere; about 27-30 MB/s on an
 API-like 1 MiB body when keys are tracked throughout (with or without hits), about 40
-MB/s with no paths or when the replaced value is most of the body.
+MB/s with no paths or when the replaced value is most of the body. The worst case is
+input made only of tiny tokens (``[{},{},...]``: about 1.7 MB/s) or fed a byte at a time
+(about 0.6 MB/s): a caller bounds the CPU an upstream can cost by the body size it lets
+through this path.
 """
 
 from __future__ import annotations
@@ -244,7 +247,9 @@ def redact_json_bytes(body: bytes, deny: DenyPaths) -> tuple[bytes, list[str]] |
     """A whole JSON body redacted: None when ``body`` is not JSON (orjson's reading);
     else the new body and the hits. Nothing matched: ``body`` itself, byte for byte.
     Something matched: ``orjson.dumps`` of the redacted document (compact; numbers
-    re-spelt as orjson reads them, e.g. an integer beyond 64 bits becomes a float)."""
+    re-spelt as orjson reads them, e.g. an integer beyond 64 bits becomes a float).
+    Raises :class:`JsonRedactError` as :func:`redact_value` does (a path followed
+    deeper than :data:`MAX_DEPTH`)."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
