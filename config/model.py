@@ -403,7 +403,8 @@ class RouteCensor:
                                         check_rule="detector")
     json_deny_paths: tuple[str, ...] = setting((), doc="JSON fields replaced by "
                                                "\"[REDACTED]\", e.g. $.api_key, "
-                                               "$.users[*].password.",
+                                               "$.users[*].password, $..secret (any "
+                                               "depth).",
                                                check=checks.each(checks.json_path),
                                                check_rule="json_path")
     deny_headers: tuple[str, ...] = setting((), doc="Response headers always removed.",

@@ -123,7 +123,7 @@ RULES: tuple[Rule, ...] = (
                             "ack_disable_censor is not set."),
     Rule("censor_generated", "include_generated needs leak_censor.generated_file."),
     Rule("detector", "Detector ids must be built-in ids."),
-    Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field subset."),
+    Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field / $..field subset."),
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
                              "and differs from the main listeners."),
     Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),

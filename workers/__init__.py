@@ -20,6 +20,7 @@ Modules, in the order a request meets them:
 - :mod:`.proxy` — the reverse proxy handler; :mod:`.retry` — its retry decisions (pure);
 - :mod:`.upstream` — peers, keep-alive pools, peer choice;
 - :mod:`.sse` — SSE event boundaries, held half events, the terminal error event (pure);
+- :mod:`.json_redact` — the leak censor's JSON deny paths: whole and streamed bodies (pure);
 - :mod:`.usage` — token usage read from relayed responses, without buffering (pure);
 - :mod:`.sockio`, :mod:`.tls_io` — non-blocking socket I/O and deadlines; TLS over it;
 - :mod:`.housekeeping` — the per-worker timer task: deadlines, disconnect watch, Date;
