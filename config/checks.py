@@ -20,7 +20,8 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[a-z0-9-]+(\.[a-z0-9-]+)+")
-JSON_PATH_RE = re.compile(r"\$(\.([A-Za-z_][A-Za-z0-9_-]*|\*)(\[\*\])?)+")
+JSON_PATH_RE = re.compile(r"\$(\.([A-Za-z_][A-Za-z0-9_-]*|\*)(\[\*\])?)+"
+                          r"|\$\.\.[A-Za-z_][A-Za-z0-9_-]*")
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
@@ -138,8 +139,8 @@ def email(value: Any) -> str | None:
 
 def json_path(value: Any) -> str | None:
     if not isinstance(value, str) or not JSON_PATH_RE.fullmatch(value):
-        return (f"{value!r} is not a supported JSON path: use $.field, $.a.b, $.items[*].field "
-                "or $.obj.*")
+        return (f"{value!r} is not a supported JSON path: use $.field, $.a.b, $.items[*].field"
+                ", $.obj.* or $..name")
     return None
 
 

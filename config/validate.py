@@ -122,8 +122,19 @@ RULES: tuple[Rule, ...] = (
     Rule("censor_disabled", "Warning: under production the leak censor is off and "
                             "ack_disable_censor is not set."),
     Rule("censor_generated", "include_generated needs leak_censor.generated_file."),
+    Rule("generated_file", "leak_censor.generated_file (relative to the config file's "
+                           "directory) must be a readable file."),
+    Rule("generated_format", "The generated file must be one written by `li-httpd "
+                             "setup-censor` (its header keys, format version, sources)."),
+    Rule("generated_edited", "The generated file's content_sha256 must match its content: "
+                             "it is regenerated, never edited by hand."),
+    Rule("generated_stale", "Every source the generated file records must be unchanged, "
+                            "and no new file may have appeared in a source directory "
+                            "(out of date: run setup-censor again)."),
+    Rule("generated_path", "Every path in the generated file is a supported JSON path."),
     Rule("detector", "Detector ids must be built-in ids."),
-    Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field subset."),
+    Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field / $.obj.* / "
+                      "$..name subset."),
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
                              "and differs from the main listeners."),
     Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),
