@@ -174,7 +174,7 @@ class _Column:
 
 
 Marker = Literal["on", "off"]
-_MARKER = re.compile(r"li:censor(?![\w:-])(.*)", re.IGNORECASE | re.DOTALL)
+_MARKER = re.compile(r"li:censor(?![\w-])(.*)", re.IGNORECASE | re.DOTALL)
 _MARKER_ARG = re.compile(r"\s*(?:(on|off)(?![\w-]))?\s*(?:[:(#-].*)?", re.IGNORECASE | re.DOTALL)
 _CONSTRAINTS = frozenset({"CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "EXCLUDE",
                           "INDEX", "KEY", "FULLTEXT", "SPATIAL", "LIKE", "PERIOD"})
