@@ -45,7 +45,9 @@ SourceKind = Literal["sql", "openapi"]
 GeneratedRule = Literal["generated_file", "generated_format", "generated_edited",
                         "generated_stale", "generated_path"]
 
-_HASH_LINE = re.compile(r'content_sha256 = "([0-9a-f]{64})"\n', re.MULTILINE)
+_HASH_LINE = re.compile(r'^content_sha256 = "([0-9a-f]{64})"\n', re.MULTILINE)
+MAX_BYTES = 8 * 1024 * 1024
+"""Largest generated file read (a path to a device or a huge file is refused)."""
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -201,7 +203,10 @@ def parse(text: str, path: str) -> GeneratedCensor:
                              "again")
     paths = _strings(data, "json_deny_paths", path)
     sources = []
-    for item in data.get("source", []):
+    items = data.get("source", [])
+    if not isinstance(items, list):
+        raise GeneratedError("generated_format", f"{path}: source must be [[source]] tables")
+    for item in items:
         if not (isinstance(item, dict) and item.get("kind") in ("sql", "openapi")
                 and isinstance(item.get("path"), str)
                 and isinstance(item.get("sha256"), str) and _HEX64.fullmatch(item["sha256"])):
@@ -255,10 +260,16 @@ def expand_inputs(base: str, inputs: Sequence[str], kind: SourceKind) -> list[st
 def read_file(path: str) -> GeneratedCensor:
     """Read and parse the generated file at ``path`` (raises :class:`GeneratedError`)."""
     try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise GeneratedError("generated_file", f"generated file {path!r} is not a "
+                                 "regular file")
         with open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise GeneratedError("generated_file", f"generated file {path!r} is larger "
+                                 f"than {MAX_BYTES} bytes")
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path, not UTF-8
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise GeneratedError("generated_file", f"cannot read generated file {path!r}: "
                              f"{reason}; run li-httpd setup-censor to write it") from exc
@@ -277,7 +288,7 @@ def source_problems(generated: GeneratedCensor) -> list[str]:
         for given in inputs:
             try:
                 current += [(kind, p) for p in expand_inputs(base, [given], kind)]
-            except OSError:
+            except (OSError, ValueError):
                 problems.append(f"source {given!r} is missing")
     for kind, path in current:
         source = recorded.get((kind, path))
@@ -287,7 +298,7 @@ def source_problems(generated: GeneratedCensor) -> list[str]:
         try:
             with open(os.path.join(base, path), "rb") as handle:
                 changed = digest(handle.read()) != source.sha256
-        except OSError:
+        except (OSError, ValueError):
             problems.append(f"source {path!r} is unreadable")
             continue
         if changed:

@@ -296,3 +296,19 @@ def test_openapi_recursive_refs_end() -> None:
             "        next: {$ref: '#/components/schemas/Node'}\n"
             "        code: {type: string, format: password}\n")
     assert [(f.name, f.line) for f in scan_openapi(text, "a.yaml").findings] == [("code", 7)]
+
+
+def test_the_reload_actor_hands_the_generated_paths_to_the_master() -> None:
+    from li_httpd.actors.reload import _dump_loaded, _load_loaded
+    from li_httpd.config import load
+
+    loaded = load(str(DATA / "gateway.toml"))
+    again = _load_loaded(_dump_loaded(loaded))
+    assert again == loaded and again.generated_censor == loaded.generated_censor
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/", "nul\0byte"])
+def test_generated_file_that_is_no_regular_file(path: str) -> None:
+    with pytest.raises(censorgen.GeneratedError) as caught:
+        censorgen.load(path)
+    assert caught.value.rule == "generated_file"
