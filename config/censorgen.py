@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import checks
+from .model import RouteCensor
 
 GENERATOR = "li-httpd setup-censor"
 FORMAT = 1
@@ -99,17 +100,18 @@ def deny_path(name: str) -> str:
     return f"$..{name}"
 
 
-def effective_deny_paths(route_censor: object, generated: GeneratedCensor | None
+def effective_deny_paths(route_censor: RouteCensor, generated: GeneratedCensor | None
                          ) -> tuple[str, ...]:
     """A route's deny paths: its own ``json_deny_paths``, then, with
     ``include_generated = true``, the generated ones it does not already list.
 
-    ``route_censor`` is a :class:`~.model.RouteCensor` (typed loosely so this module
-    does not import the model). ``generated`` is ``LoadedConfig.generated_censor``;
-    validation guarantees it is present whenever a route includes it.
+    ``route_censor`` is a route's (already inherited) ``leak_censor`` section;
+    ``generated`` is ``LoadedConfig.generated_censor``, which validation guarantees is
+    present whenever a route includes it. Pure: workers call it once per route when they
+    compile the censor, not per request.
     """
-    own: tuple[str, ...] = getattr(route_censor, "json_deny_paths", ())
-    if not getattr(route_censor, "include_generated", False) or generated is None:
+    own = route_censor.json_deny_paths
+    if not route_censor.include_generated or generated is None:
         return own
     seen = set(own)
     return own + tuple(p for p in generated.json_deny_paths if p not in seen)
@@ -241,7 +243,7 @@ def expand_inputs(base: str, inputs: Sequence[str], kind: SourceKind) -> list[st
     suffixes = SQL_SUFFIXES if kind == "sql" else OPENAPI_SUFFIXES
     out: list[str] = []
     for given in inputs:
-        full = os.path.join(base, given)
+        full = os.path.normpath(os.path.join(base, given))  # lexical, like relpath
         if os.path.isdir(full):
             found = []
             for directory, dirs, files in os.walk(full):
@@ -296,7 +298,7 @@ def source_problems(generated: GeneratedCensor) -> list[str]:
             problems.append(f"new source file {path!r}")
             continue
         try:
-            with open(os.path.join(base, path), "rb") as handle:
+            with open(os.path.normpath(os.path.join(base, path)), "rb") as handle:
                 changed = digest(handle.read()) != source.sha256
         except (OSError, ValueError):
             problems.append(f"source {path!r} is unreadable")

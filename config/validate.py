@@ -5,7 +5,10 @@ by the decoder through the schema in :mod:`.model`; the rules here relate severa
 of the config. Each rule has a stable id, listed with the decoder's ids in
 :data:`RULES` (and in docs/configuration.md); each has a reject case under
 tests/config_reject/. Only :func:`_check_static_root` and :func:`_check_manual_cert`
-look at the filesystem, because those rules are about files.
+look at the filesystem, because those rules are about files. The ``generated_*`` rules
+(the ``[leak_censor] generated_file``) are listed here but checked by the loader
+(:mod:`.censorgen`), because that file's path is relative to the config file's
+directory, which the model does not know.
 """
 
 from __future__ import annotations

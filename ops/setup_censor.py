@@ -31,6 +31,7 @@ member; ``x-li-censor: false`` on the property excludes it. Other ``$ref`` targe
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -500,12 +501,23 @@ def _posix(path: str) -> str:
     return path.replace(os.sep, "/")
 
 
-def generate(sql: Sequence[str], openapi: Sequence[str], out: str) -> tuple[str, list[str]]:
+@dataclass(frozen=True, slots=True)
+class Generated:
+    text: str
+    paths: int
+    sources: int
+    notes: tuple[str, ...]
+
+
+def generate(sql: Sequence[str], openapi: Sequence[str], out: str) -> Generated:
     """The generated file's text for these inputs (paths as given on the command line)
-    and notes for the operator. Raises :class:`SetupError`."""
+    and notes for the operator. A file named twice (itself and through its directory)
+    is read once. Raises :class:`SetupError`."""
     if not sql and not openapi:
         raise SetupError(["nothing to read: give --sql and/or --openapi paths"])
     base = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(base):
+        raise SetupError([f"{out}: directory {base} does not exist"])
     scans: list[Scan] = []
     sources: list[Source] = []
     recorded: dict[censorgen.SourceKind, list[str]] = {"sql": [], "openapi": []}
@@ -525,8 +537,10 @@ def generate(sql: Sequence[str], openapi: Sequence[str], out: str) -> tuple[str,
                 errors.append(f"{given}: no {'*.sql' if kind == 'sql' else 'OpenAPI'} files")
             for path in files:
                 path = _posix(path)
+                if any(s.kind == kind and s.path == path for s in sources):
+                    continue
                 try:
-                    with open(os.path.join(base, path), "rb") as handle:
+                    with open(os.path.normpath(os.path.join(base, path)), "rb") as handle:
                         raw = handle.read()
                     text = raw.decode("utf-8")
                 except (OSError, UnicodeDecodeError) as exc:
@@ -544,7 +558,8 @@ def generate(sql: Sequence[str], openapi: Sequence[str], out: str) -> tuple[str,
     findings = [f for s in scans for f in s.findings]
     text = censorgen.render(findings, sources, recorded["sql"], recorded["openapi"],
                             os.path.basename(out))
-    return text, [n for s in scans for n in s.notes]
+    return Generated(text, len({f.name for f in findings}), len(sources),
+                     tuple(n for s in scans for n in s.notes))
 
 
 EXIT_OK = 0
@@ -555,14 +570,14 @@ def main(sql: Sequence[str], openapi: Sequence[str], out: str, check: bool) -> i
     """The subcommand: write ``out`` (or with ``check``, compare it). Exit 0 when
     written or up to date, 1 on input errors or (``check``) when it would change."""
     try:
-        text, notes = generate(sql, openapi, out)
+        generated = generate(sql, openapi, out)
     except SetupError as exc:
         for problem in exc.problems:
             print(f"li-httpd setup-censor: {problem}", file=sys.stderr)
         return EXIT_FAIL
-    for note in notes:
+    for note in generated.notes:
         print(f"li-httpd setup-censor: note: {note}", file=sys.stderr)
-    count = text.count('",  # ')
+    text = generated.text
     if check:
         try:
             with open(out, encoding="utf-8") as handle:
@@ -572,7 +587,7 @@ def main(sql: Sequence[str], openapi: Sequence[str], out: str, check: bool) -> i
                   "without --check to write it", file=sys.stderr)
             return EXIT_FAIL
         if current == text:
-            print(f"up to date: {out} ({count} deny paths)")
+            print(f"up to date: {out} ({generated.paths} deny paths)")
             return EXIT_OK
         print(f"li-httpd setup-censor: {out} would change: run li-httpd setup-censor "
               "without --check", file=sys.stderr)
@@ -581,9 +596,14 @@ def main(sql: Sequence[str], openapi: Sequence[str], out: str, check: bool) -> i
             f"{out} (on disk)", f"{out} (generated)"))
         return EXIT_FAIL
     temporary = f"{out}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, out)
-    print(f"wrote {out}: {count} deny paths from "
-          f"{text.count('[[source]]')} source files")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, out)
+    except OSError as exc:
+        print(f"li-httpd setup-censor: cannot write {out}: {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return EXIT_FAIL
+    print(f"wrote {out}: {generated.paths} deny paths from {generated.sources} source files")
     return EXIT_OK

@@ -312,3 +312,28 @@ def test_generated_file_that_is_no_regular_file(path: str) -> None:
     with pytest.raises(censorgen.GeneratedError) as caught:
         censorgen.load(path)
     assert caught.value.rule == "generated_file"
+
+
+def test_input_errors_exit_1_and_write_nothing(copy: Path) -> None:
+    (copy / "migrations" / "009_bad.sql").write_text(
+        "CREATE TABLE t (\n  -- li:censor\n  a text\n);\n")
+    result = run("setup-censor", *SOURCES, "--out", "new.toml", cwd=copy)
+    assert result.returncode == 1
+    assert result.stderr == ("li-httpd setup-censor: migrations/009_bad.sql:2: li:censor "
+                             "marker on a line without a column name; put it on the line "
+                             "where the column is named\n")
+    assert not (copy / "new.toml").exists()
+    for args, message in ((("--out", "x.toml"), "nothing to read"),
+                          (("--sql", "nope"), "nope: no such file or directory"),
+                          (("--sql", "migrations", "--out", "no/x.toml"), "does not exist")):
+        result = run("setup-censor", *args, cwd=copy)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def test_a_file_named_twice_is_read_once(copy: Path) -> None:
+    result = run("setup-censor", "--sql", "migrations", "migrations/001_users.sql",
+                 "--out", "twice.toml", cwd=copy)
+    assert result.returncode == 0, result.stderr
+    text = (copy / "twice.toml").read_text()
+    assert text.count("[[source]]") == 3
+    assert text.count("migrations/001_users.sql:5") == 1
