@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from li_httpd.config import censorgen, load_text
 from li_httpd.config.censorgen import GeneratedCensor, effective_deny_paths
 from li_httpd.config.model import RouteCensor
@@ -337,3 +339,35 @@ def test_a_file_named_twice_is_read_once(copy: Path) -> None:
     text = (copy / "twice.toml").read_text()
     assert text.count("[[source]]") == 3
     assert text.count("migrations/001_users.sql:5") == 1
+
+
+# -- properties -----------------------------------------------------------------------------
+
+_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,20}", fullmatch=True)
+
+
+@settings(max_examples=200)
+@given(st.text(alphabet=st.sampled_from(list("CREATE TABLE ALTER ADD COLUMN ()`\"[],;'$-*/#\n"
+                                             "li:censor off password x")), max_size=200))
+def test_scan_sql_is_total(text: str) -> None:
+    try:
+        scan = scan_sql(text, "x.sql")
+    except SetupError:
+        return
+    assert all(f.line >= 1 for f in scan.findings)
+
+
+@settings(max_examples=100)
+@given(names=st.lists(_NAMES, min_size=0, max_size=5), data=st.data())
+def test_any_edit_of_a_generated_file_is_refused(names: list[str], data: st.DataObject
+                                                 ) -> None:
+    findings = [censorgen.Finding(n, "a.sql", i + 1, f"t.{n}") for i, n in enumerate(names)]
+    text = censorgen.render(findings, [censorgen.Source("sql", "a.sql", "0" * 64)],
+                            ["a.sql"], [])
+    parsed = censorgen.parse(text, "g.toml")
+    assert parsed.json_deny_paths == tuple(sorted({f"$..{n}" for n in names}))
+    at = data.draw(st.integers(0, len(text) - 1))
+    replacement = data.draw(st.characters(codec="utf-8").filter(lambda c: c != text[at]))
+    edited = text[:at] + replacement + text[at + 1:]
+    with pytest.raises(censorgen.GeneratedError):
+        censorgen.parse(edited, "g.toml")
