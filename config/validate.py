@@ -124,7 +124,8 @@ RULES: tuple[Rule, ...] = (
     Rule("audit_required", "A public listener requires the audit log."),
     Rule("censor_disabled", "Warning: under production the leak censor is off and "
                             "ack_disable_censor is not set."),
-    Rule("censor_generated", "include_generated needs leak_censor.generated_file."),
+    Rule("censor_generated", "include_generated needs leak_censor.generated_file, and a "
+                             "generated_file needs a route that includes it."),
     Rule("generated_file", "leak_censor.generated_file (relative to the config file's "
                            "directory) must be a readable file."),
     Rule("generated_format", "The generated file must be one written by `li-httpd "
@@ -705,6 +706,12 @@ def _check_censor(config: Config, problems: Problems) -> None:
                 and not config.leak_censor.generated_file:
             problems.error((*base, "leak_censor", "include_generated"), "censor_generated",
                            "include_generated needs [leak_censor] generated_file")
+    if config.leak_censor.generated_file and config.route \
+            and not any(route.leak_censor.include_generated for route in config.route):
+        problems.error(("leak_censor", "generated_file"), "censor_generated",
+                       "generated_file is set but no route includes it: set "
+                       "include_generated = true in [defaults.leak_censor] or a route's "
+                       "[route.leak_censor]")
 
 
 # What each rule reads, as key paths of the canonical config. Routes also depend on
