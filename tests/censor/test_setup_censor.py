@@ -11,6 +11,7 @@ docs/security.md). Every CLI test runs the real command as a subprocess.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -371,3 +372,20 @@ def test_any_edit_of_a_generated_file_is_refused(names: list[str], data: st.Data
     edited = text[:at] + replacement + text[at + 1:]
     with pytest.raises(censorgen.GeneratedError):
         censorgen.parse(edited, "g.toml")
+
+
+def test_the_word_lists_are_the_documented_ones() -> None:
+    from li_httpd.ops import setup_censor
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = text[text.index("**Which columns are secret.**"):text.index("Markers decide")]
+    quoted: set[str] = set()
+    for token in re.findall(r"`([^`]+)`", section):
+        if token.endswith("(s)"):
+            quoted |= {token[:-3], token[:-3] + "s"}
+        else:
+            quoted.add(token)
+    words = setup_censor.SECRET_WORDS | setup_censor.METADATA_AFTER | \
+        setup_censor.METADATA_BEFORE
+    assert sorted(w for w in words if w not in quoted) == []
+    assert [p for p in setup_censor.SECRET_PHRASES if " ".join(p) not in quoted] == []
