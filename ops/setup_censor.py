@@ -396,9 +396,12 @@ def _compose(text: str, source: str) -> yaml.Node:
     if not isinstance(node, yaml.MappingNode):
         raise SetupError([f"{source}: not an OpenAPI 3 document (no top-level mapping)"])
     version = _get(node, "openapi")
-    if not (isinstance(version, yaml.ScalarNode) and str(version.value).startswith("3")):
-        raise SetupError([f"{source}: not an OpenAPI 3 document (no `openapi: 3.x`)"])
-    return node
+    if _get(node, "swagger") is not None or (
+            version is not None and not (isinstance(version, yaml.ScalarNode)
+                                         and str(version.value).startswith("3"))):
+        raise SetupError([f"{source}: not an OpenAPI 3 document (Swagger 2 and other "
+                          "versions are not read)"])
+    return node  # with no `openapi` key: a file of schemas another document $refs
 
 
 def _get(node: yaml.Node, key: str) -> yaml.Node | None:
@@ -453,7 +456,8 @@ def _marker(schema: yaml.Node | None, root: yaml.Node, seen: set[int]) -> Marker
 
 
 def scan_openapi(text: str, source: str) -> Scan:
-    """Secret properties of one OpenAPI 3 document (JSON or YAML by suffix)."""
+    """Secret properties of one OpenAPI 3 document (JSON or YAML by suffix), or of a
+    file without an ``openapi`` key that holds schemas another document refers to."""
     scan = Scan()
     root = _compose(text, source)
     visited: set[int] = set()

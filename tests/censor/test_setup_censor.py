@@ -281,8 +281,12 @@ def test_sql_statements_that_declare_no_columns() -> None:
 def test_openapi_refuses_other_documents() -> None:
     with pytest.raises(SetupError, match="not an OpenAPI 3 document"):
         scan_openapi("swagger: '2.0'\n", "a.yaml")
+    with pytest.raises(SetupError, match="not an OpenAPI 3 document"):
+        scan_openapi("openapi: 2.0\n", "a.yaml")
     with pytest.raises(SetupError, match="not JSON"):
         scan_openapi("openapi: 3.0.0\n", "a.json")
+    fragment = "Login:\n  properties:\n    otp: {type: string, format: password}\n"
+    assert [f.name for f in scan_openapi(fragment, "schemas.yaml").findings] == ["otp"]
 
 
 def test_openapi_external_refs_are_noted_not_followed() -> None:
