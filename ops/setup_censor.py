@@ -292,7 +292,9 @@ def _column_of(item: list[_Tok], table: str) -> _Column | None:
 
 def _create_columns(tokens: list[_Tok]) -> list[_Column]:
     index = next((i for i, t in enumerate(tokens[1:6], 1) if t.word == "TABLE"), None)
-    if index is None or any(t.ttype not in ttypes.Keyword for t in tokens[1:index]):
+    # CREATE [OR REPLACE] [GLOBAL|LOCAL] [TEMP|TEMPORARY|UNLOGGED|...] TABLE: words only
+    if index is None or not all(t.value.replace(" ", "").isalpha() and t.word
+                                for t in tokens[1:index]):
         return []
     rest = _skip_words(tokens[index + 1:], "IF", "NOT", "EXISTS")
     table, rest = _table_name(rest)
@@ -358,7 +360,7 @@ def scan_sql(text: str, source: str) -> Scan:
                 else "on"
         if not tokens:
             continue
-        verb = tokens[0].word
+        verb = tokens[0].word.partition(" ")[0]  # the lexer merges "CREATE OR REPLACE"
         if verb == "CREATE":
             columns += _create_columns(tokens)
         elif verb == "ALTER":

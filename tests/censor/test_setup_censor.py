@@ -266,6 +266,14 @@ def test_sql_markers() -> None:
     assert prose.errors == []
 
 
+@pytest.mark.parametrize("head", ["CREATE TABLE", "create table", "CREATE TEMPORARY TABLE",
+                                  "CREATE UNLOGGED TABLE", "CREATE OR REPLACE TABLE",
+                                  "CREATE GLOBAL TEMPORARY TABLE",
+                                  "CREATE TABLE IF NOT EXISTS"])
+def test_sql_create_table_forms(head: str) -> None:
+    assert _names(f"{head} main.t(id int, secret text) ENGINE=InnoDB;") == [("secret", 1)]
+
+
 def test_sql_statements_that_declare_no_columns() -> None:
     text = ("CREATE TABLE t AS SELECT password FROM u;\n"
             "CREATE INDEX password ON t (password);\n"
