@@ -3,12 +3,14 @@
 TOML text -> desugar (easy form) -> typed canonical model -> validation -> explain, and
 the compiled router that the model feeds. Everything here is pure Python over data:
 no sockets, no processes, no trio; only validation rules about files (static roots, TLS
-certificates) read the filesystem. Outside the standard library it uses cryptography
-only (certificate checks). Imported by every other li_httpd package; imports none of them.
+certificates, the generated leak-censor file and its sources) read the filesystem.
+Outside the standard library it uses cryptography only (certificate checks). Imported by
+every other li_httpd package; imports none of them.
 
 May import: nothing else.
 """
 
+from .censorgen import GeneratedCensor, effective_deny_paths
 from .loader import DEFAULT_PATH, EMBEDDED_NAME, ENV_VAR, LoadedConfig, explain, load, load_text
 from .model import Config, Route
 from .paths import PathError, normalize_path
@@ -24,12 +26,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "Found",
+    "GeneratedCensor",
     "LoadedConfig",
     "NotFound",
     "PathError",
     "Problem",
     "Route",
     "Router",
+    "effective_deny_paths",
     "explain",
     "load",
     "load_text",

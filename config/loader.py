@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from . import censorgen
+from .censorgen import GeneratedCensor
 from .desugar import desugar
 from .locate import KeyPath, SourceMap, format_path
 from .model import RATE_LIMIT_EXEMPT, Config, Route
@@ -37,11 +39,19 @@ class LoadedConfig:
     canonical: str
     """explain-config output: the canonical TOML of ``config``."""
     warnings: tuple[Problem, ...]
+    generated_censor: GeneratedCensor | None = None
+    """``[leak_censor] generated_file``, read and verified (None when not set). Kept
+    beside the model, not in it: the canonical text (explain-config) names the file,
+    and routes merge its paths with :func:`~.censorgen.effective_deny_paths`."""
 
     @property
     def hash(self) -> str:
-        """Identifies the effective config: equal for equivalent files."""
-        return hashlib.sha256(self.canonical.encode()).hexdigest()[:12]
+        """Identifies the effective config: equal for equivalent files (and the same
+        generated censor file content, which the canonical text only names)."""
+        text = self.canonical
+        if self.generated_censor is not None:
+            text += f"\n# generated_file sha256 {self.generated_censor.content_sha256}\n"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def embedded_default() -> str:
@@ -99,12 +109,33 @@ def load_text(text: str, filename: str) -> LoadedConfig:
     # read a key that has an error (it holds a stand-in value): every error that does
     # not depend on another one is reported in the same pass.
     validate(config, problems, broken)
+    generated = _load_generated(config, filename, problems, broken)
     located = [_locate(p, source, result.origins) for p in problems.items]
     located.sort(key=lambda p: (p.line, p.severity != "error"))
     if any(p.severity == "error" for p in located):
         raise ConfigError(filename, located)
     return LoadedConfig(config, filename, explain(config),
-                        tuple(p for p in located if p.severity == "warning"))
+                        tuple(p for p in located if p.severity == "warning"), generated)
+
+
+def generated_path(config: Config, filename: str) -> str:
+    """``[leak_censor] generated_file`` as a path: relative to the config file's
+    directory (the working directory for the embedded default)."""
+    base = "" if filename == EMBEDDED_NAME else os.path.dirname(os.path.abspath(filename))
+    return os.path.abspath(os.path.join(base, config.leak_censor.generated_file))
+
+
+def _load_generated(config: Config, filename: str, problems: Problems,
+                    broken: list[KeyPath]) -> GeneratedCensor | None:
+    """Read and verify the generated censor file (rules generated_*)."""
+    if not config.leak_censor.generated_file or any(
+            p[:1] == ("leak_censor",) or p == () for p in broken):
+        return None
+    try:
+        return censorgen.load(generated_path(config, filename))
+    except censorgen.GeneratedError as exc:
+        problems.error(("leak_censor", "generated_file"), exc.rule, exc.message)
+        return None
 
 
 def _decode(data: dict[str, Any], problems: Problems, broken: list[KeyPath]) -> Config:

@@ -386,8 +386,11 @@ class LeakCensorGlobal:
                             "(the response header allowlist still applies).")
     ack_disable_censor: bool = setting(False, doc="Silence the production warning when the "
                                        "censor is off.")
-    generated_file: str = setting("", doc="leak_censor.generated.toml from `setup-censor`, "
-                                  "merged into routes with include_generated.")
+    generated_file: str = setting("", doc="`leak_censor.generated.toml` written by "
+                                  "`li-httpd setup-censor` (a relative path is relative to "
+                                  "this config file's directory); refused when edited by "
+                                  "hand or older than its sources. Routes with "
+                                  "include_generated add its paths.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -410,7 +413,8 @@ class RouteCensor:
     deny_headers: tuple[str, ...] = setting((), doc="Response headers always removed.",
                                             check=checks.each(checks.header_name),
                                             check_rule="header_name")
-    include_generated: bool = setting(False, doc="Merge `leak_censor.generated_file`.")
+    include_generated: bool = setting(False, doc="Add the `$..name` paths of "
+                                      "`leak_censor.generated_file` to `json_deny_paths`.")
 
 
 # -- route sections -----------------------------------------------------------------------------

@@ -5,7 +5,10 @@ by the decoder through the schema in :mod:`.model`; the rules here relate severa
 of the config. Each rule has a stable id, listed with the decoder's ids in
 :data:`RULES` (and in docs/configuration.md); each has a reject case under
 tests/config_reject/. Only :func:`_check_static_root` and :func:`_check_manual_cert`
-look at the filesystem, because those rules are about files.
+look at the filesystem, because those rules are about files. The ``generated_*`` rules
+(the ``[leak_censor] generated_file``) are listed here but checked by the loader
+(:mod:`.censorgen`), because that file's path is relative to the config file's
+directory, which the model does not know.
 """
 
 from __future__ import annotations
@@ -121,7 +124,18 @@ RULES: tuple[Rule, ...] = (
     Rule("audit_required", "A public listener requires the audit log."),
     Rule("censor_disabled", "Warning: under production the leak censor is off and "
                             "ack_disable_censor is not set."),
-    Rule("censor_generated", "include_generated needs leak_censor.generated_file."),
+    Rule("censor_generated", "include_generated needs leak_censor.generated_file, and a "
+                             "generated_file needs a route that includes it."),
+    Rule("generated_file", "leak_censor.generated_file (relative to the config file's "
+                           "directory) must be a readable file."),
+    Rule("generated_format", "The generated file must be one written by `li-httpd "
+                             "setup-censor` (its header keys, format version, sources)."),
+    Rule("generated_edited", "The generated file's content_sha256 must match its content: "
+                             "it is regenerated, never edited by hand."),
+    Rule("generated_stale", "Every source the generated file records must be unchanged, "
+                            "and no new file may have appeared in a source directory "
+                            "(out of date: run setup-censor again)."),
+    Rule("generated_path", "Every path in the generated file is a supported JSON path."),
     Rule("detector", "Detector ids must be built-in ids."),
     Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field / $..field subset."),
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
@@ -691,6 +705,12 @@ def _check_censor(config: Config, problems: Problems) -> None:
                 and not config.leak_censor.generated_file:
             problems.error((*base, "leak_censor", "include_generated"), "censor_generated",
                            "include_generated needs [leak_censor] generated_file")
+    if config.leak_censor.generated_file and config.route \
+            and not any(route.leak_censor.include_generated for route in config.route):
+        problems.error(("leak_censor", "generated_file"), "censor_generated",
+                       "generated_file is set but no route includes it: set "
+                       "include_generated = true in [defaults.leak_censor] or a route's "
+                       "[route.leak_censor]")
 
 
 # What each rule reads, as key paths of the canonical config. Routes also depend on

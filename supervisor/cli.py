@@ -57,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=("status", "reload", "reopen", "stop"))
     ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
+    censor = sub.add_parser("setup-censor", help="write leak_censor.generated.toml (JSON "
+                                                 "deny paths) from SQL migrations and "
+                                                 "OpenAPI documents")
+    censor.add_argument("--sql", action="extend", nargs="+", default=[], metavar="PATH",
+                        help="SQL migration file, or directory of *.sql (read in sorted "
+                             "order); repeatable")
+    censor.add_argument("--openapi", action="extend", nargs="+", default=[], metavar="PATH",
+                        help="OpenAPI 3 document (.json, .yaml, .yml) or a directory of "
+                             "them; repeatable")
+    censor.add_argument("--out", default="leak_censor.generated.toml", metavar="FILE",
+                        help="file to write (default: leak_censor.generated.toml in the "
+                             "current directory)")
+    censor.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when FILE is missing or would change "
+                             "(for CI)")
+
     sub.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin "
                                     "(for [auth] keys)")
 
@@ -81,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain-route": commands.explain_route,
         "start": commands.start,
         "hash-key": commands.hash_key,
+        "setup-censor": commands.setup_censor,
         "ctl": ctl_command,
     }
     return _quiet_on_broken_pipe(lambda: handlers[args.command](args))

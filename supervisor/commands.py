@@ -1,5 +1,5 @@
 """Subcommands: validate-config, explain-config, explain-route, start, hash-key,
-mock-upstream."""
+setup-censor, mock-upstream."""
 
 from __future__ import annotations
 
@@ -117,3 +117,10 @@ def hash_key(_args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(digest(raw))
     return EXIT_OK
+
+
+def setup_censor(args: argparse.Namespace) -> int:
+    """Generate (or with --check, compare) leak_censor.generated.toml."""
+    from li_httpd.ops.setup_censor import main as setup_main
+
+    return setup_main(args.sql, args.openapi, args.out, args.check)

@@ -187,5 +187,37 @@ def config_env(tmp_path_factory: pytest.TempPathFactory) -> ConfigEnv:
         "EXPIRING_CERT": str(expiring[0]),
         "EXPIRING_KEY": str(expiring[1]),
         "GARBAGE_CERT": str(garbage),
+        **make_generated_censor_files(root / "censor"),
     }
     return ConfigEnv(root, placeholders)
+
+
+def make_generated_censor_files(directory: Path) -> dict[str, str]:
+    """Generated leak-censor files for the generated_* reject cases: one valid, one not
+    generated, one edited, one out of date, one with an invalid path (placeholders
+    GEN_OK, GEN_FOREIGN, GEN_EDITED, GEN_STALE, GEN_BAD_PATH)."""
+    from li_httpd.config import censorgen
+
+    directory.mkdir()
+    out: dict[str, str] = {}
+    for name in ("ok", "edited", "stale", "bad_path"):
+        sub = directory / name
+        sub.mkdir()
+        sql = sub / "001_users.sql"
+        sql.write_text("CREATE TABLE users (id int, password_hash text);\n")
+        source = censorgen.Source("sql", "001_users.sql", censorgen.digest(sql.read_bytes()))
+        finding = censorgen.Finding("password_hash", "001_users.sql", 1, "users.password_hash")
+        text = censorgen.render([finding], [source], ["001_users.sql"], [])
+        target = sub / censorgen.DEFAULT_NAME
+        if name == "edited":
+            text = text.replace('"$..password_hash",', '"$..password_hash", "$..ssn",')
+        elif name == "stale":
+            sql.write_text("CREATE TABLE users (id int, password_hash text, ssn text);\n")
+        elif name == "bad_path":
+            text = censorgen.rehash(text.replace('"$..password_hash"', '"$..pass word"'))
+        target.write_text(text)
+        out[f"GEN_{name.upper()}"] = str(target)
+    foreign = directory / "foreign.toml"
+    foreign.write_text('json_deny_paths = ["$..password"]\n')
+    out["GEN_FOREIGN"] = str(foreign)
+    return out

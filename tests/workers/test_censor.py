@@ -223,7 +223,7 @@ def test_holds_are_bounded_and_a_long_secret_is_swallowed() -> None:
     out = b""
     for i in range(0, len(long_key), 100):
         out += body.feed(long_key[i:i + 100].encode())
-        assert len(body._stream.buf) <= MAX_HOLD + 200  # noqa: SLF001 - the bound
+        assert len(body._stream.buf) <= MAX_HOLD + 200
     out += body.feed(b" done") + body.finish()
     assert out == b"[REDACTED:openai_sk] done"
 
@@ -239,7 +239,7 @@ def test_sse_holds_are_bounded() -> None:
     out = stream.feed(_chat_event("sk-proj-"))
     for _ in range(2000):
         out += stream.feed(_chat_event("Ab1_"))
-    assert len(stream._pending) < 2000  # noqa: SLF001 - the bound is the point
+    assert len(stream._pending) < 2000
     out += stream.finish()
     assert _chat_text(out) == "[REDACTED:openai_sk]"
 
