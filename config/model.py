@@ -32,6 +32,7 @@ Balance = Literal["round_robin", "least_conn"]
 LimitKey = Literal["api_key", "agent_id", "ip"]
 AuthMode = Literal["api_key", "none"]
 OnDetect = Literal["redact", "block_502", "abort_stream"]
+OversizeJson = Literal["stream", "block", "pass"]
 LogLevel = Literal["trace", "debug", "info", "warn", "error"]
 LogFormat = Literal["human", "json"]
 HostKind = Literal["any", "exact", "suffix"]
@@ -397,8 +398,16 @@ class LeakCensorGlobal:
 class RouteCensor:
     enabled: bool = setting(True, doc="Scrub this route when the master switch is on.")
     on_detect: OnDetect = setting("redact", doc="`redact`, `block_502` or `abort_stream`.")
-    max_scrub_bytes: Size = setting(Size(1 * MiB), doc="Largest JSON body buffered for "
-                                    "field redaction.", minimum=4 * KiB, maximum=16 * MiB)
+    max_scrub_bytes: Size = setting(Size(1 * MiB), doc="Largest response body read whole "
+                                    "before its head goes out (JSON bodies; every body "
+                                    "under `block_502`); whole JSON bodies over 64 KiB "
+                                    "are rewritten off the event loop.",
+                                    minimum=4 * KiB, maximum=16 * MiB)
+    oversize_json: OversizeJson = setting("stream", doc="A JSON body over "
+                                          "`max_scrub_bytes` on a route with deny paths: "
+                                          "`stream` rewrites it as it streams (bounded "
+                                          "memory, re-chunked), `block` answers 502, "
+                                          "`pass` applies the detectors only.")
     patterns: tuple[str, ...] = setting(checks.DETECTOR_IDS, doc="Detectors applied to "
                                         "every chunk and SSE event; "
                                         "`generic_high_entropy` is opt-in.",

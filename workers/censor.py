@@ -48,7 +48,10 @@ import orjson
 import regex
 from li_httpd.ops.log.detectors import CENSOR_ONLY_PATTERNS, ORDER, PATTERNS
 
+from .json_redact import JsonStreamRedactor, compile_paths, redact_value
+
 OnDetect = Literal["redact", "block_502", "abort_stream"]
+OversizeJson = Literal["stream", "block", "pass"]
 
 DenyFn = Callable[[Any], tuple[Any, list[str]]]
 """Applies a route's JSON deny paths to a parsed document: (new value, matched paths)."""
@@ -113,14 +116,12 @@ def entropy(data: bytes) -> float:
     return -sum(n / total * math.log2(n / total) for n in counts.values())
 
 
-RulesSpec = tuple[tuple[str, ...], OnDetect, tuple[str, ...], int]
-"""``(detectors, on_detect, json_deny_paths, max_scrub_bytes)``."""
+RulesSpec = tuple[tuple[str, ...], OnDetect, tuple[str, ...], int, OversizeJson]
+"""``(detectors, on_detect, json_deny_paths, max_scrub_bytes, oversize_json)``."""
 
 
 def _deny_for(paths: tuple[str, ...]) -> DenyFn:
-    from .json_redact import compile_paths, redact_value
-    compiled = compile_paths(paths)
-    return functools.partial(redact_value, deny=compiled)
+    return functools.partial(redact_value, deny=compile_paths(paths))
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,17 +133,21 @@ def rules_for(spec: RulesSpec) -> Rules:
 class Rules:
     """A route's censor, compiled: which detectors, what a hit does, its deny paths."""
 
-    __slots__ = ("_full", "_generic", "_tail", "_triggers", "deny", "detectors",
-                 "max_scrub_bytes", "on_detect", "spec")
+    __slots__ = ("_full", "_generic", "_tail", "_triggers", "deny", "deny_paths", "detectors",
+                 "max_scrub_bytes", "on_detect", "oversize_json", "spec")
 
     def __init__(self, detectors: tuple[str, ...], on_detect: OnDetect,
-                 deny_paths: tuple[str, ...], max_scrub_bytes: int) -> None:
-        self.spec: RulesSpec = (detectors, on_detect, deny_paths, max_scrub_bytes)
+                 deny_paths: tuple[str, ...] = (), max_scrub_bytes: int = 1 << 20,
+                 oversize_json: OversizeJson = "stream") -> None:
+        self.spec: RulesSpec = (detectors, on_detect, deny_paths, max_scrub_bytes,
+                                oversize_json)
         """What the rules were built from (picklable: rebuilt in a scrubbing process)."""
         self.detectors = detectors
         self.on_detect = on_detect
+        self.deny_paths = compile_paths(deny_paths) if deny_paths else None
         self.deny = _deny_for(deny_paths) if deny_paths else None
         self.max_scrub_bytes = max_scrub_bytes
+        self.oversize_json = oversize_json
         self._triggers, self._tail, self._full, self._generic = _compile(
             tuple(d for d in ORDER if d in detectors), "generic_high_entropy" in detectors)
 
@@ -318,6 +323,11 @@ class _Stream:
         if forced and hits and hits[-1][1] == len(buf):
             self.open_kind = hits[-1][2]
         for hit_start, hit_end, kind in hits:
+            # A hit that spans a quote (a JSON key and its value, a quoted assignment) is
+            # redacted after its last quote: JSON stays JSON, and the secret goes.
+            quote = buf.rfind(b'"', hit_start, hit_end)
+            if quote >= 0:
+                hit_start = quote + 1
             out.append((base + hit_start, base + hit_end, kind, True))
         self._keep(buf, hold)
         return out
@@ -374,6 +384,46 @@ class ByteCensor:
     def finish(self) -> bytes:
         """The rest of the body at its end."""
         return self.feed(b"", True)
+
+
+class JsonBodyCensor:
+    """A JSON body too large to rewrite whole: the route's deny paths applied by the
+    streaming walker (bounded memory), then the detectors as for any body. The output's
+    length differs from the input's, so the body is re-framed (chunked)."""
+
+    __slots__ = ("_bytes", "_rules", "_walker", "hits", "tripped")
+
+    def __init__(self, rules: Rules) -> None:
+        assert rules.deny_paths is not None
+        self._rules = rules
+        self._walker = JsonStreamRedactor(rules.deny_paths)
+        self._bytes = ByteCensor(rules)
+        self.hits = self._bytes.hits
+        self.tripped = False
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        """Raises :class:`JsonRedactError` when the body is not well-formed JSON."""
+        if self.tripped:
+            return b""
+        walker = self._walker
+        seen = len(walker.hits)
+        out = walker.feed(data)
+        if final:
+            out += walker.finish()
+        for path in walker.hits[seen:]:
+            self.hits.path(path)
+        if len(walker.hits) > seen and not self._rules.redacts:
+            self.tripped = True
+            return b""
+        out = self._bytes.feed(out, final)
+        self.tripped = self._bytes.tripped
+        return out
+
+    def finish(self) -> bytes:
+        return self.feed(b"", True)
+
+
+BodyCensor = ByteCensor | JsonBodyCensor
 
 
 class _Segment:

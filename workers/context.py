@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import orjson
-from li_httpd.config import Found, LoadedConfig, Router
+from li_httpd.config import Found, LoadedConfig, Router, effective_deny_paths
 from li_httpd.config.model import Config, Model, RateLimit, Route
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
@@ -162,14 +162,15 @@ class RequestIds:
         return self._prefix + b"%x" % self._count
 
 
-def censor_rules(config: Config, route: Route) -> Rules | None:
+def censor_rules(loaded: LoadedConfig, route: Route) -> Rules | None:
     """A route's compiled leak censor, or None when the master switch or the route's own
-    switch is off."""
+    switch is off. Its deny paths include the generated ones when the route asks."""
     censor = route.leak_censor
-    if not (config.leak_censor.enabled and censor.enabled):
+    if not (loaded.config.leak_censor.enabled and censor.enabled):
         return None
-    return rules_for((tuple(censor.patterns), censor.on_detect, tuple(censor.json_deny_paths),
-                      censor.max_scrub_bytes))
+    paths = effective_deny_paths(censor, loaded.generated_censor)
+    return rules_for((tuple(censor.patterns), censor.on_detect, paths,
+                      censor.max_scrub_bytes, censor.oversize_json))
 
 
 def _seed(config: LoadedConfig) -> bytes:
@@ -259,7 +260,7 @@ class WorkerContext:
                 inject_usage=route.inject_stream_usage,
                 models_list=route.static == "models",
                 x_api_key=route.accept_x_api_key,
-                censor=censor_rules(config, route),
+                censor=censor_rules(loaded, route),
                 expose_errors=config.server.expose_upstream_errors,
             )
 

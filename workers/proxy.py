@@ -45,7 +45,16 @@ from trio.lowlevel import checkpoint
 
 from . import sockio
 from .admission import Admitted
-from .censor import ByteCensor, Hits, Rules, SseCensor, scrub_json, scrub_json_spec
+from .censor import (
+    BodyCensor,
+    ByteCensor,
+    Hits,
+    JsonBodyCensor,
+    Rules,
+    SseCensor,
+    scrub_json,
+    scrub_json_spec,
+)
 from .context import RoutePlan, WorkerContext
 from .exchange import Exchange, Handled, Outcome, Phase
 from .http1 import (
@@ -57,6 +66,7 @@ from .http1 import (
     UpstreamProtocolError,
 )
 from .json_fields import JsonScalar, top_level, with_stream_usage
+from .json_redact import JsonRedactError
 from .port import ClientPort
 from .responses import error_response, render_head
 from .retry import (
@@ -249,7 +259,7 @@ def _whole_events(pieces: list[bytes]) -> bool:
 
 def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRelay | None,
               until_close: bool, usage: UsageScanner | None,
-              censor: ByteCensor | SseCensor | None) -> bytes:
+              censor: BodyCensor | SseCensor | None) -> bytes:
     """What to write to the client for the body ``pieces`` just decoded: through
     ``relay`` for an SSE body (only whole events; the held rest once ``complete``, which
     for a body that ends ``until_close`` must fall between events), then through the
@@ -267,9 +277,12 @@ def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRela
                 raise UpstreamProtocolError(502, "upstream closed mid-event")
             data += relay.finish()
     if censor is not None:
-        data = censor.feed(data) if data else b""
-        if complete:
-            data += censor.finish()
+        try:
+            data = censor.feed(data) if data else b""
+            if complete:
+                data += censor.finish()
+        except JsonRedactError as exc:
+            raise UpstreamProtocolError(502, f"upstream JSON body: {exc}") from None
         if censor.tripped:
             raise _Withheld
     out = (_chunk(data) if chunked else data) if data else b""
@@ -341,7 +354,7 @@ class _Proxy:
         """When the next heartbeat is due on a stream committed early."""
         self.shape: ApiShape | None = None
         """The API shape whose token usage the response carries (``usage_accounting``)."""
-        self.censor: ByteCensor | SseCensor | None = None
+        self.censor: BodyCensor | SseCensor | None = None
         """The leak censor following a body relayed as it arrives."""
 
     async def run(self) -> Handled:
@@ -714,15 +727,16 @@ class _Proxy:
             return await self._generic_error(pool, up, response, complete)
         rules = plan.censor
         has_body = head.method != b"HEAD" and response.status not in (204, 304)
+        json_stream = False
         if rules is not None and has_body:
             length = response.content_length
-            if not complete and not sse and length is not None \
-                    and length <= rules.max_scrub_bytes \
-                    and (not rules.redacts or (rules.deny is not None and _is_json(headers))):
-                # A hit must become a 502 (block_502), or the JSON must be rewritten
-                # whole: read the body before the head goes out.
+            json = not sse and _is_json(headers)
+            if not complete and not sse and (json or not rules.redacts) \
+                    and (length is None or length <= rules.max_scrub_bytes):
+                # A JSON body is rewritten whole, and under block_502 a hit must become
+                # a 502: read the body before the head goes out.
                 try:
-                    complete = await self._read_whole(up, pieces)
+                    complete = await self._read_whole(up, pieces, rules.max_scrub_bytes)
                 except UpstreamProtocolError as exc:
                     return await self._upstream_broke(up, exc.detail)
             if complete:
@@ -731,12 +745,17 @@ class _Proxy:
                 if scrubbed[0] is None:
                     return await self._withhold(pool, up, response, complete)
                 pieces = [scrubbed[0]] if scrubbed[0] else []
+            elif json and rules.deny is not None:
+                if rules.oversize_json == "block":
+                    return await self._withhold(pool, up, response, False,
+                                                "JSON body over max_scrub_bytes")
+                json_stream = rules.oversize_json == "stream"
         chunked = ends_on_close = False
         if not has_body:
             pass
         elif complete:
             headers.append((b"content-length", b"%d" % sum(map(len, pieces))))
-        elif response.content_length is not None:
+        elif response.content_length is not None and not json_stream:
             headers.append((b"content-length", b"%d" % response.content_length))
         elif head.version == b"1.1":
             headers.append((b"transfer-encoding", b"chunked"))
@@ -753,12 +772,14 @@ class _Proxy:
         if sse and not complete and (chunked or ends_on_close):
             # Only complete events go out; a failure ends the stream with an error event.
             relay = exchange.sse = SseRelay(chunked)
-        censor = None
+        censor: BodyCensor | SseCensor | None = None
         if rules is not None and has_body and not complete:
-            # An SSE body the gateway frames arrives here as whole events; any other body
-            # keeps its length if it has one (a mark of the secret's length).
-            censor = self.censor = (SseCensor(rules) if relay is not None
-                                    else ByteCensor(rules, response.content_length is not None))
+            # An SSE body the gateway frames arrives here as whole events; a JSON body over
+            # max_scrub_bytes goes through the streaming walker (re-chunked); any other
+            # body keeps its length if it has one (a mark of the secret's length).
+            censor = self.censor = (
+                SseCensor(rules) if relay is not None else JsonBodyCensor(rules)
+                if json_stream else ByteCensor(rules, response.content_length is not None))
             exchange.censor_hits = censor.hits
         if self.shape is not None and response.status == 200:
             usage = exchange.usage = UsageScanner(self.shape, sse)
@@ -771,7 +792,10 @@ class _Proxy:
             if relay is not None:
                 data = relay.relay(data)
             if censor is not None and data:
-                data = censor.feed(data)
+                try:
+                    data = censor.feed(data)
+                except JsonRedactError as exc:
+                    return await self._upstream_broke(up, f"upstream JSON body: {exc}")
                 if censor.tripped:
                     return await self._withhold(pool, up, response, complete)
             if data:
@@ -964,13 +988,14 @@ class _Proxy:
         finally:
             deadline.soft = None
 
-    async def _read_whole(self, up: UpstreamConn, pieces: list[bytes]) -> bool:
+    async def _read_whole(self, up: UpstreamConn, pieces: list[bytes], cap: int) -> bool:
         """Read the rest of a body before the head goes out (the censor must see all of
-        it); each wait bounded by the pool's read timeout."""
+        it); each wait bounded by the pool's read timeout. False once more than ``cap``
+        bytes are in ``pieces`` and the body goes on (it is then relayed as a stream)."""
         reader = up.reader
         deadline = self.client.deadline
         idle = self.plan.read_timeout
-        while True:
+        while sum(map(len, pieces)) <= cap:
             deadline.set_at(sockio.now() + idle, "upstream_idle")
             if reader.paused:
                 await checkpoint()
@@ -982,6 +1007,7 @@ class _Proxy:
                         502, f"upstream connection reset: {exc}") from None
             if _collect(reader, pieces):
                 return True
+        return False
 
     def _finish_upstream(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead,
                          complete: bool) -> None:
@@ -999,7 +1025,14 @@ class _Proxy:
         """An upstream 4xx/5xx answered with the gateway's own JSON error of the same
         status instead of the upstream's body (``expose_upstream_errors`` off): upstream
         error bodies can carry stack traces, internal hosts and keys. ``Retry-After``
-        is kept."""
+        is kept. A short body still on its way is read and dropped, so the connection
+        can go back to the pool."""
+        length = response.content_length
+        if not complete and length is not None and length <= REPLAYABLE_BODY:
+            try:
+                complete = await self._read_whole(up, [], REPLAYABLE_BODY)
+            except UpstreamProtocolError:
+                complete = False
         self._finish_upstream(pool, up, response, complete)
         status = response.status
         head, exchange = self.head, self.exchange
@@ -1012,14 +1045,14 @@ class _Proxy:
         return Handled("completed", keep)
 
     async def _withhold(self, pool: PeerPool, up: UpstreamConn, response: ResponseHead,
-                        complete: bool) -> Handled:
-        """The censor found a secret under ``block_502`` or ``abort_stream``: a 502
-        before the head went out, else the stream's terminal error event, else a reset
-        (the client sees the body end short)."""
+                        complete: bool, why: str | None = None) -> Handled:
+        """The censor found a secret under ``block_502`` or ``abort_stream`` (or a body
+        it must not pass, ``why``): a 502 before the head went out, else the stream's
+        terminal error event, else a reset (the client sees the body end short)."""
         self._finish_upstream(pool, up, response, complete)
         client, exchange = self.client, self.exchange
         hits = exchange.censor_hits
-        exchange.detail = f"secret found: {hits.first()}" if hits else "secret found"
+        exchange.detail = why or (f"secret found: {hits.first()}" if hits else "secret found")
         message = "response withheld by the leak censor"
         if exchange.phase is Phase.UNSENT:
             return await client.reject(502, message=message, outcome="censored")

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import anthropic
 import httpx
 import openai
 import orjson
 import pytest
-from li_httpd.ops.log import detectors
 
-from tests.integration.conftest import Gateway, MockUpstream, RawServer, gateway_config
+from tests.integration.conftest import (
+    Gateway,
+    MockUpstream,
+    RawServer,
+    cli_command,
+    gateway_config,
+)
 from tests.log.test_detectors import POSITIVES
+from tests.workers.test_censor import redacted
 
 SECRETS = {kind: secrets[0] for kind, secrets in POSITIVES.items()}
 
@@ -121,7 +129,7 @@ def test_every_split_of_every_detector_through_the_gateway(
     gateway = start_gateway(_config(script.origin))
     secret = SECRETS[kind]
     text = f"key: {secret} ok"
-    expected = detectors.redact_text(text)
+    expected = redacted(text)
     assert f"[REDACTED:{kind}]" in expected
     raw = text.encode()
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
@@ -278,7 +286,7 @@ def test_censor_off_passes_secrets(start_gateway: Callable[..., Gateway],
 def test_upstream_error_bodies_are_replaced_unless_exposed(
         start_gateway: Callable[..., Gateway], script: Script) -> None:
     leak = b'{"error": "db at 10.0.0.7 refused: password=hunter2", "trace": "..."}'
-    script.head = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    script.head = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
                    b"retry-after: 7\r\nx-internal-host: db7\r\ncontent-length: %d\r\n\r\n"
                    % len(leak))
     script.pieces = [leak]
@@ -290,12 +298,12 @@ def test_upstream_error_bodies_are_replaced_unless_exposed(
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
         for _ in range(2):  # the upstream connection goes back to the pool and is reused
             response = client.get("/x")
-            assert response.status_code == 503
+            assert response.status_code == 429
             assert response.headers["retry-after"] == "7"
             assert "x-internal-host" not in response.headers
             error = response.json()["error"]
-            assert error["message"] == "upstream answered 503"
-            assert error["type"] == "unavailable"
+            assert error["message"] == "upstream answered 429"
+            assert error["type"] == "rate_limited"
             assert error["request_id"] == response.headers["x-request-id"]
             assert b"hunter2" not in response.content
     assert script.requests == 2 and script.connections == 1
@@ -303,4 +311,84 @@ def test_upstream_error_bodies_are_replaced_unless_exposed(
     exposed = start_gateway(gateway_config(script.origin, workers=1), name="dev.toml")
     with httpx.Client(base_url=f"http://127.0.0.1:{exposed.port}", timeout=10) as client:
         response = client.get("/x")
-        assert response.status_code == 503 and response.content == leak
+        assert response.status_code == 429 and response.content == leak
+
+
+def _deny_config(upstream: str, extra: str = "") -> str:
+    return _config(upstream, extra='json_deny_paths = ["$..password", "$.meta.api_key"]\n'
+                   + extra)
+
+
+def _users(count: int) -> dict[str, object]:
+    return {"meta": {"api_key": "k-123", "page": 1},
+            "users": [{"name": f"u{i}", "password": f"pw{i}", "bio": "x" * 40}
+                      for i in range(count)]}
+
+
+def _expect_redacted(doc: object, count: int) -> None:
+    assert doc == {"meta": {"api_key": "[REDACTED]", "page": 1},
+                   "users": [{"name": f"u{i}", "password": "[REDACTED]", "bio": "x" * 40}
+                             for i in range(count)]}
+
+
+def test_deny_paths_small_and_large_json_bodies(start_gateway: Callable[..., Gateway],
+                                                script: Script) -> None:
+    gateway = start_gateway(_deny_config(script.origin))
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
+        for count in (3, 2000):  # 2000 users: ~150 KB, rewritten in a worker process
+            body = orjson.dumps(_users(count))
+            script.framed(b"application/json", [body[:1000], body[1000:]])
+            response = client.get("/users")
+            assert int(response.headers["content-length"]) == len(response.content)
+            _expect_redacted(response.json(), count)
+            script.chunked(b"application/json; charset=utf-8", [body[:5], body[5:]])
+            _expect_redacted(client.get("/users").json(), count)
+            rid = response.headers["x-request-id"]
+            assert gateway.audit_record(rid)["censor"]["paths"] == {
+                "$..password": count, "$.meta.api_key": 1}
+
+
+@pytest.mark.parametrize("policy", ["stream", "block", "pass"])
+def test_json_over_max_scrub_bytes(start_gateway: Callable[..., Gateway], script: Script,
+                                   policy: str) -> None:
+    gateway = start_gateway(_deny_config(
+        script.origin, f'max_scrub_bytes = "4k"\noversize_json = "{policy}"\n'))
+    body = orjson.dumps(_users(400))  # ~30 KB
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
+        for frame in (script.framed, script.chunked):
+            frame(b"application/json", [body[i:i + 3000] for i in range(0, len(body), 3000)])
+            response = client.get("/users")
+            if policy == "block":
+                assert response.status_code == 502
+                assert b"pw1" not in response.content
+            elif policy == "stream":
+                assert response.headers.get("transfer-encoding") == "chunked"
+                _expect_redacted(response.json(), 400)
+            else:
+                assert response.content == body
+    if policy == "stream":
+        bad = b'{"users": [{"password": "p"}' + b" " * 6000 + b"garbage"
+        script.framed(b"application/json", [bad])
+        with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client, \
+                pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            client.get("/broken")
+
+
+def test_generated_deny_paths_apply_with_include_generated(
+        start_gateway: Callable[..., Gateway], script: Script, tmp_path: Path) -> None:
+    data = Path(__file__).resolve().parents[1] / "censor" / "data"
+    out = tmp_path / "leak_censor.generated.toml"
+    subprocess.run(cli_command("setup-censor", "--sql", str(data / "migrations"), "--out",
+                               str(out)), check=True, capture_output=True)
+    paths = [line.split('"')[1] for line in out.read_text().splitlines()
+             if line.strip().startswith('"$..')]
+    assert "$..password_hash" in paths
+    config = gateway_config(script.origin, workers=1, extra=(
+        f'[leak_censor]\nenabled = true\ngenerated_file = "{out}"\n\n'
+        '[defaults.leak_censor]\ninclude_generated = true\n'))
+    gateway = start_gateway(config)
+    body = orjson.dumps({"user": {"email": "a@b", "password_hash": "$argon2id$v=19$abc"}})
+    script.framed(b"application/json", [body])
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
+        assert client.get("/u").json() == {"user": {"email": "a@b",
+                                                    "password_hash": "[REDACTED]"}}

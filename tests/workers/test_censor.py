@@ -2,9 +2,9 @@
 across chunks and SSE events come out redacted exactly as a whole-text redaction would
 redact them; ordinary text comes out byte-identical; holds are bounded.
 
-The oracle is :func:`li_httpd.ops.log.detectors.redact_text`, the whole-string redaction
-of the same patterns (log redaction uses it), so streaming must agree with it for every
-split.
+The oracle is :func:`redacted`, the whole-string redaction with the same patterns (those
+of log redaction, :mod:`li_httpd.ops.log.detectors`), so streaming must agree with it
+for every split.
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ from li_httpd.workers.censor import MAX_HOLD, ByteCensor, Rules, SseCensor, scru
 from tests.log.test_detectors import POSITIVES
 
 REDACT = Rules(DETECTOR_IDS, "redact", (), 1 << 20)
+
+
+def redacted(text: str) -> str:
+    """The whole-text redaction the streaming censor must agree with: each hit of the
+    detectors replaced by its marker, from after the hit's last quote if it has one."""
+    out, at = [], 0
+    for start, end, kind in detectors.find(text):
+        quote = text.rfind('"', start, end)
+        start = quote + 1 if quote >= 0 else start
+        out += [text[at:start], f"[REDACTED:{kind}]"]
+        at = end
+    return "".join(out) + text[at:]
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -63,7 +75,7 @@ def test_a_secret_split_anywhere_in_two_or_three_chunks_is_redacted(
         case: tuple[str, str]) -> None:
     kind, secret = case
     text = f'{{"note": "key: {secret} end", "n": 1}}\n'.encode()
-    expected = detectors.redact_text(text.decode()).encode()
+    expected = redacted(text.decode()).encode()
     assert f"[REDACTED:{kind}]".encode() in expected
     for i in range(len(text) + 1):
         assert _through_bytes([text[:i], text[i:]]) == expected, i
@@ -122,7 +134,7 @@ def _through_sse(events: list[bytes], rules: Rules = REDACT) -> bytes:
 def test_a_secret_streamed_across_sse_events_is_redacted(case: tuple[str, str]) -> None:
     _, secret = case
     text = f"Here it is: {secret} - keep it safe."
-    expected = detectors.redact_text(text)
+    expected = redacted(text)
     for i in range(1, len(text)):
         out = _through_sse([_chat_event(text[:i]), _chat_event(text[i:])])
         assert _chat_text(out) == expected, i
@@ -139,7 +151,7 @@ def test_token_by_token_stream_of_every_secret() -> None:
         text = f"k={secret}\n"
         events = [_chat_event(text[i:i + 3]) for i in range(0, len(text), 3)]
         out = _through_sse(events)
-        assert _chat_text(out) == detectors.redact_text(text)
+        assert _chat_text(out) == redacted(text)
         assert secret.encode() not in out
 
 
@@ -149,7 +161,7 @@ def test_choices_are_separate_texts() -> None:
     events = [_chat_event("a " + secret[:half], 0), _chat_event("plain", 1),
               _chat_event(secret[half:] + " b", 0), _chat_event(" text", 1)]
     out = _through_sse(events)
-    assert _chat_text(out, 0) == detectors.redact_text("a " + secret + " b")
+    assert _chat_text(out, 0) == redacted("a " + secret + " b")
     assert _chat_text(out, 1) == "plain text"
 
 
@@ -290,5 +302,42 @@ def test_streaming_agrees_with_whole_text_redaction(text: str, cuts: list[int]) 
     full = (text[: len(text) // 2] + " " + secret + " " + text[len(text) // 2:]).encode()
     points = sorted({min(c, len(full)) for c in cuts})
     pieces = [full[a:b] for a, b in zip([0, *points], [*points, len(full)], strict=True)]
-    expected = detectors.redact_text(full.decode()).encode()
+    expected = redacted(full.decode()).encode()
     assert _through_bytes(pieces) == expected
+
+
+DENY = Rules(DETECTOR_IDS, "redact", ("$.api_key", "$..password", "$.users[*].token"),
+             1 << 20)
+
+
+def test_deny_paths_in_whole_bodies_and_sse_payloads() -> None:
+    doc = {"api_key": "k1", "users": [{"token": "t", "name": "a", "password": "p"}],
+           "deep": {"x": {"password": 5}}, "keep": "v"}
+    result = scrub_json(DENY, orjson.dumps(doc))
+    assert result is not None
+    out, hits = result
+    assert orjson.loads(out) == {
+        "api_key": "[REDACTED]",
+        "users": [{"token": "[REDACTED]", "name": "a", "password": "[REDACTED]"}],
+        "deep": {"x": {"password": "[REDACTED]"}}, "keep": "v"}
+    assert hits.paths == {"$.api_key": 1, "$..password": 2, "$.users[*].token": 1}
+    event = b"event: result\ndata: " + orjson.dumps(doc) + b"\n\n"
+    stream = SseCensor(DENY)
+    sent = stream.feed(event) + stream.finish()
+    assert sent.startswith(b"event: result\ndata: ")
+    assert orjson.loads(sent.split(b"data: ", 1)[1]) == orjson.loads(out)
+
+
+def test_json_body_censor_streams_deny_paths_and_detectors() -> None:
+    _, secret = CASES[0]
+    doc = {"items": [{"password": "p" * 100, "note": f"see {secret}"}] * 50, "n": 1}
+    body = orjson.dumps(doc)
+    for size in (1, 7, 4096):
+        censor = censor_mod.JsonBodyCensor(DENY)
+        out = b"".join(censor.feed(body[i:i + size]) for i in range(0, len(body), size))
+        out += censor.finish()
+        parsed = orjson.loads(out)
+        assert parsed["items"][0] == {"password": "[REDACTED]",
+                                      "note": "see [REDACTED:openai_sk]"}
+        assert censor.hits.paths == {"$..password": 50}
+        assert censor.hits.detectors == {"openai_sk": 50}
