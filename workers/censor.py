@@ -79,6 +79,18 @@ TRIGGERS: dict[str, tuple[bytes, ...]] = {
 }
 """Lower-case literals every match of a detector starts with (tests check each sample)."""
 
+TRIGGER_MAX = max(len(t) for ts in TRIGGERS.values() for t in ts)
+
+HELD_PREFIX = 3
+"""The shortest trigger prefix held at the end of the text: ``" a"``, ``" s"`` or
+``" be"`` end countless ordinary model tokens, so shorter ones go out at once (a vendor
+prefix carries nothing secret) and a secret that completes them is still redacted from
+where the unsent text begins."""
+
+CONTEXT = TRIGGER_MAX + 1
+"""Bytes of already-sent text kept before the undecided ones: a trigger that began in
+them, and the word boundary before it."""
+
 _UNBOUNDED_TRIGGERS = (b"-----begin ",)
 """Triggers whose detector does not start at a word boundary."""
 
@@ -165,34 +177,38 @@ class Rules:
         generic = self._generic
         if generic is not None:
             if not final:
-                tail = _RUN_TAIL.search(buf, max(start, size - 202))
-                if tail is not None:
-                    hold = tail.start()
+                run = _RUN_TAIL.search(buf, max(start, size - 202))
+                if run is not None:
+                    hold = run.start()
             for match in generic.finditer(buf, start, hold):
                 if entropy(match.group()) >= ENTROPY_MIN:
                     hits.append((match.start(), match.end(), "generic_high_entropy"))
         triggers = self._triggers
         if triggers is not None:
             low = buf.lower()
-            if not final:
-                assert self._tail is not None
-                partial = self._tail.search(low, max(start, size - 19))
-                if partial is not None and partial.start() < hold:
-                    hold = partial.start()
+            tail = None if final else self._tail_at(low, start)
+            if generic is None and tail is None \
+                    and triggers.search(low, max(0, start - TRIGGER_MAX + 1)) is None:
+                return hits, hold  # the common case: no trigger, no prefix of one at the end
+            if tail is not None and tail < hold:
+                hold = tail
             full = self._full
             assert full is not None
             found: list[Hit] = []
             after = start
-            for trigger in triggers.finditer(low, start, hold):
+            # A trigger may begin in the context (a short prefix of it went out already):
+            # its match is reported from where it begins, and the caller redacts the part
+            # not yet sent.
+            for trigger in triggers.finditer(low, max(0, start - TRIGGER_MAX + 1), hold):
                 at = trigger.start()
-                if at < after:
+                if at < after and (at >= start or trigger.end() <= start):
                     continue
                 secret = full.match(buf, at, partial=not final)
                 if secret is None:
                     continue
                 end = secret.end()
                 if secret.partial or (end >= hold and not final):
-                    hold = at
+                    hold = max(at, start)
                     break
                 found.append((at, end, secret.lastgroup or ""))
                 after = end
@@ -200,6 +216,20 @@ class Rules:
         if hits and hits[-1][1] > hold:
             hits = [hit for hit in hits if hit[1] <= hold]
         return hits, hold
+
+
+    def _tail_at(self, low: bytes, start: int) -> int | None:
+        """Where a trigger prefix long enough to hold begins when one runs to the end of
+        ``low`` (not before ``start``: it may have begun in the context, "g" went out and
+        "ithub" follows). Matched on the reversed tail, anchored, so the cost does not
+        grow with the number of prefixes."""
+        assert self._tail is not None
+        size = len(low)
+        reverse = low[max(0, start - TRIGGER_MAX, size - TRIGGER_MAX - 1):][::-1]
+        found = self._tail.match(reverse)
+        if found is None:
+            return None
+        return max(start, size - found.end())
 
 
 @functools.lru_cache(maxsize=32)
@@ -213,15 +243,17 @@ def _compile(ids: tuple[str, ...], generic: bool) -> tuple[
     words = sorted({t for d in ids for t in TRIGGERS[d]}, key=len, reverse=True)
     triggers = re.compile(b"|".join(re.escape(w) for w in words))
     bounded = sorted({w[:n] for w in words if w not in _UNBOUNDED_TRIGGERS
-                      for n in range(1, len(w) + 1)}, key=len, reverse=True)
+                      for n in range(min(HELD_PREFIX, len(w)), len(w) + 1)},
+                     key=len, reverse=True)
     unbounded = sorted({w[:n] for w in words if w in _UNBOUNDED_TRIGGERS
-                        for n in range(1, len(w) + 1)}, key=len, reverse=True)
-    parts = []
-    if bounded:
-        parts.append(rb"(?<![a-z0-9_])(?:" + b"|".join(re.escape(p) for p in bounded) + rb")\Z")
-    if unbounded:
-        parts.append(rb"(?:" + b"|".join(re.escape(p) for p in unbounded) + rb")\Z")
-    tail = re.compile(b"|".join(parts))
+                        for n in range(min(HELD_PREFIX, len(w)), len(w) + 1)},
+                       key=len, reverse=True)
+    # Reversed: a prefix ending the text is matched from the text's end backwards; a
+    # word character before a bounded one (after it, reversed) means no word boundary.
+    parts = sorted([(p, True) for p in bounded] + [(p, False) for p in unbounded],
+                   key=lambda item: len(item[0]), reverse=True)
+    tail = re.compile(b"|".join(re.escape(p[::-1]) + (rb"(?![a-z0-9_])" if word else b"")
+                                for p, word in parts))
     full = regex.compile("|".join(f"(?P<{d}>{PATTERNS[d]})" for d in ids).encode())
     return triggers, tail, full, generic_re
 
@@ -290,7 +322,8 @@ class _Stream:
         self.base = 0
         """Absolute offset of ``buf[0]``."""
         self.start = 0
-        """Index in ``buf`` of the first undecided byte (before it: one context byte)."""
+        """Index in ``buf`` of the first undecided byte (before it: :data:`CONTEXT` bytes
+        of text already decided)."""
         self.open_kind: str | None = None
 
     @property
@@ -323,6 +356,7 @@ class _Stream:
         if forced and hits and hits[-1][1] == len(buf):
             self.open_kind = hits[-1][2]
         for hit_start, hit_end, kind in hits:
+            hit_start = max(hit_start, start)  # the part in the context went out already
             # A hit that spans a quote (a JSON key and its value, a quoted assignment) is
             # redacted after its last quote: JSON stays JSON, and the secret goes.
             quote = buf.rfind(b'"', hit_start, hit_end)
@@ -333,7 +367,7 @@ class _Stream:
         return out
 
     def _keep(self, buf: bytes, hold: int) -> None:
-        cut = hold - 1 if hold > 0 else 0
+        cut = max(0, hold - CONTEXT)
         self.buf = buf[cut:]
         self.base += cut
         self.start = hold - cut
@@ -479,10 +513,27 @@ class _Event:
                                              for _, segment in self.segments)
 
 
-_CHANNEL_STRING = re.compile(
-    rb'"(content|text|partial_json|arguments|thinking|reasoning_content|reasoning|refusal|delta)"'
-    rb'[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"')
-"""A delta-text key and its string value, in raw JSON (the value's content as group 2)."""
+_CHANNEL_NAMES = tuple(b'"' + key.encode() + b'"' for key in sorted(CHANNEL_KEYS))
+_STRING_VALUE = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"')
+"""After a quoted key: a string value (its content, still escaped, as group 1)."""
+
+
+def _channel_strings(payload: bytes) -> list[tuple[bytes, re.Match[bytes]]]:
+    """The delta-text keys of a raw JSON payload that hold strings, in document order:
+    ``(quoted key, match of the value)``. A quoted key name inside a string is escaped
+    (``\\"content\\"``), so a plain search for ``"content"`` finds only keys, or values
+    such as ``"type": "text"``, which no string value follows."""
+    found: list[tuple[int, bytes, re.Match[bytes]]] = []
+    for name in _CHANNEL_NAMES:
+        at = payload.find(name)
+        while at >= 0:
+            value = _STRING_VALUE.match(payload, at + len(name))
+            if value is not None:
+                found.append((at, name, value))
+            at = payload.find(name, at + len(name))
+    if len(found) > 1:
+        found.sort(key=lambda item: item[0])
+    return [(name, value) for _, name, value in found]
 
 _INDEX = re.compile(rb'"index"[ \t\r\n]*:[ \t\r\n]*([0-9]+)')
 
@@ -559,9 +610,9 @@ class SseCensor:
         spans: list[tuple[int, int]] = []
         index = b""
         has_index = b'"index"' in payload
-        for match in _CHANNEL_STRING.finditer(payload):
-            start, end = match.span(2)
-            raw = match.group(2)
+        for key, match in _channel_strings(payload):
+            start, end = match.span(1)
+            raw = match.group(1)
             escaped = b"\\" in raw
             text = raw
             if escaped:
@@ -570,9 +621,10 @@ class SseCensor:
                 except orjson.JSONDecodeError:
                     continue
             if has_index:
-                indexes = _INDEX.findall(payload, 0, start)
-                index = indexes[-1] if indexes else b""
-            channel = self._add(event, (match.group(1), index), (start, end), text, escaped)
+                at = payload.rfind(b'"index"', 0, start)
+                number = _INDEX.match(payload, at) if at >= 0 else None
+                index = number.group(1) if number is not None else b""
+            channel = self._add(event, (key, index), (start, end), text, escaped)
             if channel not in touched:
                 touched.append(channel)
             spans.append((start, end))
@@ -696,6 +748,10 @@ _EVENT_SPLIT = re.compile(rb"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 def _split_events(data: bytes) -> list[bytes]:
     """Whole events (each with its blank line; blank lines between events go with the
     event before them)."""
+    if data.endswith(b"\n\n") and b"\r" not in data:
+        parts = data.split(b"\n\n")
+        if all(parts[:-1]):  # one blank line after each event, as nearly every server
+            return [part + b"\n\n" for part in parts[:-1]]
     events: list[bytes] = []
     at = 0
     for match in _EVENT_SPLIT.finditer(data):

@@ -7,7 +7,9 @@ in-process upstream answers each with a fixed 12-byte response. No load driver a
 second process share the measurement, so the cost per request is steady enough to
 compare two builds of the request path:
 
-- ``python ops/bench/inproc.py N [get|chat]`` prints wall and CPU microseconds per request
+- ``python ops/bench/inproc.py N [KIND]`` prints wall and CPU microseconds per request
+  (KIND: a key of :data:`REQUESTS`; ``stream``: a chunked event stream of
+  :data:`STREAM_EVENTS` events; ``*_censor``: with the leak censor on)
   (still subject to the machine's noise);
 - ``bash ops/bench/instructions [PYTHON...]`` runs it under valgrind's callgrind for two
   request counts and prints instructions per request (the difference divided by the
@@ -49,6 +51,11 @@ REQUESTS = {
     # ... or, with a key that has a token and dollar budget: reserve, then settle.
     "chat_budget": _CHAT.replace(b"user-agent: inproc\r\n",
                                  b"user-agent: inproc\r\nauthorization: Bearer bench-key\r\n"),
+    # ... or with the leak censor on (every detector, nothing to find).
+    "chat_censor": _CHAT,
+    # A streamed chat completion (STREAM_EVENTS events, chunked), censor off and on.
+    "stream": _CHAT,
+    "stream_censor": _CHAT,
 }
 _BUDGET_KEY = ('[auth]\nkeys = [{ id = "bench", sha256 = "b0962662e937d44c699c8305d90cbf190b3'
                '150c59b13863d1380b5cc3c711bb7", tokens_per_minute = 1000000000, '
@@ -61,6 +68,18 @@ CHAT_RESPONSE_BODY = (
 CHAT_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                  b"content-length: %d\r\n\r\n%s" % (len(CHAT_RESPONSE_BODY),
                                                      CHAT_RESPONSE_BODY))
+
+
+STREAM_EVENTS = 20
+_WORDS = ("Hello", " there", "!", " How", " can", " I", " help", " you", " today", "?")
+_STREAM_BODY = b"".join(
+    b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"%s"},'
+    b'"finish_reason":null}]}\n\n' % _WORDS[i % len(_WORDS)].encode()
+    for i in range(STREAM_EVENTS - 1)) + b"data: [DONE]\n\n"
+STREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                   b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                   % (len(_STREAM_BODY), _STREAM_BODY))
 
 
 async def _upstream(response: bytes, task_status: trio.TaskStatus[int]) -> None:
@@ -79,7 +98,8 @@ async def _upstream(response: bytes, task_status: trio.TaskStatus[int]) -> None:
 def _config(port: int, kind: str) -> str:
     # Only chat_noacct and chat_budget name newer keys: get and chat run on older builds.
     defaults = ("[defaults]\nusage_accounting = false\n" if kind == "chat_noacct"
-                else _BUDGET_KEY if kind == "chat_budget" else "")
+                else _BUDGET_KEY if kind == "chat_budget"
+                else "[leak_censor]\nenabled = true\n" if kind.endswith("_censor") else "")
     return (f'[server]\nlisten = "127.0.0.1:8080"\nprofile = "dev"\n'
             f'[limits]\nkeepalive_requests = 1000000\n'
             f'[upstreams.u]\npeers = ["http://127.0.0.1:{port}"]\n{defaults}'
@@ -90,8 +110,9 @@ async def measure(requests: int, kind: str = "get") -> tuple[float, float]:
     """(wall, CPU) seconds per proxied request of ``kind`` (see REQUESTS), after a
     warm-up."""
     request = REQUESTS[kind]
-    response = RESPONSE if kind == "get" else CHAT_RESPONSE
-    ending = response[-12:]
+    response = (RESPONSE if kind == "get" else STREAM_RESPONSE if kind.startswith("stream")
+                else CHAT_RESPONSE)
+    ending = b"data: [DONE]\n\n" if kind.startswith("stream") else response[-12:]
     async with trio.open_nursery() as nursery:
         port = await nursery.start(_upstream, response)
         ctx = WorkerContext(load_text(_config(port, kind), "inproc.toml"))
