@@ -199,8 +199,12 @@ class Rules:
             # A trigger may begin in the context (a short prefix of it went out already):
             # its match is reported from where it begins, and the caller redacts the part
             # not yet sent.
-            for trigger in triggers.finditer(low, max(0, start - TRIGGER_MAX + 1), hold):
+            # Triggers may overlap ("sk-----BEGIN "): after one, search again from the
+            # next byte, not from its end.
+            search = max(0, start - TRIGGER_MAX + 1)
+            while (trigger := triggers.search(low, search, hold)) is not None:
                 at = trigger.start()
+                search = at + 1
                 if at < after and (at >= start or trigger.end() <= start):
                     continue
                 secret = full.match(buf, at, partial=not final)
@@ -211,12 +215,19 @@ class Rules:
                     hold = max(at, start)
                     break
                 found.append((at, end, secret.lastgroup or ""))
-                after = end
+                after = search = end
             hits = _merge(hits, found) if hits else found
         if hits and hits[-1][1] > hold:
             hits = [hit for hit in hits if hit[1] <= hold]
         return hits, hold
 
+
+    def clean(self, data: bytes) -> bool:
+        """Whether no detector can match anywhere in ``data``: no trigger occurs in it
+        (escaped JSON included, as a trigger is plain letters and punctuation)."""
+        if self._generic is not None:
+            return False
+        return self._triggers is None or self._triggers.search(data.lower()) is None
 
     def _tail_at(self, low: bytes, start: int) -> int | None:
         """Where a trigger prefix long enough to hold begins when one runs to the end of
@@ -266,6 +277,17 @@ def _merge(first: list[Hit], second: list[Hit]) -> list[Hit]:
             merged.append(hit)
             end = hit[1]
     return merged
+
+
+def _after_label(buf: bytes, start: int, end: int, kind: str) -> int:
+    """Where to begin redacting a hit: an AWS secret key is matched with its label
+    (``"aws_secret_access_key": "…"``), and a hit that spans a quote is redacted after
+    its last quote, so JSON stays JSON and the key still goes. No other detector's match
+    holds a label (a quote inside a PEM key is key material)."""
+    if kind != "aws_access_key":
+        return start
+    quote = buf.rfind(b'"', start, end)
+    return quote + 1 if quote >= 0 else start
 
 
 def _continuation(kind: str, buf: bytes, start: int, final: bool) -> tuple[int, bool]:
@@ -357,11 +379,7 @@ class _Stream:
             self.open_kind = hits[-1][2]
         for hit_start, hit_end, kind in hits:
             hit_start = max(hit_start, start)  # the part in the context went out already
-            # A hit that spans a quote (a JSON key and its value, a quoted assignment) is
-            # redacted after its last quote: JSON stays JSON, and the secret goes.
-            quote = buf.rfind(b'"', hit_start, hit_end)
-            if quote >= 0:
-                hit_start = quote + 1
+            hit_start = _after_label(buf, hit_start, hit_end, kind)
             out.append((base + hit_start, base + hit_end, kind, True))
         self._keep(buf, hold)
         return out
@@ -493,7 +511,7 @@ class _Channel:
 
 
 class _Event:
-    __slots__ = ("edits", "payload", "raw", "segments")
+    __slots__ = ("edits", "lines", "payload", "raw", "segments")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -501,6 +519,8 @@ class _Event:
         self.segments: list[tuple[_Channel, _Segment]] = []
         self.edits: list[tuple[int, int, bytes]] | None = None
         """Payload edits outside channel strings; ``[]`` when the payload was replaced."""
+        self.lines: dict[int, bytes] | None = None
+        """Other fields rewritten, by line number."""
 
     def edit(self, start: int, end: int, replacement: bytes) -> None:
         if self.edits is None:
@@ -509,8 +529,8 @@ class _Event:
 
     @property
     def dirty(self) -> bool:
-        return self.edits is not None or any(segment.edits is not None
-                                             for _, segment in self.segments)
+        return self.edits is not None or self.lines is not None or any(
+            segment.edits is not None for _, segment in self.segments)
 
 
 _CHANNEL_NAMES = tuple(b'"' + key.encode() + b'"' for key in sorted(CHANNEL_KEYS))
@@ -534,6 +554,9 @@ def _channel_strings(payload: bytes) -> list[tuple[bytes, re.Match[bytes]]]:
     if len(found) > 1:
         found.sort(key=lambda item: item[0])
     return [(name, value) for _, name, value in found]
+
+_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*')
+"""The rest of a JSON string's content from a position inside it (to its closing quote)."""
 
 _INDEX = re.compile(rb'"index"[ \t\r\n]*:[ \t\r\n]*([0-9]+)')
 
@@ -579,10 +602,12 @@ class SseCensor:
     def _read(self, event: _Event) -> list[_Channel]:
         """Parse one event's payload into channel segments; scan the rest of it."""
         data: list[bytes] = []
-        for line in event.raw.splitlines():
+        for number, line in enumerate(event.raw.splitlines()):
             if line.startswith(b"data:"):
                 value = line[5:]
                 data.append(value[1:] if value[:1] == b" " else value)
+            elif line:
+                self._scan_line(event, number, line)
         if not data:
             return []
         payload = data[0] if len(data) == 1 else b"\n".join(data)
@@ -621,9 +646,9 @@ class SseCensor:
                 except orjson.JSONDecodeError:
                     continue
             if has_index:
-                at = payload.rfind(b'"index"', 0, start)
-                number = _INDEX.match(payload, at) if at >= 0 else None
-                index = number.group(1) if number is not None else b""
+                found = payload.rfind(b'"index"', 0, start)
+                digits = _INDEX.match(payload, found) if found >= 0 else None
+                index = digits.group(1) if digits is not None else b""
             channel = self._add(event, (key, index), (start, end), text, escaped)
             if channel not in touched:
                 touched.append(channel)
@@ -637,11 +662,32 @@ class SseCensor:
         if channel is None:
             channel = self._channels[where] = _Channel()
         stream = channel.stream
+        segments = channel.segments
+        if segments and segments[-1].event is event:
+            # Two strings of one text in one payload are two strings to a reader of the
+            # raw bytes: a separator keeps a word boundary between them.
+            stream.buf += b"\x00"
         segment = _Segment(event, span, text, escaped, stream.base + len(stream.buf))
         stream.buf += text
-        channel.segments.append(segment)
+        segments.append(segment)
         event.segments.append((channel, segment))
         return channel
+
+    def _scan_line(self, event: _Event, number: int, line: bytes) -> None:
+        """A field other than ``data`` (``event``, ``id``, a comment, an unknown one) is
+        scanned on its own: nothing in it is text a secret continues across events."""
+        rules = self._rules
+        hits, _ = rules.scan(line, 0, True)
+        if not hits:
+            return
+        for _, _, kind in hits:
+            self.hits.detector(kind)
+        if not rules.redacts:
+            self.tripped = True
+            return
+        if event.lines is None:
+            event.lines = {}
+        event.lines[number] = _apply(line, [(s, e, _marker(k, None)) for s, e, k in hits])
 
     def _scan_rest(self, event: _Event, payload: bytes, spans: list[tuple[int, int]]) -> None:
         """Secrets anywhere in the payload outside the channel strings (ids, tool results,
@@ -650,15 +696,21 @@ class SseCensor:
         rules = self._rules
         hits, _ = rules.scan(payload, 0, True)
         for start, end, kind in hits:
-            if any(start < span_end and span_start < end for span_start, span_end in spans):
-                continue
+            if any(span_start <= start < span_end for span_start, span_end in spans):
+                continue  # a channel's text: decided with the text around it
+            # A match that runs on past the string it starts in (a PEM key with no END
+            # line runs to the end) is cut at that string's closing quote.
+            start = _after_label(payload, start, end, kind)
+            rest = _STRING_REST.match(payload, start)
+            if rest is not None:
+                end = min(end, rest.end())
+            for span_start, _ in spans:
+                if start < span_start < end:
+                    end = span_start
             self.hits.detector(kind)
             if not rules.redacts:
                 self.tripped = True
                 return
-            quote = payload.rfind(b'"', start, end)
-            if quote >= 0:
-                start = quote + 1
             event.edit(start, end, _marker(kind, None))
 
     def _decide(self, channel: _Channel, final: bool, forced: bool = False) -> None:
@@ -730,7 +782,8 @@ def _render(event: _Event) -> bytes:
     payload = _apply(event.payload, edits)
     lines: list[bytes] = []
     wrote_data = False
-    for line in event.raw.splitlines():
+    changed = event.lines or {}
+    for number, line in enumerate(event.raw.splitlines()):
         if not line:
             continue
         if line.startswith(b"data:"):
@@ -738,7 +791,7 @@ def _render(event: _Event) -> bytes:
                 lines.extend(b"data: " + part for part in payload.split(b"\n"))
                 wrote_data = True
             continue
-        lines.append(line)
+        lines.append(changed.get(number, line))
     return b"\n".join(lines) + b"\n\n"
 
 
@@ -775,7 +828,10 @@ def scrub_json_spec(spec: RulesSpec, body: bytes) -> tuple[bytes, Hits] | None:
 
 def scrub_json(rules: Rules, body: bytes) -> tuple[bytes, Hits] | None:
     """A whole JSON body, scrubbed: ``(bytes, hits)``; the original bytes, unchanged, when
-    nothing was found; None when ``body`` is not JSON."""
+    nothing was found; None when ``body`` is not JSON. A body in which no detector's
+    trigger occurs is not parsed at all (unless deny paths apply)."""
+    if rules.deny is None and rules.clean(body):
+        return body, Hits()
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -3,7 +3,8 @@ tests/fuzzing/test_fuzz_corpus.py on every test run.
 
 A target is one parser with one invariant check (``http1``: the HTTP/1.1 readers, the
 input format of tests/workers/http1_invariants.py ``decode``; ``config``: the config
-loader, the input decoded as UTF-8 with replacement). Seed inputs are named
+loader, the input decoded as UTF-8 with replacement; ``censor``: the leak censor, the
+input format of tests/fuzzing/censor_invariants.py). Seed inputs are named
 ``seed-*``; an input that broke an invariant under atheris is saved as
 ``crash-<sha1 of the input>`` by :func:`save_reproducer`, so it becomes a regression
 test once committed.
@@ -20,7 +21,7 @@ from types import ModuleType
 
 TESTS = Path(__file__).resolve().parent.parent
 CORPUS = TESTS / "fuzz_corpus"
-TARGETS = ("http1", "config")
+TARGETS = ("http1", "config", "censor")
 
 
 def reproducer_path(target: str, data: bytes, corpus: Path = CORPUS) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .censor_invariants import check_censor_input
 from .config_invariants import check_config_text
 from .corpus import (
     CORPUS,
@@ -38,6 +39,8 @@ def test_replay(target: str, path: Path) -> None:
     elif target == "config":
         loaded = check_config_text(config_text(data))
         assert not seed or loaded is not None
+    elif target == "censor":
+        check_censor_input(data)
     else:
         pytest.fail(f"unknown fuzz target folder {target!r}")
 

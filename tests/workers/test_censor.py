@@ -37,7 +37,7 @@ def redacted(text: str, cuts: tuple[int, ...] = ()) -> str:
     out, at = [], 0
     for start, end, kind in detectors.find(text):
         sent = [c for c in cuts if start < c < min(start + censor_mod.HELD_PREFIX, end)]
-        quote = text.rfind('"', start, end)
+        quote = text.rfind('"', start, end) if kind == "aws_access_key" else -1
         start = max([start, quote + 1, *sent])
         out += [text[at:start], f"[REDACTED:{kind}]"]
         at = end
@@ -298,7 +298,10 @@ def test_scrub_json_redacts_nested_values_and_keeps_untouched_bodies() -> None:
     plain = b'{ "a" : "hello",\n "b": [1, 2.50] }'
     kept = scrub_json(REDACT, plain)
     assert kept is not None and kept[0] is plain
-    assert scrub_json(REDACT, b"not json") is None
+    assert scrub_json(REDACT, b"not json, sk-") is None  # a trigger: parsed, and fails
+    unparsed = b"not json, no trigger"
+    assert scrub_json(REDACT, unparsed) == (unparsed, censor_mod.Hits()) or \
+        scrub_json(REDACT, unparsed)[0] is unparsed  # type: ignore[index]
 
 
 @given(st.text(max_size=200), st.lists(st.integers(0, 200), max_size=4))
