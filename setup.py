@@ -1,11 +1,12 @@
-"""Optional mypyc build of the pure request-path cores (everything else is in pyproject.toml).
+"""Optional mypyc build of the request path (everything else is in pyproject.toml).
 
 By default this adds nothing: ``pip install .`` and ``pip install -e .`` give the usual
 pure-Python package. With ``LI_HTTPD_COMPILE=1`` (and mypy, which ships mypyc, in the
 build environment: ``pip install --no-build-isolation`` from a venv that has the dev
 extra) the modules in :data:`COMPILED` are also compiled to C extensions that sit next
-to their ``.py`` files and are imported instead of them. Use a non-editable install for
-that (``bash ops/test-compiled`` shows how); the source stays the one source of truth.
+to their ``.py`` files and are imported instead of them. ``bash ops/build-wheel`` builds
+that wheel (the distributable one); use non-editable installs of it, the source stays
+the one source of truth.
 
 mypyc names a module after its path, and our folders become ``li_httpd.<folder>`` only
 through ``[tool.setuptools.package-dir]``, which mypy cannot follow. So, like
@@ -24,19 +25,45 @@ from pathlib import Path
 from setuptools import setup
 
 COMPILED = [
+    "workers/admission.py",
+    "workers/connection.py",
+    "workers/context.py",
+    "workers/exchange.py",
+    "workers/housekeeping.py",
     "workers/http1.py",
-    "workers/policy.py",
+    "workers/identity.py",
     "workers/json_fields.py",
-    "workers/sse.py",
-    "workers/usage.py",
+    "workers/metrics_server.py",
+    "workers/policy.py",
+    "workers/port.py",
+    "workers/proxy.py",
+    "workers/responses.py",
     "workers/retry.py",
-    "shm/gcra.py",
+    "workers/sockio.py",
+    "workers/sse.py",
+    "workers/static.py",
+    "workers/static_response.py",
+    "workers/tls_io.py",
+    "workers/upstream.py",
+    "workers/usage.py",
+    "workers/worker.py",
     "shm/budget.py",
+    "shm/gcra.py",
+    "shm/health.py",
+    "shm/state.py",
     "config/paths.py",
     "config/matching.py",
     "config/router.py",
+    "ops/log/queue.py",
+    "ops/log/records.py",
+    "ops/log/redact.py",
+    "ops/log/writer.py",
 ]
-"""Pure, typed modules on the request path (no trio, no I/O); see docs/DEPENDENCIES.md."""
+"""Every module a worker runs per request: all of workers/ and shm/, the router with its
+path and host matching, and the log pipeline's request side (what the worker enqueues,
+redacts and formats). Not supervisor/ or actors/ (the master and its actors), nor the
+rest of config/ (loaded once per config). tests/test_compiled.py checks the list;
+docs/DEPENDENCIES.md has the measurements and mypyc's differences from CPython."""
 
 _FOLDERS = ("supervisor", "workers", "actors", "shm", "config", "ops")
 

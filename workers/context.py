@@ -252,7 +252,7 @@ class WorkerContext:
                 buffer_body=route.request_buffering,
                 fallback=tuple(self.groups[name] for name in route.fallback.chain),
                 fallback_policy=FallbackPolicy(
-                    frozenset(cast("list[FallbackTrigger]", route.fallback.on)),
+                    frozenset(cast("tuple[FallbackTrigger, ...]", route.fallback.on)),
                     frozenset(route.fallback.statuses)) if route.fallback.chain else None,
                 early_head=timers.early_stream_head and timers.heartbeat_interval > 0,
                 model_routing=route.model_routing,

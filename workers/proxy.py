@@ -484,7 +484,7 @@ class _Proxy:
             exchange.attempt(group, peer)
             shared.add_active(peer.shared_id, 1)
             failure: FailureKind
-            reused = sent = False
+            reused = sent = retry_status = False
             try:
                 try:
                     up = await pool.acquire(client.deadline, ctx.timeouts.send)
@@ -508,11 +508,13 @@ class _Proxy:
                                            request_id=exchange.request_id, peer=peer.label,
                                            error=failed.reason, reused=up.reused)
                         failure, reused, sent = "closed", up.reused, failed.request_sent
-                    except UpstreamProtocolError as exc:
+                    except UpstreamProtocolError as invalid:
+                        # Not `as exc`: mypyc gives a name one type per function, and
+                        # `exc` is the UpstreamConnectError above.
                         self._drop_upstream()
                         ctx.log.diagnostic("warn", "invalid upstream response",
                                            request_id=exchange.request_id, peer=peer.label,
-                                           error=exc.detail)
+                                           error=invalid.detail)
                         failure = "protocol"
                     except _FirstByteTimeout:
                         # No line of its own: the request's abnormal end, or the
@@ -525,13 +527,14 @@ class _Proxy:
                         if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
                                                     f"status_{status}")
-                            if decision.action != "fail":
+                            retry_status = decision.action != "fail"
+                            if retry_status:
+                                # Another attempt, after the finally below.
                                 self._drop_upstream()
-                                continue
                             # No other attempt on this pool: the next pool, or the
                             # upstream's own answer goes to the client.
-                            if falls_back("status", status=status, replay=replay,
-                                          policy=policy, pools_left=pools_left):
+                            elif falls_back("status", status=status, replay=replay,
+                                            policy=policy, pools_left=pools_left):
                                 self._drop_upstream()
                                 return None
                         elif falls_back("status", status=status, replay=replay,
@@ -543,14 +546,18 @@ class _Proxy:
                             return None
                         else:
                             group.succeeded(peer)
-                        handled = await self._relay(pool, up, response)
-                        if exhausted and handled.outcome == "completed":
-                            exchange.detail = f"status {status} after retries"
-                            return Handled("upstream_error", handled.keep_alive)
-                        return handled
+                        if not retry_status:
+                            handled = await self._relay(pool, up, response)
+                            if exhausted and handled.outcome == "completed":
+                                exchange.detail = f"status {status} after retries"
+                                return Handled("upstream_error", handled.keep_alive)
+                            return handled
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
+            if retry_status:
+                # Not a `continue` inside the try: mypyc cannot compile one in try/finally.
+                continue
             # A failure before any response byte.
             decision = self._decide(group, attempts, peer, failure, _FAILURE_WORDS[failure],
                                     reused=reused, request_sent=sent)

@@ -277,7 +277,9 @@ class SocketIO:
         discard = _DISCARD[0]
         with trio.move_on_after(LINGER_TOTAL):
             while True:
-                with trio.move_on_after(LINGER_IDLE):
+                # No `continue` inside the `with` (mypyc cannot compile one inside
+                # try/finally): an idle period that ran out ends the loop after it.
+                with trio.move_on_after(LINGER_IDLE) as idle:
                     try:
                         # MSG_TRUNC on TCP discards in the kernel: nothing is copied.
                         if not sock.recv_into(discard, len(discard), _DISCARD_FLAGS):
@@ -287,8 +289,8 @@ class SocketIO:
                         await wait_readable(sock)
                     except (OSError, trio.ClosedResourceError):
                         return
-                    continue
-                return
+                if idle.cancelled_caught:
+                    return
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket (with ClosedResourceError)."""
