@@ -26,6 +26,7 @@ from setuptools import setup
 
 COMPILED = [
     "workers/admission.py",
+    "workers/censor.py",
     "workers/connection.py",
     "workers/context.py",
     "workers/exchange.py",
@@ -33,6 +34,7 @@ COMPILED = [
     "workers/http1.py",
     "workers/identity.py",
     "workers/json_fields.py",
+    "workers/json_redact.py",
     "workers/metrics_server.py",
     "workers/policy.py",
     "workers/port.py",

@@ -801,8 +801,8 @@ class _Proxy:
             if censor is not None and data:
                 try:
                     data = censor.feed(data)
-                except JsonRedactError as exc:
-                    return await self._upstream_broke(up, f"upstream JSON body: {exc}")
+                except JsonRedactError as malformed:
+                    return await self._upstream_broke(up, f"upstream JSON body: {malformed}")
                 if censor.tripped:
                     return await self._withhold(pool, up, response, complete)
             if data:
