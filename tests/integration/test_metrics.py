@@ -180,3 +180,21 @@ def test_token_and_cost_counters(mock: MockUpstream, start_gateway) -> None:
     cost = _family(samples, "li_cost_usd_total")
     assert cost == {(("model", "mock-chat"), ("route", "any_wildcard")):
                     pytest.approx((6 * 1.0 + 8 * 2.0 + 2 * 0.5) / 1e6)}
+
+
+def test_censor_hit_counter(mock: MockUpstream, start_gateway) -> None:
+    port = _free_port()
+    gateway = _started(mock, start_gateway, port, '[leak_censor]\nenabled = true\n'
+                       '[defaults.leak_censor]\njson_deny_paths = ["$.usage"]\n')
+    secret = "ghp_" + "a1B2c3D4e5F6g7H8i9J0" * 2
+    for _ in range(2):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        connection.request("POST", f"/v1/chat/completions?body_secret={secret}",
+                           '{"model":"m","messages":[]}', {"content-type": "application/json"})
+        body = connection.getresponse().read()
+        assert secret.encode() not in body and b"[REDACTED:github_token]" in body
+        connection.close()
+    samples = _eventually(port, lambda s: len(_family(s, "li_censor_hits_total")) == 2)
+    assert _family(samples, "li_censor_hits_total") == {
+        (("kind", "detector"), ("name", "github_token"), ("route", "any_wildcard")): 2,
+        (("kind", "path"), ("name", "$.usage"), ("route", "any_wildcard")): 2}
