@@ -59,6 +59,9 @@ DenyFn = Callable[[Any], tuple[Any, list[str]]]
 MAX_HOLD = 4096
 """The most undecided bytes held per body or per SSE text channel."""
 
+MAX_CHANNELS = 256
+"""Texts followed per stream at once; idle ones are dropped beyond it."""
+
 MAX_PENDING_EVENTS = 64 * 1024
 """The most bytes of whole SSE events held back at once (then everything is decided)."""
 
@@ -78,6 +81,13 @@ TRIGGERS: dict[str, tuple[bytes, ...]] = {
     "stripe_key": (b"sk_", b"rk_", b"whsec_"),
 }
 """Lower-case literals every match of a detector starts with (tests check each sample)."""
+
+MATCH_WINDOW = 2048
+"""The most bytes one non-PEM match may span (the longest token formats are far shorter;
+a JWT with many claims stays under it)."""
+
+MATCH_WINDOW_PEM = 16384
+"""The most bytes a PEM private key match may span (a 4096-bit RSA key is ~3.3 KB)."""
 
 TRIGGER_MAX = max(len(t) for ts in TRIGGERS.values() for t in ts)
 
@@ -207,10 +217,21 @@ class Rules:
                 search = at + 1
                 if at < after and (at >= start or trigger.end() <= start):
                     continue
-                secret = full.match(buf, at, partial=not final)
+                # One match reads at most a window past its trigger (a PEM key's END line
+                # may come 4 KiB later; nothing else is that long): a run of triggers in
+                # one long token costs linear time, not quadratic.
+                limit = min(size, at + (MATCH_WINDOW_PEM if low.startswith(b"-----begin ", at)
+                                        else MATCH_WINDOW))
+                secret = full.match(buf, at, limit, partial=not final and limit == size)
                 if secret is None:
                     continue
                 end = secret.end()
+                if end == limit < size and not secret.partial:
+                    # Cut by the window: the secret may run on. Follow it as a running
+                    # secret does (its token, or a PEM key to its END line).
+                    end, running = _continuation(secret.lastgroup or "", buf, end, final)
+                    if running:
+                        end = size
                 if secret.partial or (end >= hold and not final):
                     hold = max(at, start)
                     break
@@ -222,11 +243,19 @@ class Rules:
         return hits, hold
 
 
+    def kind_at(self, buf: bytes, at: int) -> str:
+        """The detector that (partly) matches at ``at``, for a forced decision."""
+        if self._full is not None:
+            found = self._full.match(buf, at, partial=True)
+            if found is not None and found.lastgroup:
+                return found.lastgroup
+        return self.detectors[0] if self.detectors else "generic_high_entropy"
+
     def clean(self, data: bytes) -> bool:
         """Whether no detector can match anywhere in ``data``: no trigger occurs in it
         (escaped JSON included, as a trigger is plain letters and punctuation)."""
-        if self._generic is not None:
-            return False
+        if self._generic is not None or b"\\u" in data or b"\\/" in data:
+            return False  # an escape may spell a trigger (\u0073k-, https:\/\/hooks...)
         return self._triggers is None or self._triggers.search(data.lower()) is None
 
     def _tail_at(self, low: bytes, start: int) -> int | None:
@@ -324,6 +353,12 @@ class Hits:
     def __bool__(self) -> bool:
         return bool(self.detectors or self.paths)
 
+    def merge(self, other: Hits) -> None:
+        for kind, count in other.detectors.items():
+            self.detectors[kind] = self.detectors.get(kind, 0) + count
+        for path, count in other.paths.items():
+            self.paths[path] = self.paths.get(path, 0) + count
+
     def first(self) -> str:
         """A name for the first thing found, for the error log."""
         for kind in self.detectors:
@@ -375,8 +410,14 @@ class _Stream:
         if not final and len(buf) - hold > MAX_HOLD:
             forced = True
             hits, hold = rules.scan(buf, start, True)
-        if forced and hits and hits[-1][1] == len(buf):
-            self.open_kind = hits[-1][2]
+        if forced:
+            # Decided early, more may follow: what could still become a secret (a match
+            # so far, "sk-pr") is taken as one, and its continuation swallowed.
+            _, undecided = rules.scan(buf, start, False)
+            if undecided < len(buf) and not (hits and hits[-1][1] > undecided):
+                hits = [*hits, (undecided, len(buf), rules.kind_at(buf, undecided))]
+            if hits and hits[-1][1] == len(buf):
+                self.open_kind = hits[-1][2]
         for hit_start, hit_end, kind in hits:
             hit_start = max(hit_start, start)  # the part in the context went out already
             hit_start = _after_label(buf, hit_start, hit_end, kind)
@@ -564,10 +605,12 @@ _INDEX = re.compile(rb'"index"[ \t\r\n]*:[ \t\r\n]*([0-9]+)')
 class SseCensor:
     """An event stream, fed whole events; see the module docstring."""
 
-    __slots__ = ("_channels", "_pending", "_pending_bytes", "_rules", "hits", "tripped")
+    __slots__ = ("_channels", "_partial", "_pending", "_pending_bytes", "_rules", "hits",
+                 "tripped")
 
     def __init__(self, rules: Rules) -> None:
         self._rules = rules
+        self._partial = b""
         self._channels: dict[tuple[bytes, bytes], _Channel] = {}
         self._pending: deque[_Event] = deque()
         self._pending_bytes = 0
@@ -575,9 +618,22 @@ class SseCensor:
         self.tripped = False
 
     def feed(self, events: bytes) -> bytes:
-        """Whole events in; the events that may go out now (possibly rewritten)."""
+        """Event-stream bytes in (normally whole events; an unfinished last one is kept
+        until its blank line, up to ``max_scrub_bytes``, else the censor trips); the
+        events that may go out now (possibly rewritten)."""
         if self.tripped or not events:
             return b""
+        if self._partial or not events.endswith(b"\n\n"):
+            events = self._partial + events
+            cut = 0
+            for boundary in _EVENT_SPLIT.finditer(events):
+                cut = boundary.end()
+            events, self._partial = events[:cut], events[cut:]
+            if len(self._partial) > self._rules.max_scrub_bytes:
+                self.tripped = True  # an event too long to read whole: withheld
+                return b""
+            if not events:
+                return b""
         for raw in _split_events(events):
             event = _Event(raw)
             self._pending.append(event)
@@ -595,6 +651,12 @@ class SseCensor:
         """The held events at the stream's end, decided as they stand."""
         if self.tripped:
             return b""
+        if self._partial:
+            rest, self._partial = self._partial, b""
+            out = self.feed(rest + b"\n\n")
+            if self.tripped:
+                return b""
+            return out + self.finish()
         for channel in self._channels.values():
             self._decide(channel, True)
         return b"" if self.tripped else self._release(True)
@@ -612,7 +674,7 @@ class SseCensor:
             return []
         payload = data[0] if len(data) == 1 else b"\n".join(data)
         rules = self._rules
-        if payload[:1] not in (b"{", b"["):
+        if payload.lstrip()[:1] not in (b"{", b"["):
             event.payload = payload
             return [self._add(event, (b"<data>", b""), (0, len(payload)), payload, False)]
         if rules.deny is not None:
@@ -646,9 +708,8 @@ class SseCensor:
                 except orjson.JSONDecodeError:
                     continue
             if has_index:
-                found = payload.rfind(b'"index"', 0, start)
-                digits = _INDEX.match(payload, found) if found >= 0 else None
-                index = digits.group(1) if digits is not None else b""
+                # choices[1].delta.tool_calls[0]: "1,0", apart from choice 0's "0,0".
+                index = b",".join(_INDEX.findall(payload, 0, start)[-4:])
             channel = self._add(event, (key, index), (start, end), text, escaped)
             if channel not in touched:
                 touched.append(channel)
@@ -660,6 +721,8 @@ class SseCensor:
              text: bytes, escaped: bool) -> _Channel:
         channel = self._channels.get(where)
         if channel is None:
+            if len(self._channels) >= MAX_CHANNELS:
+                self._forget_idle()
             channel = self._channels[where] = _Channel()
         stream = channel.stream
         segments = channel.segments
@@ -672,6 +735,13 @@ class SseCensor:
         segments.append(segment)
         event.segments.append((channel, segment))
         return channel
+
+    def _forget_idle(self) -> None:
+        """Drop the texts with nothing held (an upstream that numbers every event would
+        otherwise open one text per event)."""
+        for where, channel in list(self._channels.items()):
+            if not channel.segments and channel.stream.open_kind is None:
+                del self._channels[where]
 
     def _scan_line(self, event: _Event, number: int, line: bytes) -> None:
         """A field other than ``data`` (``event``, ``id``, a comment, an unknown one) is
@@ -832,29 +902,90 @@ def scrub_json(rules: Rules, body: bytes) -> tuple[bytes, Hits] | None:
     trigger occurs is not parsed at all (unless deny paths apply)."""
     if rules.deny is None and rules.clean(body):
         return body, Hits()
+    if body.startswith(_BOM):  # allowed before JSON text; neither parser takes it
+        result = scrub_json(rules, body[len(_BOM):])
+        return None if result is None else (_BOM + result[0], result[1])
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        if rules.deny_paths is None:
+            return None
+        return _walk_whole(rules, body)  # JSON orjson refuses (a BOM, a lone surrogate)
     hits = Hits()
-    if rules.deny is not None:
-        doc, paths = rules.deny(doc)
-        for path in paths:
-            hits.path(path)
-    changed = bool(hits.paths)
-    wrapper = [doc]
-    if _scrub_strings(rules, wrapper, hits):
-        changed = True
-    if not changed:
-        return body, hits
-    return orjson.dumps(wrapper[0]), hits
+    try:
+        if rules.deny is not None:
+            doc, paths = rules.deny(doc)
+            for path in paths:
+                hits.path(path)
+        changed = bool(hits.paths)
+        wrapper = [doc]
+        if _scrub_strings(rules, wrapper, hits):
+            changed = True
+        if not changed:
+            return body, hits
+        return orjson.dumps(wrapper[0]), hits
+    except (TypeError, ValueError, RecursionError):
+        # Nested deeper than orjson writes or the deny walker follows: the streaming
+        # walker keeps the bytes as they are (or refuses, and the caller withholds).
+        return _walk_whole(rules, body) if rules.deny_paths is not None \
+            else _bytes_whole(rules, body)
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _walk_whole(rules: Rules, body: bytes) -> tuple[bytes, Hits]:
+    """A whole body through the streaming deny-path walker and the detectors. Raises
+    :class:`~.json_redact.JsonRedactError` when it is not JSON at all."""
+    walker = JsonBodyCensor(rules)
+    out = walker.feed(body, True)
+    return out, walker.hits
+
+
+def _bytes_whole(rules: Rules, body: bytes) -> tuple[bytes, Hits]:
+    censor = ByteCensor(rules)
+    return censor.feed(body, True), censor.hits
+
+
+_AWS_LABEL = re.compile(r"(?i)aws_?secret_?access_?key")
+_AWS_SECRET = re.compile(r"[A-Za-z0-9/+=]{40}")
+
+
+def _scrub_keys(rules: Rules, node: dict[str, Any], hits: Hits) -> bool:
+    """Object keys are text too (a map keyed by API key): a key holding a secret is
+    renamed, order kept."""
+    renamed: dict[str, str] = {}
+    for key in node:
+        if len(key) >= _SHORTEST:
+            found, _ = rules.scan(key.encode(), 0, True)
+            if found:
+                for _, _, kind in found:
+                    hits.detector(kind)
+                renamed[key] = _apply(key.encode(), [(s, e, _marker(k, None))
+                                                     for s, e, k in found]).decode(
+                    "utf-8", "replace")
+    if not renamed:
+        return False
+    items = list(node.items())
+    node.clear()
+    for key, value in items:
+        node[renamed.get(key, key)] = value
+    return True
 
 
 def _scrub_strings(rules: Rules, node: Any, hits: Hits) -> bool:
     changed = False
+    if isinstance(node, dict) and _scrub_keys(rules, node, hits):
+        changed = True
     items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in list(items):
-        if isinstance(value, str):
+        if isinstance(value, str) and isinstance(key, str) and "aws" in key.lower() \
+                and _AWS_SECRET.fullmatch(value) and _AWS_LABEL.fullmatch(key):
+            # The AWS secret key has no shape of its own: its member name is the label.
+            hits.detector("aws_access_key")
+            node[key] = "[REDACTED:aws_access_key]"
+            changed = True
+        elif isinstance(value, str):
             if len(value) < _SHORTEST:
                 continue
             text = value.encode()

@@ -200,8 +200,13 @@ def _request_head(head: RequestHead, plan: RoutePlan, upstream_path: str, host: 
         target += b"?" + head.query
     parts = [head.method, b" ", target, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
     policy = plan.policy
+    censor = plan.censor is not None
     for name, value in policy.egress(head.headers, head.connection_tokens):
+        if censor and name == b"accept-encoding":
+            continue  # the censor reads bodies as sent: ask for them uncompressed
         parts += (name, b": ", value, b"\r\n")
+    if censor:
+        parts.append(b"accept-encoding: identity\r\n")
     for name, value in policy.inject:
         parts += (name, b": ", value, b"\r\n")
     parts += (b"x-request-id: ", request_id, b"\r\n")
@@ -221,7 +226,7 @@ def _response_headers(plan: RoutePlan, response: ResponseHead,
     headers = plan.policy.response(response.headers, response.connection_tokens)
     sse = False
     for name, value in headers:
-        if name == b"content-type" and value.startswith(_SSE):
+        if name == b"content-type" and value[:len(_SSE)].lower() == _SSE:
             sse = True
             break
     if sse:
@@ -281,13 +286,41 @@ def _outgoing(pieces: list[bytes], complete: bool, chunked: bool, relay: SseRela
             data = censor.feed(data) if data else b""
             if complete:
                 data += censor.finish()
-        except JsonRedactError as exc:
-            raise UpstreamProtocolError(502, f"upstream JSON body: {exc}") from None
+        except JsonRedactError:
+            # The walker's message may quote bytes of the body: not for the error log.
+            raise UpstreamProtocolError(502, "upstream JSON body is malformed") from None
         if censor.tripped:
             raise _Withheld
     out = (_chunk(data) if chunked else data) if data else b""
     if complete and chunked:
         out += b"0\r\n\r\n"
+    return out
+
+
+def _encoded(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A body with a content coding other than identity (gzip, br, ...)."""
+    return any(name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+               for name, value in headers)
+
+
+def _censor_headers(rules: Rules, headers: list[tuple[bytes, bytes]],
+                    exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    """Response header values (only the allowed ones reach here) through the detectors:
+    a ``Location`` with a key in its query is redacted like a body."""
+    out = headers
+    for index, (name, value) in enumerate(headers):
+        found, _ = rules.scan(value, 0, True)
+        if not found:
+            continue
+        if out is headers:
+            out = list(headers)
+        hits = exchange.censor_hits
+        if hits is None:
+            hits = exchange.censor_hits = Hits()
+        for start, end, kind in reversed(found):
+            hits.detector(kind)
+            value = value[:start] + b"[REDACTED:" + kind.encode() + b"]" + value[end:]
+        out[index] = (name, value)
     return out
 
 
@@ -735,10 +768,16 @@ class _Proxy:
         rules = plan.censor
         has_body = head.method != b"HEAD" and response.status not in (204, 304)
         json_stream = False
+        if rules is not None:
+            headers = _censor_headers(rules, headers, exchange)
+        if rules is not None and has_body and _encoded(headers):
+            # Compressed bytes hide every secret from the censor: fail closed.
+            return await self._withhold(pool, up, response, complete,
+                                        "compressed body (content-encoding) under the censor")
         if rules is not None and has_body:
             length = response.content_length
             json = not sse and _is_json(headers)
-            if not complete and not sse and (json or not rules.redacts) \
+            if not complete and not sse and (json or rules.on_detect == "block_502") \
                     and (length is None or length <= rules.max_scrub_bytes):
                 # A JSON body is rewritten whole, and under block_502 a hit must become
                 # a 502: read the body before the head goes out.
@@ -747,7 +786,13 @@ class _Proxy:
                 except UpstreamProtocolError as exc:
                     return await self._upstream_broke(up, exc.detail)
             if complete:
-                scrubbed = await _scrub_whole(rules, pieces, sse, headers)
+                try:
+                    scrubbed = await _scrub_whole(rules, pieces, sse, headers)
+                except JsonRedactError:
+                    return await self._withhold(pool, up, response, complete,
+                                                "JSON body the deny paths cannot read")
+                if exchange.censor_hits:
+                    scrubbed[1].merge(exchange.censor_hits)
                 exchange.censor_hits = scrubbed[1]
                 if scrubbed[0] is None:
                     return await self._withhold(pool, up, response, complete)
@@ -757,12 +802,15 @@ class _Proxy:
                     return await self._withhold(pool, up, response, False,
                                                 "JSON body over max_scrub_bytes")
                 json_stream = rules.oversize_json == "stream"
+        # Under the censor, a streamed body whose length changes (an event stream read
+        # as events, a JSON body rewritten as it streams) is re-framed.
+        reframe = json_stream or (rules is not None and sse and has_body and not complete)
         chunked = ends_on_close = False
         if not has_body:
             pass
         elif complete:
             headers.append((b"content-length", b"%d" % sum(map(len, pieces))))
-        elif response.content_length is not None and not json_stream:
+        elif response.content_length is not None and not reframe:
             headers.append((b"content-length", b"%d" % response.content_length))
         elif head.version == b"1.1":
             headers.append((b"transfer-encoding", b"chunked"))
@@ -787,6 +835,8 @@ class _Proxy:
             censor = self.censor = (
                 SseCensor(rules) if relay is not None else JsonBodyCensor(rules)
                 if json_stream else ByteCensor(rules, response.content_length is not None))
+            if exchange.censor_hits:
+                censor.hits.merge(exchange.censor_hits)  # what the headers held
             exchange.censor_hits = censor.hits
         if self.shape is not None and response.status == 200:
             usage = exchange.usage = UsageScanner(self.shape, sse)
@@ -801,8 +851,8 @@ class _Proxy:
             if censor is not None and data:
                 try:
                     data = censor.feed(data)
-                except JsonRedactError as malformed:
-                    return await self._upstream_broke(up, f"upstream JSON body: {malformed}")
+                except JsonRedactError:
+                    return await self._upstream_broke(up, "upstream JSON body is malformed")
                 if censor.tripped:
                     return await self._withhold(pool, up, response, complete)
             if data:

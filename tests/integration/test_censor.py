@@ -391,3 +391,37 @@ def test_generated_deny_paths_apply_with_include_generated(
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
         assert client.get("/u").json() == {"user": {"email": "a@b",
                                                     "password_hash": "[REDACTED]"}}
+
+
+def test_review_regressions_through_the_gateway(start_gateway: Callable[..., Gateway],
+                                                script: Script) -> None:
+    import gzip
+
+    secret = SECRETS["openai_sk"]
+    gateway = start_gateway(_config(script.origin, extra=(
+        '\n[defaults.headers.response]\n'
+        'allow = ["content-type", "content-encoding", "location"]\n')))
+    half = len(secret) // 2
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=10) as client:
+        # A compressed body cannot be read: withheld, never passed.
+        packed = gzip.compress(orjson.dumps({"k": secret}))
+        script.head = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                       b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(packed))
+        script.pieces = [packed]
+        response = client.get("/gz", headers={"accept-encoding": "gzip"})
+        assert response.status_code == 502 and secret.encode() not in response.content
+        # An event stream with a Content-Length, in pieces, in mixed case: read as events.
+        for media in (b"text/event-stream", b"Text/Event-Stream; charset=utf-8"):
+            events = [_chat_event("key " + secret[:half]), _chat_event(secret[half:] + " ok"),
+                      b"data: [DONE]\n\n"]
+            script.framed(media, events)
+            response = client.get("/s")
+            assert secret[half:].encode() not in response.content
+            assert _sse_text(response.content) == "key [REDACTED:openai_sk] ok"
+        # A header value with a key in it.
+        script.head = (b"HTTP/1.1 302 Found\r\nlocation: https://x.example/cb?token=" +
+                       secret.encode() + b"\r\ncontent-length: 0\r\n\r\n")
+        script.pieces = []
+        response = client.get("/redirect")
+        assert secret not in response.headers["location"]
+        assert "[REDACTED:openai_sk]" in response.headers["location"]

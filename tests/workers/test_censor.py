@@ -22,6 +22,7 @@ from li_httpd.config.checks import DETECTOR_IDS
 from li_httpd.ops.log import detectors
 from li_httpd.workers import censor as censor_mod
 from li_httpd.workers.censor import MAX_HOLD, ByteCensor, Rules, SseCensor, scrub_json
+from li_httpd.workers.json_redact import JsonRedactError
 
 from tests.log.test_detectors import POSITIVES
 
@@ -353,3 +354,90 @@ def test_json_body_censor_streams_deny_paths_and_detectors() -> None:
                                       "note": f"see {sent}[REDACTED:openai_sk]"}
         assert censor.hits.paths == {"$..password": 50}
         assert censor.hits.detectors == {"openai_sk": 50}
+
+
+# -- regressions found by review -------------------------------------------------------
+
+
+def test_json_keys_and_the_aws_member_label_are_scanned() -> None:
+    _, key = CASES[0]
+    body = orjson.dumps({"aws_access_key_id": "AKIA" + "IOSFODNN7EXAMPLE",
+                         "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                         "keys": {key: {"owner": "a"}}})
+    result = scrub_json(REDACT, body)
+    assert result is not None
+    out = orjson.loads(result[0])
+    assert out["aws_access_key_id"] == "[REDACTED:aws_access_key]"
+    assert out["aws_secret_access_key"] == "[REDACTED:aws_access_key]"
+    assert out["keys"] == {"[REDACTED:openai_sk]": {"owner": "a"}}
+
+
+def test_a_forced_decision_swallows_the_rest_of_a_secret() -> None:
+    _, key = CASES[0]
+    stream = SseCensor(REDACT)
+    out = stream.feed(_chat_event("key " + key[:4], 0))
+    for _ in range(400):  # > 64 KiB of another choice's events while choice 0 holds
+        out += stream.feed(_chat_event("x" * 200 + " ", 1))
+    out += stream.feed(_chat_event(key[4:] + " end", 0)) + stream.finish()
+    assert key[4:].encode() not in out and key.encode() not in out
+
+
+def test_events_arriving_in_arbitrary_pieces_and_over_64_kib() -> None:
+    _, key = CASES[0]
+    big = {"type": "response.completed", "output": [{"password": "p" * 10, "note": "x" * 70000,
+                                                     "secret": f"use {key}"}]}
+    data = b"data: " + orjson.dumps(big) + b"\n\n"
+    rules = Rules(DETECTOR_IDS, "redact", ("$..password",), 1 << 20)
+    for size in (1000, 65536, 70001):
+        stream = SseCensor(rules)
+        out = b"".join(stream.feed(data[i:i + size]) for i in range(0, len(data), size))
+        out += stream.finish()
+        doc = orjson.loads(out[6:-2])
+        assert doc["output"][0]["password"] == "[REDACTED]"
+        assert doc["output"][0]["secret"] == "use [REDACTED:openai_sk]"
+    small = Rules(DETECTOR_IDS, "redact", (), 4096)
+    stream = SseCensor(small)
+    assert stream.feed(data[:8000]) == b"" and stream.tripped  # too long to read whole
+
+
+def test_json_that_orjson_refuses_still_gets_its_deny_paths() -> None:
+    result = scrub_json(DENY, b'\xef\xbb\xbf{"password": "hunter2", "ok": 1}')
+    assert result is not None and b"hunter2" not in result[0]
+    assert result[0].startswith(b"\xef\xbb\xbf")
+    # A lone surrogate: neither parser reads it, so the body is refused (the gateway
+    # answers 502), never passed with its deny paths unapplied.
+    with pytest.raises(JsonRedactError):
+        scrub_json(DENY, b'{"password": "hunter2", "s": "\\ud83d"}')
+    deep = b'{"a":' * 300 + b'"sk-x"' + b"}" * 300
+    assert scrub_json(REDACT, deep) is not None  # deeper than orjson writes: no exception
+
+
+def test_data_with_leading_whitespace_and_escaped_triggers() -> None:
+    _, key = CASES[0]
+    events = [b"data:  " + _chat_event(key[:6])[6:], b"data:\t" + _chat_event(key[6:])[6:]]
+    out = _through_sse(events)
+    assert key.encode() not in out
+    hook = "https://hooks.slack.com/services/T01234567/B01234567/a1B2c3D4e5F6g7H8i9J0"
+    body = orjson.dumps({"url": hook}).replace(b"/", b"\\/")
+    result = scrub_json(REDACT, body)
+    assert result is not None and b"hooks" not in result[0]
+
+
+def test_tool_calls_of_two_choices_are_separate_texts() -> None:
+    _, key = CASES[0]
+    half = len(key) // 2
+
+    def call(choice: int, text: str) -> bytes:
+        chunk = {"choices": [{"index": choice, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": text}}]}}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+    out = _through_sse([call(0, '{"k": "' + key[:half]), call(1, '{"q": "x'),
+                        call(0, key[half:] + '"}'), call(1, '"}')])
+    assert key[half:].encode() not in out and b"[REDACTED:openai_sk]" in out
+
+
+def test_long_runs_of_triggers_scan_in_linear_time() -> None:
+    hostile = b"sk-aaaaaaaa-" * 5000  # 60 KB: one trigger every 12 bytes in one token
+    body = ByteCensor(REDACT)
+    out = body.feed(hostile) + body.finish()
+    assert len(out) <= len(hostile)
