@@ -387,9 +387,11 @@ async def test_a_pipelined_flood_does_not_hold_up_other_connections(
         nursery.cancel_scope.cancel()
 
 
-FLOOD_CHUNKS = 6000
-"""Chunks of 16 bytes (the smallest average the chunk budget lets through): about 130 KB
-on the wire, two reads and a dozen turns' worth of chunks."""
+FLOOD_CHUNKS = 16000
+"""Chunks of 16 bytes (the smallest average the chunk budget lets through): about 350 KB
+on the wire, several reads and dozens of turns' worth of chunks (a neighbour is served after
+a bounded number of turns, so a larger flood makes the check independent of how fast the
+build relays one turn: the compiled one relays more per test step)."""
 
 
 async def _parked_upstream(direction: str, accepted: list[trio.SocketStream],
