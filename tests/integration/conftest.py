@@ -270,6 +270,32 @@ class RawServer(abc.ABC):
         self.listener.close()
 
 
+def read_request(conn: socket.socket, pending: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The next request on a test upstream's connection: ``(head, body, rest)``, the body
+    read to its Content-Length (``pending``: bytes already received); None once the
+    gateway closes the connection or it fails."""
+    while b"\r\n\r\n" not in pending:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            return None
+        if not data:
+            return None
+        pending += data
+    head, _, rest = pending.partition(b"\r\n\r\n")
+    found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head + b"\r\n")
+    length = int(found.group(1)) if found else 0
+    while len(rest) < length:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            return None
+        if not data:
+            return None
+        rest += data
+    return head, rest[:length], rest[length:]
+
+
 class RecordingUpstream(RawServer):
     """A raw TCP upstream that records every byte it receives.
 

@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     RawServer,
     cli_command,
     gateway_config,
+    read_request,
 )
 from tests.log.test_detectors import POSITIVES
 from tests.workers.test_censor import redacted
@@ -47,27 +48,8 @@ class Script(RawServer):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pending = b""
         with conn:
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    pending += data
-                head, _, pending = pending.partition(b"\r\n\r\n")
-                found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head + b"\r\n")
-                length = int(found.group(1)) if found else 0
-                while len(pending) < length:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    pending += data
-                pending = pending[length:]
+            while (request := read_request(conn, pending)) is not None:
+                pending = request[2]
                 self.requests += 1
                 try:
                     conn.sendall(self.head)

@@ -9,7 +9,6 @@ list of attempts.
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator
 import openai
 import pytest
 
-from .conftest import Gateway, MockUpstream, RawServer
+from .conftest import Gateway, MockUpstream, RawServer, read_request
 
 BODY = (b'{ "messages" : [{"role":"user","content":"h\\u00e9llo \\"stream\\": true"}],\n'
         b'  "model":"m-1", "max_tokens": 7 }')
@@ -45,29 +44,10 @@ class Scripted(RawServer):
         conn.settimeout(30)
         pending = b""
         with conn:
-            while True:
-                while b"\r\n\r\n" not in pending:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    pending += data
-                head, _, rest = pending.partition(b"\r\n\r\n")
-                found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head + b"\r\n")
-                length = int(found.group(1)) if found else 0
-                while len(rest) < length:
-                    try:
-                        data = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    rest += data
+            while (request := read_request(conn, pending)) is not None:
+                head, body, pending = request
                 with self._lock:
-                    self.requests.append(head + b"\r\n\r\n" + rest[:length])
-                pending = rest[length:]
+                    self.requests.append(head + b"\r\n\r\n" + body)
                 try:
                     if self.answer == "silent":
                         conn.recv(65536)  # returns when the gateway gives up and closes
