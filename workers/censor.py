@@ -177,6 +177,11 @@ class Rules:
     def redacts(self) -> bool:
         return self.on_detect == "redact"
 
+    @property
+    def triggers_only(self) -> bool:
+        """Every detector starts at a trigger (``generic_high_entropy`` does not)."""
+        return self._generic is None
+
     def scan(self, buf: bytes, start: int, final: bool) -> tuple[list[Hit], int]:
         """The secrets in ``buf[start:hold]`` and ``hold``, where the undecided tail
         begins (``len(buf)`` when nothing is). ``final``: no more bytes follow, so
@@ -605,12 +610,14 @@ _INDEX = re.compile(rb'"index"[ \t\r\n]*:[ \t\r\n]*([0-9]+)')
 class SseCensor:
     """An event stream, fed whole events; see the module docstring."""
 
-    __slots__ = ("_channels", "_partial", "_pending", "_pending_bytes", "_rules", "hits",
-                 "tripped")
+    __slots__ = ("_channels", "_clean_skeleton", "_partial", "_pending", "_pending_bytes",
+                 "_rules", "hits", "tripped")
 
     def __init__(self, rules: Rules) -> None:
         self._rules = rules
         self._partial = b""
+        self._clean_skeleton: bytes | None = None
+        """The fields (digits zeroed) of the last payload found free of triggers."""
         self._channels: dict[tuple[bytes, bytes], _Channel] = {}
         self._pending: deque[_Event] = deque()
         self._pending_bytes = 0
@@ -764,24 +771,47 @@ class SseCensor:
         custom fields), each redacted in place; a hit that begins before a quote (a JSON
         key and its value) is cut to the part after the quote, so the JSON stays valid."""
         rules = self._rules
-        hits, _ = rules.scan(payload, 0, True)
-        for start, end, kind in hits:
-            if any(span_start <= start < span_end for span_start, span_end in spans):
-                continue  # a channel's text: decided with the text around it
-            # A match that runs on past the string it starts in (a PEM key with no END
-            # line runs to the end) is cut at that string's closing quote.
-            start = _after_label(payload, start, end, kind)
-            rest = _STRING_REST.match(payload, start)
-            if rest is not None:
-                end = min(end, rest.end())
-            for span_start, _ in spans:
-                if start < span_start < end:
-                    end = span_start
-            self.hits.detector(kind)
-            if not rules.redacts:
-                self.tripped = True
+        if rules.triggers_only:
+            # Stream chunks repeat their fields (id, model, fingerprint) and change only
+            # numbers (timestamps, counters) besides the text: a payload whose fields equal
+            # those of the last one without a trigger, digits aside, has none either, as
+            # no trigger holds a digit.
+            skeleton = _skeleton(payload, spans)
+            if skeleton == self._clean_skeleton:
                 return
-            event.edit(start, end, _marker(kind, None))
+        hits, _ = rules.scan(payload, 0, True)
+        if rules.triggers_only and not hits and rules.clean(skeleton):
+            self._clean_skeleton = skeleton
+        while hits:
+            cut_at = None
+            for start, matched_end, kind in hits:
+                inside = next((span_end for span_start, span_end in spans
+                               if span_start <= start < span_end), None)
+                if inside is not None:  # a channel's text: decided with the text around it
+                    if matched_end > inside:
+                        cut_at = inside  # what it ran over past the text: scan again
+                        break
+                    continue
+                # A match that runs on past the string it starts in (a PEM key with no
+                # END line runs to the end) is cut at that string's closing quote; what
+                # it ran over is scanned again.
+                start = _after_label(payload, start, matched_end, kind)
+                rest = _STRING_REST.match(payload, start)
+                end = min(matched_end, rest.end()) if rest is not None else matched_end
+                for span_start, _ in spans:
+                    if start < span_start < end:
+                        end = span_start
+                self.hits.detector(kind)
+                if not rules.redacts:
+                    self.tripped = True
+                    return
+                event.edit(start, end, _marker(kind, None))
+                if end < matched_end:
+                    cut_at = end
+                    break
+            if cut_at is None:
+                return
+            hits, _ = rules.scan(payload, cut_at, True)
 
     def _decide(self, channel: _Channel, final: bool, forced: bool = False) -> None:
         stream = channel.stream
@@ -828,6 +858,22 @@ class SseCensor:
             self._pending_bytes -= len(event.raw)
             out.append(_render(event) if event.dirty else event.raw)
         return b"".join(out)
+
+
+_ZERO_DIGITS = bytes.maketrans(b"0123456789", b"0000000000")
+
+
+def _skeleton(payload: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """A payload without its text strings, digits zeroed."""
+    if spans:
+        parts = []
+        at = 0
+        for start, end in spans:
+            parts.append(payload[at:start])
+            at = end
+        parts.append(payload[at:])
+        payload = b"\x00".join(parts)
+    return payload.translate(_ZERO_DIGITS)
 
 
 def _apply(text: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
