@@ -222,13 +222,22 @@ class Scenario:
         if extra:
             requests = [_with_headers(r, extra) for r in requests]
         failures = loads.verify(server.port, requests, fixtures)
+        retried = ""
+        if failures and lang != "li":
+            # A peer is an oracle, not the system under test: one transient failure of
+            # it (seen once from Caddy on a loaded box: an SSE body without its end) is
+            # retried once and reported; li-httpd gets no second chance.
+            retried = "; ".join(failures)[:200]
+            time.sleep(1.0)
+            failures = loads.verify(server.port, requests, fixtures)
         if first_round or failures:
             self.add(lang, "verify", {"verify_passed": (0.0 if failures else 1.0, "bool")})
         if failures:
             self.failed = lang not in AI_GATEWAYS or self.failed
             self.note(lang, "verify failed: " + "; ".join(failures)[:300])
             return
-        print(f"  {_label(lang, variant)}: verify ok", flush=True)
+        print(f"  {_label(lang, variant)}: verify ok"
+              + (f" (after one retry; first attempt: {retried})" if retried else ""), flush=True)
         if not self.timing:
             return
         for tool in get(self.config, "load.tools", ["wrk"]):

@@ -162,5 +162,6 @@ def _check(port: int, spec: Mapping[str, Any], fixtures: Mapping[str, bytes]) ->
         if hashlib.sha256(content).digest() != hashlib.sha256(expected).digest():
             return f"{where}: body differs from fixture {spec['fixture']} ({len(content)} bytes)"
     if "body_contains" in spec and spec["body_contains"].encode() not in content:
-        return f"{where}: body lacks {spec['body_contains']!r}"
+        return (f"{where}: body lacks {spec['body_contains']!r} ({len(content)} bytes, "
+                f"ending {content[-60:]!r})")
     return None
