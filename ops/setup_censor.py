@@ -374,7 +374,19 @@ def scan_sql(text: str, source: str) -> Scan:
         what = f"{column.table}.{column.name}"
         if marker == "on" or (marker is None and secret_reason(column.name)):
             _add(scan, column.name, source, column.line, what)
+            camel = camel_case(column.name)
+            if camel != column.name:
+                # ORMs and API layers often serialise password_hash as passwordHash.
+                _add(scan, camel, source, column.line, f"{what} (as {camel})")
     return scan
+
+
+def camel_case(name: str) -> str:
+    """``password_hash`` -> ``passwordHash``; a name without ``_`` is returned as is."""
+    head, *rest = name.split("_")
+    if not rest or not head:
+        return name
+    return head + "".join(part[:1].upper() + part[1:] for part in rest if part)
 
 
 # -- OpenAPI -----------------------------------------------------------------------------------
