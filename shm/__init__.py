@@ -1,9 +1,11 @@
 """li_httpd.shm: the only code that knows shared-memory layouts.
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
-counters, least-connection counts, passive health, per-key token and dollar budgets),
+counters, least-connection counts, passive health, per-key token and dollar budgets,
+per-route cold-start queues),
 in one segment the master creates before it forks (:mod:`.state`), plus the pure
-arithmetic on that state (:mod:`.gcra`, :mod:`.health`, :mod:`.budget`).
+arithmetic on that state (:mod:`.gcra`, :mod:`.health`, :mod:`.budget`,
+:mod:`.saturation`, :mod:`.waitqueue`).
 
 May import: li_httpd.config.
 """
@@ -13,7 +15,7 @@ from .budget import Limits as BudgetLimits
 from .state import BudgetGrant, BudgetUsage, Layout, SharedState
 
 __all__ = ["BudgetDenied", "BudgetGrant", "BudgetLimits", "BudgetUsage", "Layout",
-           "SharedState", "budget_limits", "layout_for", "peer_ids"]
+           "SharedState", "budget_limits", "layout_for", "peer_ids", "queue_ids"]
 
 from li_httpd.config.model import ApiKey, Config
 
@@ -27,7 +29,15 @@ def layout_for(config: Config, workers: int) -> Layout:
     capacity = -(-config.limits.max_rate_keys // SLOTS_PER_BUCKET) * SLOTS_PER_BUCKET
     peers = sum(len(pool.peers) for pool in config.upstreams.values())
     return Layout(capacity, workers * GENERATIONS, max(peers, 1),
-                  tuple(budget_id(key.id) for key in config.auth.keys))
+                  tuple(budget_id(key.id) for key in config.auth.keys),
+                  tuple((budget_id(route.name), route.queue.max_size)
+                        for route in config.route if route.queue is not None))
+
+
+def queue_ids(config: Config) -> dict[str, int]:
+    """The queue table of each route with a ``[route.queue]`` (its layout position)."""
+    queued = [route.name for route in config.route if route.queue is not None]
+    return {name: index for index, name in enumerate(queued)}
 
 
 def budget_limits(key: ApiKey) -> BudgetLimits:
