@@ -48,6 +48,7 @@ COMPILED = [
     "workers/tls_io.py",
     "workers/upstream.py",
     "workers/usage.py",
+    "workers/waitline.py",
     "workers/worker.py",
     "shm/budget.py",
     "shm/gcra.py",

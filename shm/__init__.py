@@ -15,9 +15,9 @@ from .budget import Limits as BudgetLimits
 from .state import BudgetGrant, BudgetUsage, Layout, SharedState
 
 __all__ = ["BudgetDenied", "BudgetGrant", "BudgetLimits", "BudgetUsage", "Layout",
-           "SharedState", "budget_limits", "layout_for", "peer_ids", "queue_ids"]
+           "SharedState", "budget_limits", "layout_for", "peer_cap", "peer_ids", "queue_ids"]
 
-from li_httpd.config.model import ApiKey, Config
+from li_httpd.config.model import ApiKey, Config, Peer, Upstream
 
 from .state import SLOTS_PER_BUCKET, budget_id
 
@@ -32,6 +32,11 @@ def layout_for(config: Config, workers: int) -> Layout:
                   tuple(budget_id(key.id) for key in config.auth.keys),
                   tuple((budget_id(route.name), route.queue.max_size)
                         for route in config.route if route.queue is not None))
+
+
+def peer_cap(pool: Upstream, peer: Peer) -> int:
+    """A peer's ``max_concurrent`` (its own, else the pool's; 0 = no cap)."""
+    return pool.max_concurrent if peer.max_concurrent is None else peer.max_concurrent
 
 
 def queue_ids(config: Config) -> dict[str, int]:

@@ -19,12 +19,14 @@ import socket
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 import trio
 from li_httpd.config.model import Upstream
 from li_httpd.ops.log.writer import WorkerLog
-from li_httpd.shm import SharedState
+from li_httpd.shm import SharedState, peer_cap
+from li_httpd.shm.saturation import SATURATED
 from trio.lowlevel import wait_writable
 
 from . import sockio
@@ -34,6 +36,10 @@ from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
 DNS_TTL = 30.0
+
+Unavailable = Literal["down", "saturated"]
+"""Why :meth:`UpstreamGroup.take` found no peer: none usable, or each usable one at its
+``max_concurrent`` cap."""
 
 
 class UpstreamConnectError(Exception):
@@ -204,8 +210,8 @@ class UpstreamGroup:
     weight summed over every worker. Peers marked down by passive health are skipped.
     """
 
-    __slots__ = ("_ids", "_rotate", "_weights", "log", "name", "peers", "pool_index", "pools",
-                 "settings", "shared")
+    __slots__ = ("_caps", "_ids", "_rotate", "_weights", "log", "name", "peers", "pool_index",
+                 "pools", "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
                  pool_index: int, shared_ids: tuple[int, ...],
@@ -222,6 +228,34 @@ class UpstreamGroup:
         self._ids = shared_ids
         self._weights = tuple(p.weight for p in self.peers)
         self._rotate = 0
+        caps = tuple(peer_cap(settings, p) for p in settings.peers)
+        self._caps: tuple[int, ...] | None = caps if any(caps) else None
+        """Per-peer ``max_concurrent`` (0 = no cap); None when no peer has one, so that an
+        uncapped pool keeps its lock-free path."""
+
+    @property
+    def caps(self) -> tuple[int, ...]:
+        return self._caps or (0,) * len(self.peers)
+
+    def take(self, exclude: Sequence[int] = ()) -> PeerPool | Unavailable:
+        """The next peer to try with one request counted in flight to it (give it back
+        with ``shared.add_active(peer.shared_id, -1)``), or why there is none. Capped
+        pools check and count under the pool's lock, so that the caps hold across
+        workers; uncapped ones add to this worker's column only."""
+        caps = self._caps
+        if caps is None:
+            pool = self.pick(exclude)
+            if pool is None:
+                return "down"
+            self.shared.add_active(pool.peer.shared_id, 1)
+            return pool
+        self._rotate += 1
+        position = self.shared.pick_capped(self.pool_index, self._ids, self._weights, caps,
+                                           exclude, self.settings.balance == "least_conn",
+                                           self._rotate % len(self._ids))
+        if position >= 0:
+            return self.pools[position]
+        return "saturated" if position == SATURATED else "down"
 
     def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
         """The next peer to try, or None when every peer is excluded or down."""
