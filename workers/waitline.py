@@ -11,9 +11,12 @@ something must look. Only this worker's *first* waiter polls shared memory, ever
 it is the head, one :meth:`~.upstream.UpstreamGroup.take`; the other local waiters sleep
 on their own event until the one before them leaves, and then look at once. A worker
 therefore costs one timer wake-up per POLL per queued route, however many requests it
-holds. POLL = 5 ms: a wake-up of a trio task costs ~20 us, so a worker with waiters
-spends ~0.4% of a core polling, and a freed place is taken within 5 ms (small next to
-the seconds a cold start or a model request takes). A request that leaves by any path
+holds, and nothing while no request waits. POLL = 10 ms, measured (a trio task
+reading the head and sleeping in a loop, on the loaded 2-core build box): one wake-up
+costs 150-250 us of CPU, so a worker holding waiters spends ~2% of a core polling at
+10 ms, ~3-5% at 5 ms and ~10% at 1 ms; a freed place is taken within 10 ms, small next
+to the seconds a cold start or a model request takes, and the next local waiter looks
+at once when the one before it leaves. A request that leaves by any path
 (released, timed out, its client gone, the worker stopping) gives its ticket back in a
 ``finally`` without awaiting; a worker killed outright has its entries cleared by the
 master.
@@ -30,7 +33,7 @@ from li_httpd.shm import SharedState
 
 from .upstream import PeerPool, Unavailable
 
-POLL = 0.005
+POLL = 0.01
 
 QueueEnd = Literal["overflow", "timeout"]
 

@@ -1,0 +1,101 @@
+"""The cold-start queue's waiting side, in one process: two "workers" are two views of
+one segment with different slots; the pool is a counter of free places. No sockets."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from li_httpd.shm.state import Layout, SharedState
+from li_httpd.workers.upstream import PeerPool, Unavailable
+from li_httpd.workers.waitline import WaitLine
+
+
+class Pool:
+    """Free places of a pool; take() hands out a distinct marker per place taken."""
+
+    def __init__(self) -> None:
+        self.free = 0
+        self.taken = 0
+
+    def take(self) -> PeerPool | Unavailable:
+        if self.free == 0:
+            return "saturated"
+        self.free -= 1
+        self.taken += 1
+        return PeerPool.__new__(PeerPool)
+
+
+def _workers(size: int = 8) -> tuple[SharedState, SharedState]:
+    first = SharedState.create(Layout(64, 2, 1, (), ((1, size),)))
+    second = SharedState(first.fd, first.memory, first.layout, first.clock)
+    second.slot = 1
+    return first, second
+
+
+async def test_release_follows_arrival_order_across_workers(
+        autojump_clock: trio.testing.MockClock) -> None:
+    a, b = _workers()
+    lines = {"a": WaitLine(a, 0, 60.0), "b": WaitLine(b, 0, 60.0)}
+    pool = Pool()
+    released: list[str] = []
+
+    async def request(name: str) -> None:
+        result = await lines[name[0]].wait(pool.take)
+        assert isinstance(result, PeerPool)
+        released.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for count, name in enumerate(["a1", "b1", "a2", "b2", "a3"], start=1):
+            nursery.start_soon(request, name)
+            while a.queue_depth(0) < count:
+                await trio.sleep(0.001)
+        await trio.sleep(1)
+        assert released == [] and a.queue_depth(0) == 5
+        for _ in range(5):  # places come back one at a time
+            pool.free += 1
+            await trio.sleep(0.05)
+    assert released == ["a1", "b1", "a2", "b2", "a3"]
+    assert a.queue_depth(0) == 0 and a.queue_head(0) == 0
+
+
+async def test_timeout_overflow_and_cancel_leave_nothing_behind(
+        autojump_clock: trio.testing.MockClock) -> None:
+    a, b = _workers(size=2)
+    line = WaitLine(a, 0, 1.0)
+    pool = Pool()
+    ends: list[object] = []
+
+    async def request() -> None:
+        ends.append(await line.wait(pool.take))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request)
+        nursery.start_soon(request)
+        await trio.sleep(0.1)
+        assert await WaitLine(b, 0, 1.0).wait(pool.take) == "overflow"
+    assert ends == ["timeout", "timeout"]
+    assert a.queue_depth(0) == 0
+    # A cancelled first waiter (its client went away) leaves at once and the next local
+    # waiter takes over its turn.
+    line = WaitLine(a, 0, 60.0)
+    got: list[object] = []
+    gone = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        async def doomed() -> None:
+            with gone:
+                await line.wait(pool.take)
+
+        nursery.start_soon(doomed)
+        await trio.sleep(0.1)
+
+        async def patient() -> None:
+            got.append(await line.wait(pool.take))
+
+        nursery.start_soon(patient)
+        await trio.sleep(0.1)
+        assert a.queue_depth(0) == 2
+        gone.cancel()
+        await trio.sleep(0)
+        assert a.queue_depth(0) == 1
+        pool.free = 1
+    assert isinstance(got[0], PeerPool) and a.queue_depth(0) == 0
