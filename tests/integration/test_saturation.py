@@ -8,6 +8,7 @@ its own path, so the peer's record is the order in which the gateway let request
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,11 +85,9 @@ def _send(gateway: Gateway, path: str, results: dict[str, httpx.Response]) -> th
     """GET ``path`` on its own connection in a thread; the response lands in results
     (none when the connection broke: a test that expects one fails on the lookup)."""
     def run() -> None:
-        with httpx.Client(base_url=gateway.url, timeout=20.0) as client:
-            try:
-                results[path] = client.get(path)
-            except httpx.TransportError:
-                pass
+        with httpx.Client(base_url=gateway.url, timeout=20.0) as client, \
+                contextlib.suppress(httpx.TransportError):
+            results[path] = client.get(path)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
