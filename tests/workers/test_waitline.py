@@ -99,3 +99,53 @@ async def test_timeout_overflow_and_cancel_leave_nothing_behind(
         assert a.queue_depth(0) == 1
         pool.free = 1
     assert isinstance(got[0], PeerPool) and a.queue_depth(0) == 0
+
+
+CAPPED = """
+[server]
+listen = "127.0.0.1:8080"
+profile = "dev"
+
+[upstreams.capped]
+peers = [{ url = "http://127.0.0.1:9000", max_concurrent = 1 },
+         { url = "http://127.0.0.1:9001", max_concurrent = 0 },
+         "http://127.0.0.1:9002"]
+max_concurrent = 2
+
+[upstreams.free]
+peers = ["http://127.0.0.1:9003", "http://127.0.0.1:9004"]
+
+[[route]]
+name = "chat"
+priority = 1
+match.path = { type = "prefix", value = "/v1/" }
+proxy = "capped"
+
+[route.queue]
+max_size = 3
+max_wait = "2s"
+
+[[route]]
+name = "other"
+priority = 2
+match.path = { type = "prefix", value = "/" }
+proxy = "free"
+"""
+
+
+def test_caps_resolve_per_peer_and_only_capped_pools_take_the_lock_path() -> None:
+    from li_httpd.config import load_text
+    from li_httpd.workers.context import WorkerContext
+
+    ctx = WorkerContext(load_text(CAPPED, "capped.toml"))
+    capped, free = ctx.groups["capped"], ctx.groups["free"]
+    assert capped.caps == (1, 0, 2) and free.caps == (0, 0)
+    line = ctx.plans["chat"].queue
+    assert line is not None and line.max_wait == 2.0 and ctx.plans["other"].queue is None
+    taken = [capped.take() for _ in range(5)]  # peer 1 is uncapped: never saturated
+    assert all(isinstance(t, PeerPool) for t in taken)
+    assert ctx.shared.active_of(capped.peers[0].shared_id) == 1
+    assert ctx.shared.active_of(capped.peers[2].shared_id) <= 2
+    first = free.take()
+    assert isinstance(first, PeerPool) and ctx.shared.active_of(first.peer.shared_id) == 1
+    ctx.close()
