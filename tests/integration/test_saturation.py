@@ -160,7 +160,7 @@ def test_queue_releases_in_arrival_order_and_overflow_answers_at_once(
 
 def test_queue_times_out_cleanly_and_a_gone_client_leaves_at_once(
         start_gateway: Callable[..., Gateway], peer: GatedPeer) -> None:
-    gateway = start_gateway(_config(peer.origin, queue='max_size = 10\nmax_wait = "1500ms"'))
+    gateway = start_gateway(_config(peer.origin, queue='max_size = 10\nmax_wait = "3s"'))
     results: dict[str, httpx.Response] = {}
     slow = _hold_the_only_place(gateway, peer, results)
     # A client that hangs up while queued: its entry goes at once, the peer never sees it.
@@ -168,13 +168,13 @@ def test_queue_times_out_cleanly_and_a_gone_client_leaves_at_once(
     gone.sendall(b"GET /gone HTTP/1.1\r\nhost: x\r\n\r\n")
     _wait_for(lambda: _depth(gateway) == 1)
     gone.close()
-    _wait_for(lambda: _depth(gateway) == 0, timeout=1.0)
+    _wait_for(lambda: _depth(gateway) == 0, timeout=1.5)  # well before max_wait
     started = time.monotonic()
     timing_out = [_send(gateway, f"/t{i}", results) for i in (1, 2)]
     for thread in timing_out:
         thread.join(10)
     elapsed = time.monotonic() - started
-    assert 1.4 < elapsed < 5.0
+    assert 2.9 < elapsed < 8.0
     for path in ("/t1", "/t2"):
         response = results[path]
         assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
