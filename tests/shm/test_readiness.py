@@ -10,9 +10,9 @@ from li_httpd.shm.readiness import NOT_READY, READY, UNKNOWN, Readiness, observe
 from li_httpd.shm.state import Layout, SharedState
 
 
-def run(results: str, rise: int, fall: int, start: Readiness = Readiness()) -> list[str]:
+def run(results: str, rise: int, fall: int, start: Readiness | None = None) -> list[str]:
     """The state name after each result ('+' success, '-' failure)."""
-    state, names = start, []
+    state, names = start or Readiness(), []
     for result in results:
         state = observe(state, result == "+", rise, fall)
         names.append(state.name)
