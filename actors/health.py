@@ -22,9 +22,10 @@ Each change of a peer's state goes to the master as one ZeroMQ message (PUSH to 
 master's PULL socket at an ``ipc://`` endpoint in its 0700 runtime directory)::
 
     {"generation": 3, "pool": "m", "peer": "http://10.0.0.1:8000", "check": "ready",
-     "from": "ready", "to": "not_ready", "reason": "status 503"}
+     "from": "ready", "to": "not_ready", "reason": "status 503; live: status 200"}
 
-which the master logs as one line. A message that cannot be queued is dropped: the
+which the master logs as one line (:func:`describe`; ``live`` checks go from ``live`` to
+``not_live`` and back). A message that cannot be queued is dropped: the
 state in shared memory is the truth, the message only its log line.
 """
 
@@ -223,9 +224,11 @@ class Prober:
 
     def _transition(self, target: Target, check: CheckName, before: Readiness,
                     after: Readiness, reason: str) -> None:
+        names = (before.name, after.name) if check == "ready" else (before.live_name,
+                                                                     after.live_name)
         self.report({"generation": self.generation, "pool": target.pool,
-                     "peer": target.url, "check": check, "from": before.name,
-                     "to": after.name, "reason": reason})
+                     "peer": target.url, "check": check, "from": names[0],
+                     "to": names[1], "reason": reason})
 
 
 def _reporter(socket: zmq.Socket[bytes]) -> Report:
@@ -271,8 +274,8 @@ def describe(message: dict[str, Any]) -> str | None:
     fields = ("pool", "peer", "check", "from", "to", "reason")
     if not all(isinstance(message.get(f), str) for f in fields):
         return None
-    return (f"upstream peer {message['check']} {message['from']} -> {message['to']}: "
-            f"pool={message['pool']} peer={message['peer']} reason={message['reason']}")
+    return (f"health: upstream peer {message['peer']} (pool {message['pool']}) "
+            f"{message['from']} -> {message['to']} ({message['reason']})")
 
 
 def next_delay(previous: float, ran_for: float) -> float:

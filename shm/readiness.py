@@ -23,7 +23,9 @@ READY: Final = 1
 NOT_READY: Final = 2
 
 StateName = Literal["unknown", "ready", "not_ready"]
+LiveName = Literal["unknown", "live", "not_live"]
 _NAMES: Final[tuple[StateName, StateName, StateName]] = ("unknown", "ready", "not_ready")
+_LIVE_NAMES: Final[tuple[LiveName, LiveName, LiveName]] = ("unknown", "live", "not_live")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,11 @@ class Readiness:
     @property
     def name(self) -> StateName:
         return _NAMES[self.state] if 0 <= self.state < len(_NAMES) else "unknown"
+
+    @property
+    def live_name(self) -> LiveName:
+        """The name of the state of a ``live`` probe."""
+        return _LIVE_NAMES[self.state] if 0 <= self.state < len(_LIVE_NAMES) else "unknown"
 
 
 def observe(before: Readiness, ok: bool, rise: int, fall: int) -> Readiness:

@@ -96,11 +96,13 @@ class HealthActor:
         for message in self.inbox.drain():
             line = describe(message)
             if line is not None:
-                self.say(line, "warn" if message.get("to") == "not_ready" else "info")
+                self.say(line, "warn" if message.get("to") in ("not_ready", "not_live")
+                         else "info")
 
     def status(self) -> dict[str, Any]:
         state = ("running" if self.pid else "restarting") if self.generation >= 0 else "off"
-        return {"name": "health", "pid": self.pid, "state": state}
+        return {"name": "health", "pid": self.pid, "state": state,
+                "generation": self.generation}
 
     def _kill(self) -> None:
         if self.pid:

@@ -565,7 +565,7 @@ class Master:
                               "circuit": "n/a",
                               # Active health: "-" where nothing is probed.
                               "ready": ready.name if check else "-",
-                              "live": live.name if check and check.live else "-"})
+                              "live": live.live_name if check and check.live else "-"})
         tls = current.tls is not None
         last: LastResult = self.last_reload["result"]
         budgets = budget_status(current.shared, current.loaded.config.auth.keys,
