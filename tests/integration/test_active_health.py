@@ -203,9 +203,16 @@ def test_a_killed_health_actor_keeps_the_state_and_is_restarted(
     actor = _health_actor(gateway)
     assert actor["state"] == "running" and actor["pid"] > 0
     os.kill(actor["pid"], signal.SIGKILL)
-    # While it is gone the last states stay in shared memory and the workers use them.
+    # While it is gone (the master restarts it after 0.5 s) the last states stay in
+    # shared memory and the workers go by them, though the peer is ready by now (with
+    # rise = 1 a running actor would have seen that within one 0.2 s interval).
     loading.ready = True
-    _wait_for(lambda: _health_actor(gateway)["pid"] != actor["pid"], 10, "the restart")
+    time.sleep(0.25)
+    assert _states(gateway) == {up.origin: ("ready", "live"),
+                                loading.origin: ("not_ready", "live")}
+    assert _send(gateway, 4) == [(200, "up")] * 4
+    _wait_for(lambda: _health_actor(gateway)["pid"] not in (0, actor["pid"]), 10,
+              "the restart")
     assert "health actor exited (killed by SIGKILL)" in gateway.output.text()
     # The new actor probes at once: the peer it could not see recover is back.
     _wait_for(lambda: _states(gateway)[loading.origin][0] == "ready", 5, "probing resumed")
