@@ -129,7 +129,12 @@ async def _exchange(target: Target, path: str, tls: ssl.SSLContext | None) -> Pr
         return ProbeResult(False, f"connect: {exc.strerror or exc}")
     try:
         if tls is not None:
-            stream = trio.SSLStream(stream, tls, server_hostname=target.host)
+            secure = trio.SSLStream(stream, tls, server_hostname=target.host)
+            stream = secure
+            try:
+                await secure.do_handshake()
+            except trio.BrokenResourceError as exc:
+                return ProbeResult(False, f"TLS: {exc.__cause__ or 'handshake failed'}")
         await stream.send_all(probe_request(path, target.host_header))
         data = b""
         while b"\n" not in data and len(data) < STATUS_LINE_LIMIT:
@@ -138,7 +143,7 @@ async def _exchange(target: Target, path: str, tls: ssl.SSLContext | None) -> Pr
                 break
             data += chunk
     except (OSError, trio.BrokenResourceError) as exc:
-        return ProbeResult(False, f"connection failed: {exc}")
+        return ProbeResult(False, f"connection failed: {exc.__cause__ or exc}")
     finally:
         with contextlib.suppress(OSError, trio.BrokenResourceError):
             await trio.aclose_forcefully(stream)

@@ -30,14 +30,21 @@ from .generations import Forker, Generation
 Say = Callable[[str, Level], None]
 
 
+def _sigkill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def wanted(generation: Generation | None) -> bool:
     return generation is not None and any(
         pool.health_check is not None for pool in generation.loaded.config.upstreams.values())
 
 
 class HealthActor:
-    def __init__(self, forker: Forker, runtime_dir: str, say: Say) -> None:
+    def __init__(self, forker: Forker, runtime_dir: str, say: Say,
+                 kill: Callable[[int], None] = _sigkill) -> None:
         self.forker = forker
+        self.kill = kill
         self.endpoint = f"ipc://{runtime_dir}/health.sock"
         self.say = say
         self.inbox: HealthInbox | None = None
@@ -106,8 +113,7 @@ class HealthActor:
 
     def _kill(self) -> None:
         if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self.kill(self.pid)
 
     def stop(self) -> None:
         """The master is stopping: the actor holds nothing to drain."""

@@ -4,11 +4,18 @@ shared memory and reporting each transition once."""
 
 from __future__ import annotations
 
+import datetime
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from li_httpd.actors.health import (
     STATUS_LINE_LIMIT,
     Prober,
@@ -18,6 +25,7 @@ from li_httpd.actors.health import (
     parse_status,
     probe,
     targets_of,
+    tls_context,
 )
 from li_httpd.config import LoadedConfig, load_text
 from li_httpd.shm import SharedState, layout_for
@@ -28,8 +36,10 @@ Answer = Callable[[bytes], Awaitable[bytes | None]]
 class Peer:
     """A scripted loopback peer: records each request head, answers with ``answer``."""
 
-    def __init__(self, answer: bytes | str = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"):
+    def __init__(self, answer: bytes | str = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                 tls: ssl.SSLContext | None = None):
         self.answer = answer
+        self.tls = tls
         self.heads: list[bytes] = []
         self.port = 0
 
@@ -39,7 +49,14 @@ class Peer:
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, plain: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = plain
+        if self.tls is not None:
+            stream = trio.SSLStream(plain, self.tls, server_side=True)
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError:
+                return  # the prober refused our certificate
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = await stream.receive_some(4096)
@@ -219,3 +236,66 @@ async def test_a_new_prober_carries_on_from_the_segment(nursery: trio.Nursery) -
         assert [(m["from"], m["to"]) for m in again] == [("not_ready", "ready")]
     finally:
         shared.close()
+
+
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+                 issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(issuer).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _server_tls(directory: Path) -> ssl.SSLContext:
+    """A CA (``ca.pem`` in ``directory``) and a ``localhost`` server context it signed."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "li-httpd test CA")])
+    ca_cert = _certificate("li-httpd test CA", ca_key, ca_name, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate("localhost", key, ca_name, ca_key, ca=False)
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem", directory / "server.key")
+    return context
+
+
+async def test_https_peers_are_probed_over_verified_tls(nursery: trio.Nursery,
+                                                       tmp_path: Path) -> None:
+    peer = Peer(tls=_server_tls(tmp_path))
+    await nursery.start(peer.serve)
+    loaded = load_text(f'''
+[server]
+listen = "127.0.0.1:0"
+profile = "dev"
+
+[upstreams.m]
+peers = ["https://localhost:{peer.port}"]
+ca_file = "{tmp_path / 'ca.pem'}"
+[upstreams.m.health_check]
+ready = "/ready"
+
+[routes]
+"/" = "proxy:m"
+''', "gw.toml")
+    target = targets_of(loaded)["m"][0]
+    with trio.fail_after(5):
+        trusted = await probe(target, "/ready", tls_context(str(tmp_path / "ca.pem")))
+        # The system trust store does not know the test CA: the probe fails.
+        untrusted = await probe(target, "/ready", tls_context(""))
+    assert trusted.ok and trusted.reason == "status 200"
+    assert peer.heads[0].startswith(b"GET /ready HTTP/1.1\r\nHost: localhost:%d\r\n"
+                                    % peer.port)
+    assert not untrusted.ok and untrusted.reason.startswith("TLS: ")
+    assert "certificate verify failed" in untrusted.reason
