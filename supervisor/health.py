@@ -56,6 +56,8 @@ class HealthActor:
         self.delay = 0.0
         self.replacing = False
         """The running actor was killed to make way for a new generation's."""
+        self.due = False
+        """An actor is to be started at ``respawn_at`` (the main loop wakes for it)."""
 
     def maintain(self, generation: Generation | None, now: float) -> None:
         """Start, restart or replace the actor so it probes ``generation`` (the current
@@ -67,8 +69,13 @@ class HealthActor:
                 self.replacing = True
                 self._kill()
             return
-        if not want or generation is None or now < self.respawn_at:
+        if not want or generation is None:
+            self.due = False
             return
+        if now < self.respawn_at:
+            self.due = True
+            return
+        self.due = False
         if self.inbox is None:
             self.inbox = HealthInbox(self.endpoint)
         self.pid = self.forker.start_health_actor(self.endpoint, generation)
@@ -84,17 +91,19 @@ class HealthActor:
             self.replacing = False
             self.generation = -1
             self.respawn_at = now
+            self.due = True
             return True
         self.delay = next_delay(self.delay, now - self.started)
         self.respawn_at = now + self.delay
+        self.due = not stopping
         if not stopping:
             self.say(f"health actor exited ({description}); restarting in "
                      f"{self.delay:.1f}s", "warn")
         return True
 
     def wake_in(self, now: float) -> float | None:
-        """Seconds until a restart is due (None: nothing due)."""
-        return None if self.pid else max(0.0, self.respawn_at - now)
+        """Seconds until a restart is due (None: nothing due, so no wakeup needed)."""
+        return max(0.0, self.respawn_at - now) if self.due and not self.pid else None
 
     def read(self) -> None:
         """Log the transitions the actors sent."""
@@ -118,6 +127,7 @@ class HealthActor:
     def stop(self) -> None:
         """The master is stopping: the actor holds nothing to drain."""
         self.respawn_at = float("inf")
+        self.due = False
         self._kill()
 
     def close(self) -> None:

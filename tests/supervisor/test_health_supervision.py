@@ -47,12 +47,14 @@ def test_starts_only_when_a_pool_is_probed(tmp_path: Path) -> None:
     try:
         h.actor.maintain(generation(0, probed=False), 0.0)
         assert h.forker.started == [] and h.actor.status()["state"] == "off"
+        assert h.actor.wake_in(5.0) is None  # nothing to start: the master sleeps
         h.actor.maintain(generation(0), 0.0)
         assert h.forker.started == [(1000, 0)]
         assert h.actor.status() == {"name": "health", "pid": 1000, "state": "running",
                                     "generation": 0}
         h.actor.maintain(generation(0), 1.0)  # nothing to do
         assert h.forker.started == [(1000, 0)] and h.killed == []
+        assert h.actor.wake_in(1.0) is None
     finally:
         h.actor.close()
 
@@ -74,6 +76,8 @@ def test_a_dead_actor_restarts_after_a_growing_backoff(tmp_path: Path) -> None:
         # Dying again soon after starting doubles the delay.
         assert h.actor.reaped(1001, "exit status 1", 101.0, stopping=False)
         assert h.actor.respawn_at == 102.0
+        h.actor.stop()  # the master stops: no restart, no wakeup for one
+        assert h.actor.wake_in(101.5) is None
         assert not h.actor.reaped(4242, "exit status 0", 101.0, stopping=False)
     finally:
         h.actor.close()
@@ -98,6 +102,7 @@ def test_a_new_generation_gets_a_new_actor_after_the_old_one_is_reaped(
         h.actor.reaped(1001, "killed by SIGKILL", 6.1, stopping=False)
         h.actor.maintain(generation(2, probed=False), 7.0)
         assert len(h.forker.started) == 2 and h.actor.status()["state"] == "off"
+        assert h.actor.wake_in(7.0) is None
     finally:
         h.actor.close()
 
