@@ -52,6 +52,7 @@ COMPILED = [
     "shm/budget.py",
     "shm/gcra.py",
     "shm/health.py",
+    "shm/readiness.py",
     "shm/state.py",
     "config/paths.py",
     "config/matching.py",

@@ -1,9 +1,10 @@
 """li_httpd.shm: the only code that knows shared-memory layouts.
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
-counters, least-connection counts, passive health, per-key token and dollar budgets),
-in one segment the master creates before it forks (:mod:`.state`), plus the pure
-arithmetic on that state (:mod:`.gcra`, :mod:`.health`, :mod:`.budget`).
+counters, least-connection counts, passive health, per-key token and dollar budgets,
+the health actor's probe results), in one segment the master creates before it forks
+(:mod:`.state`), plus the pure arithmetic on that state (:mod:`.gcra`, :mod:`.health`,
+:mod:`.budget`, :mod:`.readiness`).
 
 May import: li_httpd.config.
 """

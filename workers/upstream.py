@@ -201,11 +201,13 @@ class UpstreamGroup:
     Selection reads and updates the shared state, so it holds across workers:
     ``round_robin`` is one smooth weighted round robin for all workers (under the
     pool's lock), ``least_conn`` picks the peer with the fewest active requests per
-    weight summed over every worker. Peers marked down by passive health are skipped.
+    weight summed over every worker. Peers marked down by passive health are skipped,
+    and so, in a pool with a ``health_check``, are peers the health actor has not found
+    ready.
     """
 
-    __slots__ = ("_ids", "_rotate", "_weights", "log", "name", "peers", "pool_index", "pools",
-                 "settings", "shared")
+    __slots__ = ("_ids", "_probed", "_rotate", "_weights", "log", "name", "peers",
+                 "pool_index", "pools", "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
                  pool_index: int, shared_ids: tuple[int, ...],
@@ -222,9 +224,23 @@ class UpstreamGroup:
         self._ids = shared_ids
         self._weights = tuple(p.weight for p in self.peers)
         self._rotate = 0
+        self._probed = settings.health_check is not None
+
+    def _not_ready(self, exclude: Sequence[int]) -> Sequence[int]:
+        """``exclude`` plus the positions of peers active health has not found ready
+        (lock-free loads of the actor's column)."""
+        ready = self.shared.peer_ready
+        ids = self._ids
+        out = [p for p in range(len(ids)) if not ready(ids[p])]
+        if not out:
+            return exclude
+        out.extend(exclude)
+        return out
 
     def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
-        """The next peer to try, or None when every peer is excluded or down."""
+        """The next peer to try, or None when every peer is excluded, down or not ready."""
+        if self._probed:
+            exclude = self._not_ready(exclude)
         if len(self.pools) == 1:  # nothing to balance: skip the shared lock
             up = not exclude and self.shared.peer_up(self._ids[0], self.shared.clock())
             return self.pools[0] if up else None
@@ -253,6 +269,9 @@ class UpstreamGroup:
         """Whole seconds until the first down peer is tried again (at least 1): the
         ``Retry-After`` of a pool whose every peer is down."""
         shared = self.shared
+        check = self.settings.health_check
+        if check is not None and not any(shared.peer_ready(p) for p in self._ids):
+            return max(1, -(-check.interval // 1000))  # the next probe round may bring one
         now = shared.clock()
         soonest = min(shared.health(peer).down_until_ns for peer in self._ids)
         return max(1, -(-(soonest - now) // 1_000_000_000))
