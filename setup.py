@@ -53,6 +53,7 @@ COMPILED = [
     "shm/budget.py",
     "shm/gcra.py",
     "shm/health.py",
+    "shm/readiness.py",
     "shm/saturation.py",
     "shm/state.py",
     "shm/waitqueue.py",

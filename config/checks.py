@@ -195,6 +195,36 @@ def config_path(value: Any) -> str | None:
     return None
 
 
+_QUERY_RE = re.compile(r"[A-Za-z0-9._~!&'()*+,;=:@/?-]*")
+
+
+def probe_path(value: Any) -> str | None:
+    """A health probe target: an origin-form path (optionally with a query) on the peer
+    itself; never a URL, an authority, a dot segment or anything needing an escape."""
+    if not isinstance(value, str) or not value:
+        return "probe paths must be non-empty strings"
+    if len(value) > 1024:
+        return "probe paths are limited to 1024 characters"
+    if not value.startswith("/") or value.startswith("//"):
+        return (f"probe path {value!r} must be a path on the peer starting with one '/' "
+                "(no scheme or host)")
+    if any(ord(c) <= 0x20 or ord(c) >= 0x7f for c in value):
+        return f"probe path {value!r} contains a space, control or non-ASCII character"
+    if any(c in value for c in "#$\\"):
+        return f"probe path {value!r} cannot contain '#', '$' or '\\'"
+    path, _, query = value.partition("?")
+    problem = config_path(path)
+    if problem:
+        return problem
+    if not _QUERY_RE.fullmatch(query):
+        return f"probe path {value!r} has a query with characters that need escaping"
+    return None
+
+
+def probe_path_or_empty(value: Any) -> str | None:
+    return None if value == "" else probe_path(value)
+
+
 def split_host_port(address: str) -> tuple[str, int] | None:
     """``"127.0.0.1:8080"``, ``"[::1]:8080"`` or ``":443"`` (all interfaces)."""
     host, sep, port_text = address.rpartition(":")

@@ -190,6 +190,32 @@ class Peer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    ready: str = setting(doc="Path probed on each peer (origin-form, e.g. `/ready` or "
+                         "`/health`): a success means the peer can serve now (its model "
+                         "is loaded). Only ready peers get traffic.",
+                         check=checks.probe_path, check_rule="health_check")
+    live: str = setting("", doc="Path probed to tell a peer whose process is up but not "
+                        "ready (e.g. `/live`), shown in status and metrics only; \"\" = "
+                        "not probed.", check=checks.probe_path_or_empty,
+                        check_rule="health_check")
+    interval: Millis = setting(Millis(5 * SECOND), doc="Time between two probes of a "
+                               "peer.", minimum=100, maximum=10 * MINUTE)
+    timeout: Millis = setting(Millis(2 * SECOND), doc="Longest a probe may take (connect "
+                              "to status line); must be shorter than `interval`.",
+                              minimum=10, maximum=MINUTE)
+    rise: int = setting(2, doc="Consecutive successful `ready` probes that make a "
+                        "not-ready peer ready again.", minimum=1, maximum=100)
+    fall: int = setting(2, doc="Consecutive failed `ready` probes that take a ready peer "
+                        "out of rotation.", minimum=1, maximum=100)
+    success_statuses: tuple[int, ...] = setting((), doc="Statuses that count as a "
+                                                "success; [] = any 2xx.",
+                                                check=checks.each(
+                                                    lambda s: None if 100 <= s <= 599 else
+                                                    f"{s} is not an HTTP status"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Upstream:
     peers: tuple[Peer, ...] = setting(doc="1 to 32 peers. Easy form: a list of URL strings.",
                                       style="inline")
@@ -237,6 +263,10 @@ class Upstream:
         "timeout). Off by default: a slow model is not a dead one.",
         check=checks.each(lambda kind: None if kind in HEALTH_FAILURES else
                            f"{kind!r} is not one of {', '.join(HEALTH_FAILURES)}"))
+    health_check: HealthCheck | None = setting(None, doc="Active health: probe every "
+                                               "peer's `ready` path and send traffic only "
+                                               "to ready peers; unset = every peer counts "
+                                               "as ready.")
 
 
 # -- [models."NAME"] ---------------------------------------------------------------------------

@@ -87,6 +87,9 @@ RULES: tuple[Rule, ...] = (
                      "query, fragment or '$'."),
     Rule("duplicate_peer", "The same peer twice in one upstream."),
     Rule("ca_file", "An upstream's ca_file must be a readable file."),
+    Rule("health_check", "Health probe paths are origin-form paths on the peer (one "
+                         "leading '/', no scheme, host, '//', dot segments, %-escapes, "
+                         "spaces or control characters); timeout is shorter than interval."),
     Rule("static_root", "Static roots are absolute, canonical, existing directories, not / "
                         "nor a system tree (/etc, /proc, /sys, /dev, /root, /boot), and "
                         "neither contain nor lie inside the log directory, log files, "
@@ -405,6 +408,11 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                                  and os.access(pool.ca_file, os.R_OK)):
             problems.error(("upstreams", name, "ca_file"), "ca_file",
                            f"ca_file {pool.ca_file!r} is not a readable file")
+        probe = pool.health_check
+        if probe is not None and probe.timeout >= probe.interval:
+            problems.error(("upstreams", name, "health_check", "timeout"), "health_check",
+                           f"health_check.timeout ({probe.timeout} ms) must be shorter than "
+                           f"its interval ({probe.interval} ms)")
         seen: set[str] = set()
         for position, peer in enumerate(pool.peers):
             key = peer.url.rstrip("/").lower()

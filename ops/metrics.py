@@ -196,15 +196,31 @@ class _SharedStateCollector:
         cap = GaugeMetricFamily("li_upstream_peer_max_concurrent",
                                 "The peer's max_concurrent cap (0 = none).",
                                 labels=["pool", "peer"])
+        ready = GaugeMetricFamily("li_upstream_peer_ready", "1 when the peer's last health "
+                                  "probes found it ready (always 1 in a pool without a "
+                                  "health_check, whose peers count as ready).",
+                                  labels=["pool", "peer"])
+        live = GaugeMetricFamily("li_upstream_peer_live", "1 when the peer's last `live` "
+                                 "probes succeeded (pools whose health_check sets `live`).",
+                                 labels=["pool", "peer"])
         now = self.shared.clock()
         ids = peer_ids(self.config)
         for pool, upstream in self.config.upstreams.items():
+            check = upstream.health_check
             for peer, shared_id in zip(upstream.peers, ids[pool], strict=True):
                 up.add_metric([pool, peer.url], 1.0 if self.shared.peer_up(shared_id, now) else 0.0)
                 active.add_metric([pool, peer.url], float(self.shared.active_of(shared_id)))
                 cap.add_metric([pool, peer.url], float(peer_cap(upstream, peer)))
+                probed_ready, probed_live = self.shared.probe_state(shared_id)
+                ready.add_metric([pool, peer.url], 1.0 if check is None
+                                 or probed_ready.name == "ready" else 0.0)
+                if check is not None and check.live:
+                    live.add_metric([pool, peer.url],
+                                    1.0 if probed_live.live_name == "live" else 0.0)
         yield up
         yield active
+        yield ready
+        yield live
         yield cap
         depth = GaugeMetricFamily("li_route_queue_depth", "Requests waiting in the route's "
                                   "queue, all workers.", labels=["route"])

@@ -2,10 +2,10 @@
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
 counters, least-connection counts, passive health, per-key token and dollar budgets,
-per-route cold-start queues),
-in one segment the master creates before it forks (:mod:`.state`), plus the pure
-arithmetic on that state (:mod:`.gcra`, :mod:`.health`, :mod:`.budget`,
-:mod:`.saturation`, :mod:`.waitqueue`).
+the health actor's probe results, per-route cold-start queues), in one segment the
+master creates before it forks (:mod:`.state`), plus the pure arithmetic on that state
+(:mod:`.gcra`, :mod:`.health`, :mod:`.budget`, :mod:`.readiness`, :mod:`.saturation`,
+:mod:`.waitqueue`).
 
 May import: li_httpd.config.
 """

@@ -36,6 +36,14 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
                   id: hash of the key's id (a reload finds a kept key's entry by
                   it); twin/uwin: the minute / dollar window the counter belongs to
                   (shm/budget.py).
+    probes        ProbeEntry × peer_count        (written by the health actor only)
+                  ┌───────────┬────────────┬──────────┬───────────┐
+                  │ ready i64 │ rstreak i64│ live i64 │ lstreak   │ 32 bytes
+                  └───────────┴────────────┴──────────┴───────────┘
+                  active health (shm/readiness.py): state 0 unknown, 1 ready,
+                  2 not ready, and the count toward a change, so a restarted actor
+                  carries on where the killed one stopped. Workers read `ready`
+                  lock-free, and only for pools with a health check.
     queues        per route with a [route.queue], in config order (shm/waitqueue.py):
                   ┌──────────┬──────────┬───────────┬──────────────┐
                   │ next i64 │ head i64 │ depth i64 │ capacity i64 │  then capacity ×
@@ -81,6 +89,7 @@ from typing import Literal
 
 from . import budget, gcra, saturation, waitqueue
 from .health import PeerHealth, on_failure, on_success
+from .readiness import READY, Readiness
 
 MAGIC = b"LIHTTPD1"
 VERSION = 2
@@ -94,6 +103,8 @@ WORKER_ENTRY = 40
 WORKER_FIELDS = WORKER_ENTRY // 8
 BUDGET_ENTRY = 40
 BUDGET_FIELDS = BUDGET_ENTRY // 8
+PROBE_ENTRY = 32
+PROBE_FIELDS = PROBE_ENTRY // 8
 _HEADER = struct.Struct("<8sIIIIII")
 
 # Lock byte namespaces (fcntl locks may lie beyond the end of the file).
@@ -148,8 +159,12 @@ class Layout:
         return self.workers_offset + self.worker_slots * WORKER_ENTRY
 
     @property
-    def queues_offset(self) -> int:
+    def probes_offset(self) -> int:
         return self.budgets_offset + len(self.budget_ids) * BUDGET_ENTRY
+
+    @property
+    def queues_offset(self) -> int:
+        return self.probes_offset + self.peer_count * PROBE_ENTRY
 
     @property
     def size(self) -> int:
@@ -201,8 +216,9 @@ class SharedState:
         self.active = view[layout.active_offset:layout.active_offset
                            + layout.peer_count * layout.worker_slots * 4].cast("i")
         self.workers = view[layout.workers_offset:layout.budgets_offset].cast("q")
-        self.budgets = view[layout.budgets_offset:layout.budgets_offset
-                            + len(layout.budget_ids) * BUDGET_ENTRY].cast("q")
+        self.budgets = view[layout.budgets_offset:layout.probes_offset].cast("q")
+        self.probes = view[layout.probes_offset:layout.probes_offset
+                           + layout.peer_count * PROBE_ENTRY].cast("q")
         self.queues: list[memoryview] = []
         """One table per queued route (:mod:`.waitqueue`), in layout order."""
         offset = layout.queues_offset
@@ -228,7 +244,7 @@ class SharedState:
 
     def close(self) -> None:
         for view in (self.keys, self.streams, self.peers, self.active, self.workers,
-                     self.budgets, *self.queues):
+                     self.budgets, self.probes, *self.queues):
             view.release()
         self.memory.close()
         os.close(self.fd)
@@ -351,6 +367,30 @@ class SharedState:
         self.peers[field + 1] = state.window_start_ns
         self.peers[field + 2] = state.down_until_ns
 
+    # -- active health (written by the health actor only) -----------------------------------
+
+    def peer_ready(self, peer: int) -> bool:
+        """Whether the last probes found ``peer`` ready (one load: the request path)."""
+        return self.probes[peer * PROBE_FIELDS] == READY
+
+    def probe_state(self, peer: int) -> tuple[Readiness, Readiness]:
+        """(ready, live) of ``peer`` as the health actor last stored them."""
+        field = peer * PROBE_FIELDS
+        probes = self.probes
+        return (Readiness(probes[field], probes[field + 1]),
+                Readiness(probes[field + 2], probes[field + 3]))
+
+    def store_probe(self, peer: int, ready: Readiness, live: Readiness) -> None:
+        """The health actor's write (single writer, so no lock). Each streak before its
+        state: an actor killed between the two stores leaves a state with the count of
+        the one before it reset, never a new state with a stale count toward a change."""
+        field = peer * PROBE_FIELDS
+        probes = self.probes
+        probes[field + 1] = ready.streak
+        probes[field] = ready.state
+        probes[field + 3] = live.streak
+        probes[field + 2] = live.state
+
     def active_of(self, peer: int) -> int:
         width = self.layout.worker_slots
         return sum(self.active[peer * width:(peer + 1) * width])
@@ -456,7 +496,8 @@ class SharedState:
     def inherit(self, old: SharedState, peer_map: dict[int, int]) -> None:
         """Carry state into a new segment at a reload: the key table (rate-limit state;
         key hashes include the route name, so they stay meaningful) when the capacity is
-        unchanged, the health of peers present in both configs (``peer_map``: old
+        unchanged, the passive and active health of peers present in both configs
+        (``peer_map``: old
         number -> new number), and the budget counters of API keys whose id is in both
         (found by id hash, wherever the key now is in the list). Stream and request
         counters stay with the old workers."""
@@ -465,6 +506,7 @@ class SharedState:
             self.keys[:] = old.keys
         for old_peer, new_peer in peer_map.items():
             self._store_health(new_peer, old.health(old_peer))
+            self.store_probe(new_peer, *old.probe_state(old_peer))
         old_entries = {key: index for index, key in enumerate(old.layout.budget_ids)}
         self.budget_origin = old
         for index, key in enumerate(self.layout.budget_ids):

@@ -84,10 +84,15 @@ def render_status(status: dict[str, Any]) -> str:
                  str(w["connections"]), str(w["requests"]), f"{w['uptime_s']}s"]
                 for w in status["workers"]]
     lines += ["workers", _table(workers)]
+    if status.get("actors"):
+        actors = [["actor", "pid", "state"]]
+        actors += [[a["name"], str(a["pid"]), a["state"]] for a in status["actors"]]
+        lines += ["actors", _table(actors)]
     if status["upstreams"]:
-        peers = [["pool", "peer", "health", "active", "fails", "circuit"]]
+        peers = [["pool", "peer", "health", "ready", "live", "active", "fails", "circuit"]]
         peers += [[p["pool"], p["peer"], p["health"] + (f" ({p['down_for_s']}s)"
                                                         if p["health"] == "down" else ""),
+                   p.get("ready", "-"), p.get("live", "-"),
                    str(p["active"]) + (f"/{p['max_concurrent']}"
                                        if p.get("max_concurrent") else ""),
                    str(p["fails"]), p["circuit"]]

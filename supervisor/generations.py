@@ -2,7 +2,7 @@
 
 Owns: :class:`WorkerSlot` and :class:`Generation` (the workers started from one config,
 their shared state, TLS context and listeners), :class:`Forker` (the only ``os.fork`` in
-li_httpd: it forks workers and the reload actor and resets what a child must not keep),
+li_httpd: it forks workers and the actors and resets what a child must not keep),
 :class:`ReadyPipe` (the new workers' "I accept now" bytes) and the choice of the shared
 segment for the next generation.
 
@@ -13,8 +13,8 @@ returns the pipe the main loop watches.
 Imports the actor's body (run in the child) and li_httpd.workers only inside a forked
 child.
 
-May import: li_httpd.config, li_httpd.shm, li_httpd.actors.reload, li_httpd.workers,
-li_httpd.supervisor.listeners, li_httpd.supervisor.tls.
+May import: li_httpd.config, li_httpd.shm, li_httpd.actors.reload, li_httpd.actors.health,
+li_httpd.workers, li_httpd.supervisor.listeners, li_httpd.supervisor.tls.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from li_httpd.actors import health
 from li_httpd.actors.reload import run_actor
 from li_httpd.config import LoadedConfig
 from li_httpd.shm import SharedState, layout_for, peer_ids
@@ -169,6 +170,12 @@ class Forker:
     def start_actor(self, endpoint: str) -> int:
         """Fork the reload actor serving ``endpoint``; returns its pid."""
         return self.fork("reload actor", (), lambda: run_actor(endpoint))
+
+    def start_health_actor(self, endpoint: str, generation: Generation) -> int:
+        """Fork the health actor of ``generation`` (it probes that generation's pools and
+        writes to its segment), reporting to ``endpoint``; returns its pid."""
+        return self.fork("health actor", (), lambda: health.run_actor(
+            endpoint, generation.loaded, generation.shared, generation.number))
 
     def spawn_worker(self, generation: Generation, slot: WorkerSlot,
                      ready_w: int | None = None) -> None:

@@ -68,6 +68,7 @@ from .generations import (
     signal_slots,
     worker_count,
 )
+from .health import HealthActor
 from .listeners import Listeners, StartError, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
@@ -124,6 +125,8 @@ class Master:
         self.reload_client: ReloadClient | None = None
         self.actor_pid = 0
         self.actor_respawn_at = 0.0
+        self.health: HealthActor | None = None
+        """The health actor's supervision (once the runtime directory exists)."""
         self.startup: Startup | None = None
         self.reload: Reload | None = None
         self.reload_waiters: list[PendingReply] = []
@@ -175,11 +178,14 @@ class Master:
             self.say(tls.note)
         self._install_signals()
         self.start_actor()
+        self.health = HealthActor(self.forker, self.runtime_dir, self.say)
         count = worker_count(self.loaded)
         shared = SharedState.create(layout_for(config, count))
         self.starting = Generation(0, self.loaded, shared, tls,
                                    [self.listeners[a] for a in config.server.listen],
                                    [WorkerSlot(i) for i in range(count)], metrics_listener)
+        # Probing starts with the workers, so peers can be ready when they accept.
+        self.health.maintain(self.starting, time.monotonic())
         try:
             ready = self.start_workers(self.starting)
         except (StartError, OSError) as exc:
@@ -297,7 +303,8 @@ class Master:
         return [g for g in (self.current, self.starting, *self.retiring) if g is not None]
 
     def _children_alive(self) -> bool:
-        return bool(self.actor_pid) or any(g.live for g in self._generations())
+        health = self.health.pid if self.health is not None else 0
+        return bool(self.actor_pid or health) or any(g.live for g in self._generations())
 
     def _reaped(self, exits: list[reaper.Exited], now: float) -> None:
         for exited in exits:
@@ -306,6 +313,9 @@ class Master:
                 self.actor_respawn_at = now + ACTOR_RESPAWN_DELAY
                 if not self.stopping:
                     self.say(f"reload actor exited ({exited.describe()}); restarting", "warn")
+                continue
+            if self.health is not None and self.health.reaped(
+                    exited.pid, exited.describe(), now, self.stopping):
                 continue
             for generation in self._generations():
                 for slot in generation.slots:
@@ -339,6 +349,8 @@ class Master:
             now = time.monotonic()
             self._take_signals()
             self._reaped(reaper.reap(), now)  # the master's only waitpid
+            if self.health is not None:
+                self.health.read()
             if control_ready and self.control is not None:
                 pending = self.control.serve_one(self._control)
                 if pending is not None:  # ctl reload: answered when the reload ends
@@ -385,6 +397,10 @@ class Master:
         timeouts += [s.respawn_at - now for s in self.slots if s.pid == 0]
         if self.actor_pid == 0 and not self.stopping:
             timeouts.append(self.actor_respawn_at - now)
+        if self.health is not None and not self.stopping:
+            due = self.health.wake_in(now)
+            if due is not None:
+                timeouts.append(due)
         if self.stop is not None and not self.stop.killed:
             timeouts.append(self.stop.kill_at - now)
         if self.startup is not None:
@@ -393,6 +409,8 @@ class Master:
         poller.register(self._wake_r, zmq.POLLIN)
         if self.control is not None:
             poller.register(self.control.fileno(), zmq.POLLIN)
+        if self.health is not None and self.health.inbox is not None:
+            poller.register(self.health.inbox.socket, zmq.POLLIN)
         if self.startup is not None and self.startup.ready.fd != -1:
             poller.register(self.startup.ready.fileno(), zmq.POLLIN)
         if self.reload is not None:
@@ -430,6 +448,8 @@ class Master:
             generation.shared.fold_budgets()
         if self.actor_pid == 0 and now >= self.actor_respawn_at:
             self.start_actor()
+        if self.health is not None:
+            self.health.maintain(self.current, now)
         self._rotate_logs(now)
 
     def _retired(self, generation: Generation) -> None:
@@ -538,7 +558,9 @@ class Master:
         peers = []
         ids = peer_ids(current.loaded.config)
         for pool, upstream in current.loaded.config.upstreams.items():
+            check = upstream.health_check
             for peer, shared_id in zip(upstream.peers, ids[pool], strict=True):
+                ready, live = current.shared.probe_state(shared_id)
                 health = current.shared.health(shared_id)
                 down_for = max(0.0, (health.down_until_ns - now_ns) / 1e9)
                 peers.append({"pool": pool, "peer": peer.url,
@@ -548,7 +570,10 @@ class Master:
                               "max_concurrent": peer_cap(upstream, peer),
                               # No circuit breaker yet (SPEC §6 "later"); saying
                               # "closed" would claim one that is watching.
-                              "circuit": "n/a"})
+                              "circuit": "n/a",
+                              # Active health: "-" where nothing is probed.
+                              "ready": ready.name if check else "-",
+                              "live": live.live_name if check and check.live else "-"})
         queued = queue_ids(current.loaded.config)
         queues = [{"route": route.name, "depth": current.shared.queue_depth(queued[route.name]),
                    "max_size": route.queue.max_size}
@@ -563,6 +588,9 @@ class Master:
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "listen": [listener_url(s, tls) for s in current.listeners],
             "workers": workers, "upstreams": peers, "budgets": budgets, "queues": queues,
+            "actors": [{"name": "reload", "pid": self.actor_pid,
+                        "state": "running" if self.actor_pid else "restarting"},
+                       *([self.health.status()] if self.health is not None else [])],
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
@@ -607,6 +635,8 @@ class Master:
         if self.actor_pid:  # the actor holds nothing to drain, and may be stalled
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.actor_pid, signal.SIGKILL)
+        if self.health is not None:
+            self.health.stop()
         shutdown = max((g.loaded.config.server.shutdown_timeout for g in self._generations()),
                        default=0) / 1000
         self.stop = Stop(exit_code, now + (shutdown + KILL_GRACE if graceful else KILL_GRACE))
@@ -621,6 +651,8 @@ class Master:
             return False
         if self.reload_client is not None:
             self.reload_client.close()
+        if self.health is not None:
+            self.health.close()
         if self.runtime_dir:
             remove_directory(self.runtime_dir)
         if self.rotator is not None:

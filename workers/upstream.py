@@ -207,11 +207,13 @@ class UpstreamGroup:
     Selection reads and updates the shared state, so it holds across workers:
     ``round_robin`` is one smooth weighted round robin for all workers (under the
     pool's lock), ``least_conn`` picks the peer with the fewest active requests per
-    weight summed over every worker. Peers marked down by passive health are skipped.
+    weight summed over every worker. Peers marked down by passive health are skipped,
+    and so, in a pool with a ``health_check``, are peers the health actor has not found
+    ready.
     """
 
-    __slots__ = ("_caps", "_ids", "_rotate", "_weights", "log", "name", "peers", "pool_index",
-                 "pools", "settings", "shared")
+    __slots__ = ("_caps", "_ids", "_probed", "_rotate", "_weights", "log", "name", "peers",
+                 "pool_index", "pools", "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
                  pool_index: int, shared_ids: tuple[int, ...],
@@ -228,10 +230,22 @@ class UpstreamGroup:
         self._ids = shared_ids
         self._weights = tuple(p.weight for p in self.peers)
         self._rotate = 0
+        self._probed = settings.health_check is not None
         caps = tuple(peer_cap(settings, p) for p in settings.peers)
         self._caps: tuple[int, ...] | None = caps if any(caps) else None
         """Per-peer ``max_concurrent`` (0 = no cap); None when no peer has one, so that an
         uncapped pool keeps its lock-free path."""
+
+    def _not_ready(self, exclude: Sequence[int]) -> Sequence[int]:
+        """``exclude`` plus the positions of peers active health has not found ready
+        (lock-free loads of the actor's column)."""
+        ready = self.shared.peer_ready
+        ids = self._ids
+        out = [p for p in range(len(ids)) if not ready(ids[p])]
+        if not out:
+            return exclude
+        out.extend(exclude)
+        return out
 
     @property
     def caps(self) -> tuple[int, ...]:
@@ -241,7 +255,8 @@ class UpstreamGroup:
         """The next peer to try with one request counted in flight to it (give it back
         with ``shared.add_active(peer.shared_id, -1)``), or why there is none. Capped
         pools check and count under the pool's lock, so that the caps hold across
-        workers; uncapped ones add to this worker's column only."""
+        workers; uncapped ones add to this worker's column only. Peers not ready (active
+        health) count as down, never as saturated."""
         caps = self._caps
         if caps is None:
             pool = self.pick(exclude)
@@ -249,6 +264,8 @@ class UpstreamGroup:
                 return "down"
             self.shared.add_active(pool.peer.shared_id, 1)
             return pool
+        if self._probed:
+            exclude = self._not_ready(exclude)
         self._rotate += 1
         position = self.shared.pick_capped(self.pool_index, self._ids, self._weights, caps,
                                            exclude, self.settings.balance == "least_conn",
@@ -258,7 +275,9 @@ class UpstreamGroup:
         return "saturated" if position == SATURATED else "down"
 
     def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
-        """The next peer to try, or None when every peer is excluded or down."""
+        """The next peer to try, or None when every peer is excluded, down or not ready."""
+        if self._probed:
+            exclude = self._not_ready(exclude)
         if len(self.pools) == 1:  # nothing to balance: skip the shared lock
             up = not exclude and self.shared.peer_up(self._ids[0], self.shared.clock())
             return self.pools[0] if up else None
@@ -287,6 +306,9 @@ class UpstreamGroup:
         """Whole seconds until the first down peer is tried again (at least 1): the
         ``Retry-After`` of a pool whose every peer is down."""
         shared = self.shared
+        check = self.settings.health_check
+        if check is not None and not any(shared.peer_ready(p) for p in self._ids):
+            return max(1, -(-check.interval // 1000))  # the next probe round may bring one
         now = shared.clock()
         soonest = min(shared.health(peer).down_until_ns for peer in self._ids)
         return max(1, -(-(soonest - now) // 1_000_000_000))

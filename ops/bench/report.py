@@ -100,6 +100,12 @@ def compare_table(rows: Sequence[Row], metrics: Sequence[str] = HEADLINE) -> str
     for row in rows:
         if row.metric in metrics:
             table[(row.benchmark, row.variant, row.metric)][row.lang] = row.value
+    # li measured as named variants (builds, features) is set beside the peers' one
+    # measurement of the same scenario, so each variant gets its li/<peer> ratios.
+    for (benchmark, variant, metric), values in list(table.items()):
+        peer_values = table.get((benchmark, "default", metric), {})
+        if variant != "default" and set(values) == {"li"}:
+            values.update((lang, value) for lang, value in peer_values.items() if lang != "li")
     status = {(r.benchmark, r.lang): r.unit for r in rows if r.metric == "status"}
     present = {lang for values in table.values() for lang in values} | \
         {lang for _, lang in status}

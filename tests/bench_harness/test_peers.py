@@ -158,6 +158,17 @@ def test_compare_table_has_a_column_and_a_ratio_per_peer() -> None:
     assert old[3:] == ["nginx", "li", "litellm", "li/nginx", "li/litellm"]
 
 
+def test_li_variants_get_ratios_against_the_peers_one_measurement() -> None:
+    rows = [report.Row("sse", "nginx", "default", 2, "cpu_us_per_event", "30", "us"),
+            report.Row("sse", "li", "compiled", 2, "cpu_us_per_event", "75", "us"),
+            report.Row("sse", "li", "interp", 2, "cpu_us_per_event", "90", "us")]
+    lines = report.compare_table(rows).splitlines()
+    compiled = next(line for line in lines if " compiled " in line).split()
+    interp = next(line for line in lines if " interp " in line).split()
+    assert compiled[3:5] == ["30.00", "75.00"] and compiled[-1] == "2.50"
+    assert interp[3:5] == ["30.00", "90.00"] and interp[-1] == "3.00"
+
+
 def test_a_peer_that_cannot_start_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(lang: str, *_args: object) -> Server:
         return Server(lang, ["sh", "-c", "echo starting; echo '[ALERT] cannot bind'; exit 1"],

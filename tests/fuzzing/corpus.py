@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 TESTS = Path(__file__).resolve().parent.parent
 CORPUS = TESTS / "fuzz_corpus"
@@ -49,6 +50,30 @@ def saving(target: str, check: Callable[[bytes], object]) -> Callable[[bytes], N
             print(f"\n==> reproducer saved: {path}", file=sys.stderr)
             raise
     return test_one_input
+
+
+def fuzz(atheris: Any, target: str, check: Callable[[bytes], object],
+         defaults: Callable[[], Sequence[str]]) -> None:
+    """Run atheris on ``check`` (saving reproducers of ``target``) with the command
+    line's libFuzzer options; ``defaults()`` gives options such as ``-seed_inputs=`` or
+    ``-dict=``, each added only when the command line does not set that option."""
+    argv = list(sys.argv)
+    for option in defaults():
+        name = option.partition("=")[0] + "="
+        if not any(arg.startswith(name) for arg in argv[1:]):
+            argv.append(option)
+    atheris.Setup(argv, saving(target, check))
+    atheris.Fuzz()
+
+
+def seed_inputs(paths: Sequence[Path]) -> str:
+    """The ``-seed_inputs=`` option for ``paths``."""
+    return "-seed_inputs=" + ",".join(str(path) for path in paths)
+
+
+def corpus_inputs(target: str, corpus: Path = CORPUS) -> list[Path]:
+    """The saved inputs of ``target`` (seeds and reproducers), README files excepted."""
+    return [path for name, path in corpus_files(corpus) if name == target]
 
 
 def corpus_files(corpus: Path = CORPUS) -> list[tuple[str, Path]]:

@@ -25,21 +25,15 @@ def main() -> None:
         sys.exit("atheris is not installed; try: pip install atheris==3.0.0")
     tests = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(tests))
-    from fuzzing.corpus import saving  # type: ignore[import-not-found]
+    from fuzzing.corpus import corpus_inputs, fuzz, seed_inputs  # type: ignore[import-not-found]
 
     with atheris.instrument_imports():
         from li_httpd.workers import censor  # noqa: F401  (instrumented for coverage)
 
         from fuzzing import censor_invariants  # type: ignore[import-not-found]
 
-    test_one_input = saving("censor", censor_invariants.check_censor_input)
-    argv = list(sys.argv)
-    if not any(arg.startswith("-seed_inputs=") for arg in argv[1:]):
-        seeds = sorted(p for p in (tests / "fuzz_corpus" / "censor").glob("*") if p.is_file())
-        argv.append("-seed_inputs=" + ",".join(str(p) for p in seeds))
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
+    fuzz(atheris, "censor", censor_invariants.check_censor_input,
+         lambda: [seed_inputs(corpus_inputs("censor"))])
 
 if __name__ == "__main__":
     main()

@@ -29,33 +29,26 @@ except ImportError:  # the script explains itself below; pytest never imports it
     atheris = None
 
 
-def _seed_argument(tests: Path) -> str:
-    seeds = sorted(tests.glob("config_accept/*.toml")) + sorted(
-        p for p in (tests / "fuzz_corpus" / "config").glob("*") if p.is_file())
-    return "-seed_inputs=" + ",".join(str(p) for p in seeds)
-
-
 def main() -> None:
     if atheris is None:
         sys.exit("atheris is not installed; try: pip install atheris==3.0.0")
     tests = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(tests))
-    from fuzzing.corpus import config_text, saving  # type: ignore[import-not-found]
+    from fuzzing.corpus import (  # type: ignore[import-not-found]
+        config_text,
+        corpus_inputs,
+        fuzz,
+        seed_inputs,
+    )
 
     with atheris.instrument_imports():
         from li_httpd import config  # noqa: F401  (instrumented for coverage)
 
         from fuzzing import config_invariants  # type: ignore[import-not-found]
 
-    test_one_input = saving(
-        "config", lambda data: config_invariants.check_config_text(config_text(data)))
-
-    argv = list(sys.argv)
-    if not any(arg.startswith("-seed_inputs=") for arg in argv[1:]):
-        argv.append(_seed_argument(tests))
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
+    fuzz(atheris, "config", lambda data: config_invariants.check_config_text(config_text(data)),
+         lambda: [seed_inputs(sorted(tests.glob("config_accept/*.toml"))
+                              + corpus_inputs("config"))])
 
 if __name__ == "__main__":
     main()

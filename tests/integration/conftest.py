@@ -270,11 +270,11 @@ class RawServer(abc.ABC):
         self.listener.close()
 
 
-def read_request(conn: socket.socket, pending: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """The next request on a test upstream's connection: ``(head, body, rest)``, the body
-    read to its Content-Length (``pending``: bytes already received); None once the
-    gateway closes the connection or it fails."""
-    while b"\r\n\r\n" not in pending:
+def _recv_until(conn: socket.socket, pending: bytes, enough: Callable[[bytes], bool]
+                ) -> bytes | None:
+    """``pending`` extended by recv until ``enough`` holds; None when the peer closes or
+    the socket fails first."""
+    while not enough(pending):
         try:
             data = conn.recv(65536)
         except OSError:
@@ -282,18 +282,23 @@ def read_request(conn: socket.socket, pending: bytes) -> tuple[bytes, bytes, byt
         if not data:
             return None
         pending += data
-    head, _, rest = pending.partition(b"\r\n\r\n")
+    return pending
+
+
+def read_request(conn: socket.socket, pending: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """The next request on a test upstream's connection: ``(head, body, rest)``, the body
+    read to its Content-Length (``pending``: bytes already received); None once the
+    gateway closes the connection or it fails."""
+    received = _recv_until(conn, pending, lambda data: b"\r\n\r\n" in data)
+    if received is None:
+        return None
+    head, _, rest = received.partition(b"\r\n\r\n")
     found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head + b"\r\n")
     length = int(found.group(1)) if found else 0
-    while len(rest) < length:
-        try:
-            data = conn.recv(65536)
-        except OSError:
-            return None
-        if not data:
-            return None
-        rest += data
-    return head, rest[:length], rest[length:]
+    body = _recv_until(conn, rest, lambda data: len(data) >= length)
+    if body is None:
+        return None
+    return head, body[:length], body[length:]
 
 
 class RecordingUpstream(RawServer):

@@ -16,15 +16,20 @@ pytestmark = pytest.mark.integration
 BODY = bytes(range(256)) * 400  # 102,400 bytes: more than the 64 KiB read-ahead
 
 
-def _post_in_two_parts(port: int, split: int, pause: float,
-                       upstream: RecordingUpstream) -> tuple[int, bytes]:
-    """Send the head and BODY[:split], wait, then the rest. Returns (upstream connections
-    seen during the pause, the response)."""
+def _post_in_two_parts(port: int, split: int, pause: float, upstream: RecordingUpstream,
+                       *, until_connected: bool = False) -> tuple[int, bytes]:
+    """Send the head and BODY[:split], wait ``pause`` seconds (or, ``until_connected``,
+    at most that long for the upstream connection to appear), then the rest. Returns
+    (upstream connections seen during the pause, the response)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(BODY)
                      + BODY[:split])
-        time.sleep(pause)
+        deadline = time.monotonic() + pause
+        # Absence can only be shown by waiting the whole pause; presence as soon as it
+        # shows (a loaded CI box once needed more than 0.5 s to open the connection).
+        while time.monotonic() < deadline and not (until_connected and upstream.connections):
+            time.sleep(0.02)
         during = upstream.connections
         sock.sendall(BODY[split:])
         reply = b""
@@ -48,7 +53,8 @@ def test_without_buffering_the_body_streams_through(
         recording_upstream: RecordingUpstream, start_gateway) -> None:
     gateway = start_gateway(gateway_config(recording_upstream.origin,
                                            extra="[defaults]\nrequest_buffering = false\n"))
-    during, reply = _post_in_two_parts(gateway.port, 90_000, 0.5, recording_upstream)
+    during, reply = _post_in_two_parts(gateway.port, 90_000, 10.0, recording_upstream,
+                                       until_connected=True)
     assert during == 1, "an unbuffered body over 64 KiB should already be streaming"
     assert reply.startswith(b"HTTP/1.1 200"), reply
     assert recording_upstream.data().endswith(BODY)

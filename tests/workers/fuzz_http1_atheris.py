@@ -77,22 +77,14 @@ def main() -> None:
         sys.exit("atheris is not installed; try: pip install atheris==3.0.0")
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here), str(here.parent)]
-    from fuzzing.corpus import saving  # type: ignore[import-not-found]
+    from fuzzing.corpus import fuzz  # type: ignore[import-not-found]
 
     with atheris.instrument_imports():
         import http1_invariants as inv  # type: ignore[import-not-found]
         from li_httpd.workers import http1  # noqa: F401  (instrumented for coverage)
 
-    test_one_input = saving("http1", inv.check_fuzz_input)
-
-    argv = list(sys.argv)
-    if not any(arg.startswith("-dict=") for arg in argv[1:]):
-        argv.append(_dictionary_argument())
-    if not any(arg.startswith("-seed_inputs=") for arg in argv[1:]):
-        argv.append(_seed_argument())
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
+    fuzz(atheris, "http1", inv.check_fuzz_input,
+         lambda: [_dictionary_argument(), _seed_argument()])
 
 if __name__ == "__main__":
     main()

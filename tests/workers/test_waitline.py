@@ -149,3 +149,26 @@ def test_caps_resolve_per_peer_and_only_capped_pools_take_the_lock_path() -> Non
     first = free.take()
     assert isinstance(first, PeerPool) and ctx.shared.active_of(first.peer.shared_id) == 1
     ctx.close()
+
+
+def test_a_capped_pool_takes_only_ready_peers_and_calls_none_ready_down() -> None:
+    """With active health, a peer that is not ready counts as down, never saturated."""
+    from li_httpd.config.model import HealthCheck, Peer, Upstream
+    from li_httpd.shm.readiness import READY, Readiness
+    from li_httpd.workers.http1 import ParseLimits
+    from li_httpd.workers.upstream import UpstreamGroup
+
+    shared = SharedState.create(Layout(8, 2, 2))
+    try:
+        settings = Upstream(peers=(Peer(url="http://127.0.0.1:9000"),
+                                   Peer(url="http://127.0.0.1:9001")),
+                            max_concurrent=1, health_check=HealthCheck(ready="/ready"))
+        group = UpstreamGroup("m", settings, ParseLimits(), shared, 0, (0, 1))
+        assert group.take() == "down"  # nobody ready yet
+        shared.store_probe(1, Readiness(READY), Readiness())
+        taken = group.take()
+        assert isinstance(taken, PeerPool) and taken.peer.index == 1
+        assert group.take() == "saturated"  # the ready one is full; the other is not ready
+        assert shared.active_of(0) == 0 and shared.active_of(1) == 1
+    finally:
+        shared.close()
