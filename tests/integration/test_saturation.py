@@ -28,6 +28,8 @@ class GatedPeer(RawServer):
         self.gate = threading.Event()
         self.refuse = False
         """Close every connection at once (a backend that is not up yet)."""
+        self.ready = True
+        """What ``GET /ready`` (the health probe, not recorded) answers: 200 or 503."""
         self._lock = threading.Lock()
         super().__init__()
 
@@ -44,6 +46,12 @@ class GatedPeer(RawServer):
             while (request := read_request(conn, pending)) is not None:
                 head, _, pending = request
                 path = head.split(b" ", 2)[1].decode()
+                if path == "/ready":
+                    status = b"200 OK" if self.ready else b"503 Loading"
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"HTTP/1.1 %s\r\ncontent-length: 0\r\n"
+                                     b"connection: close\r\n\r\n" % status)
+                    return
                 with self._lock:
                     self.paths.append(path)
                 if path.startswith("/slow"):
@@ -217,6 +225,31 @@ def _free_port() -> int:
 
 def _metrics(port: int) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def test_queue_waits_for_a_peer_to_become_ready_and_keeps_arrival_order(
+        start_gateway: Callable[..., Gateway], peer: GatedPeer) -> None:
+    """Scale to zero with active health: the model is loading (/ready answers 503), so
+    requests wait instead of failing; once a probe finds it ready they reach it in the
+    order they came, one at a time under max_concurrent = 1."""
+    peer.ready = False
+    gateway = start_gateway(_config(
+        peer.origin, pool='\n[upstreams.main.health_check]\nready = "/ready"\n'
+        'interval = "200ms"\ntimeout = "150ms"\nrise = 1\nfall = 1\n',
+        queue='max_size = 5\nmax_wait = "15s"'))
+    _wait_for(lambda: gateway.status()["upstreams"][0]["ready"] == "not_ready")
+    results: dict[str, httpx.Response] = {}
+    waiting = []
+    for index in range(1, 4):
+        waiting.append(_send(gateway, f"/r{index}", results))
+        _wait_for(lambda index=index: _depth(gateway) == index)  # type: ignore[misc]
+    time.sleep(0.5)  # several probe rounds: still not ready, nobody goes
+    assert peer.seen() == [] and _depth(gateway) == 3
+    peer.ready = True
+    for thread in waiting:
+        thread.join(15)
+    assert [results[f"/r{i}"].status_code for i in (1, 2, 3)] == [200, 200, 200]
+    assert peer.seen() == ["/r1", "/r2", "/r3"]
 
 
 def test_queue_and_saturation_metrics(start_gateway: Callable[..., Gateway],
