@@ -294,3 +294,27 @@ def test_a_killed_workers_queue_entries_and_places_are_cleared(
     assert status["upstreams"][0]["active"] == 0
     with httpx.Client(base_url=gateway.url, timeout=5.0) as client:
         assert client.get("/after").status_code == 200
+
+
+def test_a_reload_that_resizes_the_queue_lets_the_old_waiters_finish(
+        start_gateway: Callable[..., Gateway], peer: GatedPeer) -> None:
+    gateway = start_gateway(_config(peer.origin, queue='max_size = 3\nmax_wait = "20s"'))
+    results: dict[str, httpx.Response] = {}
+    slow = _hold_the_only_place(gateway, peer, results)
+    old = _send(gateway, "/old", results)
+    _wait_for(lambda: _depth(gateway) == 1)
+    control = gateway.control_socket
+    config = _config(peer.origin, queue='max_size = 5\nmax_wait = "20s"')
+    gateway.config_path.write_text(
+        config.replace("[server]\n", f'[server]\ncontrol_socket = "{control}"\n', 1)
+        + f'\n[log]\ndir = "{gateway.log_dir}"\n')
+    assert gateway.ctl("reload").returncode == 0
+    queues = gateway.status()["queues"]
+    assert queues == [{"route": "chat", "depth": 0, "max_size": 5}]  # a new queue
+    peer.gate.set()  # the old generation's waiter goes once its place frees
+    slow.join(10)
+    old.join(10)
+    assert results["/old"].status_code == 200
+    with httpx.Client(base_url=gateway.url, timeout=5.0) as client:
+        assert client.get("/new").status_code == 200
+    assert peer.seen() == ["/slow", "/old", "/new"]
