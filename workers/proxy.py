@@ -651,17 +651,38 @@ class _Proxy:
         the connection and with it the wait: the entry leaves the queue at once)."""
         client, metrics, route = self.client, self.ctx.metrics, self.plan.name_bytes
         excluded = attempts.excluded
+        committed = self.exchange.sse if self.exchange.phase is Phase.SSE else None
+        waited: PeerPool | QueueEnd | None = None
         client.watch_disconnect()
         try:
-            waited = await line.wait(lambda: group.take(exclude=excluded))
-        except trio.Cancelled:
-            metrics.queue_outcome(route, "disconnected" if client.deadline.fired
-                                  == "client_gone" else "cancelled")
-            raise
+            if committed is None:
+                waited = await line.wait(lambda: group.take(exclude=excluded))
+            else:
+                # A stream committed early (early_stream_head) shows it is alive while
+                # it waits, as it does while the upstream prepares its head.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._beat_while_queued, committed)
+                    waited = await line.wait(lambda: group.take(exclude=excluded))
+                    nursery.cancel_scope.cancel()
         finally:
             client.unwatch_disconnect()
+            if waited is None:  # cancelled: the client hung up, or the worker stops
+                metrics.queue_outcome(route, "disconnected" if client.deadline.fired
+                                      == "client_gone" else "cancelled")
         metrics.queue_outcome(route, "released" if isinstance(waited, PeerPool) else waited)
         return waited
+
+    async def _beat_while_queued(self, committed: SseRelay) -> None:
+        """SSE heartbeats every ``heartbeat_interval`` until cancelled. A client gone is
+        left to the disconnect watch (an error here would end the wait as a crash)."""
+        chunk = _chunk(HEARTBEAT) if committed.chunked else HEARTBEAT
+        while True:
+            await trio.sleep(max(0.0, self.beat_at - sockio.now()))
+            try:
+                await self.client.send(chunk)
+            except PeerGone:
+                return
+            self.beat_at = sockio.now() + self.plan.heartbeat
 
     async def _pool_failed(self, failure: FailureKind, replay: Replay, pools_left: int,
                            keep: bool) -> Handled | None:

@@ -318,3 +318,25 @@ def test_a_reload_that_resizes_the_queue_lets_the_old_waiters_finish(
     with httpx.Client(base_url=gateway.url, timeout=5.0) as client:
         assert client.get("/new").status_code == 200
     assert peer.seen() == ["/slow", "/old", "/new"]
+
+
+def test_a_stream_committed_early_gets_heartbeats_while_it_waits(
+        start_gateway: Callable[..., Gateway], peer: GatedPeer) -> None:
+    config = _config(peer.origin, queue='max_size = 5\nmax_wait = "20s"') + (
+        '\n[route.timeouts]\nearly_stream_head = true\nheartbeat_interval = "1s"\n')
+    gateway = start_gateway(config)
+    results: dict[str, httpx.Response] = {}
+    slow = _hold_the_only_place(gateway, peer, results)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /sse HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        received = b""
+        give_up = time.monotonic() + 5
+        while received.count(b": heartbeat") < 2:
+            assert time.monotonic() < give_up, received
+            received += sock.recv(4096)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert _depth(gateway) == 1 and peer.seen() == ["/slow"]
+    _wait_for(lambda: _depth(gateway) == 0, timeout=2.0)  # hung up: it left the queue
+    peer.gate.set()
+    slow.join(10)
+    assert peer.seen() == ["/slow"]
