@@ -36,11 +36,22 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
                   id: hash of the key's id (a reload finds a kept key's entry by
                   it); twin/uwin: the minute / dollar window the counter belongs to
                   (shm/budget.py).
+    circuits      CircuitEntry × peer_count          (shm/circuit.py)
+                  ┌──────────┬──────────┬───────────┬─────────────────┐
+                  │ state i64│until i64 │ floor i64 │ transitions i64 │  32 bytes
+                  └──────────┴──────────┴───────────┴─────────────────┘
+                  changed only under the peer's circuit lock.
+    probes        (count i64, started i64) × peer_count × worker_slots
+                  half-open probe places a worker holds (own column only).
+    outcomes      (epoch i64, successes i64, errors i64) × BUCKETS
+                    × peer_count × worker_slots
+                  the circuit breaker's sliding window (own column only).
 
 Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
 the others or leak capacity:
 
-- *Counters* (streams, active requests) are single-writer: a worker only ever writes
+- *Counters* (streams, active requests, circuit-breaker results and probe places) are
+  single-writer: a worker only ever writes
   its own column; readers sum the columns; the master zeroes a dead worker's column
   (:meth:`SharedState.clear_worker`) before its replacement starts.
 - *Read-modify-write* that must be global (a key's GCRA state together with its
@@ -72,6 +83,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import budget, gcra
+from . import circuit as breaker
+from .circuit import Circuit
 from .health import PeerHealth, on_failure, on_success
 
 MAGIC = b"LIHTTPD1"
@@ -86,6 +99,10 @@ WORKER_ENTRY = 40
 WORKER_FIELDS = WORKER_ENTRY // 8
 BUDGET_ENTRY = 40
 BUDGET_FIELDS = BUDGET_ENTRY // 8
+CIRCUIT_ENTRY = 32
+CIRCUIT_FIELDS = CIRCUIT_ENTRY // 8
+PROBE_FIELDS = 2
+OUTCOME_FIELDS = breaker.BUCKETS * 3
 _HEADER = struct.Struct("<8sIIIIII")
 
 # Lock byte namespaces (fcntl locks may lie beyond the end of the file).
@@ -93,6 +110,7 @@ _LOCK_BUCKETS = 1 << 40
 _LOCK_POOLS = 2 << 40
 _LOCK_PEERS = 3 << 40
 _LOCK_BUDGETS = 4 << 40
+_LOCK_CIRCUITS = 5 << 40
 
 Clock = Callable[[], int]
 
@@ -136,8 +154,24 @@ class Layout:
         return self.workers_offset + self.worker_slots * WORKER_ENTRY
 
     @property
+    def circuits_offset(self) -> int:
+        return self.budgets_offset + len(self.budget_ids) * BUDGET_ENTRY
+
+    @property
+    def probes_offset(self) -> int:
+        return self.circuits_offset + self.peer_count * CIRCUIT_ENTRY
+
+    @property
+    def outcomes_offset(self) -> int:
+        return self.probes_offset + self.peer_count * self.worker_slots * PROBE_FIELDS * 8
+
+    @property
+    def outcomes_end(self) -> int:
+        return self.outcomes_offset + self.peer_count * self.worker_slots * OUTCOME_FIELDS * 8
+
+    @property
     def size(self) -> int:
-        return _align(self.budgets_offset + len(self.budget_ids) * BUDGET_ENTRY)
+        return _align(self.outcomes_end)
 
 
 def budget_id(key_id: str) -> int:
@@ -184,8 +218,10 @@ class SharedState:
         self.active = view[layout.active_offset:layout.active_offset
                            + layout.peer_count * layout.worker_slots * 4].cast("i")
         self.workers = view[layout.workers_offset:layout.budgets_offset].cast("q")
-        self.budgets = view[layout.budgets_offset:layout.budgets_offset
-                            + len(layout.budget_ids) * BUDGET_ENTRY].cast("q")
+        self.budgets = view[layout.budgets_offset:layout.circuits_offset].cast("q")
+        self.circuits = view[layout.circuits_offset:layout.probes_offset].cast("q")
+        self.probes = view[layout.probes_offset:layout.outcomes_offset].cast("q")
+        self.outcomes = view[layout.outcomes_offset:layout.outcomes_end].cast("q")
 
     @classmethod
     def create(cls, layout: Layout, clock: Clock = time.monotonic_ns) -> SharedState:
@@ -202,7 +238,7 @@ class SharedState:
 
     def close(self) -> None:
         for view in (self.keys, self.streams, self.peers, self.active, self.workers,
-                     self.budgets):
+                     self.budgets, self.circuits, self.probes, self.outcomes):
             view.release()
         self.memory.close()
         os.close(self.fd)
@@ -325,6 +361,13 @@ class SharedState:
         self.peers[field + 1] = state.window_start_ns
         self.peers[field + 2] = state.down_until_ns
 
+    def peer_usable(self, peer: int, now: int) -> bool:
+        """Whether pickers may choose ``peer``: passive health has it up and its circuit
+        lets requests through (lock-free; two loads in the healthy case)."""
+        field = peer * CIRCUIT_FIELDS
+        return self.peers[peer * PEER_FIELDS + 2] <= now and breaker.passable(
+            self.circuits[field], self.circuits[field + 1], now)
+
     def active_of(self, peer: int) -> int:
         width = self.layout.worker_slots
         return sum(self.active[peer * width:(peer + 1) * width])
@@ -343,7 +386,7 @@ class SharedState:
             best_weight = 0
             total = 0
             for position, peer in enumerate(peers):
-                if position in exclude or not self.peer_up(peer, now):
+                if position in exclude or not self.peer_usable(peer, now):
                     continue
                 field = peer * PEER_FIELDS + 3
                 current = shared[field] + weights[position]
@@ -368,7 +411,7 @@ class SharedState:
         for step in range(count):
             position = (start + step) % count
             peer = peers[position]
-            if position in exclude or not self.peer_up(peer, now):
+            if position in exclude or not self.peer_usable(peer, now):
                 continue
             load = self.active_of(peer) / weights[position]
             if best < 0 or load < best_load:
@@ -387,6 +430,11 @@ class SharedState:
             self.keys[:] = old.keys
         for old_peer, new_peer in peer_map.items():
             self._store_health(new_peer, old.health(old_peer))
+            # The window's buckets stay behind (their width may have changed), so the
+            # floor that guarded them has nothing left to guard.
+            kept = old.circuit(old_peer)
+            self._store_circuit(new_peer, Circuit(kept.state, kept.until_ns, 0,
+                                                  kept.transitions))
         old_entries = {key: index for index, key in enumerate(old.layout.budget_ids)}
         self.budget_origin = old
         for index, key in enumerate(self.layout.budget_ids):
@@ -501,6 +549,110 @@ class SharedState:
         finally:
             self._unlock(_LOCK_BUDGETS + index)
 
+    # -- circuit breaker (shm/circuit.py) --------------------------------------------------------
+
+    def circuit(self, peer: int) -> Circuit:
+        """The circuit of ``peer`` (lock-free read: each field whole)."""
+        field = peer * CIRCUIT_FIELDS
+        entry = self.circuits
+        return Circuit(entry[field], entry[field + 1], entry[field + 2], entry[field + 3])
+
+    def _store_circuit(self, peer: int, state: Circuit) -> None:
+        field = peer * CIRCUIT_FIELDS
+        entry = self.circuits
+        entry[field + 1] = state.until_ns
+        entry[field + 2] = state.floor
+        entry[field + 3] = state.transitions
+        entry[field] = state.state
+
+    def _probe_column(self, peer: int) -> int:
+        return (peer * self.layout.worker_slots + self.slot) * PROBE_FIELDS
+
+    def circuit_admit(self, peer: int, policy: breaker.Policy) -> CircuitStep:
+        """Whether a request may go to ``peer`` now; a ``probe`` admission holds one of
+        the half-open places (in this worker's column) until :meth:`circuit_record` or
+        :meth:`circuit_probe_abandoned`. No lock while the circuit is closed."""
+        field = peer * CIRCUIT_FIELDS
+        if self.circuits[field] == breaker.CLOSED:
+            return CircuitStep("closed", breaker.CLOSED, breaker.CLOSED)
+        now = self.clock()
+        width = self.layout.worker_slots * PROBE_FIELDS
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            before = self.circuit(peer)
+            probes = breaker.live_probes(self.probes[peer * width:(peer + 1) * width], now,
+                                         policy.probe_timeout_ns)
+            after, admission = breaker.admit(before, now, probes, policy)
+            if admission == "probe":
+                column = self._probe_column(peer)
+                if now - self.probes[column + 1] >= policy.probe_timeout_ns:
+                    self.probes[column] = 0  # this worker's stale probes hold nothing
+                self.probes[column] += 1
+                self.probes[column + 1] = now
+            if after != before:
+                self._store_circuit(peer, after)
+            return CircuitStep(admission, before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
+    def circuit_record(self, peer: int, policy: breaker.Policy, error: bool,
+                       probe: bool) -> CircuitStep | None:
+        """Count one result of a request to ``peer``; the step when it changed the
+        circuit. A success of a normal request only touches this worker's column; an
+        error sums every worker's window and locks only to open the circuit."""
+        now = self.clock()
+        epoch = policy.epoch(now)
+        width = self.layout.worker_slots * OUTCOME_FIELDS
+        base = peer * width + self.slot * OUTCOME_FIELDS + epoch % breaker.BUCKETS * 3
+        outcomes = self.outcomes
+        if outcomes[base] != epoch:  # a bucket of an earlier lap: start it afresh
+            outcomes[base + 1] = 0
+            outcomes[base + 2] = 0
+            outcomes[base] = epoch
+        outcomes[base + (2 if error else 1)] += 1
+        if probe:
+            return self._probe_done(peer, now, policy, error)
+        field = peer * CIRCUIT_FIELDS
+        if not error or self.circuits[field] != breaker.CLOSED:
+            return None
+        results, errors = breaker.window_totals(outcomes[peer * width:(peer + 1) * width],
+                                                epoch, self.circuits[field + 2])
+        if not breaker.trips(results, errors, policy):
+            return None
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            before = self.circuit(peer)
+            after = breaker.on_trip(before, now, policy)
+            if after == before:
+                return None  # another worker opened it first
+            self._store_circuit(peer, after)
+            return CircuitStep("closed", before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
+    def circuit_probe_abandoned(self, peer: int, policy: breaker.Policy) -> None:
+        """A probe ended with no result to count (the client left, a timer fired)."""
+        self._probe_done(peer, self.clock(), policy, None)
+
+    def _probe_done(self, peer: int, now: int, policy: breaker.Policy,
+                    error: bool | None) -> CircuitStep | None:
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            column = self._probe_column(peer)
+            if self.probes[column] > 0:
+                self.probes[column] -= 1
+            before = self.circuit(peer)
+            if error is None:
+                after = breaker.on_probe_abandoned(before, now)
+            else:
+                after = breaker.on_probe_result(before, now, error, policy)
+            if after == before:
+                return None
+            self._store_circuit(peer, after)
+            return CircuitStep("probe", before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     # -- per-worker statistics (own slot only) -----------------------------------------------
 
     def worker_started(self, pid: int) -> None:
@@ -532,7 +684,8 @@ class SharedState:
     # -- the master's cleanup -------------------------------------------------------------------
 
     def clear_worker(self, slot: int) -> None:
-        """Zero a dead worker's columns (its streams, active requests and statistics)."""
+        """Zero a dead worker's columns (its streams, active requests, statistics and
+        half-open probe places)."""
         width = self.layout.worker_slots
         for index in range(slot, len(self.streams), width):
             self.streams[index] = 0
@@ -540,6 +693,34 @@ class SharedState:
             self.active[index] = 0
         for field in range(slot * WORKER_FIELDS, (slot + 1) * WORKER_FIELDS):
             self.workers[field] = 0
+        for peer in range(self.layout.peer_count):
+            # Its circuit-breaker results stay: they are still evidence about the peer,
+            # and the replacement starts each bucket afresh when its epoch comes round.
+            cell = peer * width + slot
+            if self.probes[cell * PROBE_FIELDS] == 0:
+                continue
+            self._lock(_LOCK_CIRCUITS + peer)
+            try:
+                # The dead worker's probe places are free: say so to lock-free pickers.
+                self.probes[cell * PROBE_FIELDS] = 0
+                held = self.circuit(peer)
+                self._store_circuit(peer, breaker.on_probe_abandoned(held, self.clock()))
+            finally:
+                self._unlock(_LOCK_CIRCUITS + peer)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStep:
+    """What a circuit operation did: the admission it gave, and the state before and
+    after (equal when nothing changed)."""
+
+    admission: breaker.Admission
+    before: int
+    after: int
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
 
 
 @dataclass(frozen=True, slots=True)
