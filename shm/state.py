@@ -565,6 +565,20 @@ class SharedState:
         entry[field + 3] = state.transitions
         entry[field] = state.state
 
+    def circuit_available_at(self, peer: int) -> int:
+        """When ``peer``'s circuit lets a request through again (0: now)."""
+        return breaker.available_at(self.circuit(peer))
+
+    def reset_circuit(self, peer: int) -> None:
+        """Master: close ``peer``'s circuit (its pool's breaker was turned off)."""
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            held = self.circuit(peer)
+            if held.state != breaker.CLOSED:
+                self._store_circuit(peer, Circuit(breaker.CLOSED, 0, 0, held.transitions + 1))
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     def _probe_column(self, peer: int) -> int:
         return (peer * self.layout.worker_slots + self.slot) * PROBE_FIELDS
 
