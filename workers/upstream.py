@@ -308,8 +308,9 @@ class UpstreamGroup:
 
     def _log_circuit(self, peer: PeerTarget, step: CircuitStep, reason: str) -> None:
         if step.changed and self.log:
-            self.log.diagnostic("info" if step.after == 0 else "warn",
-                                f"upstream circuit {STATE_NAMES[step.after]}",
+            # Every transition at warn, as passive health's down and up lines: an
+            # operator reading the error log sees the whole story of a peer.
+            self.log.diagnostic("warn", f"upstream circuit {STATE_NAMES[step.after]}",
                                 peer=peer.label, pool=self.name, reason=reason,
                                 was=STATE_NAMES[step.before])
 
