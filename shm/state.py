@@ -421,8 +421,8 @@ class SharedState:
     def inherit(self, old: SharedState, peer_map: dict[int, int]) -> None:
         """Carry state into a new segment at a reload: the key table (rate-limit state;
         key hashes include the route name, so they stay meaningful) when the capacity is
-        unchanged, the health of peers present in both configs (``peer_map``: old
-        number -> new number), and the budget counters of API keys whose id is in both
+        unchanged, the health and circuit of peers present in both configs
+        (``peer_map``: old number -> new number), and the budget counters of API keys whose id is in both
         (found by id hash, wherever the key now is in the list). Stream and request
         counters stay with the old workers."""
         self.key_secret = old.key_secret  # the carried key hashes were made with it
@@ -431,10 +431,11 @@ class SharedState:
         for old_peer, new_peer in peer_map.items():
             self._store_health(new_peer, old.health(old_peer))
             # The window's buckets stay behind (their width may have changed), so the
-            # floor that guarded them has nothing left to guard.
+            # floor that guarded them has nothing left to guard; probe places stay with
+            # the old workers, so a half-open circuit has free places here at once.
             kept = old.circuit(old_peer)
-            self._store_circuit(new_peer, Circuit(kept.state, kept.until_ns, 0,
-                                                  kept.transitions))
+            until = 0 if kept.state == breaker.HALF_OPEN else kept.until_ns
+            self._store_circuit(new_peer, Circuit(kept.state, until, 0, kept.transitions))
         old_entries = {key: index for index, key in enumerate(old.layout.budget_ids)}
         self.budget_origin = old
         for index, key in enumerate(self.layout.budget_ids):

@@ -252,3 +252,34 @@ def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
     while not condition():
         assert time.monotonic() < give_up, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_reload_keeps_an_open_circuit_and_turning_the_breaker_off_closes_it(
+        make_peer: Callable[[], Peer], start_gateway: Callable[..., Gateway]) -> None:
+    peer = make_peer()
+    pool = _pool(peer).replace('open_duration = "2s"', 'open_duration = "60s"')
+    gateway = start_gateway(gateway_config("", upstreams=pool))
+    _trip(gateway, peer)
+    _reload(gateway, gateway_config("", upstreams=pool + 'half_open_probes = 2\n'))
+    assert _circuits(gateway) == ["open"]  # carried into the new segment
+    seen = peer.count()
+    assert _get(gateway.port)[0] == 503 and peer.count() == seen
+    _reload(gateway, gateway_config("", upstreams=pool.replace("window", "enabled = false\n"
+                                                                "window")))
+    assert _circuits(gateway) == ["off"]
+    peer.mode = "ok"
+    assert _get(gateway.port)[0] == 200 and peer.count() == seen + 1
+
+
+def _reload(gateway: Gateway, config: str) -> None:
+    """Replace the config file (keeping the private control socket and log dir) and
+    reload."""
+    text = gateway.config_path.read_text()
+    control = gateway.control_socket
+    config = config.replace("[server]\n", f'[server]\ncontrol_socket = "{control}"\n', 1)
+    config += text[text.index("\n[log]"):]
+    temporary = gateway.config_path.with_suffix(".new")
+    temporary.write_text(config)
+    os.replace(temporary, gateway.config_path)
+    result = gateway.ctl("reload")
+    assert result.returncode == 0, result.stdout + result.stderr

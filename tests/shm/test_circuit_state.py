@@ -204,3 +204,21 @@ def test_reload_carries_the_circuit(state: SharedState, clock: FakeClock) -> Non
         assert not new.peer_usable(0, clock.now)
     finally:
         new.close()
+
+
+def test_reload_frees_the_places_of_a_half_open_circuit(state: SharedState,
+                                                        clock: FakeClock) -> None:
+    """The old workers keep their probe (in the old segment); the new ones may probe."""
+    _open(state)
+    clock.now += 5 * NS
+    assert state.circuit_admit(1, POLICY).admission == "probe"
+    assert not state.peer_usable(1, clock.now)
+    new = SharedState.create(Layout(64, 4, 3), clock)
+    try:
+        new.inherit(state, {1: 1})
+        assert new.circuit(1).state == HALF_OPEN and new.peer_usable(1, clock.now)
+        assert new.circuit_admit(1, POLICY).admission == "probe"
+        new.reset_circuit(1)  # a reload that turns the breaker off
+        assert new.circuit(1).state == CLOSED and new.circuit(1).transitions == 3
+    finally:
+        new.close()
