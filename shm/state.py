@@ -422,9 +422,10 @@ class SharedState:
         """Carry state into a new segment at a reload: the key table (rate-limit state;
         key hashes include the route name, so they stay meaningful) when the capacity is
         unchanged, the health and circuit of peers present in both configs
-        (``peer_map``: old number -> new number), and the budget counters of API keys whose id is in both
-        (found by id hash, wherever the key now is in the list). Stream and request
-        counters stay with the old workers."""
+        (``peer_map``: old number -> new number), and the budget counters of API keys
+        whose id is in both (found by id hash, wherever the key now is in the list).
+        Stream and request counters, circuit-breaker results and probe places stay with
+        the old workers."""
         self.key_secret = old.key_secret  # the carried key hashes were made with it
         if old.layout.key_capacity == self.layout.key_capacity:
             self.keys[:] = old.keys

@@ -283,3 +283,21 @@ def _reload(gateway: Gateway, config: str) -> None:
     os.replace(temporary, gateway.config_path)
     result = gateway.ctl("reload")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_first_byte_timeouts_count_only_when_named(
+        make_peer: Callable[[], Peer], start_gateway: Callable[..., Gateway]) -> None:
+    """A slow peer is not a dead one by default; `failures` may say otherwise."""
+    peer = make_peer()
+    peer.mode = "hold"
+    timers = '[defaults.timeouts]\nttfb_timeout = "1s"\n'
+    pool = _pool(peer).replace("min_requests = 4", "min_requests = 2")
+    gateway = start_gateway(gateway_config("", upstreams=pool, extra=timers))
+    assert [_get(gateway.port)[0] for _ in range(2)] == [504, 504]
+    assert _circuits(gateway) == ["closed"]
+    counted = pool + 'failures = ["5xx", "ttfb_timeout"]\n'
+    gateway = start_gateway(gateway_config("", upstreams=counted, extra=timers),
+                            name="counted.toml")
+    assert [_get(gateway.port)[0] for _ in range(2)] == [504, 504]
+    _wait_for(lambda: _circuits(gateway) == ["open"], 2)
+    assert _get(gateway.port)[0] == 503
