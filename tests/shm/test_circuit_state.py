@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -76,16 +77,36 @@ def test_an_open_peer_is_skipped_by_both_pickers(state: SharedState,
     assert state.peer_usable(1, clock.now)
 
 
-def test_the_healthy_path_takes_no_lock(state: SharedState,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_lock(byte: int) -> None:
-        raise AssertionError(f"lock {byte:#x} taken on the healthy path")
+def test_the_healthy_path_takes_no_lock(state: SharedState) -> None:
+    """Another process holds peer 0's circuit lock: successes, errors below the rate
+    and admissions of a closed circuit still go through at once (no monkeypatching:
+    the compiled build's methods cannot be replaced)."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        state._lock(_LOCK_CIRCUITS + 0)
+        os.write(ready_write, b"x")
+        time.sleep(60)
+        os._exit(0)
+    try:
+        os.read(ready_read, 1)
+        done = threading.Event()
 
-    monkeypatch.setattr(state, "_lock", no_lock)
-    _record(state, 0, 0, False, 100)
-    _record(state, 1, 0, True, 3)  # errors below the rate: summed, no lock
-    assert state.circuit_admit(0, POLICY).admission == "closed"
-    assert state.peer_usable(0, state.clock())
+        def healthy_path() -> None:
+            _record(state, 0, 0, False, 100)
+            _record(state, 1, 0, True, 3)  # errors below the rate: summed, no lock
+            assert state.circuit_admit(0, POLICY).admission == "closed"
+            assert state.peer_usable(0, state.clock())
+            done.set()
+
+        worker = threading.Thread(target=healthy_path, daemon=True)
+        worker.start()
+        assert done.wait(5), "the healthy path waited for the circuit lock"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_read)
+        os.close(ready_write)
 
 
 def test_half_open_admits_one_probe_globally_and_a_success_closes(
