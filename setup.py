@@ -50,6 +50,7 @@ COMPILED = [
     "workers/usage.py",
     "workers/worker.py",
     "shm/budget.py",
+    "shm/circuit.py",
     "shm/gcra.py",
     "shm/health.py",
     "shm/readiness.py",

@@ -500,6 +500,7 @@ class _Proxy:
             # earlier phase (the request head's, a failed attempt's TTFB) may fire now.
             client.deadline.clear()
             pool = group.pick(exclude=attempts.excluded)
+            probe = group.probe_taken  # a half-open probe reports its result below
             if pool is None:
                 keep = attempts.replay != "never"
                 if last is not None:  # every peer failed; the last failure speaks
@@ -517,7 +518,7 @@ class _Proxy:
             exchange.attempt(group, peer)
             shared.add_active(peer.shared_id, 1)
             failure: FailureKind
-            reused = sent = retry_status = False
+            reused = sent = retry_status = counted = False
             try:
                 try:
                     up = await pool.acquire(client.deadline, ctx.timeouts.send)
@@ -556,6 +557,9 @@ class _Proxy:
                         failure = "ttfb"
                     else:
                         status = response.status
+                        # The breaker decides at the head: any 5xx the peer answered.
+                        group.circuit_result(peer, "5xx" if status >= 500 else None, probe)
+                        counted = True
                         exhausted = status in group.settings.retry_statuses
                         if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
@@ -585,9 +589,14 @@ class _Proxy:
                                 exchange.detail = f"status {status} after retries"
                                 return Handled("upstream_error", handled.keep_alive)
                             return handled
+                if not counted:  # a failure before any response head
+                    group.circuit_result(peer, HEALTH_KIND[failure], probe)
+                    counted = True
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
+                if probe and not counted:  # cancelled: the probe's place is free again
+                    group.circuit_abandoned(peer)
             if retry_status:
                 # Not a `continue` inside the try: mypyc cannot compile one in try/finally.
                 continue
