@@ -629,7 +629,7 @@ class SharedState:
         :meth:`circuit_probe_abandoned`. No lock while the circuit is closed."""
         field = peer * CIRCUIT_FIELDS
         if self.circuits[field] == breaker.CLOSED:
-            return CircuitStep("closed", breaker.CLOSED, breaker.CLOSED)
+            return PASSED_CLOSED  # the request path: no allocation either
         now = self.clock()
         width = self.layout.worker_slots * PROBE_FIELDS
         self._lock(_LOCK_CIRCUITS + peer)
@@ -776,6 +776,10 @@ class CircuitStep:
     @property
     def changed(self) -> bool:
         return self.before != self.after
+
+
+PASSED_CLOSED = CircuitStep("closed", breaker.CLOSED, breaker.CLOSED)
+"""The step of a request through a closed circuit (immutable, so shared)."""
 
 
 @dataclass(frozen=True, slots=True)
