@@ -51,6 +51,7 @@ COMPILED = [
     "workers/waitline.py",
     "workers/worker.py",
     "shm/budget.py",
+    "shm/circuit.py",
     "shm/gcra.py",
     "shm/health.py",
     "shm/readiness.py",

@@ -216,6 +216,36 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker:
+    enabled: bool = setting(True, doc="Stop sending traffic to a peer whose recent "
+                            "requests mostly fail, counted across all workers.")
+    window: Millis = setting(Millis(10 * SECOND), doc="Sliding window over which the error "
+                             "rate is counted.", minimum=SECOND, maximum=10 * MINUTE)
+    min_requests: int = setting(10, doc="Results within `window` needed before the error "
+                                "rate can open the circuit.", minimum=1, maximum=100_000)
+    error_percent: int = setting(50, doc="Error rate (percent of the results in `window`) "
+                                 "at or above which the circuit opens.", minimum=1,
+                                 maximum=100)
+    open_duration: Millis = setting(Millis(15 * SECOND), doc="How long an open circuit "
+                                    "sends the peer nothing before probing it again "
+                                    "(half-open).", minimum=SECOND, maximum=HOUR)
+    half_open_probes: int = setting(1, doc="Requests let through at once, across all "
+                                    "workers, while half-open; one success closes the "
+                                    "circuit, one failure opens it again.", minimum=1,
+                                    maximum=100)
+    probe_timeout: Millis = setting(Millis(30 * SECOND), doc="A half-open probe that has "
+                                    "no response head after this long frees its place "
+                                    "for another probe.", minimum=SECOND, maximum=HOUR)
+    failures: tuple[str, ...] = setting(
+        HEALTH_FAILURE_DEFAULT, doc="Results that count as errors: `connect`, `reset`, "
+        "`malformed` (as in `health_failures`), `5xx` (any 500-599 status the peer "
+        "answered), `ttfb_timeout` (off by default: a slow model is not a dead one). Every "
+        "other response is a success (4xx and 429 included).",
+        check=checks.each(lambda kind: None if kind in HEALTH_FAILURES else
+                           f"{kind!r} is not one of {', '.join(HEALTH_FAILURES)}"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Upstream:
     peers: tuple[Peer, ...] = setting(doc="1 to 32 peers. Easy form: a list of URL strings.",
                                       style="inline")
@@ -267,6 +297,8 @@ class Upstream:
                                                "peer's `ready` path and send traffic only "
                                                "to ready peers; unset = every peer counts "
                                                "as ready.")
+    circuit_breaker: CircuitBreaker = setting(doc="Per-peer circuit breaker (on by "
+                                              "default).", factory=CircuitBreaker)
 
 
 # -- [models."NAME"] ---------------------------------------------------------------------------

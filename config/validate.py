@@ -144,6 +144,8 @@ RULES: tuple[Rule, ...] = (
     Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field / $..field subset."),
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
                              "and differs from the main listeners."),
+    Rule("circuit_breaker", "An enabled circuit_breaker counts at least one kind of "
+                            "failure (failures is not empty)."),
     Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),
 )
 
@@ -400,6 +402,13 @@ def _reaches_below(pattern: PathPattern, prefix: tuple[str, ...]) -> bool:
 
 def _check_upstreams(config: Config, problems: Problems) -> None:
     for name, pool in config.upstreams.items():
+        breaker = pool.circuit_breaker
+        if breaker.enabled and not breaker.failures:
+            problems.error(("upstreams", name, "circuit_breaker", "failures"),
+                           "circuit_breaker", "circuit_breaker.failures is empty: the "
+                           "circuit would never open; name at least one of "
+                           "connect, reset, malformed, 5xx, ttfb_timeout (or set "
+                           "enabled = false)")
         count = len(pool.peers)
         if not 1 <= count <= MAX_PEERS:
             problems.error(("upstreams", name, "peers"), "peer_count",

@@ -27,6 +27,7 @@ from typing import Any
 
 from li_httpd.config.model import Config
 from li_httpd.shm import SharedState, budget_limits, peer_cap, peer_ids, queue_ids
+from li_httpd.shm.circuit import STATE_NAMES, shown_state
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 120.0, 300.0)
@@ -186,7 +187,7 @@ class _SharedStateCollector:
         self.shared = shared
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         up = GaugeMetricFamily("li_upstream_peer_up", "1 when passive health has the peer up.",
                                labels=["pool", "peer"])
@@ -203,6 +204,12 @@ class _SharedStateCollector:
         live = GaugeMetricFamily("li_upstream_peer_live", "1 when the peer's last `live` "
                                  "probes succeeded (pools whose health_check sets `live`).",
                                  labels=["pool", "peer"])
+        circuit = GaugeMetricFamily("li_upstream_circuit_state", "1 for the state the peer's "
+                                    "circuit breaker is in (closed, open, half_open).",
+                                    labels=["pool", "peer", "state"])
+        transitions = CounterMetricFamily("li_upstream_circuit_transitions",
+                                          "State changes of the peer's circuit breaker.",
+                                          labels=["pool", "peer"])
         now = self.shared.clock()
         ids = peer_ids(self.config)
         for pool, upstream in self.config.upstreams.items():
@@ -217,10 +224,19 @@ class _SharedStateCollector:
                 if check is not None and check.live:
                     live.add_metric([pool, peer.url],
                                     1.0 if probed_live.live_name == "live" else 0.0)
+                if upstream.circuit_breaker.enabled:
+                    held = self.shared.circuit(shared_id)  # lock-free: we are a thread
+                    shown = shown_state(held, now)
+                    for state in STATE_NAMES:
+                        circuit.add_metric([pool, peer.url, state],
+                                           1.0 if state == shown else 0.0)
+                    transitions.add_metric([pool, peer.url], float(held.transitions))
         yield up
         yield active
         yield ready
         yield live
+        yield circuit
+        yield transitions
         yield cap
         depth = GaugeMetricFamily("li_route_queue_depth", "Requests waiting in the route's "
                                   "queue, all workers.", labels=["route"])

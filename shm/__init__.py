@@ -1,21 +1,23 @@
 """li_httpd.shm: the only code that knows shared-memory layouts.
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
-counters, least-connection counts, passive health, per-key token and dollar budgets,
-the health actor's probe results, per-route cold-start queues), in one segment the
-master creates before it forks (:mod:`.state`), plus the pure arithmetic on that state
-(:mod:`.gcra`, :mod:`.health`, :mod:`.budget`, :mod:`.readiness`, :mod:`.saturation`,
-:mod:`.waitqueue`).
+counters, least-connection counts, passive health, circuit breakers, per-key token and
+dollar budgets, the health actor's probe results, per-route cold-start queues), in one
+segment the master creates before it forks (:mod:`.state`), plus the pure arithmetic on
+that state (:mod:`.gcra`, :mod:`.health`, :mod:`.circuit`, :mod:`.budget`,
+:mod:`.readiness`, :mod:`.saturation`, :mod:`.waitqueue`).
 
 May import: li_httpd.config.
 """
 
 from .budget import Denied as BudgetDenied
 from .budget import Limits as BudgetLimits
-from .state import BudgetGrant, BudgetUsage, Layout, SharedState
+from .circuit import Policy as CircuitPolicy
+from .state import BudgetGrant, BudgetUsage, CircuitStep, Layout, SharedState
 
-__all__ = ["BudgetDenied", "BudgetGrant", "BudgetLimits", "BudgetUsage", "Layout",
-           "SharedState", "budget_limits", "layout_for", "peer_cap", "peer_ids", "queue_ids"]
+__all__ = ["BudgetDenied", "BudgetGrant", "BudgetLimits", "BudgetUsage", "CircuitPolicy",
+           "CircuitStep", "Layout", "SharedState", "budget_limits", "layout_for", "peer_cap",
+           "peer_ids", "queue_ids"]
 
 from li_httpd.config.model import ApiKey, Config, Peer, Upstream
 

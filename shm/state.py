@@ -36,7 +36,17 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
                   id: hash of the key's id (a reload finds a kept key's entry by
                   it); twin/uwin: the minute / dollar window the counter belongs to
                   (shm/budget.py).
-    probes        ProbeEntry × peer_count        (written by the health actor only)
+    circuits      CircuitEntry × peer_count          (shm/circuit.py)
+                  ┌──────────┬──────────┬───────────┬─────────────────┐
+                  │ state i64│until i64 │ floor i64 │ transitions i64 │  32 bytes
+                  └──────────┴──────────┴───────────┴─────────────────┘
+                  changed only under the peer's circuit lock.
+    probes        (count i64, started i64) × peer_count × worker_slots
+                  half-open probe places a worker holds (own column only).
+    outcomes      (epoch i64, successes i64, errors i64) × BUCKETS
+                    × peer_count × worker_slots
+                  the circuit breaker's sliding window (own column only).
+    readiness     ProbeEntry × peer_count        (written by the health actor only)
                   ┌───────────┬────────────┬──────────┬───────────┐
                   │ ready i64 │ rstreak i64│ live i64 │ lstreak   │ 32 bytes
                   └───────────┴────────────┴──────────┴───────────┘
@@ -54,7 +64,8 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
 Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
 the others or leak capacity:
 
-- *Counters* (streams, active requests) are single-writer: a worker only ever writes
+- *Counters* (streams, active requests, circuit-breaker results and probe places) are
+  single-writer: a worker only ever writes
   its own column; readers sum the columns; the master zeroes a dead worker's column
   (:meth:`SharedState.clear_worker`) before its replacement starts.
 - *Read-modify-write* that must be global (a key's GCRA state together with its
@@ -88,6 +99,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import budget, gcra, saturation, waitqueue
+from . import circuit as breaker
+from .circuit import Circuit
 from .health import PeerHealth, on_failure, on_success
 from .readiness import READY, Readiness
 
@@ -103,8 +116,12 @@ WORKER_ENTRY = 40
 WORKER_FIELDS = WORKER_ENTRY // 8
 BUDGET_ENTRY = 40
 BUDGET_FIELDS = BUDGET_ENTRY // 8
-PROBE_ENTRY = 32
-PROBE_FIELDS = PROBE_ENTRY // 8
+CIRCUIT_ENTRY = 32
+CIRCUIT_FIELDS = CIRCUIT_ENTRY // 8
+PROBE_FIELDS = 2
+OUTCOME_FIELDS = breaker.BUCKETS * 3
+READINESS_ENTRY = 32
+READINESS_FIELDS = READINESS_ENTRY // 8
 _HEADER = struct.Struct("<8sIIIIII")
 
 # Lock byte namespaces (fcntl locks may lie beyond the end of the file).
@@ -112,7 +129,8 @@ _LOCK_BUCKETS = 1 << 40
 _LOCK_POOLS = 2 << 40
 _LOCK_PEERS = 3 << 40
 _LOCK_BUDGETS = 4 << 40
-_LOCK_QUEUES = 5 << 40
+_LOCK_CIRCUITS = 5 << 40
+_LOCK_QUEUES = 6 << 40
 
 Clock = Callable[[], int]
 
@@ -159,12 +177,24 @@ class Layout:
         return self.workers_offset + self.worker_slots * WORKER_ENTRY
 
     @property
-    def probes_offset(self) -> int:
+    def circuits_offset(self) -> int:
         return self.budgets_offset + len(self.budget_ids) * BUDGET_ENTRY
 
     @property
+    def probes_offset(self) -> int:
+        return self.circuits_offset + self.peer_count * CIRCUIT_ENTRY
+
+    @property
+    def outcomes_offset(self) -> int:
+        return self.probes_offset + self.peer_count * self.worker_slots * PROBE_FIELDS * 8
+
+    @property
+    def readiness_offset(self) -> int:
+        return self.outcomes_offset + self.peer_count * self.worker_slots * OUTCOME_FIELDS * 8
+
+    @property
     def queues_offset(self) -> int:
-        return self.probes_offset + self.peer_count * PROBE_ENTRY
+        return self.readiness_offset + self.peer_count * READINESS_ENTRY
 
     @property
     def size(self) -> int:
@@ -216,9 +246,12 @@ class SharedState:
         self.active = view[layout.active_offset:layout.active_offset
                            + layout.peer_count * layout.worker_slots * 4].cast("i")
         self.workers = view[layout.workers_offset:layout.budgets_offset].cast("q")
-        self.budgets = view[layout.budgets_offset:layout.probes_offset].cast("q")
-        self.probes = view[layout.probes_offset:layout.probes_offset
-                           + layout.peer_count * PROBE_ENTRY].cast("q")
+        self.budgets = view[layout.budgets_offset:layout.circuits_offset].cast("q")
+        self.circuits = view[layout.circuits_offset:layout.probes_offset].cast("q")
+        self.probes = view[layout.probes_offset:layout.outcomes_offset].cast("q")
+        self.outcomes = view[layout.outcomes_offset:layout.readiness_offset].cast("q")
+        self.readiness = view[layout.readiness_offset:layout.readiness_offset
+                              + layout.peer_count * READINESS_ENTRY].cast("q")
         self.queues: list[memoryview] = []
         """One table per queued route (:mod:`.waitqueue`), in layout order."""
         offset = layout.queues_offset
@@ -244,7 +277,8 @@ class SharedState:
 
     def close(self) -> None:
         for view in (self.keys, self.streams, self.peers, self.active, self.workers,
-                     self.budgets, self.probes, *self.queues):
+                     self.budgets, self.circuits, self.probes, self.outcomes,
+                     self.readiness, *self.queues):
             view.release()
         self.memory.close()
         os.close(self.fd)
@@ -367,16 +401,23 @@ class SharedState:
         self.peers[field + 1] = state.window_start_ns
         self.peers[field + 2] = state.down_until_ns
 
+    def peer_usable(self, peer: int, now: int) -> bool:
+        """Whether pickers may choose ``peer``: passive health has it up and its circuit
+        lets requests through (lock-free; two loads in the healthy case)."""
+        field = peer * CIRCUIT_FIELDS
+        return self.peers[peer * PEER_FIELDS + 2] <= now and breaker.passable(
+            self.circuits[field], self.circuits[field + 1], now)
+
     # -- active health (written by the health actor only) -----------------------------------
 
     def peer_ready(self, peer: int) -> bool:
         """Whether the last probes found ``peer`` ready (one load: the request path)."""
-        return self.probes[peer * PROBE_FIELDS] == READY
+        return self.readiness[peer * READINESS_FIELDS] == READY
 
     def probe_state(self, peer: int) -> tuple[Readiness, Readiness]:
         """(ready, live) of ``peer`` as the health actor last stored them."""
-        field = peer * PROBE_FIELDS
-        probes = self.probes
+        field = peer * READINESS_FIELDS
+        probes = self.readiness
         return (Readiness(probes[field], probes[field + 1]),
                 Readiness(probes[field + 2], probes[field + 3]))
 
@@ -384,8 +425,8 @@ class SharedState:
         """The health actor's write (single writer, so no lock). Each streak before its
         state: an actor killed between the two stores leaves a state with the count of
         the one before it reset, never a new state with a stale count toward a change."""
-        field = peer * PROBE_FIELDS
-        probes = self.probes
+        field = peer * READINESS_FIELDS
+        probes = self.readiness
         probes[field + 1] = ready.streak
         probes[field] = ready.state
         probes[field + 3] = live.streak
@@ -409,7 +450,7 @@ class SharedState:
             best_weight = 0
             total = 0
             for position, peer in enumerate(peers):
-                if position in exclude or not self.peer_up(peer, now):
+                if position in exclude or not self.peer_usable(peer, now):
                     continue
                 field = peer * PEER_FIELDS + 3
                 current = shared[field] + weights[position]
@@ -434,7 +475,7 @@ class SharedState:
         for step in range(count):
             position = (start + step) % count
             peer = peers[position]
-            if position in exclude or not self.peer_up(peer, now):
+            if position in exclude or not self.peer_usable(peer, now):
                 continue
             load = self.active_of(peer) / weights[position]
             if best < 0 or load < best_load:
@@ -453,7 +494,7 @@ class SharedState:
         self._lock(_LOCK_POOLS + pool)
         try:
             shared = self.peers
-            usable = [position not in exclude and self.peer_up(peer, now)
+            usable = [position not in exclude and self.peer_usable(peer, now)
                       for position, peer in enumerate(peers)]
             active = [self.active_of(peer) for peer in peers]
             current = [shared[peer * PEER_FIELDS + 3] for peer in peers]
@@ -496,17 +537,23 @@ class SharedState:
     def inherit(self, old: SharedState, peer_map: dict[int, int]) -> None:
         """Carry state into a new segment at a reload: the key table (rate-limit state;
         key hashes include the route name, so they stay meaningful) when the capacity is
-        unchanged, the passive and active health of peers present in both configs
-        (``peer_map``: old
-        number -> new number), and the budget counters of API keys whose id is in both
-        (found by id hash, wherever the key now is in the list). Stream and request
-        counters stay with the old workers."""
+        unchanged, the passive and active health and the circuit of peers present in both
+        configs (``peer_map``: old number -> new number), and the budget counters of API
+        keys whose id is in both (found by id hash, wherever the key now is in the list).
+        Stream and request counters, circuit-breaker results and probe places stay with
+        the old workers."""
         self.key_secret = old.key_secret  # the carried key hashes were made with it
         if old.layout.key_capacity == self.layout.key_capacity:
             self.keys[:] = old.keys
         for old_peer, new_peer in peer_map.items():
             self._store_health(new_peer, old.health(old_peer))
             self.store_probe(new_peer, *old.probe_state(old_peer))
+            # The window's buckets stay behind (their width may have changed), so the
+            # floor that guarded them has nothing left to guard; probe places stay with
+            # the old workers, so a half-open circuit has free places here at once.
+            kept = old.circuit(old_peer)
+            until = 0 if kept.state == breaker.HALF_OPEN else kept.until_ns
+            self._store_circuit(new_peer, Circuit(kept.state, until, 0, kept.transitions))
         old_entries = {key: index for index, key in enumerate(old.layout.budget_ids)}
         self.budget_origin = old
         for index, key in enumerate(self.layout.budget_ids):
@@ -621,6 +668,124 @@ class SharedState:
         finally:
             self._unlock(_LOCK_BUDGETS + index)
 
+    # -- circuit breaker (shm/circuit.py) --------------------------------------------------------
+
+    def circuit(self, peer: int) -> Circuit:
+        """The circuit of ``peer`` (lock-free read: each field whole)."""
+        field = peer * CIRCUIT_FIELDS
+        entry = self.circuits
+        return Circuit(entry[field], entry[field + 1], entry[field + 2], entry[field + 3])
+
+    def _store_circuit(self, peer: int, state: Circuit) -> None:
+        field = peer * CIRCUIT_FIELDS
+        entry = self.circuits
+        entry[field + 1] = state.until_ns
+        entry[field + 2] = state.floor
+        entry[field + 3] = state.transitions
+        entry[field] = state.state
+
+    def circuit_available_at(self, peer: int) -> int:
+        """When ``peer``'s circuit lets a request through again (0: now)."""
+        return breaker.available_at(self.circuit(peer))
+
+    def reset_circuit(self, peer: int) -> None:
+        """Master: close ``peer``'s circuit (its pool's breaker was turned off)."""
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            held = self.circuit(peer)
+            if held.state != breaker.CLOSED:
+                self._store_circuit(peer, Circuit(breaker.CLOSED, 0, 0, held.transitions + 1))
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
+    def _probe_column(self, peer: int) -> int:
+        return (peer * self.layout.worker_slots + self.slot) * PROBE_FIELDS
+
+    def circuit_admit(self, peer: int, policy: breaker.Policy) -> CircuitStep:
+        """Whether a request may go to ``peer`` now; a ``probe`` admission holds one of
+        the half-open places (in this worker's column) until :meth:`circuit_record` or
+        :meth:`circuit_probe_abandoned`. No lock while the circuit is closed."""
+        field = peer * CIRCUIT_FIELDS
+        if self.circuits[field] == breaker.CLOSED:
+            return PASSED_CLOSED  # the request path: no allocation either
+        now = self.clock()
+        width = self.layout.worker_slots * PROBE_FIELDS
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            before = self.circuit(peer)
+            probes = breaker.live_probes(self.probes[peer * width:(peer + 1) * width], now,
+                                         policy.probe_timeout_ns)
+            after, admission = breaker.admit(before, now, probes, policy)
+            if admission == "probe":
+                column = self._probe_column(peer)
+                if now - self.probes[column + 1] >= policy.probe_timeout_ns:
+                    self.probes[column] = 0  # this worker's stale probes hold nothing
+                self.probes[column] += 1
+                self.probes[column + 1] = now
+            if after != before:
+                self._store_circuit(peer, after)
+            return CircuitStep(admission, before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
+    def circuit_record(self, peer: int, policy: breaker.Policy, error: bool,
+                       probe: bool) -> CircuitStep | None:
+        """Count one result of a request to ``peer``; the step when it changed the
+        circuit. A success of a normal request only touches this worker's column; an
+        error sums every worker's window and locks only to open the circuit."""
+        now = self.clock()
+        epoch = policy.epoch(now)
+        width = self.layout.worker_slots * OUTCOME_FIELDS
+        base = peer * width + self.slot * OUTCOME_FIELDS + epoch % breaker.BUCKETS * 3
+        outcomes = self.outcomes
+        if outcomes[base] != epoch:  # a bucket of an earlier lap: start it afresh
+            outcomes[base + 1] = 0
+            outcomes[base + 2] = 0
+            outcomes[base] = epoch
+        outcomes[base + (2 if error else 1)] += 1
+        if probe:
+            return self._probe_done(peer, now, policy, error)
+        field = peer * CIRCUIT_FIELDS
+        if not error or self.circuits[field] != breaker.CLOSED:
+            return None
+        results, errors = breaker.window_totals(outcomes[peer * width:(peer + 1) * width],
+                                                epoch, self.circuits[field + 2])
+        if not breaker.trips(results, errors, policy):
+            return None
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            before = self.circuit(peer)
+            after = breaker.on_trip(before, now, policy)
+            if after == before:
+                return None  # another worker opened it first
+            self._store_circuit(peer, after)
+            return CircuitStep("closed", before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
+    def circuit_probe_abandoned(self, peer: int, policy: breaker.Policy) -> None:
+        """A probe ended with no result to count (the client left, a timer fired)."""
+        self._probe_done(peer, self.clock(), policy, None)
+
+    def _probe_done(self, peer: int, now: int, policy: breaker.Policy,
+                    error: bool | None) -> CircuitStep | None:
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            column = self._probe_column(peer)
+            if self.probes[column] > 0:
+                self.probes[column] -= 1
+            before = self.circuit(peer)
+            if error is None:
+                after = breaker.on_probe_abandoned(before, now)
+            else:
+                after = breaker.on_probe_result(before, now, error, policy)
+            if after == before:
+                return None
+            self._store_circuit(peer, after)
+            return CircuitStep("probe", before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     # -- per-worker statistics (own slot only) -----------------------------------------------
 
     def worker_started(self, pid: int) -> None:
@@ -652,8 +817,8 @@ class SharedState:
     # -- the master's cleanup -------------------------------------------------------------------
 
     def clear_worker(self, slot: int) -> None:
-        """Zero a dead worker's columns (its streams, active requests and statistics)
-        and remove its entries from every route queue."""
+        """Zero a dead worker's columns (its streams, active requests, statistics and
+        half-open probe places) and remove its entries from every route queue."""
         width = self.layout.worker_slots
         for index in range(slot, len(self.streams), width):
             self.streams[index] = 0
@@ -661,12 +826,44 @@ class SharedState:
             self.active[index] = 0
         for field in range(slot * WORKER_FIELDS, (slot + 1) * WORKER_FIELDS):
             self.workers[field] = 0
+        for peer in range(self.layout.peer_count):
+            # Its circuit-breaker results stay: they are still evidence about the peer,
+            # and the replacement starts each bucket afresh when its epoch comes round.
+            cell = peer * width + slot
+            if self.probes[cell * PROBE_FIELDS] == 0:
+                continue
+            self._lock(_LOCK_CIRCUITS + peer)
+            try:
+                # The dead worker's probe places are free: say so to lock-free pickers.
+                self.probes[cell * PROBE_FIELDS] = 0
+                held = self.circuit(peer)
+                self._store_circuit(peer, breaker.on_probe_abandoned(held, self.clock()))
+            finally:
+                self._unlock(_LOCK_CIRCUITS + peer)
         for queue, table in enumerate(self.queues):
             self._lock(_LOCK_QUEUES + queue)
             try:
                 waitqueue.clear_owner(table, slot + 1)
             finally:
                 self._unlock(_LOCK_QUEUES + queue)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStep:
+    """What a circuit operation did: the admission it gave, and the state before and
+    after (equal when nothing changed)."""
+
+    admission: breaker.Admission
+    before: int
+    after: int
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+PASSED_CLOSED = CircuitStep("closed", breaker.CLOSED, breaker.CLOSED)
+"""The step of a request through a closed circuit (immutable, so shared)."""
 
 
 @dataclass(frozen=True, slots=True)

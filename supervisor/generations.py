@@ -230,6 +230,11 @@ def next_generation(current: Generation, retiring: Iterable[Generation],
         shared = SharedState.create(layout)
         shared.inherit(current.shared, peer_map(current.loaded, loaded))
         base = 0
+    ids = peer_ids(loaded.config)
+    for name, upstream in loaded.config.upstreams.items():
+        if not upstream.circuit_breaker.enabled:  # no breaker may keep a carried circuit
+            for peer in ids[name]:
+                shared.reset_circuit(peer)
     return Generation(current.number + 1, loaded, shared, tls,
                       [listeners[a] for a in loaded.config.server.listen],
                       [WorkerSlot(base + i) for i in range(count)])

@@ -48,14 +48,8 @@ from li_httpd.ops import metrics as metrics_env
 from li_httpd.ops.log.files import Rotator
 from li_httpd.ops.log.master import MasterLog
 from li_httpd.ops.log.records import Level
-from li_httpd.shm import (
-    SharedState,
-    budget_limits,
-    layout_for,
-    peer_cap,
-    peer_ids,
-    queue_ids,
-)
+from li_httpd.shm import SharedState, budget_limits, layout_for, peer_cap, peer_ids, queue_ids
+from li_httpd.shm.circuit import shown_state
 
 from . import reaper, sdnotify
 from .control import DEFER, ControlError, ControlServer, PendingReply, Reply
@@ -568,9 +562,9 @@ class Master:
                               "down_for_s": round(down_for, 1), "fails": health.fails,
                               "active": current.shared.active_of(shared_id),
                               "max_concurrent": peer_cap(upstream, peer),
-                              # No circuit breaker yet (SPEC §6 "later"); saying
-                              # "closed" would claim one that is watching.
-                              "circuit": "n/a",
+                              "circuit": shown_state(current.shared.circuit(shared_id),
+                                                     now_ns)
+                              if upstream.circuit_breaker.enabled else "off",
                               # Active health: "-" where nothing is probed.
                               "ready": ready.name if check else "-",
                               "live": live.live_name if check and check.live else "-"})

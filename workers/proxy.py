@@ -380,8 +380,8 @@ def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
 class _Proxy:
     """One proxied request: attempts on upstream peers, then the relay of the answer."""
 
-    __slots__ = ("beat_at", "censor", "client", "ctx", "exchange", "head", "plan", "shape",
-                 "upstream_path")
+    __slots__ = ("beat_at", "censor", "client", "ctx", "exchange", "head", "plan",
+                 "queued_probe", "shape", "upstream_path")
 
     def __init__(self, ctx: WorkerContext, client: ClientPort, exchange: Exchange,
                  admitted: Admitted) -> None:
@@ -393,6 +393,9 @@ class _Proxy:
         self.upstream_path = admitted.upstream_path
         self.beat_at = 0.0
         """When the next heartbeat is due on a stream committed early."""
+        self.queued_probe = False
+        """Whether the peer a wait in the route's queue ended with was admitted as a
+        half-open probe (the group's own flag may be another request's by then)."""
         self.shape: ApiShape | None = None
         """The API shape whose token usage the response carries (``usage_accounting``)."""
         self.censor: BodyCensor | SseCensor | None = None
@@ -518,13 +521,14 @@ class _Proxy:
                 found = await self._no_peer(group, taken, attempts, last, pools_left)
                 if not isinstance(found, PeerPool):
                     return found
-                pool = found
+                pool, probe = found, self.queued_probe
             else:
                 pool = taken
+                probe = group.probe_taken  # a half-open probe reports its result below
             peer = pool.peer
             exchange.attempt(group, peer)  # take() counted it in flight
             failure: FailureKind
-            reused = sent = retry_status = False
+            reused = sent = retry_status = counted = False
             try:
                 try:
                     up = await pool.acquire(client.deadline, ctx.timeouts.send)
@@ -563,6 +567,9 @@ class _Proxy:
                         failure = "ttfb"
                     else:
                         status = response.status
+                        # The breaker decides at the head: any 5xx the peer answered.
+                        group.circuit_result(peer, "5xx" if status >= 500 else None, probe)
+                        counted = True
                         exhausted = status in group.settings.retry_statuses
                         if exhausted:
                             decision = self._decide(group, attempts, peer, "status",
@@ -592,9 +599,14 @@ class _Proxy:
                                 exchange.detail = f"status {status} after retries"
                                 return Handled("upstream_error", handled.keep_alive)
                             return handled
+                if not counted:  # a failure before any response head
+                    group.circuit_result(peer, HEALTH_KIND[failure], probe)
+                    counted = True
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
+                if probe and not counted:  # cancelled: the probe's place is free again
+                    group.circuit_abandoned(peer)
             if retry_status:
                 # Not a `continue` inside the try: mypyc cannot compile one in try/finally.
                 continue
@@ -651,18 +663,24 @@ class _Proxy:
         the connection and with it the wait: the entry leaves the queue at once)."""
         client, metrics, route = self.client, self.ctx.metrics, self.plan.name_bytes
         excluded = attempts.excluded
+
+        def take() -> PeerPool | Unavailable:
+            got = group.take(exclude=excluded)
+            self.queued_probe = group.probe_taken  # before any other task picks
+            return got
+
         committed = self.exchange.sse if self.exchange.phase is Phase.SSE else None
         waited: PeerPool | QueueEnd | None = None
         client.watch_disconnect()
         try:
             if committed is None:
-                waited = await line.wait(lambda: group.take(exclude=excluded))
+                waited = await line.wait(take)
             else:
                 # A stream committed early (early_stream_head) shows it is alive while
                 # it waits, as it does while the upstream prepares its head.
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._beat_while_queued, committed)
-                    waited = await line.wait(lambda: group.take(exclude=excluded))
+                    waited = await line.wait(take)
                     nursery.cancel_scope.cancel()
         finally:
             client.unwatch_disconnect()

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import trio
 from li_httpd.config.model import Upstream
 from li_httpd.ops.log.writer import WorkerLog
-from li_httpd.shm import SharedState, peer_cap
+from li_httpd.shm import CircuitPolicy, CircuitStep, SharedState, peer_cap
+from li_httpd.shm.circuit import STATE_NAMES
 from li_httpd.shm.saturation import SATURATED
 from trio.lowlevel import wait_writable
 
@@ -207,13 +208,14 @@ class UpstreamGroup:
     Selection reads and updates the shared state, so it holds across workers:
     ``round_robin`` is one smooth weighted round robin for all workers (under the
     pool's lock), ``least_conn`` picks the peer with the fewest active requests per
-    weight summed over every worker. Peers marked down by passive health are skipped,
-    and so, in a pool with a ``health_check``, are peers the health actor has not found
-    ready.
+    weight summed over every worker. Peers marked down by passive health, peers whose
+    circuit breaker is open and, in a pool with a ``health_check``, peers the health actor
+    has not found ready are skipped; a peer whose circuit is half-open is chosen only when
+    it admits the request as a probe.
     """
 
-    __slots__ = ("_caps", "_ids", "_probed", "_rotate", "_weights", "log", "name", "peers",
-                 "pool_index", "pools", "settings", "shared")
+    __slots__ = ("_breaker", "_caps", "_ids", "_probed", "_rotate", "_weights", "log", "name",
+                 "peers", "pool_index", "pools", "probe_taken", "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
                  pool_index: int, shared_ids: tuple[int, ...],
@@ -231,6 +233,11 @@ class UpstreamGroup:
         self._weights = tuple(p.weight for p in self.peers)
         self._rotate = 0
         self._probed = settings.health_check is not None
+        self._breaker = CircuitPolicy.of(settings.circuit_breaker)
+        self.probe_taken = False
+        """Whether the last :meth:`pick` admitted its peer as a half-open probe (read it
+        at once, before any await): that attempt reports with :meth:`circuit_result`,
+        or :meth:`circuit_abandoned` when it ends without a result."""
         caps = tuple(peer_cap(settings, p) for p in settings.peers)
         self._caps: tuple[int, ...] | None = caps if any(caps) else None
         """Per-peer ``max_concurrent`` (0 = no cap); None when no peer has one, so that an
@@ -256,7 +263,9 @@ class UpstreamGroup:
         with ``shared.add_active(peer.shared_id, -1)``), or why there is none. Capped
         pools check and count under the pool's lock, so that the caps hold across
         workers; uncapped ones add to this worker's column only. Peers not ready (active
-        health) count as down, never as saturated."""
+        health) or whose circuit is open count as down, never as saturated. As with
+        :meth:`pick`, :attr:`probe_taken` says whether the peer was admitted as a
+        half-open probe (read it at once)."""
         caps = self._caps
         if caps is None:
             pool = self.pick(exclude)
@@ -264,23 +273,53 @@ class UpstreamGroup:
                 return "down"
             self.shared.add_active(pool.peer.shared_id, 1)
             return pool
+        self.probe_taken = False
         if self._probed:
             exclude = self._not_ready(exclude)
-        self._rotate += 1
-        position = self.shared.pick_capped(self.pool_index, self._ids, self._weights, caps,
-                                           exclude, self.settings.balance == "least_conn",
-                                           self._rotate % len(self._ids))
-        if position >= 0:
-            return self.pools[position]
-        return "saturated" if position == SATURATED else "down"
+        shared = self.shared
+        skipped: list[int] = []
+        while True:
+            self._rotate += 1
+            position = shared.pick_capped(self.pool_index, self._ids, self._weights, caps,
+                                          [*exclude, *skipped] if skipped else exclude,
+                                          self.settings.balance == "least_conn",
+                                          self._rotate % len(self._ids))
+            if position < 0:
+                return "saturated" if position == SATURATED else "down"
+            if self._circuit_admits(position):
+                return self.pools[position]
+            shared.add_active(self._ids[position], -1)  # its half-open places are taken
+            skipped.append(position)
 
     def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
-        """The next peer to try, or None when every peer is excluded, down or not ready."""
+        """The next peer to try, or None when every peer is excluded, down, open or not
+        ready."""
+        self.probe_taken = False
         if self._probed:
             exclude = self._not_ready(exclude)
+        skipped: list[int] = []
+        while True:
+            position = self._choose([*exclude, *skipped] if skipped else exclude)
+            if position < 0:
+                return None
+            if self._circuit_admits(position):
+                return self.pools[position]
+            skipped.append(position)  # its half-open places were taken meanwhile
+
+    def _circuit_admits(self, position: int) -> bool:
+        """The breaker's word on a chosen peer; no lock while its circuit is closed."""
+        peer = self.peers[position]
+        step = self.shared.circuit_admit(peer.shared_id, self._breaker)
+        self._log_circuit(peer, step, "the open time is over")
+        if step.admission == "refused":
+            return False
+        self.probe_taken = step.admission == "probe"
+        return True
+
+    def _choose(self, exclude: Sequence[int]) -> int:
         if len(self.pools) == 1:  # nothing to balance: skip the shared lock
-            up = not exclude and self.shared.peer_up(self._ids[0], self.shared.clock())
-            return self.pools[0] if up else None
+            up = not exclude and self.shared.peer_usable(self._ids[0], self.shared.clock())
+            return 0 if up else -1
         if self.settings.balance == "least_conn":
             self._rotate += 1
             position = self.shared.pick_least_conn(self._ids, self._weights, exclude,
@@ -288,7 +327,7 @@ class UpstreamGroup:
         else:
             position = self.shared.pick_round_robin(self.pool_index, self._ids, self._weights,
                                                     exclude)
-        return self.pools[position] if position >= 0 else None
+        return position
 
     def failed(self, peer: PeerTarget, kind: HealthFailure) -> None:
         """Passive health: count a failure against ``peer`` (all workers see it), when
@@ -303,15 +342,43 @@ class UpstreamGroup:
                                 retry_after_s=settings.fail_timeout / 1000)
 
     def seconds_until_a_peer_is_up(self) -> int:
-        """Whole seconds until the first down peer is tried again (at least 1): the
-        ``Retry-After`` of a pool whose every peer is down."""
+        """Whole seconds until the first down or open peer is tried again (at least 1):
+        the ``Retry-After`` of a pool whose every peer is down or open."""
         shared = self.shared
         check = self.settings.health_check
         if check is not None and not any(shared.peer_ready(p) for p in self._ids):
             return max(1, -(-check.interval // 1000))  # the next probe round may bring one
         now = shared.clock()
-        soonest = min(shared.health(peer).down_until_ns for peer in self._ids)
+        soonest = min(max(shared.health(peer).down_until_ns, shared.circuit_available_at(peer))
+                      for peer in self._ids)
         return max(1, -(-(soonest - now) // 1_000_000_000))
+
+    def circuit_result(self, peer: PeerTarget, failure: HealthFailure | None,
+                       probe: bool) -> None:
+        """The breaker's count of one attempt: ``failure`` None for a response head
+        that is not a failure the pool's ``circuit_breaker.failures`` names (a 5xx
+        counts as ``5xx`` whatever ``retry_statuses`` says); ``probe``: the attempt
+        was admitted as a half-open probe."""
+        breaker = self._breaker
+        if not breaker.enabled:
+            return
+        error = failure is not None and failure in breaker.failures
+        step = self.shared.circuit_record(peer.shared_id, breaker, error, probe)
+        if step is not None:
+            self._log_circuit(peer, step, f"a probe got {failure or 'an answer'}"
+                              if probe else "the error rate")
+
+    def circuit_abandoned(self, peer: PeerTarget) -> None:
+        """A probe attempt ended with no result (cancelled): its place is free."""
+        self.shared.circuit_probe_abandoned(peer.shared_id, self._breaker)
+
+    def _log_circuit(self, peer: PeerTarget, step: CircuitStep, reason: str) -> None:
+        if step.changed and self.log:
+            # Every transition at warn, as passive health's down and up lines: an
+            # operator reading the error log sees the whole story of a peer.
+            self.log.diagnostic("warn", f"upstream circuit {STATE_NAMES[step.after]}",
+                                peer=peer.label, pool=self.name, reason=reason,
+                                was=STATE_NAMES[step.before])
 
     def succeeded(self, peer: PeerTarget) -> None:
         if self.shared.peer_succeeded(peer.shared_id) and self.log:

@@ -53,7 +53,7 @@ def test_ctl_status_shows_workers_peers_and_config(mock: MockUpstream, start_gat
     assert sum(w["requests"] for w in status["workers"]) >= 1
     assert status["upstreams"][0]["peer"] == mock.origin
     assert status["upstreams"][0]["health"] == "up"
-    assert status["upstreams"][0]["circuit"] == "n/a"  # no breaker: never claim one
+    assert status["upstreams"][0]["circuit"] == "closed"  # the breaker is on by default
     assert status["listen"] == [gateway.url]
     table = gateway.ctl("status")
     assert "workers" in table.stdout and "upstreams" in table.stdout and mock.origin in table.stdout

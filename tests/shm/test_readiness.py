@@ -84,7 +84,7 @@ def test_the_segment_stores_probe_state_per_peer() -> None:
         assert shared.probe_state(2) == (Readiness(), Readiness())
         # The region comes after every other one: the budgets are untouched.
         assert list(shared.budgets[::5]) == [11, 12]
-        assert shared.layout.probes_offset + 3 * 32 <= shared.layout.size
+        assert shared.layout.readiness_offset + 3 * 32 <= shared.layout.size
     finally:
         shared.close()
 
