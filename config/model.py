@@ -183,6 +183,10 @@ class Peer:
                        check_rule="peer_url")
     weight: int = setting(1, doc="Share of traffic relative to the other peers.",
                           minimum=1, maximum=100)
+    max_concurrent: int | None = setting(None, doc="Requests in flight to this peer at "
+                                         "once, counted across all workers; 0 = no cap. "
+                                         "Unset: the pool's `max_concurrent`.",
+                                         minimum=0, maximum=100_000)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,6 +251,16 @@ class Upstream:
                                       style="inline")
     balance: Balance = setting("round_robin", doc="`round_robin` or `least_conn` "
                                "(counted across all workers).")
+    max_concurrent: int = setting(0, doc="Default per-peer cap on requests in flight, "
+                                  "counted across all workers (a peer's own "
+                                  "`max_concurrent` overrides it); 0 = no cap. When every "
+                                  "usable peer is at its cap the gateway answers "
+                                  "`saturated_status` itself, without contacting a peer.",
+                                  minimum=0, maximum=100_000)
+    saturated_status: Literal[429, 503] = setting(503, doc="The status of the gateway's "
+                                                  "answer when every usable peer is at its "
+                                                  "`max_concurrent` cap: 503 or 429 (with "
+                                                  "`Retry-After: 1`).")
     max_fails: int = setting(3, doc="Failures within `fail_timeout` that mark a peer down "
                              "(0 = never).", minimum=0, maximum=100)
     fail_timeout: Millis = setting(Millis(10 * SECOND), doc="Failure window, and how long "
@@ -614,6 +628,14 @@ class RouteFallback:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RouteQueue:
+    max_size: int = setting(100, doc="Requests that may wait at once, across all workers; "
+                            "one more is answered 503 at once.", minimum=1, maximum=10_000)
+    max_wait: Millis = setting(Millis(30 * SECOND), doc="Longest wait of one request "
+                               "before it is answered 503.", minimum=100, maximum=10 * MINUTE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HostMatch:
     kind: HostKind = setting("any", doc="`any`, `exact` or `suffix` (value starts with '.').",
                              key="type")
@@ -687,6 +709,12 @@ class Route:
                                         "request bytes.", inherit=True)
     fallback: RouteFallback = setting(doc="Proxy routes: other pools tried before the "
                                       "first response byte.", factory=RouteFallback)
+    queue: RouteQueue | None = setting(None, doc="Proxy routes: while the pool has no "
+                                       "usable peer (all down or all at their "
+                                       "`max_concurrent` cap), requests wait here in arrival "
+                                       "order, across all workers, instead of getting a 503 "
+                                       "at once (scale-to-zero and cold starts). Off unless "
+                                       "set.")
     request_buffering: bool = setting(True, doc="Proxy routes: read the whole request "
                                       "body (at most `limits.max_body`) before an upstream "
                                       "connection is taken, so a slow client holds no "

@@ -115,6 +115,7 @@ RULES: tuple[Rule, ...] = (
                               "heartbeat_interval (a committed stream must show it is alive)."),
     Rule("fallback", "fallback.chain names declared upstreams, each once, other than the "
                      "route's own pool, on a proxy route; fallback.on is not empty."),
+    Rule("queue", "A route's [route.queue] needs a proxy route."),
     Rule("model", "Model names (and owned_by): letters, digits and . _ : / @ + -, at most "
                   "128, starting with a letter or digit."),
     Rule("model_pool", "Every [models] entry's pool is a declared upstream."),
@@ -233,6 +234,14 @@ def _check_fallbacks(config: Config, problems: Problems) -> None:
             problems.error(_route_path(index, "fallback", "on"), "fallback",
                            "fallback.on is empty: the chain would never be used; name at "
                            "least one of connect, status, ttfb_timeout, reset")
+
+
+def _check_queues(config: Config, problems: Problems) -> None:
+    for index, route in enumerate(config.route):
+        if route.queue is not None and route.proxy is None:
+            problems.error(_route_path(index, "queue"), "queue",
+                           "[route.queue] needs a proxy route (this route has no upstream "
+                           "to wait for)")
 
 
 def _check_models(config: Config, problems: Problems) -> None:
@@ -744,6 +753,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_has_routes, _ROUTES),
     (_check_targets, (*_ROUTES, ("upstreams",), ("static",))),
     (_check_fallbacks, (*_ROUTES, ("upstreams",))),
+    (_check_queues, _ROUTES),
     (_check_models, (*_ROUTES, ("upstreams",), ("models",), ("auth",))),
     (_check_names_and_priorities, _ROUTES),
     (_check_matches, (*_ROUTES, _LISTEN)),

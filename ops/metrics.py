@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from li_httpd.config.model import Config
-from li_httpd.shm import SharedState, budget_limits, peer_ids
+from li_httpd.shm import SharedState, budget_limits, peer_cap, peer_ids, queue_ids
 from li_httpd.shm.circuit import STATE_NAMES, shown_state
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -65,6 +65,14 @@ class NoMetrics:
 
     def censored(self, route: bytes, kind: str, name: str, count: int) -> None:
         pass
+
+    def saturated(self, pool: str) -> None:
+        """A request the gateway answered itself because every usable peer of ``pool``
+        was at its ``max_concurrent`` cap."""
+
+    def queue_outcome(self, route: bytes, outcome: str) -> None:
+        """How a request left its route's queue: released, timeout, overflow,
+        disconnected."""
 
 
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
@@ -107,6 +115,12 @@ class Metrics(NoMetrics):
         self._censor = Counter("li_censor_hits_total", "Secrets the leak censor found in "
                                "responses (kind: detector or path; name: the detector id "
                                "or the JSON deny path).", ["route", "kind", "name"])
+        self._saturated = Counter("li_upstream_saturated_total", "Requests answered by the "
+                                  "gateway because every usable peer of the pool was at "
+                                  "its max_concurrent cap.", ["pool"])
+        self._queued = Counter("li_route_queue_total", "Requests that waited in a route's "
+                               "queue, by how they left it (released, timeout, overflow, "
+                               "disconnected).", ["route", "outcome"])
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, family: Any, *labels: str) -> Any:
@@ -132,6 +146,12 @@ class Metrics(NoMetrics):
 
     def upstream_error(self, peer: str, kind: str) -> None:
         self._child(self._upstream_errors, peer, kind).inc()
+
+    def saturated(self, pool: str) -> None:
+        self._child(self._saturated, pool).inc()
+
+    def queue_outcome(self, route: bytes, outcome: str) -> None:
+        self._child(self._queued, route.decode(), outcome).inc()
 
     def connection(self, delta: int) -> None:
         self._connections.inc(delta)
@@ -174,6 +194,9 @@ class _SharedStateCollector:
         active = GaugeMetricFamily("li_upstream_peer_active",
                                    "Requests in flight to the peer, all workers.",
                                    labels=["pool", "peer"])
+        cap = GaugeMetricFamily("li_upstream_peer_max_concurrent",
+                                "The peer's max_concurrent cap (0 = none).",
+                                labels=["pool", "peer"])
         ready = GaugeMetricFamily("li_upstream_peer_ready", "1 when the peer's last health "
                                   "probes found it ready (always 1 in a pool without a "
                                   "health_check, whose peers count as ready).",
@@ -194,6 +217,7 @@ class _SharedStateCollector:
             for peer, shared_id in zip(upstream.peers, ids[pool], strict=True):
                 up.add_metric([pool, peer.url], 1.0 if self.shared.peer_up(shared_id, now) else 0.0)
                 active.add_metric([pool, peer.url], float(self.shared.active_of(shared_id)))
+                cap.add_metric([pool, peer.url], float(peer_cap(upstream, peer)))
                 probed_ready, probed_live = self.shared.probe_state(shared_id)
                 ready.add_metric([pool, peer.url], 1.0 if check is None
                                  or probed_ready.name == "ready" else 0.0)
@@ -213,6 +237,12 @@ class _SharedStateCollector:
         yield live
         yield circuit
         yield transitions
+        yield cap
+        depth = GaugeMetricFamily("li_route_queue_depth", "Requests waiting in the route's "
+                                  "queue, all workers.", labels=["route"])
+        for route, index in queue_ids(self.config).items():
+            depth.add_metric([route], float(self.shared.queue_depth(index)))
+        yield depth
         remaining = GaugeMetricFamily(
             "li_budget_remaining", "What is left of an API key's budget in its current "
             "window: tokens this minute, or dollars this budget window.",

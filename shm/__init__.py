@@ -2,9 +2,10 @@
 
 Fixed-layout records for state that must hold across workers (rate limits, stream
 counters, least-connection counts, passive health, circuit breakers, per-key token and
-dollar budgets, the health actor's probe results), in one segment the master creates
-before it forks (:mod:`.state`), plus the pure arithmetic on that state (:mod:`.gcra`,
-:mod:`.health`, :mod:`.circuit`, :mod:`.budget`, :mod:`.readiness`).
+dollar budgets, the health actor's probe results, per-route cold-start queues), in one
+segment the master creates before it forks (:mod:`.state`), plus the pure arithmetic on
+that state (:mod:`.gcra`, :mod:`.health`, :mod:`.circuit`, :mod:`.budget`,
+:mod:`.readiness`, :mod:`.saturation`, :mod:`.waitqueue`).
 
 May import: li_httpd.config.
 """
@@ -15,9 +16,10 @@ from .circuit import Policy as CircuitPolicy
 from .state import BudgetGrant, BudgetUsage, CircuitStep, Layout, SharedState
 
 __all__ = ["BudgetDenied", "BudgetGrant", "BudgetLimits", "BudgetUsage", "CircuitPolicy",
-           "CircuitStep", "Layout", "SharedState", "budget_limits", "layout_for", "peer_ids"]
+           "CircuitStep", "Layout", "SharedState", "budget_limits", "layout_for", "peer_cap",
+           "peer_ids", "queue_ids"]
 
-from li_httpd.config.model import ApiKey, Config
+from li_httpd.config.model import ApiKey, Config, Peer, Upstream
 
 from .state import SLOTS_PER_BUCKET, budget_id
 
@@ -29,7 +31,20 @@ def layout_for(config: Config, workers: int) -> Layout:
     capacity = -(-config.limits.max_rate_keys // SLOTS_PER_BUCKET) * SLOTS_PER_BUCKET
     peers = sum(len(pool.peers) for pool in config.upstreams.values())
     return Layout(capacity, workers * GENERATIONS, max(peers, 1),
-                  tuple(budget_id(key.id) for key in config.auth.keys))
+                  tuple(budget_id(key.id) for key in config.auth.keys),
+                  tuple((budget_id(route.name), route.queue.max_size)
+                        for route in config.route if route.queue is not None))
+
+
+def peer_cap(pool: Upstream, peer: Peer) -> int:
+    """A peer's ``max_concurrent`` (its own, else the pool's; 0 = no cap)."""
+    return pool.max_concurrent if peer.max_concurrent is None else peer.max_concurrent
+
+
+def queue_ids(config: Config) -> dict[str, int]:
+    """The queue table of each route with a ``[route.queue]`` (its layout position)."""
+    queued = [route.name for route in config.route if route.queue is not None]
+    return {name: index for index, name in enumerate(queued)}
 
 
 def budget_limits(key: ApiKey) -> BudgetLimits:

@@ -54,6 +54,12 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
                   2 not ready, and the count toward a change, so a restarted actor
                   carries on where the killed one stopped. Workers read `ready`
                   lock-free, and only for pools with a health check.
+    queues        per route with a [route.queue], in config order (shm/waitqueue.py):
+                  ┌──────────┬──────────┬───────────┬──────────────┐
+                  │ next i64 │ head i64 │ depth i64 │ capacity i64 │  then capacity ×
+                  └──────────┴──────────┴───────────┴──────────────┘  (ticket, owner)
+                  the cold-start queue: tickets in global arrival order, each tagged
+                  with its worker (slot + 1) so the master can clear a dead worker's.
 
 Concurrency, chosen so that a worker killed with SIGKILL at any instant cannot wedge
 the others or leak capacity:
@@ -63,9 +69,11 @@ the others or leak capacity:
   its own column; readers sum the columns; the master zeroes a dead worker's column
   (:meth:`SharedState.clear_worker`) before its replacement starts.
 - *Read-modify-write* that must be global (a key's GCRA state together with its
-  stream-cap check, a pool's round-robin weights, a peer's failure count, an API key's
-  budget counters) happens under an ``fcntl`` byte-range lock on the segment's
-  descriptor: one lock byte per key bucket, per pool, per peer and per budget entry.
+  stream-cap check, a pool's round-robin weights, a capped pool's choice together with
+  its ``max_concurrent`` check, a peer's failure count, an API key's budget counters, a
+  route's wait queue) happens under an ``fcntl`` byte-range lock on the segment's
+  descriptor: one lock byte per key bucket, per pool, per peer, per budget entry and per
+  queue.
   The kernel releases such locks when the holder dies.
   Lock holders never await, so a trio task cannot be suspended while holding one.
 - Single 8-byte aligned loads and stores are atomic on the supported platforms, so
@@ -90,7 +98,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from . import budget, gcra
+from . import budget, gcra, saturation, waitqueue
 from . import circuit as breaker
 from .circuit import Circuit
 from .health import PeerHealth, on_failure, on_success
@@ -122,6 +130,7 @@ _LOCK_POOLS = 2 << 40
 _LOCK_PEERS = 3 << 40
 _LOCK_BUDGETS = 4 << 40
 _LOCK_CIRCUITS = 5 << 40
+_LOCK_QUEUES = 6 << 40
 
 Clock = Callable[[], int]
 
@@ -135,6 +144,9 @@ class Layout:
     """Per configured API key (config order), the hash of its id (:func:`budget_id`):
     part of the layout, so a reload that renames, reorders, adds or removes keys gets
     a new segment (old workers keep their indexes into the old one)."""
+    queues: tuple[tuple[int, int], ...] = ()
+    """Per route with a ``[route.queue]`` (config order): the hash of its name
+    (:func:`budget_id`) and its ``max_size``. Part of the layout for the same reason."""
 
     @property
     def buckets(self) -> int:
@@ -181,8 +193,13 @@ class Layout:
         return self.outcomes_offset + self.peer_count * self.worker_slots * OUTCOME_FIELDS * 8
 
     @property
+    def queues_offset(self) -> int:
+        return self.readiness_offset + self.peer_count * READINESS_ENTRY
+
+    @property
     def size(self) -> int:
-        return _align(self.readiness_offset + self.peer_count * READINESS_ENTRY)
+        return _align(self.queues_offset
+                      + sum(waitqueue.fields(size) for _, size in self.queues) * 8)
 
 
 def budget_id(key_id: str) -> int:
@@ -235,6 +252,13 @@ class SharedState:
         self.outcomes = view[layout.outcomes_offset:layout.readiness_offset].cast("q")
         self.readiness = view[layout.readiness_offset:layout.readiness_offset
                               + layout.peer_count * READINESS_ENTRY].cast("q")
+        self.queues: list[memoryview] = []
+        """One table per queued route (:mod:`.waitqueue`), in layout order."""
+        offset = layout.queues_offset
+        for _, capacity in layout.queues:
+            end = offset + waitqueue.fields(capacity) * 8
+            self.queues.append(view[offset:end].cast("q"))
+            offset = end
 
     @classmethod
     def create(cls, layout: Layout, clock: Clock = time.monotonic_ns) -> SharedState:
@@ -246,13 +270,15 @@ class SharedState:
         state = cls(fd, memory, layout, clock)
         for index, key in enumerate(layout.budget_ids):
             state.budgets[index * BUDGET_FIELDS] = key
+        for table, (_, capacity) in zip(state.queues, layout.queues, strict=True):
+            waitqueue.init(table, capacity)
         state.key_secret = os.urandom(16)
         return state
 
     def close(self) -> None:
         for view in (self.keys, self.streams, self.peers, self.active, self.workers,
                      self.budgets, self.circuits, self.probes, self.outcomes,
-                     self.readiness):
+                     self.readiness, *self.queues):
             view.release()
         self.memory.close()
         os.close(self.fd)
@@ -455,6 +481,58 @@ class SharedState:
             if best < 0 or load < best_load:
                 best, best_load = position, load
         return best
+
+    def pick_capped(self, pool: int, peers: Sequence[int], weights: Sequence[int],
+                    caps: Sequence[int], exclude: Sequence[int], least_conn: bool,
+                    start: int) -> int:
+        """A peer of a pool with ``max_concurrent`` caps, counted in this worker's active
+        column before the pool's lock is released (so that no other worker can take the
+        same last place): its position, else :data:`~.saturation.NO_PEER` (none usable)
+        or :data:`~.saturation.SATURATED` (usable peers, each at its cap). The caller
+        gives the place back with ``add_active(peer, -1)``."""
+        now = self.clock()
+        self._lock(_LOCK_POOLS + pool)
+        try:
+            shared = self.peers
+            usable = [position not in exclude and self.peer_usable(peer, now)
+                      for position, peer in enumerate(peers)]
+            active = [self.active_of(peer) for peer in peers]
+            current = [shared[peer * PEER_FIELDS + 3] for peer in peers]
+            position = saturation.choose(usable, active, caps, weights, current,
+                                         least_conn, start)
+            if position >= 0:
+                if not least_conn:
+                    for index, peer in enumerate(peers):
+                        shared[peer * PEER_FIELDS + 3] = current[index]
+                self.add_active(peers[position], 1)
+            return position
+        finally:
+            self._unlock(_LOCK_POOLS + pool)
+
+    # -- cold-start queues (per route, shm/waitqueue.py) -----------------------------------
+
+    def queue_join(self, queue: int) -> int:
+        """Enter route queue ``queue`` from this worker: a ticket, or 0 when it is full."""
+        self._lock(_LOCK_QUEUES + queue)
+        try:
+            return waitqueue.join(self.queues[queue], self.slot + 1)
+        finally:
+            self._unlock(_LOCK_QUEUES + queue)
+
+    def queue_leave(self, queue: int, ticket: int) -> None:
+        self._lock(_LOCK_QUEUES + queue)
+        try:
+            waitqueue.leave(self.queues[queue], ticket)
+        finally:
+            self._unlock(_LOCK_QUEUES + queue)
+
+    def queue_head(self, queue: int) -> int:
+        """The oldest waiting ticket, 0 when nobody waits (lock-free)."""
+        return waitqueue.head(self.queues[queue])
+
+    def queue_depth(self, queue: int) -> int:
+        """Requests waiting in the queue, all workers (lock-free)."""
+        return waitqueue.depth(self.queues[queue])
 
     def inherit(self, old: SharedState, peer_map: dict[int, int]) -> None:
         """Carry state into a new segment at a reload: the key table (rate-limit state;
@@ -740,7 +818,7 @@ class SharedState:
 
     def clear_worker(self, slot: int) -> None:
         """Zero a dead worker's columns (its streams, active requests, statistics and
-        half-open probe places)."""
+        half-open probe places) and remove its entries from every route queue."""
         width = self.layout.worker_slots
         for index in range(slot, len(self.streams), width):
             self.streams[index] = 0
@@ -762,6 +840,12 @@ class SharedState:
                 self._store_circuit(peer, breaker.on_probe_abandoned(held, self.clock()))
             finally:
                 self._unlock(_LOCK_CIRCUITS + peer)
+        for queue, table in enumerate(self.queues):
+            self._lock(_LOCK_QUEUES + queue)
+            try:
+                waitqueue.clear_owner(table, slot + 1)
+            finally:
+                self._unlock(_LOCK_QUEUES + queue)
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,9 +93,15 @@ def render_status(status: dict[str, Any]) -> str:
         peers += [[p["pool"], p["peer"], p["health"] + (f" ({p['down_for_s']}s)"
                                                         if p["health"] == "down" else ""),
                    p.get("ready", "-"), p.get("live", "-"),
-                   str(p["active"]), str(p["fails"]), p["circuit"]]
+                   str(p["active"]) + (f"/{p['max_concurrent']}"
+                                       if p.get("max_concurrent") else ""),
+                   str(p["fails"]), p["circuit"]]
                   for p in status["upstreams"]]
         lines += ["upstreams", _table(peers)]
+    if status.get("queues"):
+        rows = [["route", "waiting"]]
+        rows += [[q["route"], f"{q['depth']}/{q['max_size']}"] for q in status["queues"]]
+        lines += ["queues", _table(rows)]
     if status.get("budgets"):
         rows = [["key", "tokens/min", "usd", "window ends (UTC)"]]
         rows += [[b["key"], f"{b['tokens']}/{b['tokens_per_minute'] or '-'}",

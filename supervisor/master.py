@@ -48,7 +48,7 @@ from li_httpd.ops import metrics as metrics_env
 from li_httpd.ops.log.files import Rotator
 from li_httpd.ops.log.master import MasterLog
 from li_httpd.ops.log.records import Level
-from li_httpd.shm import SharedState, budget_limits, layout_for, peer_ids
+from li_httpd.shm import SharedState, budget_limits, layout_for, peer_cap, peer_ids, queue_ids
 from li_httpd.shm.circuit import shown_state
 
 from . import reaper, sdnotify
@@ -561,12 +561,17 @@ class Master:
                               "health": "up" if down_for == 0 else "down",
                               "down_for_s": round(down_for, 1), "fails": health.fails,
                               "active": current.shared.active_of(shared_id),
+                              "max_concurrent": peer_cap(upstream, peer),
                               "circuit": shown_state(current.shared.circuit(shared_id),
                                                      now_ns)
                               if upstream.circuit_breaker.enabled else "off",
                               # Active health: "-" where nothing is probed.
                               "ready": ready.name if check else "-",
                               "live": live.live_name if check and check.live else "-"})
+        queued = queue_ids(current.loaded.config)
+        queues = [{"route": route.name, "depth": current.shared.queue_depth(queued[route.name]),
+                   "max_size": route.queue.max_size}
+                  for route in current.loaded.config.route if route.queue is not None]
         tls = current.tls is not None
         last: LastResult = self.last_reload["result"]
         budgets = budget_status(current.shared, current.loaded.config.auth.keys,
@@ -576,7 +581,7 @@ class Master:
             "config_file": current.loaded.filename, "generation": current.number,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "listen": [listener_url(s, tls) for s in current.listeners],
-            "workers": workers, "upstreams": peers, "budgets": budgets,
+            "workers": workers, "upstreams": peers, "budgets": budgets, "queues": queues,
             "actors": [{"name": "reload", "pid": self.actor_pid,
                         "state": "running" if self.actor_pid else "restarting"},
                        *([self.health.status()] if self.health is not None else [])],

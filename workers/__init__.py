@@ -18,7 +18,8 @@ Modules, in the order a request meets them:
 - :mod:`.port` — the client side as handlers see it (a Protocol);
 - :mod:`.static`, :mod:`.static_response` — static-file policy (pure), and its I/O;
 - :mod:`.proxy` — the reverse proxy handler; :mod:`.retry` — its retry decisions (pure);
-- :mod:`.upstream` — peers, keep-alive pools, peer choice;
+- :mod:`.upstream` — peers, keep-alive pools, peer choice (with `max_concurrent` caps);
+- :mod:`.waitline` — a route's cold-start queue as one worker waits in it;
 - :mod:`.sse` — SSE event boundaries, held half events, the terminal error event (pure);
 - :mod:`.json_redact` — the leak censor's JSON deny paths: whole and streamed bodies (pure);
 - :mod:`.usage` — token usage read from relayed responses, without buffering (pure);

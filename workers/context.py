@@ -20,7 +20,7 @@ from li_httpd.config import Found, LoadedConfig, Router, effective_deny_paths
 from li_httpd.config.model import Config, Model, RateLimit, Route
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
-from li_httpd.shm import SharedState, budget_limits, gcra, layout_for, peer_ids
+from li_httpd.shm import SharedState, budget_limits, gcra, layout_for, peer_ids, queue_ids
 
 from .censor import Rules, rules_for
 from .housekeeping import Housekeeping
@@ -31,6 +31,7 @@ from .retry import FallbackPolicy, FallbackTrigger
 from .static import StaticSite
 from .upstream import UpstreamGroup
 from .usage import Price
+from .waitline import WaitLine
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,8 @@ class RoutePlan:
     """The leak censor's rules for response bodies (None: the censor is off here)."""
     expose_errors: bool
     """``expose_upstream_errors``: upstream 4xx/5xx bodies pass through unchanged."""
+    queue: WaitLine | None = None
+    """``[route.queue]``: where requests wait while the pool has no usable peer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +233,7 @@ class WorkerContext:
         """Keys with a token or dollar budget: their entry in the shared state, limits."""
         sites = {name: StaticSite(root) for name, root in config.static.items()}
         self.plans: dict[str, RoutePlan] = {}
+        queues = queue_ids(config)
         for route in config.route:
             group = self.groups.get(route.proxy) if route.proxy else None
             read_timeout = group.settings.read_timeout / 1000 if group else 60.0
@@ -262,6 +266,8 @@ class WorkerContext:
                 x_api_key=route.accept_x_api_key,
                 censor=censor_rules(loaded, route),
                 expose_errors=config.server.expose_upstream_errors,
+                queue=WaitLine(self.shared, queues[route.name], route.queue.max_wait / 1000)
+                if route.queue is not None else None,
             )
 
     def close(self) -> None:

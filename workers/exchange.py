@@ -198,9 +198,11 @@ class Exchange:
         else:
             self.attempts[-1] = entry
 
-    def pool_down(self, group: UpstreamGroup) -> None:
-        """``group`` had no peer to try (every one marked down)."""
-        entry = (group.name, "-", "down")
+    def pool_down(self, group: UpstreamGroup, reason: str = "down") -> None:
+        """``group`` had no peer to try: ``down`` (every one marked down), ``saturated``
+        (each usable one at its ``max_concurrent`` cap), ``queued`` (the request waited
+        in the route's queue), ``queue_full`` or ``queue_timeout``."""
+        entry = (group.name, "-", reason)
         if self.attempts is None:
             self.attempts = [entry]
         else:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import trio
 import trio_parallel
@@ -81,8 +81,16 @@ from .retry import (
 )
 from .sockio import ClientGone, DeadlineReason, PeerGone
 from .sse import SseRelay, SseScanner
-from .upstream import PeerPool, PeerTarget, UpstreamConn, UpstreamConnectError, UpstreamGroup
+from .upstream import (
+    PeerPool,
+    PeerTarget,
+    Unavailable,
+    UpstreamConn,
+    UpstreamConnectError,
+    UpstreamGroup,
+)
 from .usage import ApiShape, UsageScanner, shape_of
+from .waitline import QueueEnd, WaitLine
 
 REPLAYABLE_BODY = 64 * 1024
 _SSE = b"text/event-stream"
@@ -372,8 +380,8 @@ def proxy_request(ctx: WorkerContext, client: ClientPort, exchange: Exchange,
 class _Proxy:
     """One proxied request: attempts on upstream peers, then the relay of the answer."""
 
-    __slots__ = ("beat_at", "censor", "client", "ctx", "exchange", "head", "plan", "shape",
-                 "upstream_path")
+    __slots__ = ("beat_at", "censor", "client", "ctx", "exchange", "head", "plan",
+                 "queued_probe", "shape", "upstream_path")
 
     def __init__(self, ctx: WorkerContext, client: ClientPort, exchange: Exchange,
                  admitted: Admitted) -> None:
@@ -385,6 +393,9 @@ class _Proxy:
         self.upstream_path = admitted.upstream_path
         self.beat_at = 0.0
         """When the next heartbeat is due on a stream committed early."""
+        self.queued_probe = False
+        """Whether the peer a wait in the route's queue ended with was admitted as a
+        half-open probe (the group's own flag may be another request's by then)."""
         self.shape: ApiShape | None = None
         """The API shape whose token usage the response carries (``usage_accounting``)."""
         self.censor: BodyCensor | SseCensor | None = None
@@ -499,24 +510,23 @@ class _Proxy:
             # Each attempt runs under its own timers (connect, TTFB, idle); none of an
             # earlier phase (the request head's, a failed attempt's TTFB) may fire now.
             client.deadline.clear()
-            pool = group.pick(exclude=attempts.excluded)
-            probe = group.probe_taken  # a half-open probe reports its result below
-            if pool is None:
-                keep = attempts.replay != "never"
-                if last is not None:  # every peer failed; the last failure speaks
-                    return await self._pool_failed(last, replay, pools_left, keep)
-                # Nothing was tried: the pool is down.
-                exchange.pool_down(group)
-                if falls_back("connect", replay=replay, policy=policy,
-                              pools_left=pools_left):
-                    return None
-                # Say when to come back.
-                return await self._fail(
-                    503, "all upstream peers are down", "upstream_error", keep,
-                    headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
+            line = self.plan.queue
+            taken: PeerPool | Unavailable | Literal["queued"]
+            if line is not None and last is None and line.someone_waits() and not falls_back(
+                    "connect", replay=replay, policy=policy, pools_left=pools_left):
+                taken = "queued"  # others wait for this pool already: no overtaking
+            else:
+                taken = group.take(exclude=attempts.excluded)
+            if isinstance(taken, str):
+                found = await self._no_peer(group, taken, attempts, last, pools_left)
+                if not isinstance(found, PeerPool):
+                    return found
+                pool, probe = found, self.queued_probe
+            else:
+                pool = taken
+                probe = group.probe_taken  # a half-open probe reports its result below
             peer = pool.peer
-            exchange.attempt(group, peer)
-            shared.add_active(peer.shared_id, 1)
+            exchange.attempt(group, peer)  # take() counted it in flight
             failure: FailureKind
             reused = sent = retry_status = counted = False
             try:
@@ -609,6 +619,88 @@ class _Proxy:
             # The connection survives when the request body was read to its end.
             keep = attempts.replay != "never" and failure != "protocol"
             return await self._pool_failed(failure, replay, pools_left, keep)
+
+    async def _no_peer(self, group: UpstreamGroup, why: Unavailable | Literal["queued"],
+                       attempts: Attempts, last: FailureKind | None,
+                       pools_left: int) -> PeerPool | Handled | None:
+        """``group`` has no peer to try now (``why``): a peer after a wait in the route's
+        queue, else the answer (None: the route's next pool takes over)."""
+        exchange, replay = self.exchange, attempts.replay
+        keep = replay != "never"
+        if last is not None:  # every peer failed; the last failure speaks
+            return await self._pool_failed(last, replay, pools_left, keep)
+        if why != "queued" and falls_back("connect", replay=replay,
+                                          policy=self.plan.fallback_policy,
+                                          pools_left=pools_left):
+            exchange.pool_down(group, why)
+            return None
+        line = self.plan.queue
+        if line is not None:
+            waited = await self._wait_in_line(line, group, attempts)
+            if isinstance(waited, PeerPool):
+                exchange.pool_down(group, "queued")
+                return waited
+            exchange.pool_down(group, f"queue_{'full' if waited == 'overflow' else waited}")
+            return await self._fail(
+                503, "no upstream peer became available in time" if waited == "timeout"
+                else "too many requests are waiting for an upstream peer", "rejected", keep,
+                headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
+        exchange.pool_down(group, why)
+        if why == "saturated":
+            self.ctx.metrics.saturated(group.name)
+            return await self._fail(
+                group.settings.saturated_status,
+                "all upstream peers are at their concurrency limit", "rejected", keep,
+                headers=((b"retry-after", b"1"),))
+        # Nothing was tried: the pool is down. Say when to come back.
+        return await self._fail(
+            503, "all upstream peers are down", "upstream_error", keep,
+            headers=((b"retry-after", b"%d" % group.seconds_until_a_peer_is_up()),))
+
+    async def _wait_in_line(self, line: WaitLine, group: UpstreamGroup,
+                            attempts: Attempts) -> PeerPool | QueueEnd:
+        """Wait in the route's queue, watching for the client hanging up (which cancels
+        the connection and with it the wait: the entry leaves the queue at once)."""
+        client, metrics, route = self.client, self.ctx.metrics, self.plan.name_bytes
+        excluded = attempts.excluded
+
+        def take() -> PeerPool | Unavailable:
+            got = group.take(exclude=excluded)
+            self.queued_probe = group.probe_taken  # before any other task picks
+            return got
+
+        committed = self.exchange.sse if self.exchange.phase is Phase.SSE else None
+        waited: PeerPool | QueueEnd | None = None
+        client.watch_disconnect()
+        try:
+            if committed is None:
+                waited = await line.wait(take)
+            else:
+                # A stream committed early (early_stream_head) shows it is alive while
+                # it waits, as it does while the upstream prepares its head.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._beat_while_queued, committed)
+                    waited = await line.wait(take)
+                    nursery.cancel_scope.cancel()
+        finally:
+            client.unwatch_disconnect()
+            if waited is None:  # cancelled: the client hung up, or the worker stops
+                metrics.queue_outcome(route, "disconnected" if client.deadline.fired
+                                      == "client_gone" else "cancelled")
+        metrics.queue_outcome(route, "released" if isinstance(waited, PeerPool) else waited)
+        return waited
+
+    async def _beat_while_queued(self, committed: SseRelay) -> None:
+        """SSE heartbeats every ``heartbeat_interval`` until cancelled. A client gone is
+        left to the disconnect watch (an error here would end the wait as a crash)."""
+        chunk = _chunk(HEARTBEAT) if committed.chunked else HEARTBEAT
+        while True:
+            await trio.sleep(max(0.0, self.beat_at - sockio.now()))
+            try:
+                await self.client.send(chunk)
+            except PeerGone:
+                return
+            self.beat_at = sockio.now() + self.plan.heartbeat
 
     async def _pool_failed(self, failure: FailureKind, replay: Replay, pools_left: int,
                            keep: bool) -> Handled | None:

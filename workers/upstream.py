@@ -19,13 +19,15 @@ import socket
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 import trio
 from li_httpd.config.model import Upstream
 from li_httpd.ops.log.writer import WorkerLog
-from li_httpd.shm import CircuitPolicy, CircuitStep, SharedState
+from li_httpd.shm import CircuitPolicy, CircuitStep, SharedState, peer_cap
 from li_httpd.shm.circuit import STATE_NAMES
+from li_httpd.shm.saturation import SATURATED
 from trio.lowlevel import wait_writable
 
 from . import sockio
@@ -35,6 +37,10 @@ from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
 DNS_TTL = 30.0
+
+Unavailable = Literal["down", "saturated"]
+"""Why :meth:`UpstreamGroup.take` found no peer: none usable, or each usable one at its
+``max_concurrent`` cap."""
 
 
 class UpstreamConnectError(Exception):
@@ -208,7 +214,7 @@ class UpstreamGroup:
     it admits the request as a probe.
     """
 
-    __slots__ = ("_breaker", "_ids", "_probed", "_rotate", "_weights", "log", "name",
+    __slots__ = ("_breaker", "_caps", "_ids", "_probed", "_rotate", "_weights", "log", "name",
                  "peers", "pool_index", "pools", "probe_taken", "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
@@ -232,6 +238,10 @@ class UpstreamGroup:
         """Whether the last :meth:`pick` admitted its peer as a half-open probe (read it
         at once, before any await): that attempt reports with :meth:`circuit_result`,
         or :meth:`circuit_abandoned` when it ends without a result."""
+        caps = tuple(peer_cap(settings, p) for p in settings.peers)
+        self._caps: tuple[int, ...] | None = caps if any(caps) else None
+        """Per-peer ``max_concurrent`` (0 = no cap); None when no peer has one, so that an
+        uncapped pool keeps its lock-free path."""
 
     def _not_ready(self, exclude: Sequence[int]) -> Sequence[int]:
         """``exclude`` plus the positions of peers active health has not found ready
@@ -243,6 +253,43 @@ class UpstreamGroup:
             return exclude
         out.extend(exclude)
         return out
+
+    @property
+    def caps(self) -> tuple[int, ...]:
+        return self._caps or (0,) * len(self.peers)
+
+    def take(self, exclude: Sequence[int] = ()) -> PeerPool | Unavailable:
+        """The next peer to try with one request counted in flight to it (give it back
+        with ``shared.add_active(peer.shared_id, -1)``), or why there is none. Capped
+        pools check and count under the pool's lock, so that the caps hold across
+        workers; uncapped ones add to this worker's column only. Peers not ready (active
+        health) or whose circuit is open count as down, never as saturated. As with
+        :meth:`pick`, :attr:`probe_taken` says whether the peer was admitted as a
+        half-open probe (read it at once)."""
+        caps = self._caps
+        if caps is None:
+            pool = self.pick(exclude)
+            if pool is None:
+                return "down"
+            self.shared.add_active(pool.peer.shared_id, 1)
+            return pool
+        self.probe_taken = False
+        if self._probed:
+            exclude = self._not_ready(exclude)
+        shared = self.shared
+        skipped: list[int] = []
+        while True:
+            self._rotate += 1
+            position = shared.pick_capped(self.pool_index, self._ids, self._weights, caps,
+                                          [*exclude, *skipped] if skipped else exclude,
+                                          self.settings.balance == "least_conn",
+                                          self._rotate % len(self._ids))
+            if position < 0:
+                return "saturated" if position == SATURATED else "down"
+            if self._circuit_admits(position):
+                return self.pools[position]
+            shared.add_active(self._ids[position], -1)  # its half-open places are taken
+            skipped.append(position)
 
     def pick(self, exclude: Sequence[int] = ()) -> PeerPool | None:
         """The next peer to try, or None when every peer is excluded, down, open or not

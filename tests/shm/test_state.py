@@ -132,3 +132,71 @@ def test_key_secret_is_random_per_gateway_and_carried_across_reloads() -> None:
     reloaded = _state()
     reloaded.inherit(first, {})
     assert reloaded.key_secret == first.key_secret
+
+
+def _queued(slots: int = 4, sizes: tuple[int, ...] = (3,)) -> SharedState:
+    return SharedState.create(Layout(64, slots, 3, (), tuple((i + 1, s)
+                                                             for i, s in enumerate(sizes))))
+
+
+def test_queue_is_fifo_across_worker_slots_and_bounded() -> None:
+    state = _queued(sizes=(3, 2))
+    tickets = []
+    for slot in (2, 0, 3):  # three workers in this arrival order
+        state.slot = slot
+        tickets.append(state.queue_join(0))
+    assert state.queue_join(0) == 0  # the fourth overflows
+    assert state.queue_depth(0) == 3 and state.queue_depth(1) == 0  # queues are separate
+    order = []
+    while state.queue_depth(0):
+        head = state.queue_head(0)
+        order.append(head)
+        state.queue_leave(0, head)
+    assert order == tickets
+    assert state.queue_head(0) == 0
+
+
+def test_a_dead_slots_queue_entries_are_cleared() -> None:
+    state = _queued()
+    for slot in (1, 2, 1):
+        state.slot = slot
+        state.queue_join(0)
+    state.clear_worker(1)
+    assert state.queue_depth(0) == 1 and state.queue_head(0) == 2
+    state.slot = 3
+    assert state.queue_join(0) == 4
+
+
+def test_queue_of_a_killed_process_is_cleared_by_the_master() -> None:
+    state = _queued()
+    pid = os.fork()
+    if pid == 0:  # a worker in slot 1 joins, then dies holding its place
+        state.slot = 1
+        state.queue_join(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert state.queue_depth(0) == 1
+    state.clear_worker(1)
+    assert state.queue_depth(0) == 0 and state.queue_head(0) == 0
+
+
+def test_capped_pick_counts_every_slot_and_tells_saturated_from_down() -> None:
+    from li_httpd.shm.saturation import NO_PEER, SATURATED
+
+    clock = FakeClock()
+    state = _state(clock=clock)
+    ids, weights, caps = (0, 1), (1, 1), (1, 2)
+    taken = []
+    for slot in (0, 1, 2):
+        state.slot = slot
+        taken.append(state.pick_capped(0, ids, weights, caps, (), False, 0))
+    assert sorted(taken) == [0, 1, 1]
+    assert state.active_of(0) == 1 and state.active_of(1) == 2
+    state.slot = 3
+    assert state.pick_capped(0, ids, weights, caps, (), False, 0) == SATURATED
+    state.peer_failed(0, 1, 10 * NS)
+    state.peer_failed(1, 1, 10 * NS)
+    assert state.pick_capped(0, ids, weights, caps, (), False, 0) == NO_PEER
+    clock.now += 11 * NS
+    state.clear_worker(1)  # a dead worker's places come back
+    assert state.pick_capped(0, ids, weights, caps, (), True, 0) >= 0

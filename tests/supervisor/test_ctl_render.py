@@ -54,3 +54,16 @@ def test_budgets_show_use_over_limit_and_the_window_end() -> None:
         "  ci-bot  7/100       0.25/-",
     ]
     assert "budgets" not in render_status(_status({"result": "none"}))
+
+
+def test_capped_peers_show_active_over_max_and_queues_their_depth() -> None:
+    status = _status({"result": "none"})
+    peer = {"pool": "m", "health": "up", "down_for_s": 0.0, "fails": 0, "circuit": "n/a"}
+    status["upstreams"] = [{**peer, "peer": "http://a:1", "active": 2, "max_concurrent": 4},
+                           {**peer, "peer": "http://b:1", "active": 3, "max_concurrent": 0}]
+    status["queues"] = [{"route": "chat", "depth": 7, "max_size": 100}]
+    lines = render_status(status).splitlines()
+    row_a = next(line for line in lines if "http://a:1" in line)
+    row_b = next(line for line in lines if "http://b:1" in line)
+    assert " 2/4 " in row_a and " 3 " in row_b and "/0" not in row_b
+    assert lines[lines.index("queues") + 2].split() == ["chat", "7/100"]

@@ -118,3 +118,39 @@ def test_an_abandoned_probe_lets_the_next_request_probe(shared: SharedState,
     assert group.pick() is pool and group.probe_taken
     group.circuit_result(pool.peer, "connect", probe=True)
     assert shared.circuit(0).state == OPEN and group.pick() is None
+
+
+def test_a_capped_pool_skips_open_circuits_and_admits_one_probe(
+        shared: SharedState, clock: FakeClock) -> None:
+    """max_concurrent with the breaker: an open peer is not usable (the pool is saturated
+    when its usable peers are full), a half-open one is taken only as the probe, and a
+    refused probe gives its counted place back."""
+    settings = Upstream(peers=(Peer(url="http://127.0.0.1:9000", max_concurrent=1),
+                               Peer(url="http://127.0.0.1:9001", max_concurrent=5)),
+                        circuit_breaker=BREAKER)
+    group = UpstreamGroup("main", settings, ParseLimits(), shared, 0, (0, 1))
+    _fail(group, 1, 2)
+    first = group.take()
+    assert not isinstance(first, str) and first.peer.index == 0
+    assert group.take() == "saturated"  # peer 0 full; peer 1 open is not "usable"
+    assert shared.active_of(1) == 0
+    clock.now += 4 * NS
+    probe = group.take()
+    assert not isinstance(probe, str) and probe.peer.index == 1 and group.probe_taken
+    assert group.take() == "saturated"  # the probe place is taken: peer 1 refuses more
+    assert shared.active_of(1) == 1  # the refused choice gave its place back
+    group.circuit_result(probe.peer, None, probe=True)
+    assert shared.circuit(1).state == CLOSED
+    again = group.take()
+    assert not isinstance(again, str) and again.peer.index == 1 and not group.probe_taken
+
+
+def test_a_capped_pool_with_every_circuit_open_is_down(shared: SharedState) -> None:
+    settings = Upstream(peers=(Peer(url="http://127.0.0.1:9000"),
+                               Peer(url="http://127.0.0.1:9001")),
+                        max_concurrent=3, circuit_breaker=BREAKER)
+    group = UpstreamGroup("main", settings, ParseLimits(), shared, 0, (0, 1))
+    _fail(group, 0, 2)
+    _fail(group, 1, 2)
+    assert group.take() == "down"
+    assert shared.active_of(0) == shared.active_of(1) == 0
