@@ -129,7 +129,11 @@ def test_every_split_of_every_detector_through_the_gateway(
             j = min(len(raw), i + 5)
             script.framed(b"text/plain", [raw[:i], raw[i:j], raw[j:]])
             response = client.get("/framed")
-            assert len(response.content) == len(raw)  # Content-Length kept
+            # A body whose pieces all arrived with the head is scrubbed whole and
+            # re-framed (on a loaded box they can coalesce); one still arriving keeps
+            # its Content-Length.
+            if response.content != redacted(text).encode():
+                assert len(response.content) == len(raw)  # Content-Length kept
             assert secret.encode() not in response.content
             assert re.match(rb"key: .{0,2}\[REDACTED", response.content)
 
