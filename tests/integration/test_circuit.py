@@ -306,3 +306,25 @@ def test_first_byte_timeouts_count_only_when_named(
     assert [_get(gateway.port)[0] for _ in range(2)] == [504, 504]
     _wait_for(lambda: _circuits(gateway) == ["open"], 2)
     assert _get(gateway.port)[0] == 503
+
+
+def test_a_probe_that_times_out_waiting_for_the_head_opens_the_circuit_again(
+        make_peer: Callable[[], Peer], start_gateway: Callable[..., Gateway]) -> None:
+    """The last attempt's first-byte timeout ends through the connection's deadline (the
+    504): when that attempt is a half-open probe, it is a failed probe, not an abandoned
+    one (else a peer that hangs keeps the circuit half-open for ever, each probe holding
+    a client for the whole timeout)."""
+    peer = make_peer()
+    peer.mode = "hold"
+    timers = '[defaults.timeouts]\nttfb_timeout = "1s"\n'
+    pool = (_pool(peer).replace("min_requests = 4", "min_requests = 2")
+            + 'failures = ["5xx", "ttfb_timeout"]\n')
+    gateway = start_gateway(gateway_config("", upstreams=pool, extra=timers))
+    assert [_get(gateway.port)[0] for _ in range(2)] == [504, 504]
+    _wait_for(lambda: _circuits(gateway) == ["open"], 2)
+    _wait_for(lambda: _circuits(gateway) == ["half_open"], 5)
+    seen = peer.count()
+    assert _get(gateway.port)[0] == 504  # the probe
+    assert peer.count() == seen + 1
+    assert _circuits(gateway) == ["open"]
+    assert _get(gateway.port)[0] == 503
