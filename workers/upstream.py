@@ -316,6 +316,11 @@ class UpstreamGroup:
         if not breaker.enabled:
             return
         error = failure is not None and failure in breaker.failures
+        if probe and failure is not None and not error:
+            # No answer, and no error the pool names (a first-byte timeout, by default):
+            # no verdict on the peer, so the probe only frees its place.
+            self.shared.circuit_probe_abandoned(peer.shared_id, breaker)
+            probe = False  # still counted in the window, as any other result
         step = self.shared.circuit_record(peer.shared_id, breaker, error, probe)
         if step is not None:
             self._log_circuit(peer, step, f"a probe got {failure or 'an answer'}"

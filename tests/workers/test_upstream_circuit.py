@@ -118,3 +118,31 @@ def test_an_abandoned_probe_lets_the_next_request_probe(shared: SharedState,
     assert group.pick() is pool and group.probe_taken
     group.circuit_result(pool.peer, "connect", probe=True)
     assert shared.circuit(0).state == OPEN and group.pick() is None
+
+
+def test_a_probe_failure_the_breaker_does_not_count_decides_nothing(
+        shared: SharedState, clock: FakeClock) -> None:
+    """A probe that got no answer (a first-byte timeout the pool's ``failures`` leaves
+    out, by default) is no evidence the peer recovered: it must not close the circuit;
+    its place is free for the next probe. Named in ``failures``, it opens it again."""
+    group = _group(shared, 1)
+    _fail(group, 0, 2)
+    clock.now += 4 * NS
+    pool = group.pick()
+    assert pool is not None and group.probe_taken
+    group.circuit_result(pool.peer, "ttfb_timeout", probe=True)
+    assert shared.circuit(0).state == HALF_OPEN
+    assert group.pick() is pool and group.probe_taken  # the place is free again
+    group.circuit_result(pool.peer, None, probe=True)
+    assert shared.circuit(0).state == CLOSED
+
+    named = _group(shared, 1, CircuitBreaker(min_requests=2, open_duration=Millis(4_000),
+                                             failures=("5xx", "ttfb_timeout")))
+    clock.now += NS  # past the fresh window's floor
+    _fail(named, 0, 2)
+    assert shared.circuit(0).state == OPEN
+    clock.now += 4 * NS
+    pool = named.pick()
+    assert pool is not None and named.probe_taken
+    named.circuit_result(pool.peer, "ttfb_timeout", probe=True)
+    assert shared.circuit(0).state == OPEN
