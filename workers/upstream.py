@@ -302,7 +302,11 @@ class UpstreamGroup:
         if check is not None and not any(shared.peer_ready(p) for p in self._ids):
             return max(1, -(-check.interval // 1000))  # the next probe round may bring one
         now = shared.clock()
-        soonest = min(max(shared.health(peer).down_until_ns, shared.circuit_available_at(peer))
+        # A peer the health actor has not found ready serves no sooner than the next
+        # probe round, whatever its passive health and circuit say.
+        probe_at = now + check.interval * 1_000_000 if check is not None else 0
+        soonest = min(max(shared.health(peer).down_until_ns, shared.circuit_available_at(peer),
+                          0 if check is None or shared.peer_ready(peer) else probe_at)
                       for peer in self._ids)
         return max(1, -(-(soonest - now) // 1_000_000_000))
 
