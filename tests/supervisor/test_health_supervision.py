@@ -137,3 +137,32 @@ def test_transitions_become_log_lines(tmp_path: Path) -> None:
                      "(status 200)")]
     finally:
         h.actor.close()
+
+
+def test_a_failed_fork_is_retried_after_a_backoff_not_raised(tmp_path: Path) -> None:
+    """fork() can fail (EAGAIN under a process limit): the master's loop must go on and
+    try again later, as after an actor that died at once."""
+    h = Harness(tmp_path)
+    gen = generation(0)
+    calls = []
+
+    def failing(endpoint: str, generation: Any) -> int:
+        calls.append(generation.number)
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    real = h.forker.start_health_actor
+    h.forker.start_health_actor = failing  # type: ignore[method-assign]
+    try:
+        h.actor.maintain(gen, 0.0)
+        assert calls == [0] and h.actor.pid == 0
+        assert h.actor.status()["state"] == "restarting"
+        assert h.said and h.said[-1][0] == "warn" and "health actor" in h.said[-1][1]
+        delay = h.actor.wake_in(0.0)
+        assert delay is not None and delay > 0
+        h.actor.maintain(gen, 0.0)  # not yet due
+        assert calls == [0]
+        h.forker.start_health_actor = real  # type: ignore[method-assign]
+        h.actor.maintain(gen, 100.0)
+        assert h.actor.pid == 1000 and h.actor.status()["state"] == "running"
+    finally:
+        h.actor.close()
