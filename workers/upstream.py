@@ -320,9 +320,10 @@ class UpstreamGroup:
         if not breaker.enabled:
             return
         error = failure is not None and failure in breaker.failures
-        if probe and failure is not None and not error:
+        if probe and not error and failure is not None and failure != "5xx":
             # No answer, and no error the pool names (a first-byte timeout, by default):
-            # no verdict on the peer, so the probe only frees its place.
+            # no verdict on the peer, so the probe only frees its place. (A 5xx the pool
+            # does not count is an answer, so a success, as in the window.)
             self.shared.circuit_probe_abandoned(peer.shared_id, breaker)
             probe = False  # still counted in the window, as any other result
         step = self.shared.circuit_record(peer.shared_id, breaker, error, probe)

@@ -146,3 +146,16 @@ def test_a_probe_failure_the_breaker_does_not_count_decides_nothing(
     assert pool is not None and named.probe_taken
     named.circuit_result(pool.peer, "ttfb_timeout", probe=True)
     assert shared.circuit(0).state == OPEN
+
+
+def test_a_probe_answered_with_a_5xx_the_pool_does_not_count_closes_the_circuit(
+        shared: SharedState, clock: FakeClock) -> None:
+    group = _group(shared, 1, CircuitBreaker(min_requests=2, open_duration=Millis(4_000),
+                                             failures=("connect",)))
+    for _ in range(2):
+        group.circuit_result(group.peers[0], "connect", probe=False)
+    clock.now += 4 * NS
+    pool = group.pick()
+    assert pool is not None and group.probe_taken
+    group.circuit_result(pool.peer, "5xx", probe=True)
+    assert shared.circuit(0).state == CLOSED
