@@ -620,6 +620,17 @@ class SharedState:
         finally:
             self._unlock(_LOCK_CIRCUITS + peer)
 
+    def forget_window(self, peer: int) -> None:
+        """Master: drop ``peer``'s floor (a reload changed its pool's ``window``, so the
+        floor's bucket number is in units the new buckets no longer use; the buckets
+        written in those units never fall in a new window either)."""
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            held = self.circuit(peer)
+            self._store_circuit(peer, Circuit(held.state, held.until_ns, 0, held.transitions))
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     def _probe_column(self, peer: int) -> int:
         return (peer * self.layout.worker_slots + self.slot) * PROBE_FIELDS
 

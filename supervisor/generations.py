@@ -234,11 +234,15 @@ def next_generation(current: Generation, retiring: Iterable[Generation],
     ids = peer_ids(loaded.config)
     carried = peer_map(current.loaded, loaded)
     for name, upstream in loaded.config.upstreams.items():
+        previous = current.loaded.config.upstreams.get(name)
         if not upstream.circuit_breaker.enabled:  # no breaker may keep a carried circuit
             for peer in ids[name]:
                 shared.reset_circuit(peer)
+        elif shared is current.shared and previous is not None \
+                and previous.circuit_breaker.window != upstream.circuit_breaker.window:
+            for peer in ids[name]:  # the kept floors count buckets of the old width
+                shared.forget_window(peer)
         check = upstream.health_check
-        previous = current.loaded.config.upstreams.get(name)
         if check is not None and previous is not None and previous.health_check is None:
             # The pool gains a check: its peers were serving (without a check every peer
             # counts as ready), so they keep serving until the first probe, which
