@@ -45,6 +45,12 @@ BUCKETS: Final = 10
 """Time buckets per window: the window slides in steps of a tenth of its length."""
 
 _MS = 1_000_000
+FORGOTTEN: Final = 1 << 32
+"""A probe column's count is ``live + FORGOTTEN * forgotten``: the probes of a worker
+that held no place any more (``probe_timeout``) when that worker admitted another are
+forgotten; each end frees a forgotten one first, so a late end never frees the place
+of a newer probe."""
+LIVE_MASK: Final = FORGOTTEN - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +189,7 @@ def live_probes(columns: Sequence[int], now: int, probe_timeout_ns: int) -> Prob
     total = 0
     free_at = now + probe_timeout_ns
     for index in range(0, len(columns), 2):
-        count = columns[index]
+        count = columns[index] & LIVE_MASK
         expires = columns[index + 1] + probe_timeout_ns
         if count > 0 and now < expires:
             total += count

@@ -42,7 +42,8 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
                   └──────────┴──────────┴───────────┴─────────────────┘
                   changed only under the peer's circuit lock.
     probes        (count i64, started i64) × peer_count × worker_slots
-                  half-open probe places a worker holds (own column only).
+                  half-open probe places a worker holds (own column only; the
+                  count's high 32 bits: its forgotten stale probes, circuit.FORGOTTEN).
     outcomes      (epoch i64, successes i64, errors i64) × BUCKETS
                     × peer_count × worker_slots
                   the circuit breaker's sliding window (own column only).
@@ -652,7 +653,11 @@ class SharedState:
             if admission == "probe":
                 column = self._probe_column(peer)
                 if now - self.probes[column + 1] >= policy.probe_timeout_ns:
-                    self.probes[column] = 0  # this worker's stale probes hold nothing
+                    # This worker's stale probes hold nothing: forgotten (their ends,
+                    # still to come, must not free the place of the one admitted now).
+                    held = self.probes[column]
+                    self.probes[column] = ((held >> 32) + (held & breaker.LIVE_MASK)) \
+                        * breaker.FORGOTTEN
                 self.probes[column] += 1
                 self.probes[column + 1] = now
             if after != before:
@@ -705,8 +710,11 @@ class SharedState:
         self._lock(_LOCK_CIRCUITS + peer)
         try:
             column = self._probe_column(peer)
-            if self.probes[column] > 0:
-                self.probes[column] -= 1
+            held = self.probes[column]
+            if held >= breaker.FORGOTTEN:  # a late end of a forgotten probe first
+                self.probes[column] = held - breaker.FORGOTTEN
+            elif held > 0:
+                self.probes[column] = held - 1
             before = self.circuit(peer)
             if error is None:
                 after = breaker.on_probe_abandoned(before, now)

@@ -288,3 +288,24 @@ def test_a_reload_that_changes_the_window_keeps_the_breaker_working(
         shared.circuit_record(peer, policy, True, False)
     assert shared.circuit(peer).state == OPEN
     shared.close()
+
+
+def test_a_stale_probe_ending_late_frees_no_place_of_a_newer_one(
+        state: SharedState, clock: FakeClock) -> None:
+    """Same worker: probe 1 has no answer for probe_timeout, so its place goes to probe
+    2; when probe 1 then ends (the route's first-byte timeout is longer by default), the
+    place it gives back is not probe 2's: one probe at a time still."""
+    _open(state)
+    clock.now += 5 * NS
+    state.slot = 1
+    assert state.circuit_admit(1, POLICY).admission == "probe"
+    clock.now += 20 * NS
+    assert state.circuit_admit(1, POLICY).admission == "probe"  # probe 2, same worker
+    clock.now += 10 * NS
+    state.circuit_probe_abandoned(1, POLICY)  # probe 1 ends at last, no verdict
+    for slot in (1, 2):
+        state.slot = slot
+        assert state.circuit_admit(1, POLICY).admission == "refused"
+    state.slot = 1
+    state.circuit_probe_abandoned(1, POLICY)  # probe 2 ends too: the place is free
+    assert state.circuit_admit(1, POLICY).admission == "probe"
