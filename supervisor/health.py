@@ -72,7 +72,9 @@ class HealthActor:
         if not want or generation is None:
             self.due = False
             return
-        if now < self.respawn_at:
+        if now < self.respawn_at and (generation.number == self.generation
+                                      or self.respawn_at == float("inf")):  # stopped
+            # (The backoff is for one config's crash loop: a reload's actor starts now.)
             self.due = True
             return
         self.due = False
