@@ -166,6 +166,10 @@ def counted(epoch: int, now_epoch: int, floor: int) -> bool:
 def window_totals(buckets: Sequence[int], now_epoch: int, floor: int) -> tuple[int, int]:
     """(results, errors) in the window: ``buckets`` is a flat run of (epoch, successes,
     errors) triples, any number of workers' columns."""
+    if floor > now_epoch + 1:
+        # Set in the units of a wider window (a worker of the generation before a reload
+        # closed the circuit): no floor of these buckets' units lies that far ahead.
+        floor = 0
     results = errors = 0
     for index in range(0, len(buckets), 3):
         if counted(buckets[index], now_epoch, floor):
