@@ -45,6 +45,12 @@ BUCKETS: Final = 10
 """Time buckets per window: the window slides in steps of a tenth of its length."""
 
 _MS = 1_000_000
+FORGOTTEN: Final = 1 << 32
+"""A probe column's count is ``live + FORGOTTEN * forgotten``: the probes of a worker
+that held no place any more (``probe_timeout``) when that worker admitted another are
+forgotten; each end frees a forgotten one first, so a late end never frees the place
+of a newer probe."""
+LIVE_MASK: Final = FORGOTTEN - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,10 @@ def counted(epoch: int, now_epoch: int, floor: int) -> bool:
 def window_totals(buckets: Sequence[int], now_epoch: int, floor: int) -> tuple[int, int]:
     """(results, errors) in the window: ``buckets`` is a flat run of (epoch, successes,
     errors) triples, any number of workers' columns."""
+    if floor > now_epoch + 1:
+        # Set in the units of a wider window (a worker of the generation before a reload
+        # closed the circuit): no floor of these buckets' units lies that far ahead.
+        floor = 0
     results = errors = 0
     for index in range(0, len(buckets), 3):
         if counted(buckets[index], now_epoch, floor):
@@ -183,7 +193,7 @@ def live_probes(columns: Sequence[int], now: int, probe_timeout_ns: int) -> Prob
     total = 0
     free_at = now + probe_timeout_ns
     for index in range(0, len(columns), 2):
-        count = columns[index]
+        count = columns[index] & LIVE_MASK
         expires = columns[index + 1] + probe_timeout_ns
         if count > 0 and now < expires:
             total += count

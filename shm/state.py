@@ -42,7 +42,8 @@ Layout (version 2; all integers little-endian, 8-byte aligned)::
                   └──────────┴──────────┴───────────┴─────────────────┘
                   changed only under the peer's circuit lock.
     probes        (count i64, started i64) × peer_count × worker_slots
-                  half-open probe places a worker holds (own column only).
+                  half-open probe places a worker holds (own column only; the
+                  count's high 32 bits: its forgotten stale probes, circuit.FORGOTTEN).
     outcomes      (epoch i64, successes i64, errors i64) × BUCKETS
                     × peer_count × worker_slots
                   the circuit breaker's sliding window (own column only).
@@ -698,6 +699,17 @@ class SharedState:
         finally:
             self._unlock(_LOCK_CIRCUITS + peer)
 
+    def forget_window(self, peer: int) -> None:
+        """Master: drop ``peer``'s floor (a reload changed its pool's ``window``, so the
+        floor's bucket number is in units the new buckets no longer use; the buckets
+        written in those units never fall in a new window either)."""
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            held = self.circuit(peer)
+            self._store_circuit(peer, Circuit(held.state, held.until_ns, 0, held.transitions))
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     def _probe_column(self, peer: int) -> int:
         return (peer * self.layout.worker_slots + self.slot) * PROBE_FIELDS
 
@@ -719,7 +731,11 @@ class SharedState:
             if admission == "probe":
                 column = self._probe_column(peer)
                 if now - self.probes[column + 1] >= policy.probe_timeout_ns:
-                    self.probes[column] = 0  # this worker's stale probes hold nothing
+                    # This worker's stale probes hold nothing: forgotten (their ends,
+                    # still to come, must not free the place of the one admitted now).
+                    held = self.probes[column]
+                    self.probes[column] = ((held >> 32) + (held & breaker.LIVE_MASK)) \
+                        * breaker.FORGOTTEN
                 self.probes[column] += 1
                 self.probes[column + 1] = now
             if after != before:
@@ -772,8 +788,11 @@ class SharedState:
         self._lock(_LOCK_CIRCUITS + peer)
         try:
             column = self._probe_column(peer)
-            if self.probes[column] > 0:
-                self.probes[column] -= 1
+            held = self.probes[column]
+            if held >= breaker.FORGOTTEN:  # a late end of a forgotten probe first
+                self.probes[column] = held - breaker.FORGOTTEN
+            elif held > 0:
+                self.probes[column] = held - 1
             before = self.circuit(peer)
             if error is None:
                 after = breaker.on_probe_abandoned(before, now)

@@ -33,6 +33,7 @@ from li_httpd.actors import health
 from li_httpd.actors.reload import run_actor
 from li_httpd.config import LoadedConfig
 from li_httpd.shm import SharedState, layout_for, peer_ids
+from li_httpd.shm.readiness import READY, Readiness
 
 from .listeners import Listeners
 from .tls import ServerTls
@@ -231,10 +232,24 @@ def next_generation(current: Generation, retiring: Iterable[Generation],
         shared.inherit(current.shared, peer_map(current.loaded, loaded))
         base = 0
     ids = peer_ids(loaded.config)
+    carried = peer_map(current.loaded, loaded)
     for name, upstream in loaded.config.upstreams.items():
+        previous = current.loaded.config.upstreams.get(name)
         if not upstream.circuit_breaker.enabled:  # no breaker may keep a carried circuit
             for peer in ids[name]:
                 shared.reset_circuit(peer)
+        elif shared is current.shared and previous is not None \
+                and previous.circuit_breaker.window != upstream.circuit_breaker.window:
+            for peer in ids[name]:  # the kept floors count buckets of the old width
+                shared.forget_window(peer)
+        check = upstream.health_check
+        if check is not None and previous is not None and previous.health_check is None:
+            # The pool gains a check: its peers were serving (without a check every peer
+            # counts as ready), so they keep serving until the first probe, which
+            # decides at once. Peers the reload adds stay unknown until probed.
+            for peer in carried.values():
+                if peer in ids[name]:
+                    shared.store_probe(peer, Readiness(READY, check.fall - 1), Readiness())
     return Generation(current.number + 1, loaded, shared, tls,
                       [listeners[a] for a in loaded.config.server.listen],
                       [WorkerSlot(base + i) for i in range(count)])

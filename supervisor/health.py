@@ -72,13 +72,24 @@ class HealthActor:
         if not want or generation is None:
             self.due = False
             return
-        if now < self.respawn_at:
+        if now < self.respawn_at and (generation.number == self.generation
+                                      or self.respawn_at == float("inf")):  # stopped
+            # (The backoff is for one config's crash loop: a reload's actor starts now.)
             self.due = True
             return
         self.due = False
         if self.inbox is None:
             self.inbox = HealthInbox(self.endpoint)
-        self.pid = self.forker.start_health_actor(self.endpoint, generation)
+        try:
+            self.pid = self.forker.start_health_actor(self.endpoint, generation)
+        except OSError as exc:  # fork() failed (EAGAIN, ENOMEM): try again later
+            self.delay = next_delay(self.delay, 0.0)
+            self.respawn_at = now + self.delay
+            self.due = True
+            self.generation = generation.number  # shown as restarting
+            self.say(f"health actor could not start ({exc}); retrying in "
+                     f"{self.delay:.1f}s", "warn")
+            return
         self.generation = generation.number
         self.started = now
 

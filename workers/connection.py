@@ -447,9 +447,8 @@ class ClientConnection:
                 if reason == "upstream_ttfb" and exchange.group is not None:
                     # The proxy's last possible attempt timed out (see proxy._send_request).
                     exchange.group.failed(upstream.peer, "ttfb_timeout")
-                    # A probe's place was freed as the cancellation left the
-                    # attempt; here the timeout only counts in the window.
-                    exchange.group.circuit_result(upstream.peer, "ttfb_timeout", False)
+                    # The breaker counted it as the cancellation left the attempt
+                    # (proxy._on_pool), with whether it was a half-open probe.
                     self.ctx.metrics.upstream_error(upstream.peer.label, "ttfb_timeout")
                     if exchange.attempts is not None:
                         exchange.attempt_failed("ttfb_timeout")

@@ -605,7 +605,12 @@ class _Proxy:
             finally:
                 shared.add_active(peer.shared_id, -1)
                 client.unwatch_disconnect()  # no disconnect watch outlives its attempt
-                if probe and not counted:  # cancelled: the probe's place is free again
+                if not counted and client.deadline.fired == "upstream_ttfb":
+                    # The last attempt's first-byte timeout: the connection answers
+                    # the 504 (see _send_request). A result, for a probe too: a peer
+                    # that hangs must open its half-open circuit again.
+                    group.circuit_result(peer, "ttfb_timeout", probe)
+                elif probe and not counted:  # cancelled: the probe's place is free again
                     group.circuit_abandoned(peer)
             if retry_status:
                 # Not a `continue` inside the try: mypyc cannot compile one in try/finally.

@@ -349,7 +349,11 @@ class UpstreamGroup:
         if check is not None and not any(shared.peer_ready(p) for p in self._ids):
             return max(1, -(-check.interval // 1000))  # the next probe round may bring one
         now = shared.clock()
-        soonest = min(max(shared.health(peer).down_until_ns, shared.circuit_available_at(peer))
+        # A peer the health actor has not found ready serves no sooner than the next
+        # probe round, whatever its passive health and circuit say.
+        probe_at = now + check.interval * 1_000_000 if check is not None else 0
+        soonest = min(max(shared.health(peer).down_until_ns, shared.circuit_available_at(peer),
+                          0 if check is None or shared.peer_ready(peer) else probe_at)
                       for peer in self._ids)
         return max(1, -(-(soonest - now) // 1_000_000_000))
 
@@ -363,6 +367,12 @@ class UpstreamGroup:
         if not breaker.enabled:
             return
         error = failure is not None and failure in breaker.failures
+        if probe and not error and failure is not None and failure != "5xx":
+            # No answer, and no error the pool names (a first-byte timeout, by default):
+            # no verdict on the peer, so the probe only frees its place. (A 5xx the pool
+            # does not count is an answer, so a success, as in the window.)
+            self.shared.circuit_probe_abandoned(peer.shared_id, breaker)
+            probe = False  # still counted in the window, as any other result
         step = self.shared.circuit_record(peer.shared_id, breaker, error, probe)
         if step is not None:
             self._log_circuit(peer, step, f"a probe got {failure or 'an answer'}"

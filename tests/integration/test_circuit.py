@@ -306,3 +306,47 @@ def test_first_byte_timeouts_count_only_when_named(
     assert [_get(gateway.port)[0] for _ in range(2)] == [504, 504]
     _wait_for(lambda: _circuits(gateway) == ["open"], 2)
     assert _get(gateway.port)[0] == 503
+
+
+def test_a_probe_that_times_out_waiting_for_the_head_opens_the_circuit_again(
+        make_peer: Callable[[], Peer], start_gateway: Callable[..., Gateway]) -> None:
+    """The last attempt's first-byte timeout ends through the connection's deadline (the
+    504): when that attempt is a half-open probe, it is a failed probe, not an abandoned
+    one (else a peer that hangs keeps the circuit half-open for ever, each probe holding
+    a client for the whole timeout)."""
+    peer = make_peer()
+    peer.mode = "hold"
+    timers = '[defaults.timeouts]\nttfb_timeout = "1s"\n'
+    pool = (_pool(peer).replace("min_requests = 4", "min_requests = 2")
+            + 'failures = ["5xx", "ttfb_timeout"]\n')
+    gateway = start_gateway(gateway_config("", upstreams=pool, extra=timers))
+    assert [_get(gateway.port)[0] for _ in range(2)] == [504, 504]
+    _wait_for(lambda: _circuits(gateway) == ["open"], 2)
+    _wait_for(lambda: _circuits(gateway) == ["half_open"], 5)
+    seen = peer.count()
+    assert _get(gateway.port)[0] == 504  # the probe
+    assert peer.count() == seen + 1
+    assert _circuits(gateway) == ["open"]
+    assert _get(gateway.port)[0] == 503
+
+
+def test_a_probe_whose_client_goes_away_frees_its_place_and_counts_nothing(
+        make_peer: Callable[[], Peer], start_gateway: Callable[..., Gateway]) -> None:
+    """A client that hangs up while its request probes the peer is no evidence about the
+    peer: the circuit stays half-open and the next request probes at once."""
+    peer = make_peer()
+    gateway = start_gateway(gateway_config("", upstreams=_pool(peer)))
+    _trip(gateway, peer)
+    _wait_for(lambda: _circuits(gateway) == ["half_open"], 5)
+    peer.mode = "hold"
+    seen = peer.count()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+        client.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        _wait_for(lambda: peer.count() == seen + 1, 5)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    time.sleep(0.5)  # the gateway sees the hang-up while it waits for the head
+    assert _circuits(gateway) == ["half_open"]
+    peer.mode = "ok"
+    peer.release.set()
+    assert _get(gateway.port)[0] == 200  # the place was free: this one probed
+    assert _circuits(gateway) == ["closed"]

@@ -182,3 +182,13 @@ def test_trips_is_monotonic_in_errors(results: int, errors: int, percent: int) -
 def test_bucket_count_is_a_tenth_of_the_window() -> None:
     assert circuit.BUCKETS == 10
     assert Policy.of(CircuitBreaker(window=Millis(1000))).bucket_ns == NS // 10
+
+
+def test_a_floor_from_wider_buckets_does_not_blind_the_window() -> None:
+    """A floor is at most the bucket after now; one further ahead was set in the units
+    of another window (an old-generation worker closed the circuit after a reload made
+    the window wider) and would keep every result out for ever: it is ignored."""
+    buckets = [100, 5, 5, 99, 1, 1]
+    assert window_totals(buckets, 100, 101) == (0, 0)  # just closed: nothing counts
+    assert window_totals(buckets, 100, 100) == (10, 5)
+    assert window_totals(buckets, 100, 6_000) == (12, 6)

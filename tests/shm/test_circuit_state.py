@@ -243,3 +243,69 @@ def test_reload_frees_the_places_of_a_half_open_circuit(state: SharedState,
         assert new.circuit(1).state == CLOSED and new.circuit(1).transitions == 3
     finally:
         new.close()
+
+
+@pytest.mark.parametrize(("before", "after"), [("1s", "60s"), ("60s", "1s")])
+def test_a_reload_that_changes_the_window_keeps_the_breaker_working(
+        clock: FakeClock, before: str, after: str) -> None:
+    """A reload that keeps the peers keeps the very segment, so the circuit's floor (a
+    bucket number in the old window's units) stays: with a wider window it lay far in
+    the new buckets' future, and no error counted again for that peer, ever."""
+    from li_httpd.config import load_text
+    from li_httpd.shm import layout_for, peer_ids
+    from li_httpd.supervisor.generations import Generation, WorkerSlot, next_generation
+    from li_httpd.supervisor.listeners import Listeners
+
+    def config(window: str) -> str:
+        return ('[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 1\n'
+                '[upstreams.main]\npeers = ["http://127.0.0.1:9100"]\n'
+                f'[upstreams.main.circuit_breaker]\nwindow = "{window}"\nmin_requests = 2\n'
+                'open_duration = "1s"\n[routes]\n"/" = "proxy:main"\n')
+
+    old_loaded = load_text(config(before), "gw.toml")
+    shared = SharedState.create(layout_for(old_loaded.config, 1), clock)
+    peer = peer_ids(old_loaded.config)["main"][0]
+    policy = Policy.of(old_loaded.config.upstreams["main"].circuit_breaker)
+    for _ in range(2):
+        shared.circuit_record(peer, policy, True, False)
+    assert shared.circuit(peer).state == OPEN
+    clock.now += 2 * NS
+    assert shared.circuit_admit(peer, policy).admission == "probe"
+    shared.circuit_record(peer, policy, False, True)
+    assert shared.circuit(peer).state == CLOSED
+    listeners = Listeners()
+    listeners.bind("127.0.0.1:0")
+    try:
+        current = Generation(0, old_loaded, shared, None, [], [WorkerSlot(0)])
+        new_loaded = load_text(config(after), "gw.toml")
+        following = next_generation(current, [], new_loaded, None, listeners)
+    finally:
+        listeners.close_all()
+    assert following.shared is shared  # same peers, same layout: the same segment
+    policy = Policy.of(new_loaded.config.upstreams["main"].circuit_breaker)
+    clock.now += 7 * NS  # into a later bucket of either width
+    for _ in range(2):
+        shared.circuit_record(peer, policy, True, False)
+    assert shared.circuit(peer).state == OPEN
+    shared.close()
+
+
+def test_a_stale_probe_ending_late_frees_no_place_of_a_newer_one(
+        state: SharedState, clock: FakeClock) -> None:
+    """Same worker: probe 1 has no answer for probe_timeout, so its place goes to probe
+    2; when probe 1 then ends (the route's first-byte timeout is longer by default), the
+    place it gives back is not probe 2's: one probe at a time still."""
+    _open(state)
+    clock.now += 5 * NS
+    state.slot = 1
+    assert state.circuit_admit(1, POLICY).admission == "probe"
+    clock.now += 20 * NS
+    assert state.circuit_admit(1, POLICY).admission == "probe"  # probe 2, same worker
+    clock.now += 10 * NS
+    state.circuit_probe_abandoned(1, POLICY)  # probe 1 ends at last, no verdict
+    for slot in (1, 2):
+        state.slot = slot
+        assert state.circuit_admit(1, POLICY).admission == "refused"
+    state.slot = 1
+    state.circuit_probe_abandoned(1, POLICY)  # probe 2 ends too: the place is free
+    assert state.circuit_admit(1, POLICY).admission == "probe"

@@ -102,3 +102,45 @@ def test_inherit_carries_probe_state_of_kept_peers() -> None:
     finally:
         old.close()
         new.close()
+
+
+def _health_config(check: str, peers: int = 2) -> str:
+    urls = ", ".join(f'"http://127.0.0.1:{9100 + i}"' for i in range(peers))
+    return ('[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 1\n'
+            f'[upstreams.main]\npeers = [{urls}]\n{check}'
+            '[routes]\n"/" = "proxy:main"\n')
+
+
+@pytest.mark.parametrize("peers_after", [2, 3])  # the same segment, a new one
+def test_a_reload_that_adds_a_health_check_keeps_serving_until_the_first_probe(
+        peers_after: int) -> None:
+    """Without a check every peer counts as ready: a reload that adds one must not take
+    a serving pool out (all 503) until the actor's first round; instead the first failed
+    probe takes a peer out. A peer the reload adds is unknown until probed."""
+    from li_httpd.config import load_text
+    from li_httpd.shm import layout_for, peer_ids
+    from li_httpd.supervisor.generations import Generation, WorkerSlot, next_generation
+    from li_httpd.supervisor.listeners import Listeners
+
+    check = '[upstreams.main.health_check]\nready = "/ready"\nfall = 3\n'
+    old_loaded = load_text(_health_config(""), "gw.toml")
+    shared = SharedState.create(layout_for(old_loaded.config, 1))
+    listeners = Listeners()
+    listeners.bind("127.0.0.1:0")
+    try:
+        current = Generation(0, old_loaded, shared, None, [], [WorkerSlot(0)])
+        new_loaded = load_text(_health_config(check, peers_after), "gw.toml")
+        following = next_generation(current, [], new_loaded, None, listeners)
+        ids = peer_ids(new_loaded.config)["main"]
+        assert [following.shared.peer_ready(p) for p in ids] == [True, True, False][
+            :peers_after]
+        ready, _ = following.shared.probe_state(ids[0])
+        assert observe(ready, False, 2, 3).state == NOT_READY  # the first probe decides
+        assert observe(ready, True, 2, 3) == Readiness(READY, 0)
+        # A later reload that keeps the check keeps what the probes found.
+        following.shared.store_probe(ids[0], Readiness(NOT_READY), Readiness())
+        again = next_generation(following, [current], new_loaded, None, listeners)
+        assert not again.shared.peer_ready(ids[0])
+    finally:
+        listeners.close_all()
+        shared.close()

@@ -137,3 +137,57 @@ def test_transitions_become_log_lines(tmp_path: Path) -> None:
                      "(status 200)")]
     finally:
         h.actor.close()
+
+
+def test_a_failed_fork_is_retried_after_a_backoff_not_raised(tmp_path: Path) -> None:
+    """fork() can fail (EAGAIN under a process limit): the master's loop must go on and
+    try again later, as after an actor that died at once."""
+    h = Harness(tmp_path)
+    gen = generation(0)
+    calls = []
+
+    def failing(endpoint: str, generation: Any) -> int:
+        calls.append(generation.number)
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    real = h.forker.start_health_actor
+    h.forker.start_health_actor = failing  # type: ignore[method-assign]
+    try:
+        h.actor.maintain(gen, 0.0)
+        assert calls == [0] and h.actor.pid == 0
+        assert h.actor.status()["state"] == "restarting"
+        assert h.said and h.said[-1][0] == "warn" and "health actor" in h.said[-1][1]
+        delay = h.actor.wake_in(0.0)
+        assert delay is not None and delay > 0
+        h.actor.maintain(gen, 0.0)  # not yet due
+        assert calls == [0]
+        h.forker.start_health_actor = real  # type: ignore[method-assign]
+        h.actor.maintain(gen, 100.0)
+        assert h.actor.pid == 1000 and h.actor.status()["state"] == "running"
+    finally:
+        h.actor.close()
+
+
+def test_a_reload_during_the_backoff_starts_the_new_generations_actor_at_once(
+        tmp_path: Path) -> None:
+    """The backoff guards against a crash loop of one config; a reload brings another
+    (its new peers are unknown, so out of rotation, until probed)."""
+    h = Harness(tmp_path)
+    try:
+        h.actor.maintain(generation(0), 0.0)
+        for pid, now in ((1000, 1.0), (1001, 2.0), (1002, 3.0)):
+            h.actor.maintain(generation(0), h.actor.respawn_at)
+            assert h.actor.reaped(pid, "exit status 1", now, stopping=False)
+        assert h.actor.respawn_at - 3.0 >= 2.0  # a long backoff by now
+        started = len(h.forker.started)
+        h.actor.maintain(generation(1), 3.1)
+        assert len(h.forker.started) == started + 1 and h.forker.started[-1][1] == 1
+        # ... but its own crash is backed off again.
+        assert h.actor.reaped(h.actor.pid, "exit status 1", 3.2, stopping=False)
+        h.actor.maintain(generation(1), 3.3)
+        assert len(h.forker.started) == started + 1
+        h.actor.stop()  # the master stops: not even a new generation starts one
+        h.actor.maintain(generation(2), 4.0)
+        assert len(h.forker.started) == started + 1
+    finally:
+        h.actor.close()

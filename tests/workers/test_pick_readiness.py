@@ -68,3 +68,26 @@ def test_retry_after_is_the_probe_interval_when_none_is_ready() -> None:
         assert picked is not None and picked.peer.index == 1
     finally:
         shared.close()
+
+
+def test_retry_after_of_ready_open_peers_beside_not_ready_ones() -> None:
+    """The 503's Retry-After when the one ready peer's circuit is open and the other is
+    not ready: no sooner than either may serve (the open time, or the next probe)."""
+    from li_httpd.config.model import CircuitBreaker
+    from li_httpd.shm import CircuitPolicy
+
+    shared = SharedState.create(Layout(8, 2, 2))
+    try:
+        settings = Upstream(peers=(Peer(url="http://127.0.0.1:9000"),
+                                   Peer(url="http://127.0.0.1:9001")),
+                            health_check=dataclasses.replace(CHECK, interval=7_000),
+                            circuit_breaker=CircuitBreaker(min_requests=1,
+                                                           open_duration=20_000))  # type: ignore[arg-type]
+        probed = UpstreamGroup("m", settings, ParseLimits(), shared, 0, (0, 1))
+        shared.store_probe(0, Readiness(READY), Readiness())
+        shared.store_probe(1, Readiness(NOT_READY), Readiness())
+        shared.circuit_record(0, CircuitPolicy.of(settings.circuit_breaker), True, False)
+        assert probed.pick() is None
+        assert probed.seconds_until_a_peer_is_up() == 7
+    finally:
+        shared.close()

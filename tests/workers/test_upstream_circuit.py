@@ -154,3 +154,44 @@ def test_a_capped_pool_with_every_circuit_open_is_down(shared: SharedState) -> N
     _fail(group, 1, 2)
     assert group.take() == "down"
     assert shared.active_of(0) == shared.active_of(1) == 0
+
+
+def test_a_probe_failure_the_breaker_does_not_count_decides_nothing(
+        shared: SharedState, clock: FakeClock) -> None:
+    """A probe that got no answer (a first-byte timeout the pool's ``failures`` leaves
+    out, by default) is no evidence the peer recovered: it must not close the circuit;
+    its place is free for the next probe. Named in ``failures``, it opens it again."""
+    group = _group(shared, 1)
+    _fail(group, 0, 2)
+    clock.now += 4 * NS
+    pool = group.pick()
+    assert pool is not None and group.probe_taken
+    group.circuit_result(pool.peer, "ttfb_timeout", probe=True)
+    assert shared.circuit(0).state == HALF_OPEN
+    assert group.pick() is pool and group.probe_taken  # the place is free again
+    group.circuit_result(pool.peer, None, probe=True)
+    assert shared.circuit(0).state == CLOSED
+
+    named = _group(shared, 1, CircuitBreaker(min_requests=2, open_duration=Millis(4_000),
+                                             failures=("5xx", "ttfb_timeout")))
+    clock.now += NS  # past the fresh window's floor
+    _fail(named, 0, 2)
+    assert shared.circuit(0).state == OPEN
+    clock.now += 4 * NS
+    pool = named.pick()
+    assert pool is not None and named.probe_taken
+    named.circuit_result(pool.peer, "ttfb_timeout", probe=True)
+    assert shared.circuit(0).state == OPEN
+
+
+def test_a_probe_answered_with_a_5xx_the_pool_does_not_count_closes_the_circuit(
+        shared: SharedState, clock: FakeClock) -> None:
+    group = _group(shared, 1, CircuitBreaker(min_requests=2, open_duration=Millis(4_000),
+                                             failures=("connect",)))
+    for _ in range(2):
+        group.circuit_result(group.peers[0], "connect", probe=False)
+    clock.now += 4 * NS
+    pool = group.pick()
+    assert pool is not None and group.probe_taken
+    group.circuit_result(pool.peer, "5xx", probe=True)
+    assert shared.circuit(0).state == CLOSED
