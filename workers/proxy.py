@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Literal
 
 import trio
@@ -674,6 +675,11 @@ class _Proxy:
             self.queued_probe = group.probe_taken  # before any other task picks
             return got
 
+        def give_back(pool: PeerPool) -> None:
+            group.shared.add_active(pool.peer.shared_id, -1)
+            if self.queued_probe:
+                group.circuit_abandoned(pool.peer)
+
         committed = self.exchange.sse if self.exchange.phase is Phase.SSE else None
         waited: PeerPool | QueueEnd | None = None
         client.watch_disconnect()
@@ -683,10 +689,8 @@ class _Proxy:
             else:
                 # A stream committed early (early_stream_head) shows it is alive while
                 # it waits, as it does while the upstream prepares its head.
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._beat_while_queued, committed)
-                    waited = await line.wait(take)
-                    nursery.cancel_scope.cancel()
+                waited = await line.wait_beating(
+                    take, partial(self._beat_while_queued, committed), give_back)
         finally:
             client.unwatch_disconnect()
             if waited is None:  # cancelled: the client hung up, or the worker stops

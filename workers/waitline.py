@@ -25,7 +25,7 @@ master.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import trio
@@ -98,3 +98,24 @@ class WaitLine:
             shared.queue_leave(index, ticket)
             if was_first and local:
                 local[0].event.set()
+
+    async def wait_beating(self, take: Callable[[], PeerPool | Unavailable],
+                           beat: Callable[[], Awaitable[None]],
+                           give_back: Callable[[PeerPool], None]) -> PeerPool | QueueEnd:
+        """:meth:`wait` with ``beat`` running beside it (an early-committed stream's
+        heartbeats). The end of the nursery is a checkpoint: a cancellation arriving
+        there (the client gone, the worker stopping) after a peer was taken would drop
+        the peer with its in-flight count and any probe place, so ``give_back`` returns
+        them before the cancellation goes on."""
+        waited: PeerPool | QueueEnd | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(beat)
+                waited = await self.wait(take)
+                nursery.cancel_scope.cancel()
+        except BaseException:
+            if isinstance(waited, PeerPool):
+                give_back(waited)
+            raise
+        assert waited is not None  # the nursery ended normally only after the wait
+        return waited
