@@ -57,6 +57,10 @@ def test_without_buffering_the_body_streams_through(
                                        until_connected=True)
     assert during == 1, "an unbuffered body over 64 KiB should already be streaming"
     assert reply.startswith(b"HTTP/1.1 200"), reply
+    # The recording upstream answers on the head: the body's end may still be on its way.
+    deadline = time.monotonic() + 10
+    while not recording_upstream.data().endswith(BODY) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert recording_upstream.data().endswith(BODY)
 
 
