@@ -10,19 +10,34 @@ from li_httpd.workers.upstream import PeerPool, Unavailable
 from li_httpd.workers.waitline import WaitLine
 
 
+def _peer_pool() -> PeerPool:
+    """A real PeerPool (a compiled class cannot be made with ``__new__`` alone)."""
+    from li_httpd.config.model import Peer, Upstream
+    from li_httpd.workers.http1 import ParseLimits
+    from li_httpd.workers.upstream import UpstreamGroup
+
+    shared = SharedState.create(Layout(8, 1, 1))
+    try:
+        settings = Upstream(peers=(Peer(url="http://127.0.0.1:9000"),))
+        return UpstreamGroup("m", settings, ParseLimits(), shared, 0, (0,)).pools[0]
+    finally:
+        shared.close()
+
+
 class Pool:
-    """Free places of a pool; take() hands out a distinct marker per place taken."""
+    """Free places of a pool; take() hands out the pool's peer per place taken."""
 
     def __init__(self) -> None:
         self.free = 0
         self.taken = 0
+        self.peer = _peer_pool()
 
     def take(self) -> PeerPool | Unavailable:
         if self.free == 0:
             return "saturated"
         self.free -= 1
         self.taken += 1
-        return PeerPool.__new__(PeerPool)
+        return self.peer
 
 
 def _workers(size: int = 8) -> tuple[SharedState, SharedState]:
