@@ -29,6 +29,7 @@ Workers are imported only inside a forked child, through generations.py.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import os
 import signal
@@ -588,6 +589,8 @@ class Master:
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
+            "certificates": [current.tls.cert.status(datetime.datetime.now(datetime.UTC))]
+            if current.tls is not None else [],
         }
 
     # -- stopping -----------------------------------------------------------------------------
