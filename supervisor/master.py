@@ -176,6 +176,7 @@ class Master:
         self.health = HealthActor(self.forker, self.runtime_dir, self.say)
         count = worker_count(self.loaded)
         shared = SharedState.create(layout_for(config, count))
+        shared.publish_cert_not_after(tls.not_after_s if tls is not None else 0)
         self.starting = Generation(0, self.loaded, shared, tls,
                                    [self.listeners[a] for a in config.server.listen],
                                    [WorkerSlot(i) for i in range(count)], metrics_listener)

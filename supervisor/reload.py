@@ -238,6 +238,7 @@ class Reload:
             return failed(f"new certificate refused, the current one keeps serving: {exc}")
         if not swapped:
             return Outcome("unchanged", config_hash=loaded.hash)
+        current.shared.publish_cert_not_after(current.tls.not_after_s)
         self.host.say(f"certificate swapped: {current.tls.note}")
         return Outcome("ok", "certificate swapped", config_hash=loaded.hash,
                        generation=current.number)

@@ -169,6 +169,11 @@ class ServerTls:
         self.cert = cert
         self._switch = switch
 
+    @property
+    def not_after_s(self) -> int:
+        """The certificate's expiry in Unix seconds (for the shared segment's gauge)."""
+        return int(self.cert.not_after.timestamp())
+
     def refresh(self, config: Config) -> bool:
         """Master, on a reload that kept the config: if the certificate or key files
         changed, validate the new pair and switch every worker to it (True). Raises

@@ -174,7 +174,7 @@ def test_a_broken_pair_is_refused_and_the_old_one_keeps_serving(tmp_path: Path) 
     old = _write_pair(tmp_path, "old.test")
     made, config = _tls(tmp_path)
     (tmp_path / "c.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nbroken\n")
-    with pytest.raises(TlsSetupError, match="c.key"):
+    with pytest.raises(TlsSetupError, match=r"c\.key"):
         made.refresh(config)
     other, _ = self_signed_pem(["other.test"], [], 1)  # a cert whose key is not c.key
     _write_pair(tmp_path, "old.test")
@@ -197,3 +197,22 @@ def test_status_fields() -> None:
     assert (status["days_left"], status["expires_in_s"]) == (3, 3 * 86400 + 3600)
     assert status["next_renewal"] == "-" and status["source"] == "self_signed"
     assert len(status["fingerprint"]) == 95
+
+
+def test_metrics_show_seconds_until_expiry(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from li_httpd.ops.metrics import render
+    from li_httpd.shm import SharedState, layout_for
+
+    _write_pair(tmp_path, "a.test")
+    made, config = _tls(tmp_path)
+    shared = SharedState.create(layout_for(config, 1))
+    try:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        assert b"li_tls_cert_expiry_seconds" not in render(config, shared)  # 0: unset
+        shared.publish_cert_not_after(made.not_after_s)
+        line = next(line for line in render(config, shared).decode().splitlines()
+                    if line.startswith('li_tls_cert_expiry_seconds{cert="server"}'))
+        assert 29 * 86400 < float(line.split()[-1]) <= 30 * 86400
+    finally:
+        shared.close()
