@@ -216,7 +216,10 @@ def server_tls(config: Config) -> ServerTls | None:
     _harden(context, tls)
     # The listener context also holds the pair, so a handshake is never left without a
     # certificate; the callback replaces it with the current one.
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:  # replaced since certificate_context read it
+        raise TlsSetupError(f"cannot load certificate {cert} / key {key}: {exc}") from exc
     switch = _Switch(tls, cert, key, current)
     context.sni_callback = switch
     return ServerTls(context, _note(tls, info), info, switch)
