@@ -22,6 +22,7 @@ May import: li_httpd.config, li_httpd.shm.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -259,6 +260,13 @@ class _SharedStateCollector:
                 remaining.add_metric([key.id, "usd"],
                                      max(0, limits.micro_usd - usage.micro_usd) / 1e6)
         yield remaining
+        not_after = self.shared.cert_not_after()
+        if self.config.server.tls.mode != "off" and not_after:
+            expiry = GaugeMetricFamily("li_tls_cert_expiry_seconds", "Seconds until the "
+                                       "serving certificate's not_after (negative: expired).",
+                                       labels=["cert"])
+            expiry.add_metric(["server"], float(not_after - time.time()))
+            yield expiry
 
 
 def render(config: Config, shared: SharedState) -> bytes:

@@ -124,6 +124,10 @@ OUTCOME_FIELDS = breaker.BUCKETS * 3
 READINESS_ENTRY = 32
 READINESS_FIELDS = READINESS_ENTRY // 8
 _HEADER = struct.Struct("<8sIIIIII")
+_CERT_NOT_AFTER = struct.Struct("<q")
+CERT_OFFSET = _HEADER.size
+"""In the header's spare bytes: the serving certificate's not_after (Unix seconds; 0 =
+no TLS), written by the master at start and on a certificate swap, read by /metrics."""
 
 # Lock byte namespaces (fcntl locks may lie beyond the end of the file).
 _LOCK_BUCKETS = 1 << 40
@@ -275,6 +279,14 @@ class SharedState:
             waitqueue.init(table, capacity)
         state.key_secret = os.urandom(16)
         return state
+
+    def publish_cert_not_after(self, seconds: int) -> None:
+        _CERT_NOT_AFTER.pack_into(self.memory, CERT_OFFSET, seconds)
+
+    def cert_not_after(self) -> int:
+        """The serving certificate's expiry (Unix seconds), 0 without TLS."""
+        value: int = _CERT_NOT_AFTER.unpack_from(self.memory, CERT_OFFSET)[0]
+        return value
 
     def close(self) -> None:
         for view in (self.keys, self.streams, self.peers, self.active, self.workers,

@@ -15,6 +15,8 @@ from li_httpd.config import VERSION
 
 from . import commands
 from .ctl import run as ctl_command
+from .setup_tls import DEFAULT_CERT_DIR
+from .setup_tls import run as setup_tls
 
 EXIT_BROKEN_PIPE = 1
 """Exit code when the reader of stdout went away (the Python docs' SIGPIPE recipe)."""
@@ -73,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write nothing; exit 1 when FILE is missing or would change "
                              "(for CI)")
 
+    tls = sub.add_parser("setup-tls", help="write a self-signed development certificate "
+                                           "and key (does not start the gateway)")
+    tls.add_argument("--self-signed", action="store_true", required=True,
+                     help="generate a self-signed certificate (the only kind for now)")
+    tls.add_argument("--hosts", required=True, metavar="NAMES",
+                     help="comma-separated DNS names and IP addresses to cover")
+    tls.add_argument("--cert-dir", default=DEFAULT_CERT_DIR, metavar="DIR",
+                     help=f"directory for dev.crt and dev.key (created 0700; default "
+                          f"{DEFAULT_CERT_DIR})")
+    tls.add_argument("--valid-days", type=int, default=90, metavar="DAYS",
+                     help="validity (default 90)")
+    tls.add_argument("--force", action="store_true", help="replace existing files")
+
     sub.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin "
                                     "(for [auth] keys)")
 
@@ -98,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "start": commands.start,
         "hash-key": commands.hash_key,
         "setup-censor": commands.setup_censor,
+        "setup-tls": setup_tls,
         "ctl": ctl_command,
     }
     return _quiet_on_broken_pipe(lambda: handlers[args.command](args))

@@ -55,6 +55,9 @@ def render_reload(reply: dict[str, Any]) -> str:
             f"  {e}" for e in errors)
     if reply.get("result") == "unchanged":
         return f"config unchanged ({reply.get('config_hash')})"
+    if reply.get("detail"):  # same config, same generation: only the certificate changed
+        return f"{reply['detail']}: generation {reply.get('generation')}, config " \
+               f"{reply.get('config_hash')}"
     return f"reloaded: generation {reply.get('generation')}, config {reply.get('config_hash')}"
 
 
@@ -109,6 +112,13 @@ def render_status(status: dict[str, Any]) -> str:
                   _utc(b["usd_window_end"]) if b["usd_budget"] else ""]
                  for b in status["budgets"]]
         lines += ["budgets", _table(rows)]
+    if status.get("certificates"):
+        rows = [["source", "subject", "names", "issuer", "expires (UTC)", "next renewal"]]
+        rows += [[c["source"], c["subject"], ",".join(c["names"]) or "-", c["issuer"],
+                  f"{c['not_after']} ({c['days_left']}d left)", c["next_renewal"]]
+                 for c in status["certificates"]]
+        lines += ["certificates", _table(rows)]
+        lines += [f"  {c['path']} sha256={c['fingerprint']}" for c in status["certificates"]]
     return "\n".join(lines)
 
 

@@ -250,6 +250,7 @@ def next_generation(current: Generation, retiring: Iterable[Generation],
             for peer in carried.values():
                 if peer in ids[name]:
                     shared.store_probe(peer, Readiness(READY, check.fall - 1), Readiness())
+    shared.publish_cert_not_after(tls.not_after_s if tls is not None else 0)
     return Generation(current.number + 1, loaded, shared, tls,
                       [listeners[a] for a in loaded.config.server.listen],
                       [WorkerSlot(base + i) for i in range(count)])

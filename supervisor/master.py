@@ -29,6 +29,7 @@ Workers are imported only inside a forked child, through generations.py.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import os
 import signal
@@ -175,6 +176,7 @@ class Master:
         self.health = HealthActor(self.forker, self.runtime_dir, self.say)
         count = worker_count(self.loaded)
         shared = SharedState.create(layout_for(config, count))
+        shared.publish_cert_not_after(tls.not_after_s if tls is not None else 0)
         self.starting = Generation(0, self.loaded, shared, tls,
                                    [self.listeners[a] for a in config.server.listen],
                                    [WorkerSlot(i) for i in range(count)], metrics_listener)
@@ -588,6 +590,8 @@ class Master:
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
+            "certificates": [current.tls.cert.status(datetime.datetime.now(datetime.UTC))]
+            if current.tls is not None else [],
         }
 
     # -- stopping -----------------------------------------------------------------------------

@@ -14,7 +14,10 @@ Theory of operation. A reload (SIGHUP or ``ctl reload``) goes through these phas
   restarted by the main loop).
 - VALIDATING: the actor's verdict is taken as is: the master runs the very
   :class:`LoadedConfig` the actor validated (actors/reload.py says why it does not parse
-  or validate again). An equal config ends the reload as "unchanged".
+  or validate again). An equal config ends the reload as "unchanged", unless the TLS
+  certificate or key files changed: the new pair is validated and the running workers
+  switch to it for new handshakes ("ok", same generation; a pair that fails to load
+  fails the reload and the old certificate keeps serving; supervisor/tls.py).
 - STARTING: new listen addresses are bound, the TLS context and the master's new log
   files are prepared, the next generation is forked. Nothing running is touched yet.
 - WAITING_READY: the new workers report ready through a pipe the main loop polls. If one
@@ -98,8 +101,11 @@ class Outcome:
             return failed
         if self.result == "unchanged":
             return {"result": "unchanged", "config_hash": self.config_hash}
-        return {"result": "ok", "config_hash": self.config_hash,
-                "generation": self.generation}
+        ok: dict[str, Any] = {"result": "ok", "config_hash": self.config_hash,
+                              "generation": self.generation}
+        if self.reason:
+            ok["detail"] = self.reason  # e.g. "certificate swapped" (same config)
+        return ok
 
 
 def failed(reason: str, line: int = 0, errors: tuple[str, ...] = ()) -> Outcome:
@@ -216,9 +222,26 @@ class Reload:
             self._finish(failed("not running"))
             return
         if loaded.hash == current.loaded.hash:
-            self._finish(Outcome("unchanged", config_hash=loaded.hash))
+            self._finish(self._swap_certificate(loaded, current))
             return
         self.phase = Phase.STARTING
+
+    def _swap_certificate(self, loaded: LoadedConfig, current: Generation) -> Outcome:
+        """Same config: the certificate files may still have changed. The running workers
+        switch to a new pair for new handshakes (their established connections keep
+        theirs), so no new generation is needed and no idle connection is closed."""
+        if current.tls is None:
+            return Outcome("unchanged", config_hash=loaded.hash)
+        try:
+            swapped = current.tls.refresh(loaded.config)
+        except TlsSetupError as exc:
+            return failed(f"new certificate refused, the current one keeps serving: {exc}")
+        if not swapped:
+            return Outcome("unchanged", config_hash=loaded.hash)
+        current.shared.publish_cert_not_after(current.tls.not_after_s)
+        self.host.say(f"certificate swapped: {current.tls.note}")
+        return Outcome("ok", "certificate swapped", config_hash=loaded.hash,
+                       generation=current.number)
 
     def _phase_starting(self, now: float) -> None:
         host, loaded, current = self.host, self.loaded, self.host.current

@@ -177,3 +177,37 @@ def test_client_initiated_renegotiation_is_refused(mock: MockUpstream, start_gat
     assert b"RENEGOTIATING" in output, output  # the command was run, not sent as data
     assert output.count(b'{"status":"ok"}') == 1, output
     assert b"no renegotiation" in output or b"alert" in output, output
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
+def test_protocol_and_cipher_defaults(mock: MockUpstream, start_gateway,
+                                      tmp_path: Path) -> None:
+    """Against the running gateway (min_protocol = "1.2"): TLS 1.3 when offered, TLS 1.1
+    refused, on TLS 1.2 an ECDHE+AEAD suite accepted and a CBC suite refused."""
+    gateway, cert = _tls12_gateway(mock, start_gateway, tmp_path)
+
+    def handshake(maximum: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=str(cert))
+        if maximum < ssl.TLSVersion.TLSv1_2:
+            context.set_ciphers("ALL:@SECLEVEL=0")  # so the client offers TLS 1.1 at all
+            context.minimum_version = maximum
+        elif ciphers:
+            context.set_ciphers(ciphers)
+        context.maximum_version = maximum
+        raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+        try:
+            return context.wrap_socket(raw, server_hostname="localhost")
+        except BaseException:
+            raw.close()
+            raise
+
+    with handshake(ssl.TLSVersion.TLSv1_3) as tls:
+        assert tls.version() == "TLSv1.3"
+    with handshake(ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES256-GCM-SHA384") as tls:
+        assert tls.version() == "TLSv1.2"
+        assert tls.cipher()[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"  # type: ignore[index]
+    for maximum, ciphers in ((ssl.TLSVersion.TLSv1_1, None),
+                             (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA256"),
+                             (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES256-SHA")):
+        with pytest.raises(ssl.SSLError):
+            handshake(maximum, ciphers).close()

@@ -67,3 +67,27 @@ def test_capped_peers_show_active_over_max_and_queues_their_depth() -> None:
     row_b = next(line for line in lines if "http://b:1" in line)
     assert " 2/4 " in row_a and " 3 " in row_b and "/0" not in row_b
     assert lines[lines.index("queues") + 2].split() == ["chat", "7/100"]
+
+
+def test_certificates_show_names_expiry_and_renewal() -> None:
+    status = _status({"result": "none"})
+    status["certificates"] = [{
+        "path": "/c/dev.crt", "source": "manual", "subject": "CN=gw.test",
+        "issuer": "CN=gw.test", "names": ["gw.test", "127.0.0.1"],
+        "not_after": "2027-03-02T22:00:00Z", "days_left": 89, "expires_in_s": 7700000,
+        "fingerprint": "AB:CD", "next_renewal": "-"}]
+    lines = render_status(status).splitlines()
+    at = lines.index("certificates")
+    assert lines[at + 1].split() == ["source", "subject", "names", "issuer", "expires",
+                                     "(UTC)", "next", "renewal"]
+    assert lines[at + 2].split() == ["manual", "CN=gw.test", "gw.test,127.0.0.1", "CN=gw.test",
+                                     "2027-03-02T22:00:00Z", "(89d", "left)", "-"]
+    assert lines[at + 3] == "  /c/dev.crt sha256=AB:CD"
+
+
+def test_a_certificate_swap_reload_says_so() -> None:
+    from li_httpd.supervisor.ctl import render_reload
+
+    assert render_reload({"result": "ok", "detail": "certificate swapped", "generation": 0,
+                          "config_hash": "9c"}) == \
+        "certificate swapped: generation 0, config 9c"

@@ -201,3 +201,55 @@ def test_a_stop_interrupts_the_reload_in_any_phase(sleepers, phase: Phase) -> No
     if phase is Phase.WAITING_READY:
         assert host.starting is not None  # the stop signals and reaps it with the rest
         os.close(host.ready_w)
+
+
+def _tls_setup(sleepers: list[subprocess.Popen[bytes]], tmp_path: Any
+               ) -> tuple[RecordingHost, ScriptedClient, str]:
+    from li_httpd.supervisor.tls import self_signed_pem, server_tls, write_private
+
+    cert, key = self_signed_pem(["old.test"], [], 10)
+    write_private(f"{tmp_path}/c.key", key, 0o600)
+    write_private(f"{tmp_path}/c.crt", cert, 0o600)
+    text = (V1.replace("[routes]", f'[server.tls]\nmode = "manual"\n[server.tls.manual]\n'
+                                    f'cert = "{tmp_path}/c.crt"\nkey = "{tmp_path}/c.key"\n'
+                                    '[routes]'))
+    loaded = load_text(text, "gw.toml")
+    current = Generation(0, loaded, SharedState.create(layout_for(loaded.config, 2)),
+                         server_tls(loaded.config), [], [WorkerSlot(0), WorkerSlot(1)])
+    return RecordingHost(current, sleepers), ScriptedClient(), text
+
+
+def test_same_config_with_new_certificate_files_swaps_in_place(sleepers, tmp_path) -> None:
+    from li_httpd.supervisor.tls import self_signed_pem, write_private
+
+    host, client, text = _tls_setup(sleepers, tmp_path)
+    old = host.current
+    assert old is not None and old.tls is not None
+    cert, key = self_signed_pem(["new.test"], [], 20)
+    write_private(f"{tmp_path}/c.key", key, 0o600)
+    write_private(f"{tmp_path}/c.crt", cert, 0o600)
+    reload = Reload(host, client, "gw.toml", NOW)  # type: ignore[arg-type]
+    client.answer = Validated(load_text(text, "gw.toml"), ())
+    outcome = reload.step(NOW + 1)
+    assert outcome is not None and outcome.reply()["detail"] == "certificate swapped"
+    assert outcome.result == "ok" and outcome.generation == 0
+    assert host.current is old and host.starting is None and not host.retiring
+    assert old.tls.cert.names == ("new.test",)
+    assert old.shared.cert_not_after() == old.tls.not_after_s
+    again = Reload(host, client, "gw.toml", NOW + 2)  # type: ignore[arg-type]
+    outcome = again.step(NOW + 3)
+    assert outcome is not None and outcome.result == "unchanged"
+
+
+def test_same_config_with_a_broken_key_fails_and_keeps_the_certificate(sleepers,
+                                                                        tmp_path) -> None:
+    host, client, text = _tls_setup(sleepers, tmp_path)
+    assert host.current is not None and host.current.tls is not None
+    before = host.current.tls.cert
+    (tmp_path / "c.key").write_text("not a key")
+    reload = Reload(host, client, "gw.toml", NOW)  # type: ignore[arg-type]
+    client.answer = Validated(load_text(text, "gw.toml"), ())
+    outcome = reload.step(NOW + 1)
+    assert outcome is not None and outcome.result == "failed"
+    assert outcome.reason.startswith("new certificate refused, the current one keeps serving")
+    assert host.current.tls.cert is before
