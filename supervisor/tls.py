@@ -9,6 +9,10 @@ starting with it fails with a clear message instead of serving without a certifi
 
 The context allows TLS 1.2 or 1.3 per ``min_protocol`` and offers only ``http/1.1``
 by ALPN (there is no HTTP/2 yet).
+
+With ``client_auth`` = ``optional`` or ``required`` (mTLS) the context asks clients for
+a certificate and verifies it against ``client_ca``; the workers read the verified
+certificate's identity (workers/client_cert.py).
 """
 
 from __future__ import annotations
@@ -65,7 +69,23 @@ def server_tls(config: Config) -> ServerTls | None:
     with open(cert, "rb") as handle:
         leaf = x509.load_pem_x509_certificate(handle.read())
     fingerprint = leaf.fingerprint(hashes.SHA256()).hex(":").upper()
-    return ServerTls(context, f"tls {tls.mode} certificate {cert} sha256={fingerprint}")
+    note = f"tls {tls.mode} certificate {cert} sha256={fingerprint}"
+    if tls.client_auth != "off":
+        _require_client_certificates(context, tls.client_auth == "required", tls.client_ca)
+        note += f"; client certificates {tls.client_auth} (CA {tls.client_ca})"
+    return ServerTls(context, note)
+
+
+def _require_client_certificates(context: ssl.SSLContext, required: bool,
+                                 client_ca: str) -> None:
+    """Ask every client for a certificate chaining to ``client_ca``. OpenSSL verifies
+    whatever a client sends, also under CERT_OPTIONAL: an untrusted or expired client
+    certificate fails the handshake; only a client that sends none gets through."""
+    context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    try:
+        context.load_verify_locations(cafile=client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(f"cannot load client_ca {client_ca}: {exc}") from exc
 
 
 def _names(config: Config) -> tuple[list[str], list[str]]:
