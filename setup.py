@@ -27,6 +27,7 @@ from setuptools import setup
 COMPILED = [
     "workers/admission.py",
     "workers/censor.py",
+    "workers/client_cert.py",
     "workers/connection.py",
     "workers/context.py",
     "workers/exchange.py",

@@ -29,7 +29,9 @@ Profile = Literal["production", "dev", "exploit"]
 TlsMode = Literal["off", "manual", "self_signed", "lets_encrypt"]
 RngMode = Literal["os", "prng", "sim", "bad"]
 Balance = Literal["round_robin", "least_conn"]
-LimitKey = Literal["api_key", "agent_id", "ip"]
+LimitKey = Literal["api_key", "agent_id", "ip", "client_cert"]
+ClientAuth = Literal["off", "optional", "required"]
+ClientIdentity = Literal["subject_cn", "san_dns", "san_uri", "san_email", "fingerprint"]
 AuthMode = Literal["api_key", "none"]
 OnDetect = Literal["redact", "block_502", "abort_stream"]
 OversizeJson = Literal["stream", "block", "pass"]
@@ -96,6 +98,20 @@ class Tls:
                                          factory=TlsSelfSigned)
     lets_encrypt: TlsLetsEncrypt = setting(doc="Used when mode = lets_encrypt.",
                                            factory=TlsLetsEncrypt)
+    client_auth: ClientAuth = setting("off", doc="Client certificates (mTLS): `off`, "
+                                      "`optional` (a client without one is served; one "
+                                      "that presents an untrusted or expired certificate "
+                                      "fails the handshake) or `required`. Needs "
+                                      "`client_ca`.")
+    client_ca: str = setting("", doc="PEM file of the CA certificates that client "
+                             "certificates must chain to; set exactly when `client_auth` "
+                             "is not `off`.")
+    client_identity: ClientIdentity = setting("subject_cn", doc="What names a verified "
+                                              "client: `subject_cn`, the first `san_dns`, "
+                                              "`san_uri` or `san_email` entry, or "
+                                              "`fingerprint` (SHA-256 of the certificate). "
+                                              "No fallback: a certificate without that "
+                                              "field has no identity.")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -558,7 +574,10 @@ class RouteHeaders:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimit:
     key: LimitKey = setting("api_key", doc="`api_key` (Authorization: Bearer, hashed), "
-                            "`agent_id` (x-agent-id) or `ip` (needs allow_ip_key).")
+                            "`agent_id` (x-agent-id), `ip` (needs allow_ip_key) or "
+                            "`client_cert` (the verified client certificate's identity, "
+                            "see server.tls.client_identity; a request without one is "
+                            "refused with 403).")
     allow_ip_key: bool = setting(False, doc="Permit key = ip (clients behind one NAT share "
                                  "a limit).")
     requests_per_sec: int = setting(10, doc="Sustained request rate per key.", minimum=1,

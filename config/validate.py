@@ -4,11 +4,11 @@ Field-level rules (types, bounds, header-name syntax, peer URL syntax, ...) are 
 by the decoder through the schema in :mod:`.model`; the rules here relate several parts
 of the config. Each rule has a stable id, listed with the decoder's ids in
 :data:`RULES` (and in docs/configuration.md); each has a reject case under
-tests/config_reject/. Only :func:`_check_static_root` and :func:`_check_manual_cert`
-look at the filesystem, because those rules are about files. The ``generated_*`` rules
-(the ``[leak_censor] generated_file``) are listed here but checked by the loader
-(:mod:`.censorgen`), because that file's path is relative to the config file's
-directory, which the model does not know.
+tests/config_reject/. Only :func:`_check_static_root`, :func:`_check_manual_cert` and
+:func:`_check_client_auth` look at the filesystem, because those rules are about files.
+The ``generated_*`` rules (the ``[leak_censor] generated_file``) are listed here but
+checked by the loader (:mod:`.censorgen`), because that file's path is relative to the
+config file's directory, which the model does not know.
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ RULES: tuple[Rule, ...] = (
                           "/.well-known/acme-challenge/."),
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
                         "currently valid (a warning when it expires within 30 days)."),
+    Rule("client_auth", "client_auth = optional or required needs TLS and client_ca; "
+                        "client_ca needs client_auth."),
+    Rule("client_ca", "client_ca is a readable PEM file of at least one CA certificate."),
+    Rule("client_cert_key", "rate_limit.key = client_cert needs server.tls.client_auth "
+                            "= optional or required."),
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
                               "or [defaults.rate_limit]), except the built-in healthcheck "
                               "(no upstream call, a constant answer)."),
@@ -586,6 +591,47 @@ def _check_manual_cert(config: Config, problems: Problems) -> None:
                          f"certificate {cert_path!r} expires at {expires.isoformat()}")
 
 
+def _check_client_auth(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    base: KeyPath = ("server", "tls")
+    if tls.client_auth == "off":
+        if tls.client_ca:
+            problems.error((*base, "client_ca"), "client_auth",
+                           "client_ca is set but client_auth is off; set client_auth = "
+                           "\"optional\" or \"required\", or remove client_ca")
+        return
+    if tls.mode == "off":
+        problems.error((*base, "client_auth"), "client_auth",
+                       "client certificates need TLS; set [server.tls] mode")
+    if not tls.client_ca:
+        problems.error((*base, "client_auth"), "client_auth",
+                       f"client_auth = {tls.client_auth!r} needs client_ca = \"...\" "
+                       "(the CA certificates client certificates must chain to)")
+        return
+    path = tls.client_ca
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        problems.error((*base, "client_ca"), "client_ca", f"{path!r} is not a readable file")
+        return
+    try:
+        with open(path, "rb") as handle:
+            certificates = x509.load_pem_x509_certificates(handle.read())
+    except (OSError, ValueError) as exc:
+        problems.error((*base, "client_ca"), "client_ca",
+                       f"{path!r} holds no PEM CA certificate ({exc})")
+        return
+    if not any(_is_ca(c) for c in certificates):
+        problems.error((*base, "client_ca"), "client_ca",
+                       f"{path!r} holds no CA certificate (basicConstraints CA:TRUE)")
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.value.ca
+
+
 def _check_profile(config: Config, problems: Problems) -> None:
     server = config.server
     rng = server.rng
@@ -651,6 +697,11 @@ def _check_rate_limits(config: Config, problems: Problems) -> None:
             problems.error((*base, "rate_limit", "key"), "ip_key",
                            "key = \"ip\" merges every client behind one address; set "
                            "allow_ip_key = true to accept that")
+        if isinstance(limit, RateLimit) and limit.key == "client_cert" \
+                and config.server.tls.client_auth == "off":
+            problems.error((*base, "rate_limit", "key"), "client_cert_key",
+                           "key = \"client_cert\" needs client certificates; set "
+                           "[server.tls] client_auth and client_ca")
         exempt = route is not None and route.static in RATE_LIMIT_EXEMPT \
             and route.proxy is None
         if route is not None and public and route.rate_limit is None and not exempt:
@@ -764,8 +815,9 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_listeners, (_LISTEN, _TLS, ("metrics",))),
     (_check_lets_encrypt, (*_ROUTES, _TLS)),
     (_check_manual_cert, (_TLS,)),
+    (_check_client_auth, (_TLS,)),
     (_check_profile, (("server",), *_LOG, ("leak_censor",))),
-    (_check_rate_limits, (*_ROUTES, _DEFAULTS, _LISTEN)),
+    (_check_rate_limits, (*_ROUTES, _DEFAULTS, _LISTEN, _TLS)),
     (_check_timeouts, (*_ROUTES, _DEFAULTS)),
     (_check_header_policies, (*_ROUTES, _DEFAULTS)),
     (_check_auth, (*_ROUTES, ("auth",))),

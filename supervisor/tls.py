@@ -21,6 +21,12 @@ being equal) validates the new pair in the master (:meth:`ServerTls.refresh`) an
 a counter in a shared anonymous mapping; each worker notices it at its next handshake and
 loads the files itself (an ``SSLContext`` cannot cross a process boundary). Established
 connections keep the context they started with, so they continue undisturbed.
+
+With ``client_auth`` = ``optional`` or ``required`` (mTLS) every context, the listener's
+and each certificate context, asks clients for a certificate and verifies it against
+``client_ca`` (a handshake switched to a certificate context is verified with that
+context's settings); the workers read the verified certificate's identity
+(workers/client_cert.py).
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ def _harden(context: ssl.SSLContext, tls: Tls) -> None:
     context.options |= (ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
                         | ssl.OP_CIPHER_SERVER_PREFERENCE)
     context.set_alpn_protocols(["http/1.1"])
+    if tls.client_auth != "off":
+        _require_client_certificates(context, tls.client_auth == "required", tls.client_ca)
 
 
 def certificate_context(tls: Tls, cert: str, key: str) -> ssl.SSLContext:
@@ -202,7 +210,10 @@ def _pair(config: Config) -> tuple[str, str]:
 
 
 def _note(tls: Tls, info: CertInfo) -> str:
-    return f"tls {tls.mode} certificate {info.path} sha256={info.fingerprint}"
+    note = f"tls {tls.mode} certificate {info.path} sha256={info.fingerprint}"
+    if tls.client_auth != "off":
+        note += f"; client certificates {tls.client_auth} (CA {tls.client_ca})"
+    return note
 
 
 def server_tls(config: Config) -> ServerTls | None:
@@ -223,6 +234,18 @@ def server_tls(config: Config) -> ServerTls | None:
     switch = _Switch(tls, cert, key, current)
     context.sni_callback = switch
     return ServerTls(context, _note(tls, info), info, switch)
+
+
+def _require_client_certificates(context: ssl.SSLContext, required: bool,
+                                 client_ca: str) -> None:
+    """Ask every client for a certificate chaining to ``client_ca``. OpenSSL verifies
+    whatever a client sends, also under CERT_OPTIONAL: an untrusted or expired client
+    certificate fails the handshake; only a client that sends none gets through."""
+    context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    try:
+        context.load_verify_locations(cafile=client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(f"cannot load client_ca {client_ca}: {exc}") from exc
 
 
 def _names(config: Config) -> tuple[list[str], list[str]]:

@@ -133,6 +133,24 @@ def make_certificate(directory: Path, name: str, *, not_before: datetime.datetim
     return cert_path, key_path
 
 
+def make_ca_certificate(path: Path) -> Path:
+    """A self-signed CA certificate (basicConstraints CA:TRUE) written as PEM; the key is
+    thrown away (the config checks only need the CA file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test client CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=300))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 @dataclass(frozen=True)
 class ConfigEnv:
     root: Path
@@ -187,6 +205,7 @@ def config_env(tmp_path_factory: pytest.TempPathFactory) -> ConfigEnv:
         "EXPIRING_CERT": str(expiring[0]),
         "EXPIRING_KEY": str(expiring[1]),
         "GARBAGE_CERT": str(garbage),
+        "CLIENT_CA": str(make_ca_certificate(certs / "client-ca.pem")),
         **make_generated_censor_files(root / "censor"),
     }
     return ConfigEnv(root, placeholders)

@@ -11,6 +11,8 @@ steps, in order, each able to refuse:
 4. header policy: a ``require``\\ d ingress header is missing → 400;
    the client's ``x-request-id`` is kept when ingress allows it and it is well-formed;
 5. auth: ``auth = "api_key"`` without a valid bearer key → 401 + ``WWW-Authenticate``;
+   a route whose rate limit is keyed by ``client_cert`` without a verified client
+   certificate identity on the connection → 403;
 6. limits: the route's GCRA rate and concurrent-stream cap in shared memory → 429 +
    ``Retry-After``. An admitted request holds a stream slot until the connection actor
    releases it (:meth:`Admitted.release`).
@@ -40,8 +42,8 @@ from .identity import Caller, key_hash, limit_key_value
 from .policy import request_id_from
 
 RejectReason = Literal["body_too_large", "bad_path", "no_route", "method_not_allowed",
-                       "missing_header", "no_key", "bad_key", "rate", "streams",
-                       "table_full"]
+                       "missing_header", "no_key", "bad_key", "no_client_cert", "rate",
+                       "streams", "table_full"]
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
                                     "OPTIONS")}
@@ -89,9 +91,10 @@ class Admitted(NamedTuple):
 
 
 def admit(head: RequestHead, client_ip: str, request_id: bytes,
-          ctx: WorkerContext) -> Admitted | Reject:
+          ctx: WorkerContext, client_cert: str | None = None) -> Admitted | Reject:
     """Run the admission steps for ``head``; ``request_id`` is the gateway's fresh id,
-    which a client's allowed ``x-request-id`` may replace. See the module docstring."""
+    which a client's allowed ``x-request-id`` may replace; ``client_cert`` is the
+    connection's verified client-certificate identity. See the module docstring."""
     if head.content_length is not None and head.content_length > ctx.limits.max_body:
         return Reject(413, "body_too_large", request_id, keep_alive=False)
     raw = (head.method, head.host, head.path)
@@ -138,10 +141,16 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
     limit = plan.limit
     if limit is None:
         return Admitted(plan, path, result.upstream_path, request_id, caller, None, None)
-    key = key_hash(plan.name_bytes,
-                   limit_key_value(limit.key_kind, caller, head.headers, client_ip,
-                                   agent_header_allowed=policy.accepts_agent_id),
-                   ctx.shared.key_secret)
+    if limit.key_kind == "client_cert":
+        if client_cert is None:  # never one shared bucket for every unnamed client
+            return Reject(403, "no_client_cert", request_id,
+                          "a verified client certificate with an identity is required",
+                          plan=plan, caller=caller)
+        value = b"cert:" + client_cert.encode()
+    else:
+        value = limit_key_value(limit.key_kind, caller, head.headers, client_ip,
+                                agent_header_allowed=policy.accepts_agent_id)
+    key = key_hash(plan.name_bytes, value, ctx.shared.key_secret)
     admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
     if not admission.allowed:
         reason = admission.reason or "rate"

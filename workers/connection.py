@@ -40,6 +40,7 @@ from trio.lowlevel import checkpoint
 
 from .admission import Admitted, Reject, admit
 from .censor import Hits
+from .client_cert import client_identity
 from .context import WorkerContext
 from .exchange import NORMAL_OUTCOMES, Exchange, Handled, Outcome, Phase, deadline_outcome
 from .http1 import CLOSED, END, NEED_DATA, Header, HttpError, RequestHead, RequestReader
@@ -80,8 +81,8 @@ class ClientConnection:
     """One client connection; see the module docstring. Implements
     :class:`~.port.ClientPort` for the request being handled."""
 
-    __slots__ = ("client", "client_ip", "ctx", "deadline", "exchange", "io", "reader",
-                 "requests", "scope")
+    __slots__ = ("client", "client_cert", "client_ip", "ctx", "deadline", "exchange", "io",
+                 "reader", "requests", "scope")
 
     def __init__(self, ctx: WorkerContext, sock: socket.socket, peer: object) -> None:
         self.ctx = ctx
@@ -93,6 +94,8 @@ class ClientConnection:
         is_inet = isinstance(peer, tuple) and len(peer) >= 2
         self.client = f"{peer[0]}:{peer[1]}" if is_inet else "-"  # type: ignore[index]
         self.client_ip: str = peer[0] if is_inet else ""  # type: ignore[index]
+        self.client_cert: str | None = None
+        """The verified client certificate's identity (mTLS), set after the handshake."""
         self.exchange: Exchange | None = None
         """The request being handled; None between requests."""
         self.requests = 0
@@ -108,6 +111,10 @@ class ClientConnection:
                 if isinstance(self.io, TlsSocketIO):
                     self.deadline.set(self.ctx.timeouts.header, "handshake")
                     await self.io.handshake()
+                    if self.ctx.client_identity is not None:
+                        parsed, der = self.io.peer_certificate()
+                        self.client_cert = client_identity(self.ctx.client_identity,
+                                                           parsed, der)
                 await self._serve()
             if self.scope.cancelled_caught:
                 await self._after_deadline(self.deadline.fired)
@@ -196,7 +203,8 @@ class ClientConnection:
     async def _handle(self, exchange: Exchange) -> Handled:
         """Admit and answer one request."""
         ctx = self.ctx
-        verdict = admit(exchange.head, self.client_ip, exchange.request_id, ctx)
+        verdict = admit(exchange.head, self.client_ip, exchange.request_id, ctx,
+                        self.client_cert)
         plan = verdict.plan
         exchange.admitted(verdict.request_id, plan.name_bytes if plan else None,
                           plan is not None and plan.group is not None, verdict.caller,
@@ -386,7 +394,7 @@ class ClientConnection:
             log.audit(exchange.request_id, key_id, exchange.route, exchange.model,
                       head.method, path, status, outcome, decision, exchange.peer,
                       latency_ms, exchange.ttfb_ms, bytes_in, bytes_out, exchange.attempts,
-                      usage, censor)
+                      usage, censor, self.client_cert)
 
     def _censored(self, exchange: Exchange, hits: Hits) -> None:
         """Count what the leak censor found (metrics per detector and deny path) and say

@@ -184,7 +184,8 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = ("budgets", "config", "groups", "housekeeping", "keyring", "limits", "log",
+    __slots__ = ("budgets", "client_identity", "config", "groups", "housekeeping", "keyring",
+                 "limits", "log",
                  "metrics", "model_lists", "models", "plans", "request_ids", "resolved",
                  "router", "server_tls", "shared", "timeouts")
 
@@ -196,6 +197,10 @@ class WorkerContext:
         config = loaded.config
         self.config = loaded
         self.server_tls = server_tls
+        tls = config.server.tls
+        self.client_identity: str | None = (tls.client_identity if server_tls is not None
+                                            and tls.client_auth != "off" else None)
+        """The configured client-certificate identity field, when clients present one."""
         self.shared = shared or SharedState.create(layout_for(config, 1))
         self.shared.slot = slot
         self.keyring = KeyRing(config.auth.keys)

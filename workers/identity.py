@@ -8,7 +8,9 @@ leaves this module.
 The rate-limit key is an enum (SPEC §7): ``api_key`` (the authenticated key id, else
 one shared "anonymous" key), ``agent_id`` (an authenticated key's well-formed
 ``x-agent-id``, when the route's ingress allows that header) or ``ip`` (the client
-address). Nothing a client can invent unauthenticated gets a budget of its own: an
+address); ``client_cert`` (the connection's verified client-certificate identity, see
+:mod:`.client_cert`) is decided in admission, which refuses a request without one.
+Nothing a client can invent unauthenticated gets a budget of its own: an
 unknown bearer token or a self-declared agent id would otherwise buy a fresh allowance
 per value. Keys are folded with the route name into a 64-bit keyed hash, the identity
 used by the shared rate-limit table.

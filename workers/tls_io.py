@@ -68,6 +68,14 @@ class TlsSocketIO:
     def deadline(self, value: Deadline) -> None:
         self._raw.deadline = value
 
+    def peer_certificate(self) -> tuple[dict[str, object] | None, bytes | None]:
+        """The verified peer certificate, parsed and DER (None, None when the peer sent
+        none or was not asked for one)."""
+        parsed = self._tls.getpeercert()
+        if not parsed:
+            return None, None
+        return dict(parsed), self._tls.getpeercert(binary_form=True)
+
     async def handshake(self) -> None:
         """Complete the handshake; raises TlsHandshakeError (or PeerGone) on failure."""
         while True:

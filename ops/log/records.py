@@ -20,8 +20,8 @@ character is printed as a JSON string so a line always splits back into its fiel
   (``request_id`` is taken from the fields; the message has control characters
   escaped so one record is always one line). JSON: ``ts, level, request_id, message``
   then the fields.
-- audit: always JSONL: ``ts, request_id, key_id, route, model, method, path, status,
-  outcome, decision, peer, latency_ms, ttfb_ms, bytes_in, bytes_out``.
+- audit: always JSONL: ``ts, request_id, key_id, client_cert, route, model, method, path,
+  status, outcome, decision, peer, latency_ms, ttfb_ms, bytes_in, bytes_out``.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ AuditRecord = tuple[
     Attempts | None,  # attempts: only when an attempt failed
     TokenUsage | None,  # the usage the upstream reported, priced
     CensorHits | None,  # what the leak censor found
+    Text | None,   # client_cert: the verified client certificate's identity (mTLS)
 ]
 DiagnosticRecord = tuple[
     Literal["diagnostic"],
@@ -223,11 +224,13 @@ class Formatter:
 
     def audit(self, record: AuditRecord) -> bytes:
         (_, ts, request_id, key_id, route, model, method, path, status, outcome, decision,
-         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts, usage, censor) = record
+         peer, latency_ms, ttfb_ms, bytes_in, bytes_out, attempts, usage, censor,
+         client_cert) = record
         text = self._text
         obj: dict[str, object] = {
             "ts": self.timestamps.format(ts), "request_id": text(request_id),
-            "key_id": text(key_id), "route": text(route), "model": text(model),
+            "key_id": text(key_id), "client_cert": text(client_cert),
+            "route": text(route), "model": text(model),
             "method": text(method), "path": text(path), "status": status,
             "outcome": outcome, "decision": text(decision), "peer": text(peer),
             "latency_ms": round(latency_ms, 2),

@@ -84,14 +84,15 @@ class WorkerLog:
               outcome: str, decision: Decision, peer: Text | None, latency_ms: float,
               ttfb_ms: float | None, bytes_in: int, bytes_out: int,
               attempts: Attempts | None = None, usage: TokenUsage | None = None,
-              censor: CensorHits | None = None) -> None:
-        """One audit record."""
+              censor: CensorHits | None = None, client_cert: Text | None = None) -> None:
+        """One audit record; ``client_cert`` is the verified client certificate's
+        identity (never the certificate)."""
         if not self._audit_on:
             return
         size = self.queue.put_request(("audit", self._clock(), request_id, key_id, route,
                                       model, method, path, status, outcome, decision, peer,
                                       latency_ms, ttfb_ms, bytes_in, bytes_out, attempts,
-                                      usage, censor))
+                                      usage, censor, client_cert))
         if size >= self._high_water:
             self._wake.set()
 

@@ -15,7 +15,7 @@ def access(n: int) -> AccessRecord:
 
 def audit(n: int) -> AuditRecord:
     return ("audit", float(n), f"u{n}", None, "r", None, "GET", "/", 200, "completed", "allow",
-            "p", 1.0, None, 0, 0, None, None)
+            "p", 1.0, None, 0, 0, None, None, None, None)
 
 
 def names(queue: LogQueue, limit: int = 1000) -> list[str]:
@@ -108,7 +108,8 @@ def test_bounded_ordered_and_accounted(capacity: int, ops: list[str]) -> None:
                                0, None, None, None, None))
         elif op == "audit":
             queue.put_request(("audit", float(n), None, None, None, None, None, None, 200,
-                              "completed", "allow", None, 0.0, None, 0, 0, None, None))
+                              "completed", "allow", None, 0.0, None, 0, 0, None, None, None,
+                               None))
         elif op == "diagnostic":
             queue.put_diagnostic(WARN, "d", {}, ts=float(n))
         else:

@@ -131,11 +131,12 @@ def test_audit_golden() -> None:
                            "127.0.0.1:5555", 812.345, 95.5, 1200, 5400,
                            (("a", "a/127.0.0.1:1", "status_503"), ("b", "-", "down"),
                             ("c", "c/127.0.0.1:5555", None)), (1000, 250, 64, 0, 0.0005215),
-                           ({"openai_sk": 2}, {"$.api_key": 1}))
+                           ({"openai_sk": 2}, {"$.api_key": 1}), "alice")
     line = fmt().audit(record)
     assert line == (
         b'{"ts":"' + STAMP.encode() + b'","request_id":"req-1","key_id":"key-a",'
-        b'"route":"chat","model":"gpt-4o","method":"POST","path":"/v1/chat/completions",'
+        b'"client_cert":"alice","route":"chat","model":"gpt-4o","method":"POST",'
+        b'"path":"/v1/chat/completions",'
         b'"status":200,"outcome":"completed","decision":"allow","peer":"127.0.0.1:5555",'
         b'"latency_ms":812.35,"ttfb_ms":95.5,"bytes_in":1200,"bytes_out":5400,'
         b'"input_tokens":1000,"output_tokens":250,"cache_read_tokens":64,'
@@ -146,15 +147,16 @@ def test_audit_golden() -> None:
         b'"censor":{"detectors":{"openai_sk":2},"paths":{"$.api_key":1}}}\n'
     )
     bare: AuditRecord = ("audit", T0, "req-2", None, "chat", None, "GET", "/", 429,
-                         "rejected", "rate_limited", "1.2.3.4:5", 0.5, None, 0, 0, None, None, None)
+                         "rejected", "rate_limited", "1.2.3.4:5", 0.5, None, 0, 0, None, None, None,
+                         None)
     decoded = orjson.loads(fmt().audit(bare))
-    assert list(decoded) == ["ts", "request_id", "key_id", "route", "model", "method",
-                             "path", "status", "outcome", "decision", "peer", "latency_ms",
-                             "ttfb_ms",
+    assert list(decoded) == ["ts", "request_id", "key_id", "client_cert", "route", "model",
+                             "method", "path", "status", "outcome", "decision", "peer",
+                             "latency_ms", "ttfb_ms",
                              "bytes_in", "bytes_out", "input_tokens", "output_tokens",
                              "cache_read_tokens", "cache_write_tokens", "cost_usd",
                              "attempts", "censor"]
-    assert decoded["censor"] is None
+    assert decoded["censor"] is None and decoded["client_cert"] is None
     assert decoded["ttfb_ms"] is None and decoded["decision"] == "rate_limited"
 
 

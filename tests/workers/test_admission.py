@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from li_httpd.config import load_text
@@ -221,3 +222,55 @@ def test_route_resolutions_are_remembered_within_bounds(
     # The same raw head with another method or host is resolved on its own.
     other = admit(head("GET /open/1/x HTTP/1.1\nhost: a\n"), "", b"gw", ctx)
     assert isinstance(other, Reject) and other.status == 405
+
+
+CERT_CONFIG = """
+[server]
+listen = "127.0.0.1:8443"
+profile = "dev"
+
+[server.tls]
+mode = "self_signed"
+client_auth = "optional"
+client_ca = "@CLIENT_CA@"
+
+[upstreams.pool]
+peers = ["http://127.0.0.1:9"]
+
+[[route]]
+name = "certified"
+match.methods = ["POST"]
+match.path = { type = "prefix", value = "/v1/" }
+proxy = "pool"
+auth = "none"
+[route.rate_limit]
+key = "client_cert"
+requests_per_sec = 1
+burst = 1
+"""
+
+
+def test_client_cert_rate_key(config_env: Any) -> None:
+    loaded = load_text(config_env.fill(CERT_CONFIG), "certified.toml")
+    shared = SharedState.create(layout_for(loaded.config, 1), Clock())
+    context = WorkerContext(loaded, shared=shared)
+    try:
+        request = head("POST /v1/chat HTTP/1.1\nhost: a\n")
+        # No identity on the connection: refused, never one shared anonymous bucket.
+        anonymous = admit(request, "127.0.0.1", b"gw-1", context)
+        assert isinstance(anonymous, Reject)
+        assert (anonymous.status, anonymous.reason) == (403, "no_client_cert")
+        assert anonymous.plan is not None and anonymous.plan.route.name == "certified"
+        # Each identity has its own bucket (burst 1): alice's second request is limited,
+        # bob's first is not, whatever the client address.
+        first = admit(request, "127.0.0.1", b"gw-2", context, "alice")
+        assert isinstance(first, Admitted)
+        first.release(context)
+        again = admit(request, "127.0.0.2", b"gw-3", context, "alice")
+        assert isinstance(again, Reject) and again.status == 429
+        bob = admit(request, "127.0.0.1", b"gw-4", context, "bob")
+        assert isinstance(bob, Admitted)
+        bob.release(context)
+    finally:
+        context.close()
+        shared.close()
