@@ -216,3 +216,63 @@ def test_metrics_show_seconds_until_expiry(tmp_path: Path,
         assert 29 * 86400 < float(line.split()[-1]) <= 30 * 86400
     finally:
         shared.close()
+
+
+def _client_ca_and_leaf(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A client CA (PEM) and a client certificate and key signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clients CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp_path / "clients-ca.pem", tmp_path / "alice.crt", tmp_path / "alice.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return paths
+
+
+def test_a_swapped_certificate_keeps_verifying_client_certificates(tmp_path: Path) -> None:
+    """The handshake moves to the certificate context, which verifies the client's
+    certificate with its own settings: each must carry client_auth and client_ca."""
+    ca, leaf, leaf_key = _client_ca_and_leaf(tmp_path)
+    _write_pair(tmp_path, "old.test")
+    config = load_text(
+        f'[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\n[server.tls]\nmode = "manual"\n'
+        f'client_auth = "required"\nclient_ca = "{ca}"\n'
+        f'[server.tls.manual]\ncert = "{tmp_path / "c.crt"}"\nkey = "{tmp_path / "c.key"}"\n'
+        '[routes]\n"GET /health" = "static:healthcheck"\n', "t.toml").config
+    made = server_tls(config)
+    assert made is not None
+    with_cert = _client()
+    with_cert.load_cert_chain(leaf, leaf_key)
+    for swapped in (False, True):
+        if swapped:
+            _write_pair(tmp_path, "new.test")
+            assert made.refresh(config) is True
+        good = Pair(made.context, with_cert)
+        good.handshake()
+        assert good.echo(b"hi") == b"hi", swapped
+        assert good.server.getpeercert() is not None
+        without = Pair(made.context, _client())
+        with pytest.raises(ssl.SSLError):
+            without.handshake()
+            without.echo(b"hi")  # TLS 1.3: the refusal may show on the first read
