@@ -26,6 +26,7 @@ from setuptools import setup
 
 COMPILED = [
     "workers/admission.py",
+    "workers/backend_health.py",
     "workers/censor.py",
     "workers/client_cert.py",
     "workers/connection.py",
@@ -40,8 +41,11 @@ COMPILED = [
     "workers/policy.py",
     "workers/port.py",
     "workers/proxy.py",
+    "workers/redis_client.py",
+    "workers/resp.py",
     "workers/responses.py",
     "workers/retry.py",
+    "workers/shared_limits.py",
     "workers/sockio.py",
     "workers/sse.py",
     "workers/static.py",

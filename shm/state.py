@@ -356,6 +356,23 @@ class SharedState:
         finally:
             self._unlock(_LOCK_BUCKETS + bucket)
 
+    def hold_entry(self, key: int) -> int:
+        """Claim ``key``'s entry and count one stream on it, without any limit check
+        (the Redis backend decided): the entry meters the request's body bytes and is
+        not reused while held. -1 when the table is full. Undone by
+        :meth:`release_stream`."""
+        bucket = key % self.layout.buckets
+        self._lock(_LOCK_BUCKETS + bucket)
+        try:
+            try:
+                index = self._entry_for(key, self.clock())
+            except TableFull:
+                return -1
+            self.streams[index * self.layout.worker_slots + self.slot] += 1
+            return index
+        finally:
+            self._unlock(_LOCK_BUCKETS + bucket)
+
     def release_stream(self, index: int) -> None:
         """Close a stream opened by :meth:`admit` in this worker (own column: no lock)."""
         self.streams[index * self.layout.worker_slots + self.slot] -= 1

@@ -41,7 +41,7 @@ import datetime
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,3 +240,90 @@ def make_generated_censor_files(directory: Path) -> dict[str, str]:
     foreign.write_text('json_deny_paths = ["$..password"]\n')
     out["GEN_FOREIGN"] = str(foreign)
     return out
+
+
+# -- redis-server --------------------------------------------------------------------------
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    """A private ``redis-server`` on a loopback port (no persistence)."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it (again, on the same port) and wait until it answers PING."""
+        import socket
+        import time
+
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        give_up = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > give_up or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def command(self, *args: str) -> bytes:
+        """One command over a fresh connection; the raw reply (for test checks)."""
+        import socket
+
+        payload = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(payload)
+            return conn.recv(65536)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for servers that cannot take port 0)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def require_redis() -> None:
+    """Skip when redis-server is not installed; fail instead under
+    ``LI_HTTPD_REQUIRE_EXTERNAL=1`` (CI installs it)."""
+    if not os.path.exists(REDIS_SERVER):
+        if os.environ.get("LI_HTTPD_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"{REDIS_SERVER} not installed (LI_HTTPD_REQUIRE_EXTERNAL=1)")
+        pytest.skip(f"{REDIS_SERVER} not installed")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server per test module."""
+    require_redis()
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -38,7 +38,7 @@ from li_httpd.ops.log.redact import logged_path
 from li_httpd.shm import gcra
 from trio.lowlevel import checkpoint
 
-from .admission import Admitted, Reject, admit
+from .admission import Admitted, Limited, Reject, admit, settle
 from .censor import Hits
 from .client_cert import client_identity
 from .context import WorkerContext
@@ -203,8 +203,12 @@ class ClientConnection:
     async def _handle(self, exchange: Exchange) -> Handled:
         """Admit and answer one request."""
         ctx = self.ctx
-        verdict = admit(exchange.head, self.client_ip, exchange.request_id, ctx,
+        pending = admit(exchange.head, self.client_ip, exchange.request_id, ctx,
                         self.client_cert)
+        if isinstance(pending, Limited):  # only with [state] backend = "redis"
+            verdict = await self._limit_remote(pending)
+        else:
+            verdict = pending
         plan = verdict.plan
         exchange.admitted(verdict.request_id, plan.name_bytes if plan else None,
                           plan is not None and plan.group is not None, verdict.caller,
@@ -220,6 +224,21 @@ class ClientConnection:
         finally:
             exchange.meter = None
             verdict.release(ctx)
+
+    async def _limit_remote(self, pending: Limited) -> Admitted | Reject:
+        """Ask Redis for the limit decision (at most ``[state] timeout``)."""
+        ctx = self.ctx
+        remote = ctx.remote
+        assert remote is not None
+        limit = pending.plan.limit
+        assert limit is not None
+        verdict = await remote.admit(pending.digest, limit.rate.interval_ns,
+                                     limit.rate.tolerance_ns, limit.max_streams)
+        if remote.transitions:
+            ctx.report_backend()
+        if verdict.fallback:
+            ctx.metrics.state_backend("limits", verdict.fallback)
+        return settle(pending, verdict, ctx)
 
     async def _dispatch(self, exchange: Exchange, admitted: Admitted) -> Handled:
         ctx = self.ctx

@@ -1,0 +1,150 @@
+"""Several gateway instances sharing limits through a real redis-server.
+
+- two instances (2 workers each) on one Redis admit what one instance admits for the
+  same offered load (one key's rate limit, within 3 %);
+- an instance SIGKILLed (its whole process group) while holding streams frees its
+  stream slots within the lease time;
+- Redis stopped mid-load: each ``on_backend_error`` policy does what it says (local =
+  this host's limits, allow = admitted, deny = 503), and Redis decides again once it is
+  back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer
+
+from .conftest import Gateway, MockUpstream, gateway_config
+from .test_limits import Client, _open_stream, _wait
+
+pytestmark = pytest.mark.integration
+
+
+def _config(mock: MockUpstream, redis: RedisServer | None, log_dir: Path, *, rps: int,
+            burst: int, streams: int = 1000, state: str = "") -> str:
+    # One key prefix per test (the tests share one server), the same for its instances.
+    backend = (f'[state]\nbackend = "redis"\nurl = "{redis.url}"\nkey_prefix = '
+               f'"{log_dir.parent.name[-40:]}:"\n{state}\n') if redis is not None else ""
+    limit = (f'[defaults.rate_limit]\nkey = "ip"\nallow_ip_key = true\nrequests_per_sec = '
+             f'{rps}\nburst = {burst}\nconcurrent_streams = {streams}\n')
+    return gateway_config(mock.origin, extra=f'{backend}{limit}\n[log]\ndir = "{log_dir}"\n')
+
+
+def _paced(gateways: list[Gateway], per_second: float, seconds: float) -> tuple[int, int]:
+    """Offer ``per_second`` requests in total, split evenly across ``gateways`` (one
+    paced client each, phases interleaved); returns (admitted, refused)."""
+    counts = {200: 0, 429: 0}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    interval = len(gateways) / per_second
+    start = time.monotonic() + 0.2
+
+    def run(index: int, gateway: Gateway) -> None:
+        client = Client(gateway)
+        try:
+            due = start + index * interval / len(gateways)
+            while due < start + seconds:
+                time.sleep(max(0.0, due - time.monotonic()))
+                status = client.get("/small")[0]
+                with lock:
+                    counts[status] = counts.get(status, 0) + 1
+                due += interval
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=run, args=(i, g)) for i, g in enumerate(gateways)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert set(counts) == {200, 429}, counts
+    return counts[200], counts[429]
+
+
+def test_two_instances_admit_what_one_admits(mock: MockUpstream, start_gateway: Callable[
+        ..., Gateway], redis_server: RedisServer, tmp_path: Path) -> None:
+    single = start_gateway(_config(mock, None, tmp_path / "single", rps=20, burst=5),
+                           name="single.toml")
+    alone, refused_alone = _paced([single], 50, 10.0)
+    single.stop()
+    pair = [start_gateway(_config(mock, redis_server, tmp_path / name, rps=20, burst=5),
+                          name=f"{name}.toml") for name in ("a", "b")]
+    together, refused_together = _paced(pair, 50, 10.0)
+    assert refused_alone > 200 and refused_together > 200, "the load exceeds the limit"
+    assert abs(together - alone) <= 0.03 * alone, (together, alone)
+
+
+def test_a_killed_instance_frees_its_streams_within_the_lease_time(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway],
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    lease = 3.0
+    state = f'lease_time = "{int(lease)}s"\n'
+    victim = start_gateway(_config(mock, redis_server, tmp_path / "victim", rps=1000,
+                                   burst=1000, streams=2, state=state),
+                           name="victim.toml", own_group=True)
+    survivor = start_gateway(_config(mock, redis_server, tmp_path / "survivor", rps=1000,
+                                     burst=1000, streams=2, state=state),
+                             name="survivor.toml")
+    held = [_open_stream(victim) for _ in range(2)]
+    assert [status for _, status in held] == [200, 200]
+    refused, status = _open_stream(survivor)
+    assert status == 429  # the cap (2) is shared: the victim holds both slots
+    refused.close()
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    killed_at = time.monotonic()
+    opened: list[socket.socket] = []
+
+    def slot_free() -> bool:
+        sock, got = _open_stream(survivor)
+        opened.append(sock)
+        return got == 200
+
+    _wait(slot_free, timeout=lease + 3)
+    assert time.monotonic() - killed_at <= lease + 1.5
+    for sock, _ in held:
+        sock.close()
+    for sock in opened:
+        sock.close()
+
+
+@pytest.mark.parametrize("policy", ["local", "allow", "deny"])
+def test_redis_down_follows_the_policy_and_recovers(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway],
+        redis_server: RedisServer, tmp_path: Path, policy: str) -> None:
+    state = f'on_backend_error = "{policy}"\nretry_after = "200ms"\n'
+    gateway = start_gateway(_config(mock, redis_server, tmp_path / policy, rps=1, burst=5,
+                                    state=state))
+    client = Client(gateway)
+    try:
+        assert [client.get("/small")[0] for _ in range(7)] == [200] * 5 + [429] * 2
+        redis_server.stop()
+        statuses = [client.get("/small")[0] for _ in range(8)]
+        expected = {"local": [200] * 5 + [429] * 3,  # this host's own (fresh) limit
+                    "allow": [200] * 8, "deny": [503] * 8}[policy]
+        assert statuses == expected
+        redis_server.start()  # empty: no state survives the restart
+        time.sleep(0.3)
+        # Redis decides again: a fresh burst of 5 (the local table is already spent
+        # under "local"), and its key is back in Redis.
+        assert [client.get("/small")[0] for _ in range(7)] == [200] * 5 + [429] * 2
+        assert b"tat" in redis_server.command("KEYS", "*")
+    finally:
+        client.close()
+        if redis_server.process is None:
+            redis_server.start()
+    error_log = tmp_path / policy / "error.log"
+    _wait(lambda: "shared state backend answers again" in error_log.read_text())
+    assert error_log.read_text().count("shared state backend down") == 1  # once, not per request

@@ -1,0 +1,182 @@
+"""The Redis limit scripts and client against a real redis-server (one per module).
+
+- the GCRA script decides as :func:`li_httpd.shm.gcra.decide` does: the script returns
+  the server time it used, and replaying the same times through the pure function gives
+  the same decisions and Retry-After values;
+- stream leases cap concurrency, are released, expire when not renewed, are kept alive
+  by renewal, and a holder's leases are released all at once (a dead worker's);
+- EVALSHA falls back to EVAL after SCRIPT FLUSH (a restarted server);
+- a server that does not answer costs at most the timeout, then the backend is down
+  (no call at all) until retry_after, and the decision follows on_backend_error.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+from li_httpd.config.checks import RedisUrl
+from li_httpd.config.model import State
+from li_httpd.shm import gcra
+from li_httpd.workers.redis_client import BackendError, RedisPool
+from li_httpd.workers.shared_limits import (
+    ADMIT,
+    RELEASE_HOLDER,
+    RemoteLimits,
+    holder_key,
+    key_digest,
+)
+
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def _pool(server: RedisServer, timeout: float = 0.5, port: int | None = None) -> RedisPool:
+    return RedisPool(RedisUrl(False, "127.0.0.1", port or server.port, 0, ""), None, 2, timeout)
+
+
+def _state(server: RedisServer, **overrides: object) -> State:
+    values: dict[str, object] = {"backend": "redis", "url": server.url,
+                                 "lease_time": 3000, "key_prefix": "t:"}
+    values.update(overrides)
+    return State(**values)  # type: ignore[arg-type]
+
+
+async def test_gcra_script_matches_the_shared_memory_decisions(redis_server: RedisServer
+                                                               ) -> None:
+    pool = _pool(redis_server)
+    rate = gcra.Rate.of(20, 3)  # 50 ms interval, burst 3
+    keys = (b"t:{gcra}:tat", b"t:{gcra}:streams", b"t:holder:gcra")
+    redis_server.command("DEL", *(k.decode() for k in keys))
+    replies = []
+    pauses = [0, 0, 0, 0, 0.02, 0.04, 0.06, 0, 0, 0.2, 0, 0, 0, 0, 0.01]
+    for pause in pauses:
+        await trio.sleep(pause)
+        reply = await pool.run_script(ADMIT, keys, (rate.interval_ns, rate.tolerance_ns,
+                                                    1000, f"l{len(replies)}", 60_000))
+        assert isinstance(reply, list)
+        replies.append(reply)
+    tat = 0
+    decisions = []
+    for allowed, retry, reason, now_s, now_ns in replies:
+        assert isinstance(now_s, int) and isinstance(now_ns, int)
+        expected = gcra.decide(rate, tat, now_s * gcra.NS_PER_SECOND + now_ns)
+        assert (bool(allowed), retry) == (expected.allowed, expected.retry_after_ns)
+        assert reason == (0 if expected.allowed else 1)
+        tat = expected.new_tat
+        decisions.append(expected.allowed)
+    # The table exercised both outcomes: an initial burst of 3, then refusals.
+    assert decisions[:4] == [True, True, True, False]
+    assert True in decisions[5:] and False in decisions[5:]
+
+
+async def _admit(limits: RemoteLimits, digest: bytes, streams: int = 2,
+                 rate: gcra.Rate | None = None) -> tuple[bool, str, bytes]:
+    rate = rate or gcra.Rate.of(1000, 1000)
+    verdict = await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, streams)
+    assert verdict.fallback == ""
+    return verdict.allowed, verdict.reason, verdict.lease
+
+
+async def test_stream_leases_cap_release_and_renew(redis_server: RedisServer) -> None:
+    limits = RemoteLimits(_state(redis_server), _pool(redis_server), 0, "hostA")
+    digest = key_digest(b"route", b"streams-key")
+    first = await _admit(limits, digest)
+    second = await _admit(limits, digest)
+    assert first[0] and second[0]
+    assert await _admit(limits, digest) == (False, "streams", b"")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(limits.run)
+        limits.release(first[2])
+        await trio.sleep(0.2)  # the background task sends it
+        third = await _admit(limits, digest)
+        assert third[0]
+        # Renewal keeps the live leases past their lease time (3 s, renewed every 1 s).
+        await trio.sleep(3.5)
+        assert await _admit(limits, digest) == (False, "streams", b"")
+        nursery.cancel_scope.cancel()
+
+
+async def test_unrenewed_leases_expire(redis_server: RedisServer) -> None:
+    """A host that died (no renewal, no release) frees its slots after lease_time."""
+    dead = RemoteLimits(_state(redis_server), _pool(redis_server), 0, "dead")
+    alive = RemoteLimits(_state(redis_server), _pool(redis_server), 0, "alive")
+    digest = key_digest(b"route", b"expiry-key")
+    assert (await _admit(dead, digest, streams=1))[0]
+    assert await _admit(alive, digest, streams=1) == (False, "streams", b"")
+    await trio.sleep(3.1)
+    assert (await _admit(alive, digest, streams=1))[0]
+
+
+async def test_a_holders_leases_are_released_at_once(redis_server: RedisServer) -> None:
+    limits = RemoteLimits(_state(redis_server), _pool(redis_server), 3, "hostB")
+    digest = key_digest(b"route", b"holder-key")
+    for _ in range(2):
+        assert (await _admit(limits, digest))[0]
+    assert not (await _admit(limits, digest))[0]
+    pool = _pool(redis_server)
+    assert await pool.run_script(RELEASE_HOLDER, (holder_key("t:", "hostB", 3),), ()) == 2
+    assert (await _admit(limits, digest))[0]
+
+
+async def test_evalsha_falls_back_to_eval_after_a_flush(redis_server: RedisServer) -> None:
+    limits = RemoteLimits(_state(redis_server), _pool(redis_server), 0, "hostC")
+    digest = key_digest(b"route", b"flush-key")
+    assert (await _admit(limits, digest))[0]
+    assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+    assert (await _admit(limits, digest))[0]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield int(listener.getsockname()[1])
+
+
+async def test_a_silent_server_costs_at_most_the_timeout(silent_port: int) -> None:
+    pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.05)
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="no answer within 50 ms"):
+        await pool.call("PING")
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("policy", ["local", "allow", "deny"])
+async def test_a_down_backend_is_not_called_until_retry_after(
+        redis_server: RedisServer, silent_port: int, policy: str) -> None:
+    state = _state(redis_server, timeout=50, retry_after=300, on_backend_error=policy)
+    pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.05)
+    limits = RemoteLimits(state, pool, 0, "hostD")
+    digest = key_digest(b"route", b"down-key")
+    rate = gcra.Rate.of(10, 10)
+    started = time.monotonic()
+    verdict = await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+    assert verdict.fallback == policy
+    assert limits.transitions and limits.transitions[0].startswith("down")
+    assert 0.04 < time.monotonic() - started < 0.5
+    started = time.monotonic()
+    for _ in range(20):  # down: decided at once, no call
+        assert (await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+                ).fallback == policy
+    assert time.monotonic() - started < 0.05
+    # After retry_after a probe goes to the (now working) server: up again.
+    limits.pool = _pool(redis_server)
+    await trio.sleep(0.31)
+    verdict = await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+    assert verdict.fallback == "" and verdict.allowed
+    assert limits.transitions[-1] == "up"
+
+
+async def test_per_kind_override_wins(redis_server: RedisServer, silent_port: int) -> None:
+    state = _state(redis_server, on_backend_error="allow", limits_on_error="deny")
+    pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.05)
+    limits = RemoteLimits(state, pool, 0, "hostE")
+    verdict = await limits.admit(b"x", 1, 1, 1)
+    assert verdict.fallback == "deny"

@@ -1,0 +1,258 @@
+"""Rate limits and stream caps kept in Redis, shared by every gateway instance.
+
+Used instead of the shared-memory table when ``[state] backend = "redis"``. Each
+admission is ONE round trip: a Lua script (:data:`ADMIT`) that the server runs
+atomically, on the server's clock (``TIME``), so the hosts' clocks do not matter:
+
+- the key's GCRA state is ``PREFIX{digest}:tat`` = ``"<sec> <ns>"`` of its theoretical
+  arrival time, the same arithmetic as :func:`li_httpd.shm.gcra.decide` on differences
+  to now (Lua numbers are doubles: absolute nanoseconds would lose precision,
+  differences up to ``burst × interval`` do not); it expires when the burst is full
+  again;
+- its open streams are *leases* in the sorted set ``PREFIX{digest}:streams``, scored by
+  expiry (ms); expired leases are dropped before counting, so the slots of a host that
+  died free up after ``lease_time``. Holders renew their leases every third of it
+  (:meth:`RemoteLimits.run`);
+- each lease is also listed in its holder's set ``PREFIX holder:<host>:<slot>`` so the
+  master can release a killed worker's leases at once (:func:`release_holder`).
+
+The key digest is an unkeyed BLAKE2b-128 of (route, key value): the same on every host
+(the shared-memory table's per-host secret would split one key across hosts).
+
+A decision that could not be made (backend down, error, timeout) follows the
+``limits`` kind's ``on_backend_error`` policy (:mod:`.backend_health`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from typing import Literal, NamedTuple
+
+import trio
+from li_httpd.config.model import State
+
+from .backend_health import BackendHealth, OnError
+from .redis_client import BackendError, RedisPool, Script, connection_errors
+
+ADMIT = Script("""
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local now_ns = tonumber(t[2]) * 1000
+local now_ms = now_s * 1000 + math.floor(now_ns / 1000000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local ahead = 0
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local sp = string.find(stored, ' ', 1, true)
+  local ds = tonumber(string.sub(stored, 1, sp - 1)) - now_s
+  local dn = tonumber(string.sub(stored, sp + 1)) - now_ns
+  if ds > 0 or (ds == 0 and dn > 0) then ahead = ds * 1000000000 + dn end
+end
+local new_ahead = ahead + interval
+local excess = new_ahead - tolerance
+if excess > 0 then return {0, excess, 1, now_s, now_ns} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  return {0, 1000000000, 2, now_s, now_ns}
+end
+local total = now_ns + new_ahead
+redis.call('SET', KEYS[1], string.format('%d %d', now_s + math.floor(total / 1000000000),
+           total % 1000000000), 'PX', math.floor(new_ahead / 1000000) + 1)
+local lease_ms = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[2], now_ms + lease_ms, ARGV[4])
+redis.call('PEXPIRE', KEYS[2], lease_ms * 2)
+redis.call('SADD', KEYS[3], KEYS[2] .. ' ' .. ARGV[4])
+redis.call('PEXPIRE', KEYS[3], lease_ms * 2)
+return {1, 0, 0, now_s, now_ns}
+""")
+"""KEYS: tat, streams, holder. ARGV: interval ns, tolerance ns, max streams, lease id,
+lease ms. Returns {allowed, retry_after ns, reason (0 ok, 1 rate, 2 streams), server
+time s, ns}."""
+
+RELEASE = Script("""
+local n = 0
+for i = 1, #ARGV do
+  local sp = string.find(ARGV[i], ' ', 1, true)
+  n = n + redis.call('ZREM', string.sub(ARGV[i], 1, sp - 1), string.sub(ARGV[i], sp + 1))
+  redis.call('SREM', KEYS[1], ARGV[i])
+end
+return n
+""")
+"""KEYS: holder. ARGV: "<streams key> <lease id>" members. Returns leases removed."""
+
+RENEW = Script("""
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local sp = string.find(ARGV[i], ' ', 1, true)
+  local key = string.sub(ARGV[i], 1, sp - 1)
+  redis.call('ZADD', key, 'XX', expiry, string.sub(ARGV[i], sp + 1))
+  redis.call('PEXPIRE', key, tonumber(ARGV[1]) * 2)
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return #ARGV - 1
+""")
+"""KEYS: holder. ARGV: lease ms, then "<streams key> <lease id>" members."""
+
+RELEASE_HOLDER = Script("""
+local members = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, member in ipairs(members) do
+  local sp = string.find(member, ' ', 1, true)
+  n = n + redis.call('ZREM', string.sub(member, 1, sp - 1), string.sub(member, sp + 1))
+end
+redis.call('DEL', KEYS[1])
+return n
+""")
+"""KEYS: holder. Releases every lease the holder has (a dead worker's)."""
+
+_FAILURES: tuple[type[BaseException], ...] = (BackendError, *connection_errors())
+
+RELEASE_BATCH = 64
+"""Leases given back per round trip at most."""
+
+
+class RemoteVerdict(NamedTuple):
+    """What the backend decided, or the policy to follow when it could not."""
+
+    fallback: OnError | Literal[""]
+    """"" = the backend decided (below); else the on_backend_error policy to follow."""
+    allowed: bool
+    retry_after_ns: int
+    reason: Literal["", "rate", "streams"]
+    lease: bytes
+    """The stream lease held ("<streams key> <lease id>"), when allowed."""
+
+
+_REASONS: tuple[Literal["", "rate", "streams"], ...] = ("", "rate", "streams")
+
+
+def host_id() -> str:
+    """This gateway instance's id in lease ids: host name and the master's pid (two
+    instances on one host differ). A worker is a child of the master."""
+    return f"{socket.gethostname()}.{os.getppid()}"
+
+
+def holder_key(prefix: str, host: str, slot: int) -> bytes:
+    return f"{prefix}holder:{host}:{slot}".encode()
+
+
+def key_digest(route: bytes, value: bytes) -> bytes:
+    """The Redis name of a (route, key value): the same on every host."""
+    return hashlib.blake2b(route + b"\0" + value, digest_size=16).hexdigest().encode()
+
+
+def read_password(state: State) -> str | None:
+    """The Redis password from password_file or password_env (validated to exist)."""
+    if state.password_file:
+        with open(state.password_file, encoding="utf-8") as handle:
+            return handle.read().rstrip("\r\n")
+    if state.password_env:
+        return os.environ.get(state.password_env)
+    return None
+
+
+class RemoteLimits:
+    """One worker's view of the Redis limits: its pool, health and live leases."""
+
+    def __init__(self, state: State, pool: RedisPool, slot: int, host: str) -> None:
+        self.prefix = state.key_prefix.encode()
+        self.pool = pool
+        self.lease_ms = state.lease_time
+        self.on_error: OnError = state.limits_on_error or state.on_backend_error
+        self.health = BackendHealth(state.retry_after * 1_000_000)
+        self.host = host
+        self.holder = holder_key(state.key_prefix, host, slot)
+        self._lease_prefix = f"{host}:{slot}:".encode()
+        self._next = 0
+        self.leases: set[bytes] = set()
+        """Leases this worker holds (renewed by :meth:`run`)."""
+        self._released: list[bytes] = []
+        self._wake = trio.Event()
+        self.transitions: list[str] = []
+        """Backend up/down changes not yet reported (the caller logs and counts them)."""
+
+    async def admit(self, digest: bytes, interval_ns: int, tolerance_ns: int,
+                    max_streams: int) -> RemoteVerdict:
+        """Charge one request and take a stream lease, in one round trip."""
+        now = time.monotonic_ns()
+        if not self.health.usable(now):
+            return RemoteVerdict(self.on_error, False, 0, "", b"")
+        self._next += 1
+        lease_id = self._lease_prefix + b"%d" % self._next
+        streams = self.prefix + b"{" + digest + b"}:streams"
+        try:
+            reply = await self.pool.run_script(
+                ADMIT, (self.prefix + b"{" + digest + b"}:tat", streams, self.holder),
+                (interval_ns, tolerance_ns, max_streams, lease_id, self.lease_ms))
+            if not isinstance(reply, list) or len(reply) != 5 or not all(
+                    isinstance(v, int) for v in reply):
+                raise BackendError(f"unexpected reply to the admit script: {reply!r:.80}")
+        except _FAILURES as exc:
+            self._failed(now, exc)
+            return RemoteVerdict(self.on_error, False, 0, "", b"")
+        self._succeeded()
+        allowed, retry, reason = reply[0], reply[1], reply[2]
+        assert isinstance(retry, int) and isinstance(reason, int)
+        if not allowed:
+            return RemoteVerdict("", False, retry, _REASONS[reason], b"")
+        lease = streams + b" " + lease_id
+        self.leases.add(lease)
+        return RemoteVerdict("", True, 0, "", lease)
+
+    def release(self, lease: bytes) -> None:
+        """Give a lease back (no await: :meth:`run` sends it; if that fails, the lease
+        expires on its own)."""
+        self.leases.discard(lease)
+        self._released.append(lease)
+        self._wake.set()
+
+    def _failed(self, now: int, exc: BaseException) -> None:
+        self.pool.discard_idle()  # a server that failed one may have closed them all
+        if self.health.failed(now):
+            self.transitions.append(f"down: {exc}")
+
+    def _succeeded(self) -> None:
+        if self.health.succeeded():
+            self.transitions.append("up")
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background task: send releases as they come, renew live leases every third
+        of the lease time."""
+        task_status.started()
+        renew_every = self.lease_ms / 3000
+        next_renewal = trio.current_time() + renew_every
+        while True:
+            with trio.move_on_at(next_renewal):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if self._released:
+                batch, self._released = self._released[:RELEASE_BATCH], \
+                    self._released[RELEASE_BATCH:]
+                if self._released:
+                    self._wake.set()
+                await self._send(RELEASE, (self.holder,), tuple(batch))
+            if trio.current_time() >= next_renewal:
+                next_renewal = trio.current_time() + renew_every
+                if self.leases:
+                    await self._send(RENEW, (self.holder,), (self.lease_ms, *self.leases))
+
+    async def _send(self, script: Script, keys: tuple[bytes, ...],
+                    args: tuple[bytes | int, ...]) -> None:
+        now = time.monotonic_ns()
+        if not self.health.usable(now):
+            return
+        try:
+            await self.pool.run_script(script, keys, args)
+        except _FAILURES as exc:
+            self._failed(now, exc)
+        else:
+            self._succeeded()
+
+
+__all__ = ["ADMIT", "RELEASE", "RELEASE_HOLDER", "RENEW", "RemoteLimits", "RemoteVerdict",
+           "holder_key", "host_id", "key_digest", "read_password"]
