@@ -148,3 +148,32 @@ def test_redis_down_follows_the_policy_and_recovers(
     error_log = tmp_path / policy / "error.log"
     _wait(lambda: "shared state backend answers again" in error_log.read_text())
     assert error_log.read_text().count("shared state backend down") == 1  # once, not per request
+
+
+def test_a_killed_worker_frees_its_streams_at_once(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway],
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """The master releases a SIGKILLed worker's leases: no wait for lease_time (30 s)."""
+    gateway = start_gateway(_config(mock, redis_server, tmp_path / "gw", rps=1000,
+                                    burst=1000, streams=2))
+    held = [_open_stream(gateway) for _ in range(2)]
+    assert [status for _, status in held] == [200, 200]
+    refused, status = _open_stream(gateway)
+    assert status == 429
+    refused.close()
+    victims = gateway.workers()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    _wait(lambda: len(gateway.workers()) == 2 and not set(gateway.workers()) & set(victims))
+    killed_at = time.monotonic()
+    opened: list[socket.socket] = []
+
+    def slot_free() -> bool:
+        sock, got = _open_stream(gateway)
+        opened.append(sock)
+        return got == 200
+
+    _wait(slot_free, timeout=5)
+    assert time.monotonic() - killed_at < 5
+    for sock in [*(s for s, _ in held), *opened]:
+        sock.close()

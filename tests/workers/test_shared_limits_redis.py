@@ -180,3 +180,30 @@ async def test_per_kind_override_wins(redis_server: RedisServer, silent_port: in
     limits = RemoteLimits(state, pool, 0, "hostE")
     verdict = await limits.admit(b"x", 1, 1, 1)
     assert verdict.fallback == "deny"
+
+
+async def test_the_master_releases_a_dead_workers_leases(redis_server: RedisServer) -> None:
+    from li_httpd.supervisor.shared_state import master_host_id, release_worker_leases
+
+    state = _state(redis_server)
+    limits = RemoteLimits(state, _pool(redis_server), 5, master_host_id())
+    other = RemoteLimits(state, _pool(redis_server), 6, master_host_id())
+    digest = key_digest(b"route", b"master-key")
+    assert (await _admit(limits, digest, streams=3))[0]
+    assert (await _admit(limits, digest, streams=3))[0]
+    assert (await _admit(other, digest, streams=3))[0]
+    assert not (await _admit(other, digest, streams=3))[0]
+    assert await trio.to_thread.run_sync(release_worker_leases, state, 5) == 2
+    assert (await _admit(other, digest, streams=3))[0]  # slot 5's two are free again
+    assert (await _admit(other, digest, streams=3))[0]
+    assert not (await _admit(other, digest, streams=3))[0]  # slot 6's are kept
+
+
+def test_the_master_gives_up_quickly_when_redis_is_away(silent_port: int) -> None:
+    from li_httpd.supervisor.shared_state import release_worker_leases
+
+    state = State(backend="redis", url=f"redis://127.0.0.1:{silent_port}")
+    started = time.monotonic()
+    problem = release_worker_leases(state, 0, deadline=0.2)
+    assert isinstance(problem, str), problem
+    assert time.monotonic() - started < 1.0
