@@ -234,6 +234,9 @@ class State:
     limits_on_error: OnBackendError | None = setting(None, doc="on_backend_error for rate "
                                                      "limits and stream caps; unset = "
                                                      "on_backend_error.")
+    budgets_on_error: OnBackendError | None = setting(None, doc="on_backend_error for API "
+                                                      "keys' token and dollar budgets; "
+                                                      "unset = on_backend_error.")
 
 
 # -- [upstreams.NAME] ---------------------------------------------------------------------------

@@ -926,10 +926,12 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class BudgetGrant:
-    """A reservation made by :meth:`SharedState.budget_reserve`."""
+    """A reservation made by :meth:`SharedState.budget_reserve` (or, ``remote``, by the
+    Redis backend: then it is settled there)."""
 
     key_index: int
     grant: budget.Grant
+    remote: bool = False
 
     @property
     def tokens(self) -> int:

@@ -449,7 +449,11 @@ class ClientConnection:
             micro = max(grant.micro_usd, math.ceil(usage[4] * 1_000_000))
         else:
             tokens, micro = grant.tokens, grant.micro_usd
-        self.ctx.shared.budget_settle(grant, tokens, micro)
+        remote = self.ctx.remote
+        if grant.remote and remote is not None and exchange.key_id is not None:
+            remote.settle_budget(exchange.key_id, grant, tokens, micro)
+        else:
+            self.ctx.shared.budget_settle(grant, tokens, micro)
 
     def _log_abnormal(self, exchange: Exchange, outcome: Outcome, bytes_out: int) -> None:
         """The one error-log line of a request that ended abnormally."""

@@ -33,6 +33,8 @@ from typing import Literal, NamedTuple
 
 import trio
 from li_httpd.config.model import State
+from li_httpd.shm import BudgetDenied, BudgetGrant, BudgetLimits
+from li_httpd.shm.budget import Grant
 
 from .backend_health import BackendHealth, OnError
 from .redis_client import BackendError, RedisPool, Script, connection_errors
@@ -110,6 +112,71 @@ return n
 """)
 """KEYS: holder. Releases every lease the holder has (a dead worker's)."""
 
+BUDGET_RESERVE = Script("""
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tpm, ulim, wms = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, micro = tonumber(ARGV[4]), tonumber(ARGV[5])
+local v = redis.call('HMGET', KEYS[1], 'tw', 't', 'uw', 'u')
+local tw, uw = math.floor(now_ms / 60000), math.floor(now_ms / wms)
+local used_t, used_u = 0, 0
+if v[1] then
+  local stored = tonumber(v[1])
+  if stored > tw then tw = stored end
+  if stored == tw then used_t = tonumber(v[2]) end
+end
+if v[3] then
+  local stored = tonumber(v[3])
+  if stored > uw then uw = stored end
+  if stored == uw then used_u = tonumber(v[4]) end
+end
+local function until_s(end_ms)
+  return math.max(1, math.ceil((end_ms - now_ms) / 1000))
+end
+local large_s, large_l, over_s, over_l = -1, 0, -1, 0
+if tpm > 0 then
+  if tokens > tpm then large_s, large_l = 60, 1
+  elseif used_t + tokens > tpm then over_s, over_l = until_s((tw + 1) * 60000), 1 end
+end
+if ulim > 0 then
+  if micro > ulim then
+    local s = math.ceil(wms / 1000)
+    if s >= large_s then large_s, large_l = s, 2 end
+  elseif used_u + micro > ulim then
+    local s = until_s((uw + 1) * wms)
+    if s >= over_s then over_s, over_l = s, 2 end
+  end
+end
+if large_l > 0 then return {0, large_l, large_s, 2} end
+if over_l > 0 then return {0, over_l, over_s, 1} end
+redis.call('HSET', KEYS[1], 'tw', tw, 't', string.format('%d', used_t + tokens), 'uw', uw,
+           'u', string.format('%d', used_u + micro))
+redis.call('PEXPIRE', KEYS[1], math.max(60000, wms) * 2)
+return {1, tw, uw, 0}
+""")
+"""KEYS: the key's budget hash. ARGV: tokens per minute, micro-USD limit, dollar window
+ms, tokens, micro-USD. Returns {1, token window, usd window, 0} (reserved) or {0, limit
+(1 tokens, 2 usd), retry after s, reason (1 over, 2 larger than the budget)}: the
+arithmetic of :func:`li_httpd.shm.budget.reserve` on Redis time (ms)."""
+
+BUDGET_SETTLE = Script("""
+local v = redis.call('HMGET', KEYS[1], 'tw', 't', 'uw', 'u')
+if v[1] and tonumber(v[1]) == tonumber(ARGV[1]) then
+  local tokens = tonumber(v[2]) + tonumber(ARGV[5]) - tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 't', string.format('%d', math.max(0, tokens)))
+end
+if v[3] and tonumber(v[3]) == tonumber(ARGV[3]) then
+  local micro = tonumber(v[4]) + tonumber(ARGV[6]) - tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'u', string.format('%d', math.max(0, micro)))
+end
+return 1
+""")
+"""KEYS: the budget hash. ARGV: the grant's token window, tokens, usd window, micro-USD,
+then the actual tokens and micro-USD (:func:`li_httpd.shm.budget.settle`)."""
+
+_BUDGET_LIMITS: tuple[Literal["tokens", "usd"], ...] = ("tokens", "tokens", "usd")
+_BUDGET_REASONS = ("", "over the budget", "larger than the budget")
+
 _FAILURES: tuple[type[BaseException], ...] = (BackendError, *connection_errors())
 
 RELEASE_BATCH = 64
@@ -164,6 +231,7 @@ class RemoteLimits:
         self.pool = pool
         self.lease_ms = state.lease_time
         self.on_error: OnError = state.limits_on_error or state.on_backend_error
+        self.budgets_on_error: OnError = state.budgets_on_error or state.on_backend_error
         self.health = BackendHealth(state.retry_after * 1_000_000)
         self.host = host
         self.holder = holder_key(state.key_prefix, host, slot)
@@ -172,6 +240,7 @@ class RemoteLimits:
         self.leases: set[bytes] = set()
         """Leases this worker holds (renewed by :meth:`run`)."""
         self._released: list[bytes] = []
+        self._settles: list[tuple[bytes, tuple[int, ...]]] = []
         self._wake = trio.Event()
         self.transitions: list[str] = []
         """Backend up/down changes not yet reported (the caller logs and counts them)."""
@@ -204,6 +273,42 @@ class RemoteLimits:
         self.leases.add(lease)
         return RemoteVerdict("", True, 0, "", lease)
 
+    async def reserve_budget(self, key_id: str, limits: BudgetLimits, tokens: int,
+                             micro_usd: int) -> BudgetGrant | BudgetDenied | None:
+        """Reserve a request's worst case against an API key's budget in one round trip;
+        None when the backend could not decide (follow ``budgets_on_error``)."""
+        now = time.monotonic_ns()
+        if not self.health.usable(now):
+            return None
+        try:
+            reply = await self.pool.run_script(
+                BUDGET_RESERVE, (self._budget_key(key_id),),
+                (limits.tokens_per_minute, limits.micro_usd,
+                 max(1, limits.window_ns // 1_000_000), tokens, micro_usd))
+            if not isinstance(reply, list) or len(reply) != 4 or not all(
+                    isinstance(v, int) for v in reply):
+                raise BackendError(f"unexpected reply to the budget script: {reply!r:.80}")
+        except _FAILURES as exc:
+            self._failed(now, exc)
+            return None
+        self._succeeded()
+        ok, first, second, reason = (int(v) for v in reply)  # type: ignore[arg-type]
+        if not ok:
+            return BudgetDenied(_BUDGET_LIMITS[first], second, _BUDGET_REASONS[reason])
+        return BudgetGrant(-1, Grant(first, tokens, second, micro_usd), remote=True)
+
+    def settle_budget(self, key_id: str, grant: BudgetGrant, tokens: int,
+                      micro_usd: int) -> None:
+        """Replace a remote reservation by the actual usage (sent by :meth:`run`; if that
+        fails the reservation stays charged until its window ends, as in shared memory)."""
+        g = grant.grant
+        self._settles.append((self._budget_key(key_id), (
+            g.token_window, g.tokens, g.usd_window, g.micro_usd, tokens, micro_usd)))
+        self._wake.set()
+
+    def _budget_key(self, key_id: str) -> bytes:
+        return self.prefix + b"budget:{" + key_id.encode() + b"}"
+
     def release(self, lease: bytes) -> None:
         """Give a lease back (no await: :meth:`run` sends it; if that fails, the lease
         expires on its own)."""
@@ -230,6 +335,9 @@ class RemoteLimits:
             with trio.move_on_at(next_renewal):
                 await self._wake.wait()
             self._wake = trio.Event()
+            while self._settles:
+                key, amounts = self._settles.pop()
+                await self._send(BUDGET_SETTLE, (key,), amounts)
             if self._released:
                 batch, self._released = self._released[:RELEASE_BATCH], \
                     self._released[RELEASE_BATCH:]
@@ -254,5 +362,6 @@ class RemoteLimits:
             self._succeeded()
 
 
-__all__ = ["ADMIT", "RELEASE", "RELEASE_HOLDER", "RENEW", "RemoteLimits", "RemoteVerdict",
-           "holder_key", "host_id", "key_digest", "read_password"]
+__all__ = ["ADMIT", "BUDGET_RESERVE", "BUDGET_SETTLE", "RELEASE", "RELEASE_HOLDER", "RENEW",
+           "RemoteLimits", "RemoteVerdict", "holder_key", "host_id", "key_digest",
+           "read_password"]

@@ -177,3 +177,49 @@ def test_a_killed_worker_frees_its_streams_at_once(
     assert time.monotonic() - killed_at < 5
     for sock in [*(s for s, _ in held), *opened]:
         sock.close()
+
+
+def test_two_instances_share_a_keys_token_budget(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway],
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """Alternating between two instances until both refuse: what they admitted together
+    fits one budget (each alone would admit a whole budget)."""
+    import hashlib
+
+    import httpx
+
+    from .test_budgets import _fresh_minute
+
+    key, budget = "sk-shared-budget", 1000
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    extra = (f'[models."mock-chat"]\npool = "main"\ndefault_max_tokens = 300\n\n'
+             f'[auth]\nkeys = [{{ id = "team", sha256 = "{digest}", '
+             f'tokens_per_minute = {budget} }}]\n')
+    gateways = []
+    for name in ("a", "b"):
+        prefix = f'[state]\nbackend = "redis"\nurl = "{redis_server.url}"\n' \
+                 f'key_prefix = "{tmp_path.name[-40:]}:"\n'
+        config = gateway_config(mock.origin, extra=f'{prefix}{extra}\n[log]\ndir = '
+                                f'"{tmp_path / name}"\n', routes='"/v1/*" = "proxy:main"\n')
+        gateways.append(start_gateway(config, name=f"{name}.toml"))
+    _fresh_minute(20)
+    used = 0
+    refused = set()
+    body = {"model": "mock-chat", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}]}
+    for turn in range(40):
+        gateway = gateways[turn % 2]
+        reply = httpx.post(f"{gateway.url}/v1/chat/completions", json=body,
+                           params={"tokens": "60"}, timeout=10,
+                           headers={"authorization": f"Bearer {key}"})
+        if reply.status_code == 429:
+            assert reply.json()["error"]["type"] == "budget_exceeded"
+            refused.add(turn % 2)
+            if refused == {0, 1}:
+                break
+            continue
+        assert reply.status_code == 200, reply.text
+        used += reply.json()["usage"]["total_tokens"]
+        time.sleep(0.25)  # the settle reaches Redis before the next reservation
+    assert refused == {0, 1}
+    assert budget - 200 <= used <= budget, used

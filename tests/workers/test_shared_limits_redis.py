@@ -207,3 +207,45 @@ def test_the_master_gives_up_quickly_when_redis_is_away(silent_port: int) -> Non
     problem = release_worker_leases(state, 0, deadline=0.2)
     assert isinstance(problem, str), problem
     assert time.monotonic() - started < 1.0
+
+
+async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: RedisServer
+                                                              ) -> None:
+    """The same sequence through the Redis scripts and through shm/budget.py gives the
+    same decisions (the windows are the same fixed, epoch-aligned ones)."""
+    from li_httpd.shm import BudgetDenied, BudgetGrant, budget
+
+    limits = budget.Limits.of(100, 0.001, 24 * 3600 * 1000)  # 100 tokens/min, 1000 µUSD/day
+    remote = RemoteLimits(_state(redis_server), _pool(redis_server), 0, "hostF")
+    redis_server.command("DEL", "t:budget:{key-1}")
+    usage = budget.Usage()
+    steps: list[tuple[str, int, int]] = [
+        ("reserve", 30, 100), ("reserve", 50, 200), ("reserve", 30, 0),  # over (tokens)
+        ("reserve", 200, 0),                                              # larger
+        ("reserve", 0, 800),                                              # over (usd)
+        ("settle0", 10, 50), ("reserve", 30, 0), ("reserve", 0, 1001)]
+    grants: list[BudgetGrant] = []
+    local_grants: list[budget.Grant] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(remote.run)
+        for step, tokens, micro in steps:
+            if step == "settle0":
+                remote.settle_budget("key-1", grants[0], tokens, micro)
+                usage = budget.settle(usage, local_grants[0], tokens, micro)
+                await trio.sleep(0.2)  # sent by the background task
+                continue
+            got = await remote.reserve_budget("key-1", limits, tokens, micro)
+            expected = budget.reserve(usage, limits, tokens, micro, time.time_ns())
+            if isinstance(expected, budget.Denied):
+                assert isinstance(got, BudgetDenied), (step, tokens, micro, got)
+                assert (got.limit, got.reason) == (expected.limit, expected.reason)
+                assert abs(got.retry_after_s - expected.retry_after_s) <= 1
+            else:
+                assert isinstance(got, BudgetGrant) and got.remote, (tokens, micro, got)
+                usage, grant = expected
+                assert got.grant == grant
+                grants.append(got)
+                local_grants.append(grant)
+        nursery.cancel_scope.cancel()
+    stored = redis_server.command("HGET", "t:budget:{key-1}", "t")
+    assert stored == b"$2\r\n%d\r\n" % usage.tokens
