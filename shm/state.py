@@ -808,6 +808,20 @@ class SharedState:
         finally:
             self._unlock(_LOCK_CIRCUITS + peer)
 
+    def circuit_adopt_open(self, peer: int, remaining_ns: int) -> CircuitStep | None:
+        """Another instance opened ``peer``'s circuit for ``remaining_ns`` more: open
+        it here too if it is closed (:func:`.circuit.adopt_open`); the step if it did."""
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            before = self.circuit(peer)
+            after = breaker.adopt_open(before, self.clock() + remaining_ns)
+            if after == before:
+                return None
+            self._store_circuit(peer, after)
+            return CircuitStep("closed", before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     def circuit_probe_abandoned(self, peer: int, policy: breaker.Policy) -> None:
         """A probe ended with no result to count (the client left, a timer fired)."""
         self._probe_done(peer, self.clock(), policy, None)

@@ -249,7 +249,7 @@ class WorkerContext:
         self.request_ids = RequestIds(_seed(loaded))
         ids = peer_ids(config)
         self.groups = {name: UpstreamGroup(name, upstream, self.limits, self.shared, index,
-                                           ids[name], self.log)
+                                           ids[name], self.log, self.remote)
                        for index, (name, upstream) in enumerate(config.upstreams.items())}
         self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
         self.models = {name: ModelPlan.of(model, self.groups[model.pool])

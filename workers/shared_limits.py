@@ -26,9 +26,11 @@ A decision that could not be made (backend down, error, timeout) follows the
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import trio
@@ -174,6 +176,16 @@ return 1
 """KEYS: the budget hash. ARGV: the grant's token window, tokens, usd window, micro-USD,
 then the actual tokens and micro-USD (:func:`li_httpd.shm.budget.settle`)."""
 
+CIRCUITS_OPEN = Script("""
+local left = {}
+for i = 1, #KEYS do left[i] = redis.call('PTTL', KEYS[i]) end
+return left
+""")
+"""KEYS: circuit keys. Returns each one's remaining open time in ms (negative: none)."""
+
+CIRCUIT_POLL_S = 1.0
+"""How often a worker asks whether another instance opened one of its circuits."""
+
 _BUDGET_LIMITS: tuple[Literal["tokens", "usd"], ...] = ("tokens", "tokens", "usd")
 _BUDGET_REASONS = ("", "over the budget", "larger than the budget")
 
@@ -241,6 +253,9 @@ class RemoteLimits:
         """Leases this worker holds (renewed by :meth:`run`)."""
         self._released: list[bytes] = []
         self._settles: list[tuple[bytes, tuple[int, ...]]] = []
+        self._openings: list[tuple[bytes, int]] = []
+        self._circuit_keys: list[bytes] = []
+        self._circuit_opened: list[Callable[[int], None]] = []
         self._wake = trio.Event()
         self.transitions: list[str] = []
         """Backend up/down changes not yet reported (the caller logs and counts them)."""
@@ -309,6 +324,19 @@ class RemoteLimits:
     def _budget_key(self, key_id: str) -> bytes:
         return self.prefix + b"budget:{" + key_id.encode() + b"}"
 
+    def watch_circuit(self, name: bytes, opened: Callable[[int], None]) -> None:
+        """Call ``opened(remaining_ns)`` when another instance has the circuit ``name``
+        (pool:peer) open (polled every :data:`CIRCUIT_POLL_S` by :meth:`run`)."""
+        self._circuit_keys.append(self.prefix + b"circuit:" + name)
+        self._circuit_opened.append(opened)
+
+    def publish_open(self, name: bytes, open_ns: int) -> None:
+        """This instance opened the circuit ``name`` for ``open_ns`` (sent by :meth:`run`:
+        a Redis key that expires when the open time ends)."""
+        self._openings.append((self.prefix + b"circuit:" + name,
+                               max(1, open_ns // 1_000_000)))
+        self._wake.set()
+
     def release(self, lease: bytes) -> None:
         """Give a lease back (no await: :meth:`run` sends it; if that fails, the lease
         expires on its own)."""
@@ -326,15 +354,23 @@ class RemoteLimits:
             self.transitions.append("up")
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background task: send releases as they come, renew live leases every third
-        of the lease time."""
+        """Background task: send releases, budget settles and circuit openings as they
+        come, renew live leases every third of the lease time, and poll the watched
+        circuits every :data:`CIRCUIT_POLL_S`."""
         task_status.started()
         renew_every = self.lease_ms / 3000
         next_renewal = trio.current_time() + renew_every
+        next_poll = trio.current_time() + CIRCUIT_POLL_S if self._circuit_keys else math.inf
         while True:
-            with trio.move_on_at(next_renewal):
+            with trio.move_on_at(min(next_renewal, next_poll)):
                 await self._wake.wait()
             self._wake = trio.Event()
+            while self._openings:
+                key, open_ms = self._openings.pop()
+                await self._command("SET", key, b"1", b"PX", open_ms)
+            if trio.current_time() >= next_poll:
+                next_poll = trio.current_time() + CIRCUIT_POLL_S
+                await self._poll_circuits()
             while self._settles:
                 key, amounts = self._settles.pop()
                 await self._send(BUDGET_SETTLE, (key,), amounts)
@@ -349,6 +385,33 @@ class RemoteLimits:
                 if self.leases:
                     await self._send(RENEW, (self.holder,), (self.lease_ms, *self.leases))
 
+    async def _poll_circuits(self) -> None:
+        now = time.monotonic_ns()
+        if not self.health.usable(now):
+            return
+        try:
+            reply = await self.pool.run_script(CIRCUITS_OPEN, tuple(self._circuit_keys), ())
+        except _FAILURES as exc:
+            self._failed(now, exc)
+            return
+        self._succeeded()
+        if not isinstance(reply, list):
+            return
+        for left, opened in zip(reply, self._circuit_opened, strict=False):
+            if isinstance(left, int) and left > 0:
+                opened(left * 1_000_000)
+
+    async def _command(self, *args: bytes | str | int) -> None:
+        now = time.monotonic_ns()
+        if not self.health.usable(now):
+            return
+        try:
+            await self.pool.call(*args)
+        except _FAILURES as exc:
+            self._failed(now, exc)
+        else:
+            self._succeeded()
+
     async def _send(self, script: Script, keys: tuple[bytes, ...],
                     args: tuple[bytes | int, ...]) -> None:
         now = time.monotonic_ns()
@@ -362,6 +425,6 @@ class RemoteLimits:
             self._succeeded()
 
 
-__all__ = ["ADMIT", "BUDGET_RESERVE", "BUDGET_SETTLE", "RELEASE", "RELEASE_HOLDER", "RENEW",
-           "RemoteLimits", "RemoteVerdict", "holder_key", "host_id", "key_digest",
-           "read_password"]
+__all__ = ["ADMIT", "BUDGET_RESERVE", "BUDGET_SETTLE", "CIRCUITS_OPEN", "RELEASE",
+           "RELEASE_HOLDER", "RENEW", "RemoteLimits", "RemoteVerdict", "holder_key", "host_id",
+           "key_digest", "read_password"]

@@ -223,3 +223,39 @@ def test_two_instances_share_a_keys_token_budget(
         time.sleep(0.25)  # the settle reaches Redis before the next reservation
     assert refused == {0, 1}
     assert budget - 200 <= used <= budget, used
+
+
+def test_a_circuit_opened_on_one_instance_opens_on_the_other(
+        start_gateway: Callable[..., Gateway], redis_server: RedisServer,
+        tmp_path: Path) -> None:
+    """Instance A trips the peer's circuit; instance B, which saw no error, stops
+    sending it requests within the poll interval (1 s), for the rest of the open time."""
+    from .test_circuit import BREAKER, Peer, _circuits, _get, _trip
+
+    peer = Peer()
+    try:
+        breaker = BREAKER.replace('open_duration = "2s"', 'open_duration = "5s"')
+        upstreams = (f'[upstreams.main]\npeers = ["{peer.origin}"]\n'
+                     f'[upstreams.main.circuit_breaker]\n{breaker}')
+        gateways = []
+        for name in ("a", "b"):
+            state = (f'[state]\nbackend = "redis"\nurl = "{redis_server.url}"\n'
+                     f'key_prefix = "{tmp_path.name[-40:]}:"\n'
+                     f'[log]\ndir = "{tmp_path / name}"\n')
+            gateways.append(start_gateway(gateway_config("", upstreams=upstreams, extra=state),
+                                          name=f"{name}.toml"))
+        a, b = gateways
+        peer.mode = "ok"
+        assert _get(b.port)[0] == 200
+        _trip(a, peer)
+        opened_at = time.monotonic()
+        _wait(lambda: _circuits(b) == ["open"], timeout=3)
+        assert time.monotonic() - opened_at < 2.0
+        seen = peer.count()
+        assert _get(b.port)[0] == 503
+        assert peer.count() == seen
+        error_log = tmp_path / "b" / "error.log"
+        _wait(lambda: "another gateway instance opened it" in error_log.read_text())
+    finally:
+        peer.release.set()
+        peer.close()
