@@ -52,7 +52,12 @@ class Connection:
         self.parser = ReplyParser()
 
     async def request(self, payload: bytes) -> Reply:
+        """Send ``payload`` (one or more commands); the first reply."""
         await self.stream.send_all(payload)
+        return await self.receive()
+
+    async def receive(self) -> Reply:
+        """The next reply."""
         parser = self.parser
         while True:
             reply = parser.next()
@@ -93,17 +98,25 @@ class RedisPool:
         return _checked(await self._request(encode_command(*args)))
 
     async def run_script(self, script: Script, keys: tuple[bytes, ...],
-                         args: tuple[bytes | str | int, ...]) -> Reply:
-        """EVALSHA ``script`` (EVAL on NOSCRIPT), within one timeout."""
+                         args: tuple[bytes | str | int, ...],
+                         before: ScriptCall | None = None) -> Reply:
+        """EVALSHA ``script`` (EVAL on NOSCRIPT), within one timeout. ``before``: a
+        script call sent ahead of it in the same write (one round trip for both; its
+        reply is not returned, an error in it is ignored: it must be safe to lose)."""
         with trio.move_on_after(self.timeout_s):
             async with self._slots:
                 conn = await self._connection()
                 try:
-                    reply = await conn.request(encode_command(
-                        "EVALSHA", script.sha, len(keys), *keys, *args))
+                    payload = _evalsha(script, keys, args)
+                    if before is not None:
+                        first = await conn.request(_evalsha(*before) + payload)
+                        reply = await conn.receive()
+                        if isinstance(first, ReplyError) and first.kind == "NOSCRIPT":
+                            await conn.request(_eval(*before))
+                    else:
+                        reply = await conn.request(payload)
                     if isinstance(reply, ReplyError) and reply.kind == "NOSCRIPT":
-                        reply = await conn.request(encode_command(
-                            "EVAL", script.text, len(keys), *keys, *args))
+                        reply = await conn.request(_eval(script, keys, args))
                 except BaseException:
                     await conn.aclose()
                     raise
@@ -163,6 +176,19 @@ class RedisPool:
             await conn.aclose()
 
 
+ScriptCall = tuple[Script, tuple[bytes, ...], tuple[bytes | str | int, ...]]
+"""A script, its keys and its arguments."""
+
+
+def _evalsha(script: Script, keys: tuple[bytes, ...],
+             args: tuple[bytes | str | int, ...]) -> bytes:
+    return encode_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def _eval(script: Script, keys: tuple[bytes, ...], args: tuple[bytes | str | int, ...]) -> bytes:
+    return encode_command("EVAL", script.text, len(keys), *keys, *args)
+
+
 def _checked(reply: Reply) -> Reply:
     if isinstance(reply, ReplyError):
         raise BackendError(f"Redis error: {reply.message[:200]}")
@@ -176,4 +202,5 @@ def connection_errors() -> tuple[type[BaseException], ...]:
             ssl.SSLError)
 
 
-__all__ = ["BackendError", "Connection", "RedisPool", "Script", "connection_errors"]
+__all__ = ["BackendError", "Connection", "RedisPool", "Script", "ScriptCall",
+           "connection_errors"]

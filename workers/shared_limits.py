@@ -39,7 +39,7 @@ from li_httpd.shm import BudgetDenied, BudgetGrant, BudgetLimits
 from li_httpd.shm.budget import Grant
 
 from .backend_health import BackendHealth, OnError
-from .redis_client import BackendError, RedisPool, Script, connection_errors
+from .redis_client import BackendError, RedisPool, Script, ScriptCall, connection_errors
 
 ADMIT = Script("""
 local t = redis.call('TIME')
@@ -193,6 +193,10 @@ _FAILURES: tuple[type[BaseException], ...] = (BackendError, *connection_errors()
 
 RELEASE_BATCH = 64
 """Leases given back per round trip at most."""
+RELEASE_DELAY_S = 0.02
+"""How long a released lease waits for an admission to carry it to Redis before the
+background task sends it alone (a freed stream slot shows up in Redis that much later
+at most)."""
 
 
 class RemoteVerdict(NamedTuple):
@@ -269,16 +273,27 @@ class RemoteLimits:
         self._next += 1
         lease_id = self._lease_prefix + b"%d" % self._next
         streams = self.prefix + b"{" + digest + b"}:streams"
+        released = self._released
+        batch: tuple[bytes, ...] = ()
+        before: ScriptCall | None = None
+        if released:  # the releases waiting to be sent ride along: no round trip of their own
+            batch = tuple(released[:RELEASE_BATCH])
+            del released[:RELEASE_BATCH]
+            before = (RELEASE, (self.holder,), batch)
         try:
             reply = await self.pool.run_script(
                 ADMIT, (self.prefix + b"{" + digest + b"}:tat", streams, self.holder),
-                (interval_ns, tolerance_ns, max_streams, lease_id, self.lease_ms))
+                (interval_ns, tolerance_ns, max_streams, lease_id, self.lease_ms), before)
             if not isinstance(reply, list) or len(reply) != 5 or not all(
                     isinstance(v, int) for v in reply):
                 raise BackendError(f"unexpected reply to the admit script: {reply!r:.80}")
         except _FAILURES as exc:
+            self._unanswered(batch, streams + b" " + lease_id)
             self._failed(now, exc)
             return RemoteVerdict(self.on_error, False, 0, "", b"")
+        except trio.Cancelled:
+            self._unanswered(batch, streams + b" " + lease_id)
+            raise
         self._succeeded()
         allowed, retry, reason = reply[0], reply[1], reply[2]
         assert isinstance(retry, int) and isinstance(reason, int)
@@ -287,6 +302,14 @@ class RemoteLimits:
         lease = streams + b" " + lease_id
         self.leases.add(lease)
         return RemoteVerdict("", True, 0, "", lease)
+
+    def _unanswered(self, batch: tuple[bytes, ...], lease: bytes) -> None:
+        """An admission got no answer: the script may still have run (after the timeout),
+        so its lease is released too, with the releases it carried (both harmless if
+        they were never applied)."""
+        self._released.extend(batch)
+        self._released.append(lease)
+        self._wake.set()
 
     async def reserve_budget(self, key_id: str, limits: BudgetLimits, tokens: int,
                              micro_usd: int) -> BudgetGrant | BudgetDenied | None:
@@ -342,7 +365,8 @@ class RemoteLimits:
         expires on its own)."""
         self.leases.discard(lease)
         self._released.append(lease)
-        self._wake.set()
+        if len(self._released) == 1:
+            self._wake.set()
 
     def _failed(self, now: int, exc: BaseException) -> None:
         self.pool.discard_idle()  # a server that failed one may have closed them all
@@ -375,11 +399,14 @@ class RemoteLimits:
                 key, amounts = self._settles.pop()
                 await self._send(BUDGET_SETTLE, (key,), amounts)
             if self._released:
-                batch, self._released = self._released[:RELEASE_BATCH], \
-                    self._released[RELEASE_BATCH:]
+                # Give the next admissions a moment to carry these along first.
+                await trio.sleep(RELEASE_DELAY_S)
+            if self._released:
+                batch = tuple(self._released[:RELEASE_BATCH])
+                del self._released[:RELEASE_BATCH]
                 if self._released:
                     self._wake.set()
-                await self._send(RELEASE, (self.holder,), tuple(batch))
+                await self._send(RELEASE, (self.holder,), batch)
             if trio.current_time() >= next_renewal:
                 next_renewal = trio.current_time() + renew_every
                 if self.leases:

@@ -160,6 +160,8 @@ async def test_a_down_backend_is_not_called_until_retry_after(
     verdict = await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
     assert verdict.fallback == policy
     assert limits.transitions and limits.transitions[0].startswith("down")
+    # The script may have run after the timeout: its lease is released to be sure.
+    assert limits._released and limits._released[-1].endswith(b"hostD:0:1")
     assert 0.04 < time.monotonic() - started < 0.5
     started = time.monotonic()
     for _ in range(20):  # down: decided at once, no call
@@ -249,3 +251,22 @@ async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: Redi
         nursery.cancel_scope.cancel()
     stored = redis_server.command("HGET", "t:budget:{key-1}", "t")
     assert stored == b"$2\r\n%d\r\n" % usage.tokens
+
+
+async def test_releases_ride_along_with_the_next_admission(redis_server: RedisServer
+                                                           ) -> None:
+    """A release waiting to be sent goes in the same write as the next admission, also
+    when the server lost its scripts (NOSCRIPT for the release, then for the admit)."""
+    limits = RemoteLimits(_state(redis_server), _pool(redis_server), 0, "hostG")
+    digest = key_digest(b"route", b"ride-key")
+    streams = b"t:{" + digest + b"}:streams"
+    first = await _admit(limits, digest)
+    limits.release(first[2])  # no background task: only an admission can carry it
+    assert redis_server.command("SCRIPT", "FLUSH").startswith(b"+OK")
+    second = await _admit(limits, digest)
+    assert second[0]
+    assert redis_server.command("ZCARD", streams.decode()) == b":1\r\n"  # first released
+    limits.release(second[2])
+    third = await _admit(limits, digest)  # both scripts loaded again: plain EVALSHA
+    assert third[0]
+    assert redis_server.command("ZCARD", streams.decode()) == b":1\r\n"
