@@ -155,7 +155,8 @@ RULES: tuple[Rule, ...] = (
                       "with a password (use password_file or password_env)."),
     Rule("state", "[state] backend = redis needs url; url, ca_file, password_file and "
                   "password_env only with backend = redis; ca_file only with rediss:// "
-                  "and readable; password_file readable, or password_env set (not both)."),
+                  "and readable; password_file readable, or password_env set (not both); "
+                  "key_prefix is 1-64 printable ASCII characters without spaces."),
     Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),
 )
 
