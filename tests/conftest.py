@@ -38,6 +38,7 @@ tries the same examples again. Under ``dev``, ``--hypothesis-seed=N`` fixes the 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import subprocess
 import sys
@@ -108,8 +109,10 @@ def cli() -> RunCli:
 
 
 def make_certificate(directory: Path, name: str, *, not_before: datetime.datetime,
-                     not_after: datetime.datetime) -> tuple[Path, Path]:
-    """A self-signed EC certificate and its key, written as PEM files."""
+                     not_after: datetime.datetime, ip: str | None = None
+                     ) -> tuple[Path, Path]:
+    """A self-signed EC certificate and its key, written as PEM files (``ip``: also valid
+    for that address)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.com")])
     certificate = (
@@ -120,8 +123,9 @@ def make_certificate(directory: Path, name: str, *, not_before: datetime.datetim
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("api.example.com")]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("api.example.com"),
+            *([x509.IPAddress(ipaddress.ip_address(ip))] if ip else [])]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path = directory / f"{name}.pem"
@@ -254,6 +258,8 @@ class RedisServer:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More redis-server options (TLS, requirepass)."""
 
     @property
     def url(self) -> str:
@@ -267,14 +273,14 @@ class RedisServer:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--protected-mode", "no"],
+             "--protected-mode", "no", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         give_up = time.monotonic() + 10
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG"):
+                    if conn.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass

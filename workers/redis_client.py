@@ -150,8 +150,12 @@ class RedisPool:
             stream = trio.SSLStream(stream, self._ssl, server_hostname=url.host)
         conn = Connection(stream)
         try:
-            if url.tls:
-                await stream.do_handshake()  # type: ignore[attr-defined]
+            if isinstance(stream, trio.SSLStream):
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as broken:  # wraps the SSL error
+                    raise BackendError(f"TLS with {url.host}:{url.port}: "
+                                       f"{broken.__cause__ or broken}") from None
             if self._password is not None:
                 auth = (("AUTH", url.username, self._password) if url.username
                         else ("AUTH", self._password))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -270,3 +271,61 @@ async def test_releases_ride_along_with_the_next_admission(redis_server: RedisSe
     third = await _admit(limits, digest)  # both scripts loaded again: plain EVALSHA
     assert third[0]
     assert redis_server.command("ZCARD", streams.decode()) == b":1\r\n"
+
+
+async def test_auth_with_the_password_from_a_file(tmp_path: Path) -> None:
+    """requirepass: the pool authenticates with password_file's content; without it
+    every call is a clear backend error (NOAUTH), never a hang."""
+    from li_httpd.workers.shared_limits import read_password
+
+    from tests.conftest import free_port, require_redis
+
+    require_redis()
+    server = RedisServer(free_port(), tmp_path, extra=("--requirepass", "s3cret"))
+    server.start()
+    try:
+        secret = tmp_path / "password"
+        secret.write_text("s3cret\n")
+        state = State(backend="redis", url=server.url, password_file=str(secret))
+        pool = RedisPool(RedisUrl(False, "127.0.0.1", server.port, 0, ""),
+                         read_password(state), 1, 1.0)
+        assert await pool.call("PING") == b"PONG"
+        bare = RedisPool(RedisUrl(False, "127.0.0.1", server.port, 0, ""), None, 1, 1.0)
+        with pytest.raises(BackendError, match="NOAUTH"):
+            await bare.call("PING")
+        wrong = RedisPool(RedisUrl(False, "127.0.0.1", server.port, 0, ""), "nope", 1, 1.0)
+        with pytest.raises(BackendError, match="WRONGPASS") as caught:
+            await wrong.call("PING")
+        assert "nope" not in str(caught.value)
+    finally:
+        server.stop()
+
+
+async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> None:
+    import datetime
+    import ssl
+
+    from tests.conftest import free_port, make_certificate, require_redis
+
+    require_redis()
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = make_certificate(tmp_path, "redis", not_before=now - datetime.timedelta(1),
+                                 not_after=now + datetime.timedelta(30), ip="127.0.0.1")
+    other, _ = make_certificate(tmp_path, "other", not_before=now - datetime.timedelta(1),
+                                not_after=now + datetime.timedelta(30), ip="127.0.0.1")
+    plain, tls = free_port(), free_port()
+    server = RedisServer(plain, tmp_path, extra=(
+        "--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-auth-clients", "no"))
+    server.start()
+    try:
+        url = RedisUrl(True, "127.0.0.1", tls, 0, "")
+        trusted = RedisPool(url, None, 1, 2.0, ssl.create_default_context(cafile=str(cert)))
+        assert await trusted.call("PING") == b"PONG"
+        limits = RemoteLimits(_state(server), trusted, 0, "tls")
+        assert (await _admit(limits, key_digest(b"route", b"tls-key")))[0]
+        stranger = RedisPool(url, None, 1, 2.0, ssl.create_default_context(cafile=str(other)))
+        with pytest.raises(BackendError, match="certificate verify failed"):
+            await stranger.call("PING")
+    finally:
+        server.stop()
