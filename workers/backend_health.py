@@ -3,7 +3,8 @@
 One :class:`BackendHealth` per worker. The backend is *up* until a call fails (error,
 timeout, refused connection); it is then *down* for ``retry_after_ns``, during which
 no call is made at all (a request does not pay the timeout again); the first call after
-that is a probe: success marks it up, failure starts another down period. Each change
+that is the one probe (concurrent requests keep following the policy): success marks it
+up, failure starts another down period. Each change
 between up and down is reported once (the caller logs it and counts it), never per
 request.
 
@@ -33,8 +34,15 @@ class BackendHealth:
         self.down_until = 0
 
     def usable(self, now: int) -> bool:
-        """May a call be made now (up, or down long enough that this call is a probe)?"""
-        return not self.is_down or now >= self.down_until
+        """May a call be made now? Up: yes. Down: only once ``retry_after`` has passed,
+        and then for one caller, the probe (the next may try ``retry_after`` later, if
+        the probe has not brought the backend up by then)."""
+        if not self.is_down:
+            return True
+        if now < self.down_until:
+            return False
+        self.down_until = now + self.retry_after_ns
+        return True
 
     def failed(self, now: int) -> Transition:
         """A call failed at ``now``: down until ``now + retry_after``."""
