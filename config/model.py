@@ -220,8 +220,9 @@ class State:
                                   "the backend counts as down (no call is made) before "
                                   "one request probes it again.", minimum=100,
                                   maximum=MINUTE)
-    pool_size: int = setting(4, doc="Redis connections per worker (a decision holds one "
-                             "for one round trip).", minimum=1, maximum=64)
+    pool_size: int = setting(4, doc="Redis connections per worker; requests take them "
+                             "in turn, and concurrent ones share a connection "
+                             "(pipelined).", minimum=1, maximum=64)
     lease_time: Millis = setting(Millis(30 * SECOND), doc="A stream slot held in Redis "
                                  "expires this long after its holder last renewed it "
                                  "(holders renew every third of it), so a host that dies "

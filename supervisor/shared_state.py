@@ -20,7 +20,7 @@ import time
 from li_httpd.config.checks import parse_redis_url
 from li_httpd.config.model import State
 from li_httpd.workers.resp import (
-    NEED_MORE,
+    NeedMore,
     ProtocolError,
     Reply,
     ReplyError,
@@ -69,10 +69,10 @@ def _call(conn: socket.socket, parser: ReplyParser, give_up: float,
     conn.sendall(encode_command(*args))
     while True:
         reply = parser.next()
-        if reply is not NEED_MORE:
+        if not isinstance(reply, NeedMore):
             if isinstance(reply, ReplyError):
                 raise ValueError(f"Redis error: {reply.message[:200]}")
-            return reply  # type: ignore[return-value]
+            return reply
         left = give_up - time.monotonic()
         if left <= 0:
             raise TimeoutError("Redis did not answer in time")

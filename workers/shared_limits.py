@@ -13,7 +13,7 @@ atomically, on the server's clock (``TIME``), so the hosts' clocks do not matter
   expiry (ms); expired leases are dropped before counting, so the slots of a host that
   died free up after ``lease_time``. Holders renew their leases every third of it
   (:meth:`RemoteLimits.run`);
-- each lease is also listed in its holder's set ``PREFIX holder:<host>:<slot>`` so the
+- each lease is also listed in its holder's set ``PREFIXholder:<host>.<pid>:<slot>`` so the
   master can release a killed worker's leases at once (:func:`release_holder`).
 
 The key digest is an unkeyed BLAKE2b-128 of (route, key value): the same on every host
@@ -369,7 +369,7 @@ class RemoteLimits:
             self._wake.set()
 
     def _failed(self, now: int, exc: BaseException) -> None:
-        self.pool.discard_idle()  # a server that failed one may have closed them all
+        self.pool.reset()  # a server that failed one may have closed them all
         if self.health.failed(now):
             self.transitions.append(f"down: {exc}")
 

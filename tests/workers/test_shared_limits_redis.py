@@ -329,3 +329,28 @@ async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> Non
             await stranger.call("PING")
     finally:
         server.stop()
+
+
+async def test_concurrent_requests_share_a_connection_and_get_their_own_replies(
+        redis_server: RedisServer) -> None:
+    """One connection, many tasks at once, some giving up early (their replies are read
+    and dropped): every task that waits gets its own reply, and the connection stays
+    usable."""
+    pool = _pool(redis_server, timeout=2.0)
+    pool_of_one = RedisPool(pool.url, None, 1, 2.0)
+    got: dict[int, object] = {}
+
+    async def echo(n: int) -> None:
+        if n % 7 == 0:
+            with trio.move_on_after(0):  # gives up before its reply comes
+                await pool_of_one.call("ECHO", f"m{n}")
+            return
+        got[n] = await pool_of_one.call("ECHO", f"m{n}")
+
+    async with trio.open_nursery() as nursery:
+        for n in range(300):
+            nursery.start_soon(echo, n)
+    assert got == {n: b"m%d" % n for n in range(300) if n % 7}
+    assert await pool_of_one.call("ECHO", "after") == b"after"
+    connection = pool_of_one._connections[0]
+    assert connection is not None and not connection.broken and not connection.pending
