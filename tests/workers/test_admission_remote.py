@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from li_httpd.config import load_text
-from li_httpd.shm import SharedState, layout_for
 from li_httpd.workers.admission import Admitted, Limited, Reject, admit, settle
 from li_httpd.workers.context import WorkerContext
 from li_httpd.workers.shared_limits import RemoteVerdict
 
-from .test_admission import CONFIG, KEY, Clock, head
+from .test_admission import CONFIG, KEY, context_for, head
 
 REMOTE = CONFIG.replace('[auth]', '[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:9"\n\n'
                         '[auth]', 1)
@@ -22,12 +20,7 @@ REQUEST = "POST /v1/chat HTTP/1.1\nhost: a\n" + KEY
 
 @pytest.fixture
 def ctx() -> Iterator[WorkerContext]:
-    loaded = load_text(REMOTE, "admission.toml")
-    shared = SharedState.create(layout_for(loaded.config, 1), Clock())
-    context = WorkerContext(loaded, shared=shared)
-    yield context
-    context.close()
-    shared.close()
+    yield from context_for(REMOTE)
 
 
 def _pending(ctx: WorkerContext) -> Limited:
