@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from . import checks
+from .acme_challenge import ACME_CHALLENGE_PATH
 from .locate import KeyPath
 from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
 from .model import (
@@ -39,7 +40,6 @@ from .units import format_duration
 
 MAX_PEERS = 32
 SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/root", "/boot")
-ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass(frozen=True, slots=True)
