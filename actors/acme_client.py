@@ -15,7 +15,7 @@ HTTP-01: each challenge's key authorization goes through a :class:`Publisher` (t
 store the workers read, or setup-tls's own responder) before the CA is told to validate,
 and is withdrawn once the order is final, whatever the outcome.
 
-Errors: every failure is an :class:`AcmeFailure` whose ``kind`` is one of
+Errors: every failure is an :class:`AcmeError` whose ``kind`` is one of
 :data:`FailureKind`, with the server's problem type and detail when it sent one.
 """
 
@@ -27,12 +27,15 @@ import os
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast
 
-import josepy as jose
 import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.b64 import b64encode
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
+from li_httpd.config.acme_paths import ACCOUNT_FILE, ACCOUNT_KEY, ACME_CERT, ACME_KEY
 from li_httpd.config.model import TlsLetsEncrypt
 
 FailureKind = Literal["acme_error", "network", "validation", "timeout", "local"]
@@ -45,16 +48,12 @@ DIRECTORIES = {
     "production": "https://acme-v02.api.letsencrypt.org/directory",
     "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
-ACCOUNT_KEY = "acme-account.key"
-ACCOUNT_FILE = "acme-account.json"
-CERT_FILE = "acme.crt"
-KEY_FILE = "acme.key"
 ORDER_TIMEOUT = datetime.timedelta(seconds=90)
 NETWORK_TIMEOUT = 30
 USER_AGENT = "li-httpd"
 
 
-class AcmeFailure(Exception):
+class AcmeError(Exception):
     def __init__(self, kind: FailureKind, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind: FailureKind = kind
@@ -88,31 +87,31 @@ def _problem(error: messages.Error) -> str:
     return f"{code}: {error.detail}" if error.detail else str(code)
 
 
-def classify(exc: BaseException) -> AcmeFailure:
+def classify(exc: BaseException) -> AcmeError:
     """The closed-vocabulary failure for an exception raised by the acme library,
     requests or the file system. Pure."""
-    if isinstance(exc, AcmeFailure):
+    if isinstance(exc, AcmeError):
         return exc
     if isinstance(exc, errors.ValidationError):
         details = [f"{authz.body.identifier.value}: {_problem(c.error)}"
                    for authz in exc.failed_authzrs for c in authz.body.challenges
                    if c.error is not None]
-        return AcmeFailure("validation", "; ".join(details) or "challenge failed")
+        return AcmeError("validation", "; ".join(details) or "challenge failed")
     if isinstance(exc, errors.TimeoutError):
-        return AcmeFailure("timeout", "the order did not complete in time")
+        return AcmeError("timeout", "the order did not complete in time")
     if isinstance(exc, errors.IssuanceError):
-        return AcmeFailure("acme_error", _problem(exc.error))
+        return AcmeError("acme_error", _problem(exc.error))
     if isinstance(exc, messages.Error):
-        return AcmeFailure("acme_error", _problem(exc))
+        return AcmeError("acme_error", _problem(exc))
     if isinstance(exc, errors.Error):
-        return AcmeFailure("acme_error", f"{type(exc).__name__}: {exc}")
+        return AcmeError("acme_error", f"{type(exc).__name__}: {exc}")
     if isinstance(exc, requests.Timeout):  # before OSError: requests' errors are OSErrors
-        return AcmeFailure("timeout", f"the CA did not answer in time ({exc})")
+        return AcmeError("timeout", f"the CA did not answer in time ({exc})")
     if isinstance(exc, requests.RequestException):
-        return AcmeFailure("network", f"{type(exc).__name__}: {exc}")
+        return AcmeError("network", f"{type(exc).__name__}: {exc}")
     if isinstance(exc, OSError):
-        return AcmeFailure("local", f"{exc.filename or ''} {exc.strerror or exc}".strip())
-    return AcmeFailure("acme_error", f"{type(exc).__name__}: {exc}")
+        return AcmeError("local", f"{exc.filename or ''} {exc.strerror or exc}".strip())
+    return AcmeError("acme_error", f"{type(exc).__name__}: {exc}")
 
 
 def _write(path: str, data: bytes) -> None:
@@ -144,9 +143,9 @@ def _account_key(cert_dir: str) -> ec.EllipticCurvePrivateKey:
         _write(path, _pem(fresh))
         return fresh
     except ValueError as exc:
-        raise AcmeFailure("local", f"{path} is not a PEM private key: {exc}") from exc
+        raise AcmeError("local", f"{path} is not a PEM private key: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise AcmeFailure("local", f"{path} is not an EC key")
+        raise AcmeError("local", f"{path} is not an EC key")
     return key
 
 
@@ -162,7 +161,7 @@ def _accounts(cert_dir: str) -> dict[str, str]:
 
 class AcmeClient:
     """One account at one ACME directory. Every method blocks (network, and the acme
-    library's one-second polls); raises AcmeFailure."""
+    library's one-second polls); raises AcmeError."""
 
     def __init__(self, settings: TlsLetsEncrypt, cert_dir: str) -> None:
         self.settings = settings
@@ -170,10 +169,10 @@ class AcmeClient:
         self.directory = directory_url(settings)
         try:
             _private_directory(cert_dir)
-            self.key = jose.JWKEC(key=_account_key(cert_dir))
+            self.key = JWKEC(key=_account_key(cert_dir))
             # verify_ssl goes to requests' ``verify``, which takes a CA bundle path too.
             verify = settings.ca_bundle or True
-            self.net = client.ClientNetwork(self.key, alg=jose.ES256,
+            self.net = client.ClientNetwork(self.key, alg=ES256,
                                             verify_ssl=cast(bool, verify),
                                             user_agent=USER_AGENT, timeout=NETWORK_TIMEOUT)
             self.acme = client.ClientV2(client.ClientV2.get_directory(self.directory,
@@ -221,21 +220,21 @@ class AcmeClient:
                 offered = [c for c in authz.body.challenges
                            if isinstance(c.chall, challenges.HTTP01)]
                 if not offered:
-                    raise AcmeFailure("acme_error", f"{authz.body.identifier.value}: the CA "
+                    raise AcmeError("acme_error", f"{authz.body.identifier.value}: the CA "
                                       "offers no http-01 challenge")
                 challenge = offered[0]
                 response, key_authorization = challenge.response_and_validation(self.key)
-                token = jose.b64encode(challenge.chall.token).decode()
+                token = b64encode(challenge.chall.token).decode()
                 publisher.publish(token, key_authorization)
                 published.append(token)
                 self.acme.answer_challenge(challenge, response)
             # The acme library compares with naive local time.
-            deadline = datetime.datetime.now() + timeout  # noqa: DTZ005
+            deadline = datetime.datetime.now() + timeout
             final = self.acme.poll_and_finalize(order, deadline)
             chain = final.fullchain_pem.encode()
             leaf = x509.load_pem_x509_certificate(chain)
-            cert_path = os.path.join(self.cert_dir, CERT_FILE)
-            key_path = os.path.join(self.cert_dir, KEY_FILE)
+            cert_path = os.path.join(self.cert_dir, ACME_CERT)
+            key_path = os.path.join(self.cert_dir, ACME_KEY)
             _write(key_path, key_pem)
             _write(cert_path, chain)
         except Exception as exc:

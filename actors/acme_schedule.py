@@ -36,7 +36,7 @@ def renewal_time(not_before: datetime.datetime, not_after: datetime.datetime,
 def retry_delay(failures: int, now: datetime.datetime,
                 not_after: datetime.datetime | None) -> datetime.timedelta:
     """The wait before the next attempt after ``failures`` (>= 1) failures in a row."""
-    delay = min(RETRY_BASE * (2 ** min(max(failures - 1, 0), 16)), RETRY_MAX)
+    delay = min(RETRY_BASE * (1 << min(max(failures - 1, 0), 16)), RETRY_MAX)
     if not_after is not None and now < not_after:
         delay = min(delay, max(not_after - now, datetime.timedelta(seconds=1)))
     return delay

@@ -18,13 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from li_httpd.config.acme_challenge import valid_token
-
-CHALLENGE_DIR = "acme-challenges"
-
-
-def challenge_directory(cert_dir: str) -> str:
-    return os.path.join(cert_dir, CHALLENGE_DIR)
+from li_httpd.config.acme_paths import valid_token
 
 
 class TokenStore:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from . import checks
-from .acme_challenge import ACME_CHALLENGE_PATH
+from .acme_paths import ACME_CHALLENGE_PATH
 from .locate import KeyPath
 from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
 from .model import (

@@ -15,9 +15,10 @@ import http.server
 import sys
 import threading
 
-from li_httpd.actors.acme_client import AcmeClient, AcmeFailure, directory_url
-from li_httpd.actors.acme_tokens import TokenStore, challenge_directory
+from li_httpd.actors.acme_client import AcmeClient, AcmeError, directory_url
+from li_httpd.actors.acme_tokens import TokenStore
 from li_httpd.config import ConfigError, load
+from li_httpd.config.acme_paths import challenge_directory
 from li_httpd.config.checks import split_host_port
 from li_httpd.workers.acme_responder import key_authorization
 
@@ -30,6 +31,12 @@ def responder(address: tuple[str, int], directory: str) -> http.server.Threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            self._answer()
+
+        def do_HEAD(self) -> None:
+            self._answer()
+
+        def _answer(self) -> None:
             body = key_authorization(directory, self.path)
             if body is None:
                 self.send_error(404)
@@ -41,9 +48,7 @@ def responder(address: tuple[str, int], directory: str) -> http.server.Threading
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        do_HEAD = do_GET
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # the CA's validators fetch a few times; not worth a line each
 
     server = http.server.ThreadingHTTPServer(address, Handler)
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         account = acme.register()
         print(f"account {account}", flush=True)
         issued = acme.issue(settings.domains, store)
-    except AcmeFailure as exc:
+    except AcmeError as exc:
         print(f"li-httpd setup-tls --acme: issuance failed ({exc.kind}): {exc.detail}",
               file=sys.stderr)
         return EXIT_FAILED

@@ -1,5 +1,7 @@
-"""The HTTP-01 responder's one decision: the body for a request target, read from the
-token store (actors/acme_tokens.py), or None (404).
+"""The HTTP-01 responder: the key authorization for a request target, read from the
+token store (actors/acme_tokens.py), or a 404; on the main listeners' reserved path
+(connection.py asks :func:`challenge_response` before routing) and on the plain-HTTP
+``http01_bind`` listener (:func:`handle_http01_connection`).
 
 Only ``/.well-known/acme-challenge/<token>`` with a strictly valid token
 (config/acme_challenge.py) reaches the file system, so a target with ``..``, ``/``,
@@ -12,8 +14,17 @@ token, a dot and the account key's thumbprint), else it is not served.
 from __future__ import annotations
 
 import os
+import socket
 
-from li_httpd.config.acme_challenge import challenge_token
+import trio
+from li_httpd.config.acme_paths import challenge_token
+
+from .context import WorkerContext
+from .http1 import NEED_DATA, HttpError, RequestHead, RequestReader
+from .responses import error_response, render_head
+from .sockio import Deadline, PeerGone, SocketIO
+
+READ_TIMEOUT = 10.0
 
 MAX_KEY_AUTHORIZATION = 256
 """A key authorization is 43 + 1 + 43 characters; anything much longer is not one."""
@@ -37,3 +48,50 @@ def key_authorization(challenge_dir: str, target: str) -> bytes | None:
     if len(data) > MAX_KEY_AUTHORIZATION or not data.startswith(token.encode() + b"."):
         return None
     return data
+
+
+def challenge_response(challenge_dir: str, method: bytes, target: bytes, request_id: bytes,
+                       date: bytes, keep_alive: bool) -> tuple[int, bytes]:
+    """The status and complete response for a request in the reserved directory: the key
+    authorization (GET, HEAD) or a 404."""
+    body = None
+    if method in (b"GET", b"HEAD"):
+        body = key_authorization(challenge_dir, target.decode("latin-1"))
+    if body is None:
+        return 404, error_response(404, request_id, date, keep_alive=keep_alive,
+                                   head_only=method == b"HEAD")
+    head = render_head(200, [(b"content-type", b"application/octet-stream"),
+                             (b"content-length", b"%d" % len(body)), (b"date", date),
+                             (b"connection", b"keep-alive" if keep_alive else b"close")])
+    return 200, head if method == b"HEAD" else head + body
+
+
+async def handle_http01_connection(ctx: WorkerContext, sock: socket.socket) -> None:
+    """A connection on the ``http01_bind`` listener: one request, answered from the token
+    store (anything outside the reserved directory gets 404 too: this plain-HTTP
+    listener serves ACME validation only, never routes), then closed."""
+    scope = trio.CancelScope(deadline=trio.current_time() + READ_TIMEOUT)
+    io = SocketIO(sock, Deadline(scope), READ_TIMEOUT)
+    request_id = ctx.request_ids.next()
+    date = ctx.housekeeping.date
+    try:
+        with scope:
+            reader = RequestReader(ctx.limits)
+            try:
+                event = reader.next_event()
+                while event is NEED_DATA:
+                    reader.feed(await io.recv())
+                    event = reader.next_event()
+            except HttpError as exc:
+                await io.send_all(error_response(exc.status, request_id, date,
+                                                 keep_alive=False))
+                return
+            if not isinstance(event, RequestHead):
+                return
+            _, response = challenge_response(ctx.acme_challenges, event.method, event.path,
+                                             request_id, date, False)
+            await io.send_all(response)
+    except PeerGone:
+        pass
+    finally:
+        io.close()

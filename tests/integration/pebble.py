@@ -146,7 +146,7 @@ class Pebble:
 
     def get(self, url: str) -> bytes:
         context = ssl.create_default_context(cafile=str(self.ca))
-        with urllib.request.urlopen(url, context=context, timeout=5) as answer:  # noqa: S310
+        with urllib.request.urlopen(url, context=context, timeout=5) as answer:
             return bytes(answer.read())
 
     def root(self) -> bytes:

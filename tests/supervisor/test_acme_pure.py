@@ -13,10 +13,10 @@ import requests
 from acme import challenges, errors, messages
 from hypothesis import given
 from hypothesis import strategies as st
-from li_httpd.actors.acme_client import AcmeFailure, classify
+from li_httpd.actors.acme_client import AcmeError, classify
 from li_httpd.actors.acme_schedule import needs_issue, renewal_time, retry_delay
 from li_httpd.actors.acme_tokens import TokenStore
-from li_httpd.config.acme_challenge import challenge_token
+from li_httpd.config.acme_paths import challenge_token
 from li_httpd.workers.acme_responder import key_authorization
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -170,7 +170,7 @@ def _failed_authz(detail: str) -> messages.AuthorizationResource:
     (requests.ReadTimeout("slow"), "timeout", "slow"),
     (PermissionError(13, "Permission denied", "/certs/acme.key"), "local",
      "/certs/acme.key Permission denied"),
-    (AcmeFailure("validation", "kept"), "validation", "kept"),
+    (AcmeError("validation", "kept"), "validation", "kept"),
 ])
 def test_classify(exc: BaseException, kind: str, detail: str) -> None:
     failure = classify(exc)
