@@ -3,8 +3,9 @@ when no generation serves them any more.
 
 Owns: the table of bound listeners (config address -> socket; the metrics listener
 under ``"metrics:<address>"``, the ACME HTTP-01 one under ``"acme:<address>"``), binding
-with the gateway's socket options, finding an already bound socket for an address (``:0`` became a real port), and closing what is no
-longer served, in the master and in a freshly forked child.
+with the gateway's socket options, finding an already bound socket for an address
+(``:0`` became a real port), and closing what is no longer served, in the master and in a
+freshly forked child.
 
 A listener stays open in the master for as long as some generation serves it, so a
 respawned worker serves the same socket and the kernel's accept queue survives a worker
