@@ -108,7 +108,7 @@ def verified_context(pebble: Pebble, tmp_path: Path) -> ssl.SSLContext:
 
 def get_health(port: int, context: ssl.SSLContext) -> int:
     request = urllib.request.Request(f"https://localhost:{port}/health")
-    with urllib.request.urlopen(request, context=context, timeout=10) as answer:  # noqa: S310
+    with urllib.request.urlopen(request, context=context, timeout=10) as answer:
         return int(answer.status)
 
 
@@ -157,7 +157,7 @@ def test_first_issuance_renewal_under_load_and_a_killed_actor(
     # It found the certificate valid: no new issuance, just a schedule.
     assert get_health(gateway.port, context) == 200
 
-    metrics = urllib.request.urlopen(  # noqa: S310
+    metrics = urllib.request.urlopen(
         f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     assert re.search(r'li_tls_acme_renewals_total\{result="success"\} 2\.0', metrics), metrics
     assert re.search(r"li_tls_cert_expiry_seconds\S* \d", metrics)
@@ -178,7 +178,7 @@ def test_pebble_down_during_a_renewal(tmp_path_factory: pytest.TempPathFactory,
         gateway.output.wait_for(re.compile(r"acme: issuance failed \(network\)"), TIMEOUT)
         # The old certificate keeps serving.
         assert fingerprint(served_certificate(gateway.port)) == first
-        metrics = urllib.request.urlopen(  # noqa: S310
+        metrics = urllib.request.urlopen(
             f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'li_tls_acme_renewals_total{result="network"} 1.0' in metrics
         # pebble is back: the next attempt (forced here instead of waiting a minute)
@@ -213,19 +213,19 @@ def test_reserved_path_on_the_main_listener(pebble: Pebble,
     (store / token).write_text(f"{token}.thumbprint")
     context = verified_context(pebble, tmp_path)
     url = f"https://localhost:{gateway.port}/.well-known/acme-challenge/"
-    with urllib.request.urlopen(url + token, context=context, timeout=10) as answer:  # noqa: S310
+    with urllib.request.urlopen(url + token, context=context, timeout=10) as answer:
         assert answer.read() == f"{token}.thumbprint".encode()
     for hostile in ("../../acme.key", "%2e%2e%2facme.key", "T" * 44, "x"):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url + hostile, context=context, timeout=10)  # noqa: S310
+            urllib.request.urlopen(url + hostile, context=context, timeout=10)
         assert refused.value.code in (400, 404), hostile
     # The plain-HTTP http01_bind listener: the token, and 404 for anything else.
     plain = f"http://127.0.0.1:{pebble.http_port}"
-    with urllib.request.urlopen(f"{plain}/.well-known/acme-challenge/{token}",  # noqa: S310
+    with urllib.request.urlopen(f"{plain}/.well-known/acme-challenge/{token}",
                                 timeout=10) as answer:
         assert answer.read() == f"{token}.thumbprint".encode()
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"{plain}/health", timeout=10)  # noqa: S310
+        urllib.request.urlopen(f"{plain}/health", timeout=10)
     assert refused.value.code == 404
 
 
