@@ -16,15 +16,12 @@ from __future__ import annotations
 import os
 import socket
 
-import trio
 from li_httpd.config.acme_paths import challenge_token
 
 from .context import WorkerContext
-from .http1 import NEED_DATA, HttpError, RequestHead, RequestReader
+from .http1 import RequestHead
+from .metrics_server import answer_one_request
 from .responses import error_response, render_head
-from .sockio import Deadline, PeerGone, SocketIO
-
-READ_TIMEOUT = 10.0
 
 MAX_KEY_AUTHORIZATION = 256
 """A key authorization is 43 + 1 + 43 characters; anything much longer is not one."""
@@ -70,28 +67,10 @@ async def handle_http01_connection(ctx: WorkerContext, sock: socket.socket) -> N
     """A connection on the ``http01_bind`` listener: one request, answered from the token
     store (anything outside the reserved directory gets 404 too: this plain-HTTP
     listener serves ACME validation only, never routes), then closed."""
-    scope = trio.CancelScope(deadline=trio.current_time() + READ_TIMEOUT)
-    io = SocketIO(sock, Deadline(scope), READ_TIMEOUT)
-    request_id = ctx.request_ids.next()
-    date = ctx.housekeeping.date
-    try:
-        with scope:
-            reader = RequestReader(ctx.limits)
-            try:
-                event = reader.next_event()
-                while event is NEED_DATA:
-                    reader.feed(await io.recv())
-                    event = reader.next_event()
-            except HttpError as exc:
-                await io.send_all(error_response(exc.status, request_id, date,
-                                                 keep_alive=False))
-                return
-            if not isinstance(event, RequestHead):
-                return
-            _, response = challenge_response(ctx.acme_challenges, event.method, event.path,
-                                             request_id, date, False)
-            await io.send_all(response)
-    except PeerGone:
-        pass
-    finally:
-        io.close()
+    await answer_one_request(ctx, sock, _http01_answer)
+
+
+async def _http01_answer(ctx: WorkerContext, head: RequestHead, request_id: bytes,
+                         date: bytes) -> bytes:
+    return challenge_response(ctx.acme_challenges, head.method, head.path, request_id,
+                              date, False)[1]

@@ -16,7 +16,6 @@ import datetime
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -155,5 +154,37 @@ class Pebble:
         return self.get(f"https://127.0.0.1:{self.management_port}/roots/0")
 
 
-def pebble_installed() -> bool:
-    return shutil.which(PEBBLE) is not None
+def acme_config(pebble: Pebble, cert_dir: Path, *, directory_url: str | None = None,
+                http_port: int | None = None, while_missing: str = "self_signed",
+                metrics_port: int = 0) -> str:
+    """A loopback gateway config in lets_encrypt mode for ``localhost``, using ``pebble``
+    (another ``directory_url`` or ``http_port`` makes issuance fail)."""
+    metrics = (f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{metrics_port}"\n'
+               if metrics_port else "")
+    return f"""[server]
+listen = "127.0.0.1:0"
+host = "localhost"
+profile = "dev"
+workers = 2
+shutdown_timeout = "5s"
+
+[server.tls]
+mode = "lets_encrypt"
+cert_dir = "{cert_dir}"
+
+[server.tls.lets_encrypt]
+email = "ops@example.com"
+domains = ["localhost"]
+directory_url = "{directory_url or pebble.url}"
+ca_bundle = "{pebble.ca}"
+http01_bind = "127.0.0.1:{http_port or pebble.http_port}"
+while_missing = "{while_missing}"
+
+{metrics}
+[upstreams.main]
+peers = ["http://127.0.0.1:9"]
+
+[routes]
+"GET /health" = "static:healthcheck"
+"/v1/*" = "proxy:main"
+"""
