@@ -99,11 +99,12 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                             if metrics_listener is not None:
                                 acceptors.start_soon(_accept_side, metrics_listener,
                                                      connections, ctx,
-                                                     handle_metrics_connection)
+                                                     handle_metrics_connection, None)
                             if acme_listener is not None:
+                                # Public (port 80): counted in max_connections.
                                 acceptors.start_soon(_accept_side, acme_listener,
                                                      connections, ctx,
-                                                     handle_http01_connection)
+                                                     handle_http01_connection, limiter)
                             if ready_fd is not None:
                                 os.write(ready_fd, b"R")
                                 os.close(ready_fd)
@@ -213,19 +214,32 @@ class _LogDrops:
 async def _accept_side(listener: socket.socket, connections: trio.Nursery,
                        ctx: WorkerContext,
                        handler: Callable[[WorkerContext, socket.socket], Awaitable[None]],
-                       ) -> None:
-    """Accept on a side listener (metrics, ACME HTTP-01): one answer per connection."""
+                       limiter: trio.Semaphore | None) -> None:
+    """Accept on a side listener (metrics, ACME HTTP-01): one answer per connection;
+    with ``limiter``, each connection holds one of the worker's connection slots."""
     while True:
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            await wait_readable(listener)
-            continue
-        except OSError:
-            await trio.sleep(0.1)
-            continue
+        if limiter is not None:
+            await limiter.acquire()
+        while True:
+            try:
+                sock, _ = listener.accept()
+                break
+            except BlockingIOError:
+                await wait_readable(listener)
+            except OSError:
+                await trio.sleep(0.1)
         sock.setblocking(False)
-        connections.start_soon(handler, ctx, sock)
+        connections.start_soon(_side_connection, ctx, sock, handler, limiter)
+
+
+async def _side_connection(ctx: WorkerContext, sock: socket.socket,
+                           handler: Callable[[WorkerContext, socket.socket], Awaitable[None]],
+                           limiter: trio.Semaphore | None) -> None:
+    try:
+        await handler(ctx, sock)
+    finally:
+        if limiter is not None:
+            limiter.release()
 
 
 async def _connection(ctx: WorkerContext, sock: socket.socket, peer: object,
