@@ -63,6 +63,10 @@ class AcmeActor(SupervisedActor):
         elif event == "scheduled":
             self.next_renewal = str(message.get("next_renewal", "-"))
             self.say(f"acme: next renewal at {self.next_renewal}", "info")
+            # The actor found a valid certificate on disk: make sure it is the one served
+            # (a generation started by a reload while the files were being replaced
+            # would otherwise keep the previous, or temporary, certificate).
+            self._swap(message, issued=False)
         elif event == "failed":
             kind = str(message.get("kind", "acme_error"))
             metrics_env.count_acme_renewal(kind)
@@ -70,21 +74,28 @@ class AcmeActor(SupervisedActor):
                      f"retrying in {message.get('retry_in_s')}s; the current certificate "
                      "keeps serving", "error")
         elif event == "issued":
-            self._swap(message)
+            self._swap(message, issued=True)
 
-    def _swap(self, message: dict[str, Any]) -> None:
+    def _swap(self, message: dict[str, Any], issued: bool) -> None:
         generation = self.current()
         if generation is None or generation.tls is None:
             return
         try:
             swapped = generation.tls.refresh(generation.loaded.config)
         except TlsSetupError as exc:
-            metrics_env.count_acme_renewal("local")
-            self.say(f"acme: the issued certificate does not load, the current one keeps "
-                     f"serving: {exc}", "error")
+            if issued:
+                metrics_env.count_acme_renewal("local")
+            self.say(f"acme: the certificate in cert_dir does not load, the current one "
+                     f"keeps serving: {exc}", "error")
+            return
+        if swapped:
+            generation.shared.publish_cert_not_after(generation.tls.not_after_s)
+        if not issued:
+            if swapped:
+                self.say(f"acme: serving the certificate in cert_dir: {generation.tls.note}",
+                         "info")
             return
         metrics_env.count_acme_renewal("success")
-        generation.shared.publish_cert_not_after(generation.tls.not_after_s)
         self.next_renewal = "-"
         self.say(f"acme: certificate issued (expires {message.get('not_after')}, "
                  f"{message.get('chain')} certificates); "

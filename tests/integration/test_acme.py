@@ -179,6 +179,28 @@ def test_wait_refuses_handshakes_until_a_certificate_exists(
     assert gateway.status()["certificates"][0]["source"].startswith("self_signed")
 
 
+def test_a_certificate_placed_in_cert_dir_is_served_once_the_actor_sees_it(
+        pebble: Pebble, start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    # A pebble certificate for localhost, obtained beside the gateway's cert_dir.
+    elsewhere = tmp_path / "elsewhere"
+    setup = tmp_path / "setup.toml"
+    setup.write_text(acme_config(pebble, elsewhere))
+    assert _setup(setup).returncode == 0
+    # A gateway whose CA is unreachable serves its temporary certificate ...
+    gateway = start_gateway(config(pebble, tmp_path, http_port=free_port(),
+                                   directory_url=f"https://127.0.0.1:{free_port()}/dir"))
+    gateway.output.wait_for(re.compile(r"acme: issuance failed \(network\)"), TIMEOUT)
+    assert not issued_by_pebble(gateway.port)
+    # ... until a valid certificate appears in cert_dir and the (restarted) actor finds
+    # it: the master then serves it, although nothing was issued.
+    for name in ("acme.key", "acme.crt"):
+        (tmp_path / "certs" / name).write_bytes((elsewhere / name).read_bytes())
+    pid = {a["name"]: a for a in gateway.status()["actors"]}["acme"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    gateway.output.wait_for(re.compile(r"acme: serving the certificate in cert_dir"), TIMEOUT)
+    assert issued_by_pebble(gateway.port)
+
+
 def test_reserved_path_on_the_main_listener(pebble: Pebble,
                                             start_gateway: Callable[..., Gateway],
                                             tmp_path: Path) -> None:
