@@ -263,6 +263,27 @@ def is_loopback(address: str) -> bool:
     return ipaddress.ip_address(parsed[0]).is_loopback
 
 
+def acme_directory_url(value: Any) -> str | None:
+    """An ACME directory is fetched over HTTPS (RFC 8555 section 6.1): ``https://host[:port]
+    /path``, without userinfo, query or fragment."""
+    if not value:
+        return None
+    if not isinstance(value, str) or any(c.isspace() or ord(c) < 0x20 for c in value):
+        return f"directory_url {value!r} is not a URL"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"directory_url {value!r} is not a valid URL: {exc}"
+    if parts.scheme != "https":
+        return f"directory_url {value!r} must start with https:// (ACME runs over HTTPS)"
+    if not parts.hostname or "@" in parts.netloc:
+        return f"directory_url {value!r} needs a host and no userinfo"
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return f"directory_url {value!r} must not contain a query or fragment"
+    return None
+
+
 def peer_url(value: Any) -> str | None:
     """Upstream peers are literal ``http(s)://host:port`` origins and nothing else."""
     if not isinstance(value, str):

@@ -78,7 +78,18 @@ class TlsLetsEncrypt:
                                        check=checks.each(checks.host_value),
                                        check_rule="lets_encrypt")
     environment: Literal["staging", "production"] | None = setting(
-        None, doc="Let's Encrypt environment; required: `staging` or `production`.")
+        None, doc="Let's Encrypt environment: `staging` or `production`; required unless "
+                  "`directory_url` is set (then it must not be).")
+    directory_url: str = setting("", doc="ACME directory of another CA (a private ACME "
+                                 "server, or pebble for tests), an https:// URL; \"\" = "
+                                 "Let's Encrypt's, chosen by `environment`.",
+                                 check=checks.acme_directory_url, check_rule="acme_directory")
+    ca_bundle: str = setting("", doc="PEM file of the CA certificates that verify the ACME "
+                             "server's HTTPS; \"\" = the system store.")
+    while_missing: Literal["wait", "self_signed"] = setting(
+        "wait", doc="Before the first certificate is issued: `wait` (TLS handshakes are "
+                    "refused until it arrives) or `self_signed` (a temporary self-signed "
+                    "certificate is served).")
     renew_before: Millis = setting(Millis(30 * DAY), doc="Renew when less time than this "
                                    "is left on the certificate.",
                                    minimum=DAY, maximum=60 * DAY)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from . import checks
+from .acme_paths import ACME_CHALLENGE_PATH
 from .locate import KeyPath
 from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
 from .model import (
@@ -39,7 +40,6 @@ from .units import format_duration
 
 MAX_PEERS = 32
 SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/root", "/boot")
-ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,11 @@ RULES: tuple[Rule, ...] = (
     Rule("self_signed_public", "self_signed on a public listener requires "
                                "server.tls.self_signed.dev = true."),
     Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route hosts, "
-                         "and environment = staging or production."),
+                         "and environment = staging or production, or a directory_url "
+                         "(then no environment)."),
+    Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
+                           "fragment."),
+    Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
     Rule("acme_reserved", "With lets_encrypt, no route may match "
                           "/.well-known/acme-challenge/."),
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
@@ -543,9 +547,17 @@ def _check_lets_encrypt(config: Config, problems: Problems) -> None:
     base: KeyPath = ("server", "tls", "lets_encrypt")
     if not le.email:
         problems.error((*base, "email"), "lets_encrypt", "lets_encrypt needs an account email")
-    if le.environment is None:
+    if le.directory_url and le.environment is not None:
         problems.error((*base, "environment"), "lets_encrypt",
-                       "lets_encrypt needs environment = \"staging\" or \"production\"")
+                       "environment picks a Let's Encrypt directory; with directory_url set "
+                       "it must not be set")
+    if not le.directory_url and le.environment is None:
+        problems.error((*base, "environment"), "lets_encrypt",
+                       "lets_encrypt needs environment = \"staging\" or \"production\" "
+                       "(or a directory_url)")
+    if le.ca_bundle and not (os.path.isfile(le.ca_bundle) and os.access(le.ca_bundle, os.R_OK)):
+        problems.error((*base, "ca_bundle"), "acme_ca_bundle",
+                       f"ca_bundle {le.ca_bundle!r} is not a readable file")
     if not le.domains:
         problems.error((*base, "domains"), "lets_encrypt", "lets_encrypt needs domains")
     for position, domain in enumerate(le.domains):

@@ -1,7 +1,7 @@
 """The control socket: the master's side (ControlServer) and `li-httpd ctl`'s (request).
 
 Protocol: one JSON object per connection, newline-terminated, each way:
-``{"command": "status" | "reload" | "reopen" | "stop"}`` → a JSON object. The socket is
+``{"command": "status" | "reload" | "reopen" | "renew" | "stop"}`` → a JSON object. The socket is
 a unix socket with mode 0600 (only the gateway's user may talk to the master). The
 master serves it from its synchronous main loop, one short connection at a time, and
 never blocks on it: `reload` answers only when the reload has succeeded or failed, so
@@ -24,7 +24,7 @@ import orjson
 MAX_MESSAGE = 64 * 1024
 CLIENT_TIMEOUT = 120.0
 SERVER_READ_TIMEOUT = 2.0
-COMMANDS = ("status", "reload", "reopen", "stop")
+COMMANDS = ("status", "reload", "reopen", "renew", "stop")
 
 
 class ControlError(Exception):

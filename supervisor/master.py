@@ -53,6 +53,7 @@ from li_httpd.shm import SharedState, budget_limits, layout_for, peer_cap, peer_
 from li_httpd.shm.circuit import shown_state
 
 from . import reaper, sdnotify
+from .acme import AcmeActor
 from .control import DEFER, ControlError, ControlServer, PendingReply, Reply
 from .generations import (
     MASTER_SIGNALS,
@@ -64,7 +65,7 @@ from .generations import (
     worker_count,
 )
 from .health import HealthActor
-from .listeners import Listeners, StartError, bind_listener, listener_url, metrics_key
+from .listeners import Listeners, StartError, acme_key, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
 from .tls import TlsSetupError, server_tls
@@ -122,6 +123,8 @@ class Master:
         self.actor_respawn_at = 0.0
         self.health: HealthActor | None = None
         """The health actor's supervision (once the runtime directory exists)."""
+        self.acme: AcmeActor | None = None
+        """The ACME actor's supervision (likewise)."""
         self.startup: Startup | None = None
         self.reload: Reload | None = None
         self.reload_waiters: list[PendingReply] = []
@@ -161,6 +164,7 @@ class Master:
             self.control = ControlServer(control_socket_path(config))
             self.runtime_dir = private_directory(runtime_base())
             metrics_listener = self.metrics_listener(self.loaded)
+            acme_listener = self.acme_listener(self.loaded)
         except (StartError, TlsSetupError, ControlError) as exc:
             self.say(f"error: {exc}", "error")
             self.listeners.close_all()
@@ -174,14 +178,19 @@ class Master:
         self._install_signals()
         self.start_actor()
         self.health = HealthActor(self.forker, self.runtime_dir, self.say)
+        self.acme = AcmeActor(self.forker, self.runtime_dir, self.say,
+                              current=lambda: self.current or self.starting)
         count = worker_count(self.loaded)
         shared = SharedState.create(layout_for(config, count))
         shared.publish_cert_not_after(tls.not_after_s if tls is not None else 0)
         self.starting = Generation(0, self.loaded, shared, tls,
                                    [self.listeners[a] for a in config.server.listen],
-                                   [WorkerSlot(i) for i in range(count)], metrics_listener)
-        # Probing starts with the workers, so peers can be ready when they accept.
+                                   [WorkerSlot(i) for i in range(count)], metrics_listener,
+                                   acme_listener)
+        # Probing starts with the workers, so peers can be ready when they accept; so
+        # does issuance, whose HTTP-01 challenges the workers answer.
         self.health.maintain(self.starting, time.monotonic())
+        self.acme.maintain(self.starting, time.monotonic())
         try:
             ready = self.start_workers(self.starting)
         except (StartError, OSError) as exc:
@@ -249,6 +258,15 @@ class Master:
         self.listeners.ensure(metrics.listen, key=key)
         return self.listeners[key]
 
+    def acme_listener(self, loaded: LoadedConfig) -> socket.socket | None:
+        """Bind (or reuse) the plain-HTTP listener that answers ACME HTTP-01."""
+        tls = loaded.config.server.tls
+        if tls.mode != "lets_encrypt":
+            return None
+        key = acme_key(tls.lets_encrypt.http01_bind)
+        self.listeners.ensure(tls.lets_encrypt.http01_bind, key=key)
+        return self.listeners[key]
+
     def _banner(self) -> None:
         assert self.current is not None
         tls = self.current.tls is not None
@@ -300,7 +318,8 @@ class Master:
 
     def _children_alive(self) -> bool:
         health = self.health.pid if self.health is not None else 0
-        return bool(self.actor_pid or health) or any(g.live for g in self._generations())
+        acme = self.acme.pid if self.acme is not None else 0
+        return bool(self.actor_pid or health or acme) or any(g.live for g in self._generations())
 
     def _reaped(self, exits: list[reaper.Exited], now: float) -> None:
         for exited in exits:
@@ -311,6 +330,9 @@ class Master:
                     self.say(f"reload actor exited ({exited.describe()}); restarting", "warn")
                 continue
             if self.health is not None and self.health.reaped(
+                    exited.pid, exited.describe(), now, self.stopping):
+                continue
+            if self.acme is not None and self.acme.reaped(
                     exited.pid, exited.describe(), now, self.stopping):
                 continue
             for generation in self._generations():
@@ -347,6 +369,8 @@ class Master:
             self._reaped(reaper.reap(), now)  # the master's only waitpid
             if self.health is not None:
                 self.health.read()
+            if self.acme is not None:
+                self.acme.read()
             if control_ready and self.control is not None:
                 pending = self.control.serve_one(self._control)
                 if pending is not None:  # ctl reload: answered when the reload ends
@@ -393,10 +417,11 @@ class Master:
         timeouts += [s.respawn_at - now for s in self.slots if s.pid == 0]
         if self.actor_pid == 0 and not self.stopping:
             timeouts.append(self.actor_respawn_at - now)
-        if self.health is not None and not self.stopping:
-            due = self.health.wake_in(now)
-            if due is not None:
-                timeouts.append(due)
+        for actor in (self.health, self.acme):
+            if actor is not None and not self.stopping:
+                due = actor.wake_in(now)
+                if due is not None:
+                    timeouts.append(due)
         if self.stop is not None and not self.stop.killed:
             timeouts.append(self.stop.kill_at - now)
         if self.startup is not None:
@@ -405,8 +430,9 @@ class Master:
         poller.register(self._wake_r, zmq.POLLIN)
         if self.control is not None:
             poller.register(self.control.fileno(), zmq.POLLIN)
-        if self.health is not None and self.health.inbox is not None:
-            poller.register(self.health.inbox.socket, zmq.POLLIN)
+        for actor in (self.health, self.acme):
+            if actor is not None and actor.inbox is not None:
+                poller.register(actor.inbox.socket, zmq.POLLIN)
         if self.startup is not None and self.startup.ready.fd != -1:
             poller.register(self.startup.ready.fileno(), zmq.POLLIN)
         if self.reload is not None:
@@ -446,6 +472,8 @@ class Master:
             self.start_actor()
         if self.health is not None:
             self.health.maintain(self.current, now)
+        if self.acme is not None:
+            self.acme.maintain(self.current, now)
         self._rotate_logs(now)
 
     def _retired(self, generation: Generation) -> None:
@@ -531,6 +559,12 @@ class Master:
             return {"ok": True, **self.status()}
         if command == "reload":
             return DEFER  # answered by _reload_done
+        if command == "renew":
+            if self.acme is None or not self.acme.renew():
+                return {"ok": False, "error": "no ACME actor runs (tls.mode is not "
+                                              "lets_encrypt, or it is restarting)"}
+            self.say("ctl renew: the ACME actor renews the certificate now")
+            return {"ok": True}
         self.reopen()
         return {"ok": True}
 
@@ -586,11 +620,13 @@ class Master:
             "workers": workers, "upstreams": peers, "budgets": budgets, "queues": queues,
             "actors": [{"name": "reload", "pid": self.actor_pid,
                         "state": "running" if self.actor_pid else "restarting"},
-                       *([self.health.status()] if self.health is not None else [])],
+                       *[a.status() for a in (self.health, self.acme) if a is not None]],
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
-            "certificates": [current.tls.cert.status(datetime.datetime.now(datetime.UTC))]
+            "certificates": [{**current.tls.cert.status(datetime.datetime.now(datetime.UTC)),
+                              **({"next_renewal": self.acme.next_renewal}
+                                 if self.acme is not None and self.acme.pid else {})}]
             if current.tls is not None else [],
         }
 
@@ -633,8 +669,9 @@ class Master:
         if self.actor_pid:  # the actor holds nothing to drain, and may be stalled
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.actor_pid, signal.SIGKILL)
-        if self.health is not None:
-            self.health.stop()
+        for actor in (self.health, self.acme):
+            if actor is not None:
+                actor.stop()
         shutdown = max((g.loaded.config.server.shutdown_timeout for g in self._generations()),
                        default=0) / 1000
         self.stop = Stop(exit_code, now + (shutdown + KILL_GRACE if graceful else KILL_GRACE))
@@ -649,8 +686,9 @@ class Master:
             return False
         if self.reload_client is not None:
             self.reload_client.close()
-        if self.health is not None:
-            self.health.close()
+        for actor in (self.health, self.acme):
+            if actor is not None:
+                actor.close()
         if self.runtime_dir:
             remove_directory(self.runtime_dir)
         if self.rotator is not None:

@@ -58,7 +58,7 @@ from li_httpd.ops.log.master import MasterLog
 from li_httpd.ops.log.records import Level
 
 from .generations import Generation, ReadyPipe, next_generation
-from .listeners import Listeners, StartError, metrics_key
+from .listeners import Listeners, StartError, acme_key, metrics_key
 from .tls import TlsSetupError, server_tls
 
 ACTOR_TIMEOUT = 30.0
@@ -126,6 +126,7 @@ class Host(Protocol):
     def prepare_logs(self, loaded: LoadedConfig) -> tuple[MasterLog, Rotator]: ...
     def use_logs(self, log: MasterLog, rotator: Rotator) -> None: ...
     def metrics_listener(self, loaded: LoadedConfig) -> socket.socket | None: ...
+    def acme_listener(self, loaded: LoadedConfig) -> socket.socket | None: ...
     def start_workers(self, generation: Generation) -> ReadyPipe: ...
 
 
@@ -261,6 +262,11 @@ class Reload:
             if metrics.enabled and metrics_key(metrics.listen) not in host.listeners:
                 self.bound.append(metrics_key(metrics.listen))
             metrics_listener = host.metrics_listener(loaded)
+            acme = loaded.config.server.tls
+            if acme.mode == "lets_encrypt" \
+                    and acme_key(acme.lets_encrypt.http01_bind) not in host.listeners:
+                self.bound.append(acme_key(acme.lets_encrypt.http01_bind))
+            acme_listener = host.acme_listener(loaded)
         except (StartError, TlsSetupError) as exc:
             self._fail_start(str(exc))
             return
@@ -270,6 +276,7 @@ class Reload:
             self._fail_start(f"cannot prepare the new generation: {exc}")
             return
         generation.metrics_listener = metrics_listener
+        generation.acme_listener = acme_listener
         self.new = host.starting = generation
         try:
             self.ready = host.start_workers(generation)

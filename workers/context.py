@@ -17,6 +17,7 @@ from typing import cast
 
 import orjson
 from li_httpd.config import Found, LoadedConfig, Router, effective_deny_paths
+from li_httpd.config.acme_paths import challenge_directory
 from li_httpd.config.model import Config, Model, RateLimit, Route
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
@@ -184,7 +185,8 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = ("budgets", "client_identity", "config", "groups", "housekeeping", "keyring",
+    __slots__ = ("acme_challenges", "budgets", "client_identity", "config", "groups",
+                 "housekeeping", "keyring",
                  "limits", "log",
                  "metrics", "model_lists", "models", "plans", "request_ids", "resolved",
                  "router", "server_tls", "shared", "timeouts")
@@ -201,6 +203,9 @@ class WorkerContext:
         self.client_identity: str | None = (tls.client_identity if server_tls is not None
                                             and tls.client_auth != "off" else None)
         """The configured client-certificate identity field, when clients present one."""
+        self.acme_challenges = (challenge_directory(tls.cert_dir)
+                                if tls.mode == "lets_encrypt" else "")
+        """The HTTP-01 token store ("" = no ACME: the reserved path is routed like any)."""
         self.shared = shared or SharedState.create(layout_for(config, 1))
         self.shared.slot = slot
         self.keyring = KeyRing(config.auth.keys)

@@ -72,6 +72,9 @@ class RecordingHost:
     def metrics_listener(self, loaded: LoadedConfig) -> socket.socket | None:
         return None
 
+    def acme_listener(self, loaded: LoadedConfig) -> socket.socket | None:
+        return None
+
     def start_workers(self, generation: Generation) -> ReadyPipe:
         for slot in generation.slots:
             worker = subprocess.Popen(["sleep", "60"])
