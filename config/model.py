@@ -112,6 +112,15 @@ class Tls:
                                               "`fingerprint` (SHA-256 of the certificate). "
                                               "No fallback: a certificate without that "
                                               "field has no identity.")
+    session_tickets: bool = setting(True, doc="TLS session resumption with tickets (a "
+                                    "returning client skips the full handshake). The "
+                                    "ticket keys are made with each worker generation and "
+                                    "shared by its workers; `false` issues no tickets.")
+    ticket_rotation: Millis = setting(Millis(12 * HOUR), doc="How often new ticket keys "
+                                      "are made (a new worker generation with the same "
+                                      "config; the old one drains): a stolen key decrypts "
+                                      "at most this much traffic. Only with "
+                                      "`session_tickets`.", minimum=HOUR, maximum=7 * DAY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

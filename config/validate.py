@@ -32,6 +32,7 @@ from .model import (
     Route,
     RouteCensor,
     RouteTimeouts,
+    Tls,
 )
 from .problems import Problems
 from .schema import suggest
@@ -107,6 +108,7 @@ RULES: tuple[Rule, ...] = (
     Rule("client_auth", "client_auth = optional or required needs TLS and client_ca; "
                         "client_ca needs client_auth."),
     Rule("client_ca", "client_ca is a readable PEM file of at least one CA certificate."),
+    Rule("session_tickets", "ticket_rotation is only set when session_tickets is on."),
     Rule("client_cert_key", "rate_limit.key = client_cert needs server.tls.client_auth "
                             "= optional or required."),
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
@@ -591,6 +593,14 @@ def _check_manual_cert(config: Config, problems: Problems) -> None:
                          f"certificate {cert_path!r} expires at {expires.isoformat()}")
 
 
+def _check_session_tickets(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    if not tls.session_tickets and tls.ticket_rotation != Tls().ticket_rotation:
+        problems.error(("server", "tls", "ticket_rotation"), "session_tickets",
+                       "ticket_rotation is set but session_tickets = false (no tickets, "
+                       "no keys to rotate); remove ticket_rotation")
+
+
 def _check_client_auth(config: Config, problems: Problems) -> None:
     tls = config.server.tls
     base: KeyPath = ("server", "tls")
@@ -816,6 +826,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_lets_encrypt, (*_ROUTES, _TLS)),
     (_check_manual_cert, (_TLS,)),
     (_check_client_auth, (_TLS,)),
+    (_check_session_tickets, (_TLS,)),
     (_check_profile, (("server",), *_LOG, ("leak_censor",))),
     (_check_rate_limits, (*_ROUTES, _DEFAULTS, _LISTEN, _TLS)),
     (_check_timeouts, (*_ROUTES, _DEFAULTS)),
