@@ -224,7 +224,7 @@ def test_route_resolutions_are_remembered_within_bounds(
     assert isinstance(other, Reject) and other.status == 405
 
 
-CERT_CONFIG = """
+MTLS_SERVER = """
 [server]
 listen = "127.0.0.1:8443"
 profile = "dev"
@@ -233,7 +233,8 @@ profile = "dev"
 mode = "self_signed"
 client_auth = "optional"
 client_ca = "@CLIENT_CA@"
-
+"""
+CERT_CONFIG = MTLS_SERVER + """
 [upstreams.pool]
 peers = ["http://127.0.0.1:9"]
 
@@ -276,16 +277,7 @@ def test_client_cert_rate_key(config_env: Any) -> None:
         shared.close()
 
 
-CLIENTS_CONFIG = """
-[server]
-listen = "127.0.0.1:8443"
-profile = "dev"
-
-[server.tls]
-mode = "self_signed"
-client_auth = "optional"
-client_ca = "@CLIENT_CA@"
-
+CLIENTS_CONFIG = MTLS_SERVER + """
 [auth]
 keys = [
   { id = "team-a", client_cert = "alice", tokens_per_minute = 100 },
