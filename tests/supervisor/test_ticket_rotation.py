@@ -4,9 +4,17 @@ clocks it is given."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
+from li_httpd.config import load_text
 from li_httpd.config.model import Tls
+from li_httpd.shm import SharedState, layout_for
+from li_httpd.supervisor import master as master_module
+from li_httpd.supervisor.generations import Generation
+from li_httpd.supervisor.master import Master
+from li_httpd.supervisor.reload import ROTATED, Outcome
 from li_httpd.supervisor.tickets import RETRY, TicketRotation, period_s
 
 HOUR_MS = 3_600_000
@@ -65,3 +73,52 @@ def test_without_tickets_nothing_is_due_and_ctl_is_refused() -> None:
     assert rotation.due is None
     assert rotation.status() == {"session_tickets": False, "rotation_s": 0,
                                  "next_rotation": "-", "rotations": 0}
+
+
+class _RecordedReload:
+    """Stands in for supervisor.reload.Reload: records how the master started it."""
+
+    def __init__(self, host: object, client: object, source: str | None, now: float, *,
+                 rotate: object = None) -> None:
+        self.rotation = rotate is not None
+        self.rotate = rotate
+        self.now = now
+
+    def step(self, now: float) -> None:
+        return None  # still running
+
+
+def test_the_master_starts_a_rotation_when_due_and_reschedules_after_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    loaded = load_text(
+        '[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\n[server.tls]\n'
+        f'mode = "self_signed"\ncert_dir = "{tmp_path}"\nticket_rotation = "12h"\n'
+        '[routes]\n"GET /health" = "static:healthcheck"\n', "t.toml")
+    monkeypatch.setattr(master_module, "Reload", _RecordedReload)
+    master = Master(loaded)
+    shared = SharedState.create(layout_for(loaded.config, 1))
+    try:
+        master.current = Generation(0, loaded, shared, None, [], [])
+        master.reload_client = object()  # type: ignore[assignment]
+        master._follow_generation(100.0)
+        master._maybe_rotate_tickets(100.0 + 43199)
+        assert master.reload is None
+        master._maybe_rotate_tickets(100.0 + 43200)
+        started = master.reload
+        assert isinstance(started, _RecordedReload)
+        assert started.rotation and started.rotate is loaded  # the running config again
+        master._maybe_rotate_tickets(100.0 + 43201)  # one at a time
+        assert master.reload is started
+        # it succeeded: generation 1 is current, the next rotation is 12 h from now
+        master.reload = None
+        master.current = Generation(1, loaded, shared, None, [], [])
+        monkeypatch.setattr(master_module.time, "monotonic", lambda: 50_000.0)
+        master._rotation_done(Outcome("ok", ROTATED, config_hash=loaded.hash, generation=1))
+        assert master.tickets.due == 50_000.0 + 43200
+        assert master.tickets.rotations == 1
+        assert "session tickets rotated: generation 1, next rotation" in capsys.readouterr().err
+    finally:
+        shared.close()
+        os.close(master._wake_r)
+        os.close(master._wake_w)
