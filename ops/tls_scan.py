@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -42,7 +43,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from li_httpd.ops.bench.procs import Server, free_port
 
 Severity = Literal["OK", "INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL", "WARN"]
 SEVERITIES: tuple[Severity, ...] = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "WARN", "INFO", "OK")
@@ -58,6 +58,7 @@ VULNERABILITY_IDS = ("heartbleed", "CCS", "ticketbleed", "ROBOT", "secure_renego
                      "fallback_SCSV", "SWEET32", "FREAK", "DROWN", "LOGJAM", "BEAST",
                      "LUCKY13", "winshock", "RC4")
 CRL_URL = "http://127.0.0.1:9/test.crl"
+BANNER = re.compile(r"listen=(\S+)")
 START_TIMEOUT = 30.0
 SCAN_TIMEOUT = 300.0
 DAY = datetime.timedelta(days=1)
@@ -199,8 +200,8 @@ def throwaway_pki(directory: Path) -> tuple[Path, Path, Path]:
 # --- running it ------------------------------------------------------------------
 
 
-def gateway_config(work: Path, port: int, cert: Path, key: Path, min_protocol: str) -> str:
-    return (f'[server]\nlisten = "127.0.0.1:{port}"\nprofile = "dev"\nworkers = 1\n'
+def gateway_config(work: Path, cert: Path, key: Path, min_protocol: str) -> str:
+    return (f'[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 1\n'
             f'control_socket = "{work / "control.sock"}"\n\n'
             f'[server.tls]\nmode = "manual"\nmin_protocol = "{min_protocol}"\n\n'
             f'[server.tls.manual]\ncert = "{cert}"\nkey = "{key}"\n\n'
@@ -209,31 +210,58 @@ def gateway_config(work: Path, port: int, cert: Path, key: Path, min_protocol: s
             '[routes]\n"GET /" = "static:healthcheck"\n')
 
 
+def _start(config: Path) -> tuple[subprocess.Popen[str], str]:
+    """``li-httpd start`` on an ephemeral port: the process and its address, once its
+    banner (``listen=https://HOST:PORT``) says it serves."""
+    command = [sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    assert process.stdout is not None
+    give_up = time.monotonic() + START_TIMEOUT
+    seen = []
+    while time.monotonic() < give_up:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = BANNER.search(line)
+        if found:
+            # keep draining its output, or a full pipe would block the gateway's logging
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            return process, found.group(1)
+    process.kill()
+    process.wait()
+    raise SystemExit("tls-scan: li-httpd did not start:\n" + "".join(seen))
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def scan(min_protocol: str, full: bool) -> Summary:
     with tempfile.TemporaryDirectory(prefix="li-tls-scan-") as temporary:
         work = Path(temporary)
         ca, cert, key = throwaway_pki(work)
-        port = free_port()
         config = work / "gateway.toml"
-        config.write_text(gateway_config(work, port, cert, key, min_protocol))
-        server = Server("li-httpd", [sys.executable, "-m", "li_httpd.supervisor.cli", "start",
-                                     "-c", str(config)], port, work / "li-httpd.log")
-        try:
-            server.start(START_TIMEOUT)
-        except RuntimeError as exc:
-            raise SystemExit(f"tls-scan: {exc}") from None
+        config.write_text(gateway_config(work, cert, key, min_protocol))
+        process, address = _start(config)
         try:
             report = work / "testssl.json"
             command = ["testssl", "--quiet", "--color", "0", "--warnings", "off",
                        "--add-ca", str(ca), "--jsonfile", str(report),
-                       *(() if full else SUBSET), f"127.0.0.1:{port}"]
+                       *(() if full else SUBSET), address]
             subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            timeout=SCAN_TIMEOUT, check=False)
             if not report.is_file():
                 raise SystemExit(f"tls-scan: testssl wrote no report ({' '.join(command)})")
             return summarize(findings(json.loads(report.read_text())))
         finally:
-            server.stop()
+            _stop(process)
 
 
 def main(argv: list[str] | None = None) -> int:
