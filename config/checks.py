@@ -138,6 +138,27 @@ def sha256_hex(value: Any) -> str | None:
     return None
 
 
+def sha256_hex_or_empty(value: Any) -> str | None:
+    """An API key's digest, or "" for an entry that names a client certificate."""
+    return None if value == "" else sha256_hex(value)
+
+
+CLIENT_IDENTITY_MAX = 256
+"""The longest client-certificate identity (workers/client_cert.py computes them)."""
+
+
+def client_cert_identity(value: Any) -> str | None:
+    """"" (an API-key entry) or what workers/client_cert.py can yield: printable, at most
+    :data:`CLIENT_IDENTITY_MAX` characters (an entry it could never match is a typo)."""
+    if value == "":
+        return None
+    if not isinstance(value, str) or len(value) > CLIENT_IDENTITY_MAX \
+            or not value.isprintable():
+        return (f"expected a client certificate identity: printable, at most "
+                f"{CLIENT_IDENTITY_MAX} characters")
+    return None
+
+
 def email(value: Any) -> str | None:
     if value and not EMAIL_RE.fullmatch(str(value)):
         return f"{value!r} is not a valid e-mail address"

@@ -51,13 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE",
                        help="request header (repeatable)")
 
-    ctl = sub.add_parser("ctl", help="talk to a running master: status, reload, reopen, "
-                                     "renew (ACME: renew the certificate now), stop")
+    ctl = sub.add_parser("ctl", help="talk to a running master: status, reload, "
+                                     "rotate-tickets, reopen, renew (ACME: renew the "
+                                     "certificate now), stop")
     _add_config_option(ctl)
     ctl.add_argument("--socket", metavar="PATH", help="control socket (default: from the "
                                                       "config's server.control_socket)")
     ctl.add_argument("ctl_command", metavar="COMMAND",
-                     choices=("status", "reload", "reopen", "renew", "stop"))
+                     choices=("status", "reload", "rotate-tickets", "reopen", "renew", "stop"))
     ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
     censor = sub.add_parser("setup-censor", help="write leak_censor.generated.toml (JSON "

@@ -10,7 +10,8 @@ main loop through ``signal.set_wakeup_fd``. Everything else happens in
 3. reap every exited child (:func:`reaper.reap`: the master's only ``waitpid``) and
    apply the crash policy to workers of the current generation;
 4. answer a control request (``ctl reload`` is answered when its reload ends);
-5. step the reload in progress (reload.py), or the stop in progress;
+5. step the reload in progress (reload.py), or the stop in progress; start a session
+   ticket rotation (a reload with the running config, tickets.py) when one is due;
 6. respawn what is due: dead workers after their backoff, the reload actor.
 
 Startup binds every listener before any fork (listeners.py), forks generation 0
@@ -68,6 +69,7 @@ from .health import HealthActor
 from .listeners import Listeners, StartError, acme_key, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
+from .tickets import TicketRotation
 from .tls import TlsSetupError, server_tls
 
 EXIT_OK = 0
@@ -133,6 +135,9 @@ class Master:
         """A reload was asked for while one ran: run another when it ends (the file may
         have changed after the actor read it)."""
         self.next_waiters: list[PendingReply] = []
+        self.tickets = TicketRotation()
+        self.rotation_waiters: list[PendingReply] = []
+        """ctl clients waiting for the rotation in progress."""
         self.stop: Stop | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -216,6 +221,7 @@ class Master:
             self._begin_stop(graceful=False, exit_code=EXIT_START)
             return
         self.current, self.starting = generation, None
+        self._follow_generation(now)
         self._banner()
         sdnotify.ready(f"serving, generation 0, config {self.loaded.hash}")
         self._run_queued_reload()
@@ -373,7 +379,10 @@ class Master:
                 self.acme.read()
             if control_ready and self.control is not None:
                 pending = self.control.serve_one(self._control)
-                if pending is not None:  # ctl reload: answered when the reload ends
+                if pending is not None and pending.command == "rotate-tickets":
+                    self.tickets.asked = True  # answered when the rotation ends
+                    self.tickets.waiters.append(pending)
+                elif pending is not None:  # ctl reload: answered when the reload ends
                     self._request_reload(pending)
             if self.stop is not None:
                 if self._step_stop(self.stop, now):
@@ -383,6 +392,7 @@ class Master:
                 self._step_startup(self.startup, now)
                 continue
             self._step_reload(now)
+            self._maybe_rotate_tickets(now)
             if self._crash_loop(now):
                 self.say(f"error: workers crashed {reaper.CRASH_LIMIT} times within "
                          f"{reaper.CRASH_WINDOW:.0f}s of starting; giving up", "error")
@@ -426,6 +436,9 @@ class Master:
             timeouts.append(self.stop.kill_at - now)
         if self.startup is not None:
             timeouts.append(self.startup.deadline - now)
+        rotation = self.tickets.wake_in(now)
+        if rotation is not None and not self.stopping:
+            timeouts.append(rotation)
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
         if self.control is not None:
@@ -512,10 +525,53 @@ class Master:
             return
         outcome = self.reload.step(now)
         if outcome is not None:
-            self.reload = None
-            self._reload_done(outcome)
+            rotation, self.reload = self.reload.rotation, None
+            if rotation:
+                self._rotation_done(outcome)
+            else:
+                self._reload_done(outcome)
+
+    # -- session ticket rotation ------------------------------------------------------------
+
+    def _follow_generation(self, now: float) -> None:
+        """A generation may have become current: its ticket keys are new."""
+        if self.current is not None:
+            self.tickets.follow(self.current.number, self.current.loaded.config.server.tls,
+                                now, time.time())
+
+    def _maybe_rotate_tickets(self, now: float) -> None:
+        if (self.reload is not None or self.startup is not None or self.stopping
+                or self.current is None or self.reload_client is None
+                or not self.tickets.wanted(now)):
+            return
+        self.rotation_waiters = self.tickets.started()
+        self.reload = Reload(self, self.reload_client, self.source, now,
+                             rotate=self.current.loaded)
+        self._step_reload(now)
+
+    def _rotation_done(self, outcome: Outcome, *, notify: bool = True) -> None:
+        now = time.monotonic()
+        if notify:
+            sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
+        metrics_env.count_ticket_rotation(outcome.result)
+        if outcome.result == "ok":
+            self.tickets.rotations += 1
+            self._follow_generation(now)
+            self.say(f"session tickets rotated: generation {outcome.generation}, next "
+                     f"rotation {self.tickets.status()['next_rotation']}")
+        else:
+            self.tickets.failed(now, time.time())
+            self.say(f"session ticket rotation failed, the current keys stay: "
+                     f"{outcome.reason}", "error")
+        waiters, self.rotation_waiters = self.rotation_waiters, []
+        for waiter in waiters:
+            waiter.answer({"ok": outcome.result == "ok", **outcome.reply()})
+        self._run_queued_reload()
+
+    # -- reload results -------------------------------------------------------------------
 
     def _reload_done(self, outcome: Outcome, *, notify: bool = True) -> None:
+        self._follow_generation(time.monotonic())
         if notify:
             sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
         result = outcome.reply()
@@ -565,6 +621,9 @@ class Master:
                                               "lets_encrypt, or it is restarting)"}
             self.say("ctl renew: the ACME actor renews the certificate now")
             return {"ok": True}
+        if command == "rotate-tickets":
+            refusal = self.tickets.refusal()
+            return {"ok": False, "error": refusal} if refusal else DEFER
         self.reopen()
         return {"ok": True}
 
@@ -624,6 +683,7 @@ class Master:
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
+            "tickets": self.tickets.status(),
             "certificates": [{**current.tls.cert.status(datetime.datetime.now(datetime.UTC)),
                               **({"next_renewal": self.acme.next_renewal}
                                  if self.acme is not None and self.acme.pid else {})}]
@@ -650,8 +710,14 @@ class Master:
         self.reload_again = False
         if self.reload is not None:
             outcome = self.reload.abort("the master is stopping")
-            self.reload = None
-            self._reload_done(outcome, notify=False)
+            rotation, self.reload = self.reload.rotation, None
+            if rotation:
+                self._rotation_done(outcome, notify=False)
+            else:
+                self._reload_done(outcome, notify=False)
+        for waiter in self.tickets.started():  # asked, not begun
+            waiter.answer({"ok": False, "result": "failed", "line": 0,
+                           "reason": "rotation interrupted: the master is stopping"})
         for waiter in self.next_waiters:
             waiter.answer({"ok": False, "result": "failed", "line": 0,
                            "reason": "reload interrupted: the master is stopping"})

@@ -23,6 +23,10 @@ Theory of operation. A reload (SIGHUP or ``ctl reload``) goes through these phas
 - WAITING_READY: the new workers report ready through a pipe the main loop polls. If one
   dies first, the pipe closes or :data:`READY_TIMEOUT` passes, the new generation is
   killed and handed to the retiring list, what STARTING added is closed: "failed".
+- A ticket-key rotation (``ctl rotate-tickets`` or ``ticket_rotation`` due) is a reload
+  that skips the actor and the comparison: it starts at STARTING with the running
+  config, so the new generation gets a fresh listener context, hence new session ticket
+  keys (supervisor/tls.py), and the old one drains as on any reload.
 - RETIRING_OLD: every new worker accepts; the new generation becomes current and the old
   one gets SIGTERM (it stops accepting and drains). The reload reports "ok" once no old
   worker accepts any more (at most :data:`STOP_ACCEPTING_WAIT`), so every connection
@@ -76,6 +80,9 @@ class Phase(enum.Enum):
     RETIRING_OLD = "retiring old"
     DONE = "done"
 
+
+ROTATED = "session tickets rotated"
+"""The outcome's detail when a rotation took effect."""
 
 ReloadResult = Literal["ok", "unchanged", "failed"]
 LastResult = Literal["none", "ok", "unchanged", "failed"]
@@ -135,7 +142,7 @@ class Reload:
     every wakeup until :attr:`outcome` is set."""
 
     def __init__(self, host: Host, client: ReloadClient, source: str | None,
-                 now: float) -> None:
+                 now: float, *, rotate: LoadedConfig | None = None) -> None:
         self.host = host
         self.client = client
         self.source = source
@@ -150,6 +157,12 @@ class Reload:
         self.new: Generation | None = None
         self.old: Generation | None = None
         self.ready: ReadyPipe | None = None
+        self.rotation = rotate is not None
+        """A ticket-key rotation: the running config again, in a new generation."""
+        if rotate is not None:
+            self.loaded = rotate
+            self.phase = Phase.STARTING
+            return
         if host.actor_pid == 0:  # died since the loop last looked: do not ask a ghost
             host.start_actor()
         self.actor_pid = host.actor_pid
@@ -325,7 +338,8 @@ class Reload:
         listeners.close([a for a in old.loaded.config.server.listen
                          if a not in loaded.config.server.listen and a in listeners
                          and id(listeners[a]) not in keep])
-        self._finish(Outcome("ok", config_hash=loaded.hash, generation=new.number))
+        self._finish(Outcome("ok", ROTATED if self.rotation else "",
+                             config_hash=loaded.hash, generation=new.number))
 
     # -- failure and interruption ---------------------------------------------------------------
 
@@ -355,8 +369,8 @@ class Reload:
             self.client.reset()
         if self.phase is Phase.RETIRING_OLD:  # the switch was made: it took effect
             assert self.loaded is not None and self.new is not None
-            self._finish(Outcome("ok", config_hash=self.loaded.hash,
-                                 generation=self.new.number))
+            self._finish(Outcome("ok", ROTATED if self.rotation else "",
+                                 config_hash=self.loaded.hash, generation=self.new.number))
         else:
             self._finish(failed(f"reload interrupted: {why}"))
         assert self.outcome is not None

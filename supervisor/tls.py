@@ -19,7 +19,11 @@ Certificate swap. The listener context never holds the certificate itself: its
 ``sni_callback`` (run for every handshake, with or without SNI) moves the connection to
 the process's current *certificate context*. Session tickets stay encrypted with the
 listener context's keys, which the workers share because it is built before the fork, so
-sessions resume across a swap. A reload whose certificate files changed (the config
+sessions resume across a swap. OpenSSL makes those keys at random with the context and
+never changes them, and Python cannot set them: rotating them means a new listener
+context, hence a new worker generation (the master does it every ``ticket_rotation``,
+or on ``ctl rotate-tickets``; supervisor/reload.py). ``session_tickets = false`` sends
+no tickets at all. A reload whose certificate files changed (the config
 being equal) validates the new pair in the master (:meth:`ServerTls.refresh`) and bumps
 a counter in a shared anonymous mapping; each worker notices it at its next handshake and
 loads the files itself (an ``SSLContext`` cannot cross a process boundary). Established
@@ -114,6 +118,10 @@ def _harden(context: ssl.SSLContext, tls: Tls) -> None:
     context.options |= (ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
                         | ssl.OP_CIPHER_SERVER_PREFERENCE)
     context.set_alpn_protocols(["http/1.1"])
+    if not tls.session_tickets:
+        # TLS 1.2 tickets off, and no TLS 1.3 tickets sent (the only resumption 1.3 has).
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     if tls.client_auth != "off":
         _require_client_certificates(context, tls.client_auth == "required", tls.client_ca)
 

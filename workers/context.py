@@ -70,6 +70,9 @@ class RoutePlan:
     static: StaticSite | None
     healthcheck: bool
     requires_key: bool
+    requires_cert: bool
+    """``auth = "client_cert"``: the caller is the [auth] entry naming the connection's
+    verified client certificate."""
     limit: RouteLimit | None
     ttfb_timeout: float
     """Seconds to wait for the upstream's response head."""
@@ -257,6 +260,7 @@ class WorkerContext:
                 static=sites.get(route.static) if route.static else None,
                 healthcheck=route.static == "healthcheck",
                 requires_key=route.auth == "api_key",
+                requires_cert=route.auth == "client_cert",
                 limit=RouteLimit.of(limit) if limit else None,
                 ttfb_timeout=timers.ttfb_timeout / 1000,
                 idle_timeout=timers.stream_idle_timeout / 1000,
