@@ -25,6 +25,7 @@ from pathlib import Path
 from setuptools import setup
 
 COMPILED = [
+    "workers/acme_responder.py",
     "workers/admission.py",
     "workers/backend_health.py",
     "workers/censor.py",

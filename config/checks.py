@@ -138,6 +138,27 @@ def sha256_hex(value: Any) -> str | None:
     return None
 
 
+def sha256_hex_or_empty(value: Any) -> str | None:
+    """An API key's digest, or "" for an entry that names a client certificate."""
+    return None if value == "" else sha256_hex(value)
+
+
+CLIENT_IDENTITY_MAX = 256
+"""The longest client-certificate identity (workers/client_cert.py computes them)."""
+
+
+def client_cert_identity(value: Any) -> str | None:
+    """"" (an API-key entry) or what workers/client_cert.py can yield: printable, at most
+    :data:`CLIENT_IDENTITY_MAX` characters (an entry it could never match is a typo)."""
+    if value == "":
+        return None
+    if not isinstance(value, str) or len(value) > CLIENT_IDENTITY_MAX \
+            or not value.isprintable():
+        return (f"expected a client certificate identity: printable, at most "
+                f"{CLIENT_IDENTITY_MAX} characters")
+    return None
+
+
 def email(value: Any) -> str | None:
     if value and not EMAIL_RE.fullmatch(str(value)):
         return f"{value!r} is not a valid e-mail address"
@@ -261,6 +282,27 @@ def is_loopback(address: str) -> bool:
     if parsed is None:
         return False
     return ipaddress.ip_address(parsed[0]).is_loopback
+
+
+def acme_directory_url(value: Any) -> str | None:
+    """An ACME directory is fetched over HTTPS (RFC 8555 section 6.1): ``https://host[:port]
+    /path``, without userinfo, query or fragment."""
+    if not value:
+        return None
+    if not isinstance(value, str) or any(c.isspace() or ord(c) < 0x20 for c in value):
+        return f"directory_url {value!r} is not a URL"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        return f"directory_url {value!r} is not a valid URL: {exc}"
+    if parts.scheme != "https":
+        return f"directory_url {value!r} must start with https:// (ACME runs over HTTPS)"
+    if not parts.hostname or "@" in parts.netloc:
+        return f"directory_url {value!r} needs a host and no userinfo"
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return f"directory_url {value!r} must not contain a query or fragment"
+    return None
 
 
 def peer_url(value: Any) -> str | None:

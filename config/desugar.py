@@ -221,7 +221,11 @@ def _fill_route_defaults(data: dict[str, Any]) -> None:
     default_host = server.get("host") if isinstance(server, dict) else None
     auth = data.get("auth")
     keys = auth.get("keys") if isinstance(auth, dict) else None
-    have_keys = isinstance(keys, list) and len(keys) > 0
+    entries = [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
+    # Bearer keys first (the long-standing default); a config whose [auth] names only
+    # client certificates protects its proxy routes with them.
+    default_auth = ("api_key" if any("client_cert" not in k for k in entries)
+                    else "client_cert" if entries else "none")
     filled: list[Any] = []
     used_names: set[str] = {r["name"] for r in routes if isinstance(r, dict)
                             and isinstance(r.get("name"), str)}
@@ -245,7 +249,7 @@ def _fill_route_defaults(data: dict[str, Any]) -> None:
             route["name"] = name
         route.setdefault("priority", (index + 1) * 10)
         if "auth" not in route:
-            route["auth"] = "api_key" if have_keys and "proxy" in route else "none"
+            route["auth"] = default_auth if "proxy" in route else "none"
         filled.append(route)
     data["route"] = filled
 

@@ -32,7 +32,7 @@ Balance = Literal["round_robin", "least_conn"]
 LimitKey = Literal["api_key", "agent_id", "ip", "client_cert"]
 ClientAuth = Literal["off", "optional", "required"]
 ClientIdentity = Literal["subject_cn", "san_dns", "san_uri", "san_email", "fingerprint"]
-AuthMode = Literal["api_key", "none"]
+AuthMode = Literal["api_key", "client_cert", "none"]
 OnDetect = Literal["redact", "block_502", "abort_stream"]
 OversizeJson = Literal["stream", "block", "pass"]
 LogLevel = Literal["trace", "debug", "info", "warn", "error"]
@@ -80,7 +80,18 @@ class TlsLetsEncrypt:
                                        check=checks.each(checks.host_value),
                                        check_rule="lets_encrypt")
     environment: Literal["staging", "production"] | None = setting(
-        None, doc="Let's Encrypt environment; required: `staging` or `production`.")
+        None, doc="Let's Encrypt environment: `staging` or `production`; required unless "
+                  "`directory_url` is set (then it must not be).")
+    directory_url: str = setting("", doc="ACME directory of another CA (a private ACME "
+                                 "server, or pebble for tests), an https:// URL; \"\" = "
+                                 "Let's Encrypt's, chosen by `environment`.",
+                                 check=checks.acme_directory_url, check_rule="acme_directory")
+    ca_bundle: str = setting("", doc="PEM file of the CA certificates that verify the ACME "
+                             "server's HTTPS; \"\" = the system store.")
+    while_missing: Literal["wait", "self_signed"] = setting(
+        "wait", doc="Before the first certificate is issued: `wait` (TLS handshakes are "
+                    "refused until it arrives) or `self_signed` (a temporary self-signed "
+                    "certificate is served).")
     renew_before: Millis = setting(Millis(30 * DAY), doc="Renew when less time than this "
                                    "is left on the certificate.",
                                    minimum=DAY, maximum=60 * DAY)
@@ -114,6 +125,15 @@ class Tls:
                                               "`fingerprint` (SHA-256 of the certificate). "
                                               "No fallback: a certificate without that "
                                               "field has no identity.")
+    session_tickets: bool = setting(True, doc="TLS session resumption with tickets (a "
+                                    "returning client skips the full handshake). The "
+                                    "ticket keys are made with each worker generation and "
+                                    "shared by its workers; `false` issues no tickets.")
+    ticket_rotation: Millis = setting(Millis(12 * HOUR), doc="How often new ticket keys "
+                                      "are made (a new worker generation with the same "
+                                      "config; the old one drains): a stolen key decrypts "
+                                      "at most this much traffic. Only with "
+                                      "`session_tickets`.", minimum=HOUR, maximum=7 * DAY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -415,8 +435,15 @@ class StaticRoot:
 class ApiKey:
     id: str = setting(doc="Key id shown in logs and metrics.", check=checks.identifier,
                       check_rule="auth")
-    sha256: str = setting(doc="SHA-256 of the raw key, hex (`li-httpd hash-key`).",
-                          check=checks.sha256_hex, check_rule="auth")
+    sha256: str = setting("", doc="SHA-256 of the raw key, hex (`li-httpd hash-key`). Set "
+                          "exactly one of `sha256` and `client_cert`.",
+                          check=checks.sha256_hex_or_empty, check_rule="auth")
+    client_cert: str = setting("", doc="Instead of an API key: the identity of a verified "
+                               "client certificate, as `[server.tls] client_identity` "
+                               "computes it (e.g. the subject CN, a SAN URI, or "
+                               "`sha256:<hex>` for `fingerprint`). Used by routes with "
+                               "`auth = \"client_cert\"`.",
+                               check=checks.client_cert_identity, check_rule="auth")
     models: tuple[str, ...] = setting((), doc="Models (`[models]` names) this key may use; "
                                       "[] = every model. Another model: 403.")
     tokens_per_minute: int = setting(0, doc="Token budget (input + output) per minute, "
@@ -432,8 +459,10 @@ class ApiKey:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Auth:
-    keys: tuple[ApiKey, ...] = setting((), doc="Accepted API keys (`Authorization: Bearer`); "
-                                       "only hashes are stored.", style="inline")
+    keys: tuple[ApiKey, ...] = setting((), doc="Accepted API keys (`Authorization: Bearer`; "
+                                       "only hashes are stored) and client certificates "
+                                       "(`client_cert`), each with its own limits.",
+                                       style="inline")
 
 
 # -- [log] --------------------------------------------------------------------------------------
@@ -750,8 +779,11 @@ class Route:
     proxy: str | None = setting(None, doc="Upstream pool name.")
     static: str | None = setting(None, doc="Static root name or built-in responder "
                                  "(`healthcheck`).")
-    auth: AuthMode = setting("none", doc="`api_key` requires a key from [auth]; default "
-                             "`api_key` for proxy routes when keys exist.")
+    auth: AuthMode = setting("none", doc="`api_key` requires a key from [auth]; "
+                             "`client_cert` requires a verified client certificate named "
+                             "by an [auth] entry's `client_cert`; default for proxy routes: "
+                             "`api_key` when [auth] has a `sha256` key, else `client_cert` "
+                             "when it has a `client_cert` entry, else `none`.")
     headers: RouteHeaders = setting(doc="Header policy.", factory=RouteHeaders)
     rate_limit: RateLimit | None = setting(None, doc="Per-key limits; required on public "
                                            "listeners.", inherit=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from . import checks
+from .acme_paths import ACME_CHALLENGE_PATH
 from .locate import KeyPath
 from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split_path
 from .model import (
@@ -32,6 +33,7 @@ from .model import (
     Route,
     RouteCensor,
     RouteTimeouts,
+    Tls,
 )
 from .problems import Problems
 from .schema import suggest
@@ -39,7 +41,6 @@ from .units import format_duration
 
 MAX_PEERS = 32
 SYSTEM_TREES = ("/etc", "/proc", "/sys", "/dev", "/root", "/boot")
-ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +100,19 @@ RULES: tuple[Rule, ...] = (
     Rule("self_signed_public", "self_signed on a public listener requires "
                                "server.tls.self_signed.dev = true."),
     Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route hosts, "
-                         "and environment = staging or production."),
+                         "and environment = staging or production, or a directory_url "
+                         "(then no environment)."),
+    Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
+                           "fragment."),
+    Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
     Rule("acme_reserved", "With lets_encrypt, no route may match "
                           "/.well-known/acme-challenge/."),
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
                         "currently valid (a warning when it expires within 30 days)."),
     Rule("client_auth", "client_auth = optional or required needs TLS and client_ca; "
-                        "client_ca needs client_auth."),
+                        "client_ca and [auth] client_cert entries need client_auth."),
     Rule("client_ca", "client_ca is a readable PEM file of at least one CA certificate."),
+    Rule("session_tickets", "ticket_rotation is only set when session_tickets is on."),
     Rule("client_cert_key", "rate_limit.key = client_cert needs server.tls.client_auth "
                             "= optional or required."),
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
@@ -126,7 +132,9 @@ RULES: tuple[Rule, ...] = (
     Rule("model_pool", "Every [models] entry's pool is a declared upstream."),
     Rule("model_routing", "model_routing needs a proxy route and a [models] catalog."),
     Rule("key_models", "A key's models are [models] names."),
-    Rule("auth", "Keys: unique ids and hashes; a route with auth = api_key needs keys."),
+    Rule("auth", "Keys: unique ids, hashes and client certificates, each entry exactly one "
+                 "of sha256 and client_cert; a route with auth = api_key needs a sha256 "
+                 "key, one with auth = client_cert a client_cert entry."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
                         "mode = bad only under the exploit profile."),
     Rule("expose_upstream_errors", "expose_upstream_errors is refused under production."),
@@ -549,9 +557,17 @@ def _check_lets_encrypt(config: Config, problems: Problems) -> None:
     base: KeyPath = ("server", "tls", "lets_encrypt")
     if not le.email:
         problems.error((*base, "email"), "lets_encrypt", "lets_encrypt needs an account email")
-    if le.environment is None:
+    if le.directory_url and le.environment is not None:
         problems.error((*base, "environment"), "lets_encrypt",
-                       "lets_encrypt needs environment = \"staging\" or \"production\"")
+                       "environment picks a Let's Encrypt directory; with directory_url set "
+                       "it must not be set")
+    if not le.directory_url and le.environment is None:
+        problems.error((*base, "environment"), "lets_encrypt",
+                       "lets_encrypt needs environment = \"staging\" or \"production\" "
+                       "(or a directory_url)")
+    if le.ca_bundle and not (os.path.isfile(le.ca_bundle) and os.access(le.ca_bundle, os.R_OK)):
+        problems.error((*base, "ca_bundle"), "acme_ca_bundle",
+                       f"ca_bundle {le.ca_bundle!r} is not a readable file")
     if not le.domains:
         problems.error((*base, "domains"), "lets_encrypt", "lets_encrypt needs domains")
     for position, domain in enumerate(le.domains):
@@ -595,6 +611,14 @@ def _check_manual_cert(config: Config, problems: Problems) -> None:
     elif expires - now < datetime.timedelta(days=30):
         problems.warning((*base, "cert"), "manual_cert",
                          f"certificate {cert_path!r} expires at {expires.isoformat()}")
+
+
+def _check_session_tickets(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    if not tls.session_tickets and tls.ticket_rotation != Tls().ticket_rotation:
+        problems.error(("server", "tls", "ticket_rotation"), "session_tickets",
+                       "ticket_rotation is set but session_tickets = false (no tickets, "
+                       "no keys to rotate); remove ticket_rotation")
 
 
 def _check_client_auth(config: Config, problems: Problems) -> None:
@@ -765,20 +789,36 @@ def _check_header_policies(config: Config, problems: Problems) -> None:
 def _check_auth(config: Config, problems: Problems) -> None:
     ids: set[str] = set()
     hashes: set[str] = set()
+    clients: set[str] = set()
     for position, key in enumerate(config.auth.keys):
+        where: KeyPath = ("auth", "keys", position)
         if key.id in ids:
-            problems.error(("auth", "keys", position), "auth", f"key id {key.id!r} repeats")
-        if key.sha256 in hashes:
-            problems.error(("auth", "keys", position), "auth", "the same key hash repeats")
+            problems.error(where, "auth", f"key id {key.id!r} repeats")
         ids.add(key.id)
-        hashes.add(key.sha256)
-    if config.auth.keys:
-        return
+        if bool(key.sha256) == bool(key.client_cert):
+            problems.error(where, "auth", f"key {key.id!r}: set exactly one of sha256 (an "
+                           "API key) and client_cert (a client certificate identity)")
+        if key.sha256 in hashes:
+            problems.error(where, "auth", "the same key hash repeats")
+        if key.client_cert in clients:
+            problems.error(where, "auth", f"client_cert {key.client_cert!r} repeats")
+        if key.sha256:
+            hashes.add(key.sha256)
+        if key.client_cert:
+            clients.add(key.client_cert)
+    if clients and config.server.tls.client_auth == "off":
+        problems.error(("auth", "keys"), "client_auth",
+                       "[auth] keys name client certificates (client_cert) but "
+                       "[server.tls] client_auth is off: no client would ever present one")
     for index, route in enumerate(config.route):
-        if route.auth == "api_key":
+        if route.auth == "api_key" and not hashes:
             problems.error(_route_path(index, "auth"), "auth",
-                           "auth = \"api_key\" but [auth] declares no keys: nobody could "
-                           "ever call this route")
+                           "auth = \"api_key\" but [auth] declares no keys (sha256): "
+                           "nobody could ever call this route")
+        if route.auth == "client_cert" and not clients:
+            problems.error(_route_path(index, "auth"), "auth",
+                           "auth = \"client_cert\" but no [auth] key names a client_cert: "
+                           "nobody could ever call this route")
 
 
 def _check_censor(config: Config, problems: Problems) -> None:
@@ -855,11 +895,12 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_lets_encrypt, (*_ROUTES, _TLS)),
     (_check_manual_cert, (_TLS,)),
     (_check_client_auth, (_TLS,)),
+    (_check_session_tickets, (_TLS,)),
     (_check_profile, (("server",), *_LOG, ("leak_censor",))),
     (_check_rate_limits, (*_ROUTES, _DEFAULTS, _LISTEN, _TLS)),
     (_check_timeouts, (*_ROUTES, _DEFAULTS)),
     (_check_header_policies, (*_ROUTES, _DEFAULTS)),
-    (_check_auth, (*_ROUTES, ("auth",))),
+    (_check_auth, (*_ROUTES, ("auth",), _TLS)),
     (_check_censor, (*_ROUTES, _DEFAULTS, ("leak_censor",))),
     (_check_state, (("state",),)),
 )

@@ -320,3 +320,36 @@ def count_reload(result: str) -> None:
 
 
 _RELOADS: Any = None
+
+
+def count_acme_renewal(result: str) -> None:
+    """Master: one ACME issuance by result (success, or the failure kind)."""
+    if not os.environ.get(ENV):
+        return
+    from prometheus_client import Counter
+
+    global _ACME  # noqa: PLW0603 - one family per process, created on first use
+    if _ACME is None:
+        _ACME = Counter("li_tls_acme_renewals_total", "ACME certificate issuances by "
+                        "result: success, acme_error, network, validation, timeout, local.",
+                        ["result"])
+    _ACME.labels(result).inc()
+
+
+_ACME: Any = None
+
+
+def count_ticket_rotation(result: str) -> None:
+    """Master: one session ticket key rotation (a new generation) by result (ok, failed)."""
+    if not os.environ.get(ENV):
+        return
+    from prometheus_client import Counter
+
+    global _ROTATIONS  # noqa: PLW0603 - one family per process, created on first use
+    if _ROTATIONS is None:
+        _ROTATIONS = Counter("li_tls_ticket_rotations_total",
+                             "Session ticket key rotations by result.", ["result"])
+    _ROTATIONS.labels(result).inc()
+
+
+_ROTATIONS: Any = None

@@ -51,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("-H", "--header", action="append", default=[], metavar="NAME=VALUE",
                        help="request header (repeatable)")
 
-    ctl = sub.add_parser("ctl", help="talk to a running master: status, reload, reopen, stop")
+    ctl = sub.add_parser("ctl", help="talk to a running master: status, reload, "
+                                     "rotate-tickets, reopen, renew (ACME: renew the "
+                                     "certificate now), stop")
     _add_config_option(ctl)
     ctl.add_argument("--socket", metavar="PATH", help="control socket (default: from the "
                                                       "config's server.control_socket)")
     ctl.add_argument("ctl_command", metavar="COMMAND",
-                     choices=("status", "reload", "reopen", "stop"))
+                     choices=("status", "reload", "rotate-tickets", "reopen", "renew", "stop"))
     ctl.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
     censor = sub.add_parser("setup-censor", help="write leak_censor.generated.toml (JSON "
@@ -75,17 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write nothing; exit 1 when FILE is missing or would change "
                              "(for CI)")
 
-    tls = sub.add_parser("setup-tls", help="write a self-signed development certificate "
-                                           "and key (does not start the gateway)")
-    tls.add_argument("--self-signed", action="store_true", required=True,
-                     help="generate a self-signed certificate (the only kind for now)")
-    tls.add_argument("--hosts", required=True, metavar="NAMES",
-                     help="comma-separated DNS names and IP addresses to cover")
+    tls = sub.add_parser("setup-tls", help="provision a certificate without starting the "
+                                           "gateway: a self-signed development one, or a "
+                                           "first ACME issuance for the config's "
+                                           "lets_encrypt settings")
+    kind = tls.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--self-signed", action="store_true",
+                      help="generate a self-signed certificate (needs --hosts)")
+    kind.add_argument("--acme", action="store_true",
+                      help="obtain a certificate from the ACME server of the config's "
+                           "[server.tls.lets_encrypt], answering HTTP-01 on its "
+                           "http01_bind (the gateway must not be running there)")
+    _add_config_option(tls)
+    tls.add_argument("--hosts", metavar="NAMES",
+                     help="comma-separated DNS names and IP addresses to cover "
+                          "(--self-signed)")
     tls.add_argument("--cert-dir", default=DEFAULT_CERT_DIR, metavar="DIR",
-                     help=f"directory for dev.crt and dev.key (created 0700; default "
-                          f"{DEFAULT_CERT_DIR})")
+                     help=f"directory for dev.crt and dev.key (--self-signed; created 0700; "
+                          f"default {DEFAULT_CERT_DIR})")
     tls.add_argument("--valid-days", type=int, default=90, metavar="DAYS",
-                     help="validity (default 90)")
+                     help="validity (--self-signed; default 90)")
     tls.add_argument("--force", action="store_true", help="replace existing files")
 
     sub.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin "

@@ -1,12 +1,13 @@
 """The control socket: the master's side (ControlServer) and `li-httpd ctl`'s (request).
 
 Protocol: one JSON object per connection, newline-terminated, each way:
-``{"command": "status" | "reload" | "reopen" | "stop"}`` → a JSON object. The socket is
-a unix socket with mode 0600 (only the gateway's user may talk to the master). The
-master serves it from its synchronous main loop, one short connection at a time, and
-never blocks on it: `reload` answers only when the reload has succeeded or failed, so
-the master keeps that connection (:class:`PendingReply`) and answers it from a later
-turn of its loop while it goes on reaping, answering and handling signals.
+``{"command": "status" | "reload" | "rotate-tickets" | "reopen" | "renew" | "stop"}`` → a
+JSON object. The socket is a unix socket with mode 0600 (only the gateway's user may talk
+to the master). The master serves it from its synchronous main loop, one short connection
+at a time, and never blocks on it: `reload` (and `rotate-tickets`, a reload with the
+same config) answers only when the reload has succeeded or failed, so the master keeps
+that connection (:class:`PendingReply`) and answers it from a later turn of its loop
+while it goes on reaping, answering and handling signals.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import orjson
 MAX_MESSAGE = 64 * 1024
 CLIENT_TIMEOUT = 120.0
 SERVER_READ_TIMEOUT = 2.0
-COMMANDS = ("status", "reload", "reopen", "stop")
+COMMANDS = ("status", "reload", "rotate-tickets", "reopen", "renew", "stop")
 
 
 class ControlError(Exception):
@@ -39,8 +40,10 @@ DEFER = None
 class PendingReply:
     """A request whose answer comes later (a reload in progress)."""
 
-    def __init__(self, connection: socket.socket) -> None:
+    def __init__(self, connection: socket.socket, command: str = "") -> None:
         self.connection = connection
+        self.command = command
+        """The command being answered (``reload`` or ``rotate-tickets``)."""
 
     def answer(self, reply: Reply) -> None:
         """Send the answer and close (never raises: the client may have gone)."""
@@ -98,7 +101,7 @@ class ControlServer:
             reply: Reply | None = {"ok": False, "error": f"unknown command {command!r}"}
         else:
             reply = dispatch(str(command))
-        pending = PendingReply(connection)
+        pending = PendingReply(connection, str(command))
         if reply is None:  # DEFER
             return pending
         pending.answer(reply)

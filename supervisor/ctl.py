@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from li_httpd.config import ConfigError, load
+from li_httpd.config.units import format_duration
 
 from .control import ControlError, request
 from .runtime import control_socket_path
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(orjson.dumps(reply, option=orjson.OPT_INDENT_2).decode())
     elif args.ctl_command == "status":
         print(render_status(reply))
-    elif args.ctl_command == "reload":
+    elif args.ctl_command in ("reload", "rotate-tickets") and "result" in reply:
         print(render_reload(reply))
     else:
         print("ok" if reply.get("ok") else f"failed: {reply.get('error', reply)}")
@@ -55,7 +56,7 @@ def render_reload(reply: dict[str, Any]) -> str:
             f"  {e}" for e in errors)
     if reply.get("result") == "unchanged":
         return f"config unchanged ({reply.get('config_hash')})"
-    if reply.get("detail"):  # same config, same generation: only the certificate changed
+    if reply.get("detail"):  # a certificate swap (same generation) or a ticket rotation
         return f"{reply['detail']}: generation {reply.get('generation')}, config " \
                f"{reply.get('config_hash')}"
     return f"reloaded: generation {reply.get('generation')}, config {reply.get('config_hash')}"
@@ -112,6 +113,12 @@ def render_status(status: dict[str, Any]) -> str:
                   _utc(b["usd_window_end"]) if b["usd_budget"] else ""]
                  for b in status["budgets"]]
         lines += ["budgets", _table(rows)]
+    tickets = status.get("tickets")
+    if tickets and tickets["session_tickets"]:
+        lines.append(f"tickets  keys rotated every {_duration(tickets['rotation_s'])}, next "
+                     f"{tickets['next_rotation']} ({tickets['rotations']} rotations so far)")
+    elif tickets:
+        lines.append("tickets  off")
     if status.get("certificates"):
         rows = [["source", "subject", "names", "issuer", "expires (UTC)", "next renewal"]]
         rows += [[c["source"], c["subject"], ",".join(c["names"]) or "-", c["issuer"],
@@ -120,6 +127,10 @@ def render_status(status: dict[str, Any]) -> str:
         lines += ["certificates", _table(rows)]
         lines += [f"  {c['path']} sha256={c['fingerprint']}" for c in status["certificates"]]
     return "\n".join(lines)
+
+
+def _duration(seconds: int) -> str:
+    return format_duration(seconds * 1000)
 
 
 def _utc(seconds: int) -> str:

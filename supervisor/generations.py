@@ -63,6 +63,8 @@ class Generation:
     listeners: list[socket.socket]
     slots: list[WorkerSlot]
     metrics_listener: socket.socket | None = None
+    acme_listener: socket.socket | None = None
+    """The plain-HTTP ``http01_bind`` listener (lets_encrypt mode)."""
     retiring: bool = False
     """Told to stop (or given up): its workers' exits are not crashes to respawn."""
 
@@ -73,8 +75,8 @@ class Generation:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         """Every listening socket this generation's workers serve."""
-        metrics = (self.metrics_listener,) if self.metrics_listener else ()
-        return (*self.listeners, *metrics)
+        side = tuple(s for s in (self.metrics_listener, self.acme_listener) if s is not None)
+        return (*self.listeners, *side)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to every live worker of the generation."""
@@ -186,7 +188,8 @@ class Forker:
 
             return run_worker(generation.loaded, generation.listeners, ready_w,
                               generation.tls.context if generation.tls else None,
-                              generation.shared, slot.index, generation.metrics_listener)
+                              generation.shared, slot.index, generation.metrics_listener,
+                              generation.acme_listener)
 
         slot.pid = self.fork("worker", generation.sockets, work)
         slot.started = time.monotonic()

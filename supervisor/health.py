@@ -1,4 +1,5 @@
 """The master's supervision of the health actor (actors/health.py); never waits.
+:class:`SupervisedActor` is the part the ACME actor's supervision (acme.py) shares.
 
 One actor runs for the current generation when its config has a pool with a
 ``health_check``. The master's main loop calls :meth:`HealthActor.maintain` every turn:
@@ -40,12 +41,18 @@ def wanted(generation: Generation | None) -> bool:
         pool.health_check is not None for pool in generation.loaded.config.upstreams.values())
 
 
-class HealthActor:
+class SupervisedActor:
+    """One actor process per current generation, restarted with backoff when it dies;
+    its messages arrive on a PULL inbox. Subclasses name it and say when it is wanted,
+    how it is forked and what its messages mean."""
+
+    name = "actor"
+
     def __init__(self, forker: Forker, runtime_dir: str, say: Say,
                  kill: Callable[[int], None] = _sigkill) -> None:
         self.forker = forker
         self.kill = kill
-        self.endpoint = f"ipc://{runtime_dir}/health.sock"
+        self.endpoint = f"ipc://{runtime_dir}/{self.name}.sock"
         self.say = say
         self.inbox: HealthInbox | None = None
         self.pid = 0
@@ -62,7 +69,7 @@ class HealthActor:
     def maintain(self, generation: Generation | None, now: float) -> None:
         """Start, restart or replace the actor so it probes ``generation`` (the current
         one), or stop it when that generation has nothing to probe."""
-        want = wanted(generation)
+        want = self.wanted(generation)
         if self.pid:
             if (not want or generation is None or generation.number != self.generation) \
                     and not self.replacing:
@@ -81,13 +88,13 @@ class HealthActor:
         if self.inbox is None:
             self.inbox = HealthInbox(self.endpoint)
         try:
-            self.pid = self.forker.start_health_actor(self.endpoint, generation)
+            self.pid = self.fork(generation)
         except OSError as exc:  # fork() failed (EAGAIN, ENOMEM): try again later
             self.delay = next_delay(self.delay, 0.0)
             self.respawn_at = now + self.delay
             self.due = True
             self.generation = generation.number  # shown as restarting
-            self.say(f"health actor could not start ({exc}); retrying in "
+            self.say(f"{self.name} actor could not start ({exc}); retrying in "
                      f"{self.delay:.1f}s", "warn")
             return
         self.generation = generation.number
@@ -108,7 +115,7 @@ class HealthActor:
         self.respawn_at = now + self.delay
         self.due = not stopping
         if not stopping:
-            self.say(f"health actor exited ({description}); restarting in "
+            self.say(f"{self.name} actor exited ({description}); restarting in "
                      f"{self.delay:.1f}s", "warn")
         return True
 
@@ -116,19 +123,26 @@ class HealthActor:
         """Seconds until a restart is due (None: nothing due, so no wakeup needed)."""
         return max(0.0, self.respawn_at - now) if self.due and not self.pid else None
 
+    def wanted(self, generation: Generation | None) -> bool:
+        raise NotImplementedError
+
+    def fork(self, generation: Generation) -> int:
+        """Fork the actor for ``generation``; returns its pid (OSError: fork failed)."""
+        raise NotImplementedError
+
+    def handle(self, message: dict[str, Any]) -> None:
+        """One message from the actor."""
+
     def read(self) -> None:
-        """Log the transitions the actors sent."""
+        """Handle the messages the actors sent."""
         if self.inbox is None:
             return
         for message in self.inbox.drain():
-            line = describe(message)
-            if line is not None:
-                self.say(line, "warn" if message.get("to") in ("not_ready", "not_live")
-                         else "info")
+            self.handle(message)
 
     def status(self) -> dict[str, Any]:
         state = ("running" if self.pid else "restarting") if self.generation >= 0 else "off"
-        return {"name": "health", "pid": self.pid, "state": state,
+        return {"name": self.name, "pid": self.pid, "state": state,
                 "generation": self.generation}
 
     def _kill(self) -> None:
@@ -145,3 +159,20 @@ class HealthActor:
         if self.inbox is not None:
             self.inbox.close()
             self.inbox = None
+
+
+class HealthActor(SupervisedActor):
+    name = "health"
+
+    def wanted(self, generation: Generation | None) -> bool:
+        return wanted(generation)
+
+    def fork(self, generation: Generation) -> int:
+        return self.forker.start_health_actor(self.endpoint, generation)
+
+    def handle(self, message: dict[str, Any]) -> None:
+        """Log one transition."""
+        line = describe(message)
+        if line is not None:
+            self.say(line, "warn" if message.get("to") in ("not_ready", "not_live")
+                     else "info")

@@ -2,9 +2,10 @@
 when no generation serves them any more.
 
 Owns: the table of bound listeners (config address -> socket; the metrics listener
-under ``"metrics:<address>"``), binding with the gateway's socket options, finding an
-already bound socket for an address (``:0`` became a real port), and closing what is no
-longer served, in the master and in a freshly forked child.
+under ``"metrics:<address>"``, the ACME HTTP-01 one under ``"acme:<address>"``), binding
+with the gateway's socket options, finding an already bound socket for an address
+(``:0`` became a real port), and closing what is no longer served, in the master and in a
+freshly forked child.
 
 A listener stays open in the master for as long as some generation serves it, so a
 respawned worker serves the same socket and the kernel's accept queue survives a worker
@@ -63,6 +64,11 @@ def listener_url(sock: socket.socket, tls: bool) -> str:
 def metrics_key(address: str) -> str:
     """The table key of the metrics listener at ``address``."""
     return "metrics:" + address
+
+
+def acme_key(address: str) -> str:
+    """The table key of the ACME HTTP-01 listener at ``address``."""
+    return "acme:" + address
 
 
 class Listeners:

@@ -10,7 +10,8 @@ main loop through ``signal.set_wakeup_fd``. Everything else happens in
 3. reap every exited child (:func:`reaper.reap`: the master's only ``waitpid``) and
    apply the crash policy to workers of the current generation;
 4. answer a control request (``ctl reload`` is answered when its reload ends);
-5. step the reload in progress (reload.py), or the stop in progress;
+5. step the reload in progress (reload.py), or the stop in progress; start a session
+   ticket rotation (a reload with the running config, tickets.py) when one is due;
 6. respawn what is due: dead workers after their backoff, the reload actor.
 
 Startup binds every listener before any fork (listeners.py), forks generation 0
@@ -53,6 +54,7 @@ from li_httpd.shm import SharedState, budget_limits, layout_for, peer_cap, peer_
 from li_httpd.shm.circuit import shown_state
 
 from . import reaper, sdnotify
+from .acme import AcmeActor
 from .control import DEFER, ControlError, ControlServer, PendingReply, Reply
 from .generations import (
     MASTER_SIGNALS,
@@ -64,10 +66,11 @@ from .generations import (
     worker_count,
 )
 from .health import HealthActor
-from .listeners import Listeners, StartError, bind_listener, listener_url, metrics_key
+from .listeners import Listeners, StartError, acme_key, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
 from .shared_state import release_worker_leases
+from .tickets import TicketRotation
 from .tls import TlsSetupError, server_tls
 
 EXIT_OK = 0
@@ -123,6 +126,8 @@ class Master:
         self.actor_respawn_at = 0.0
         self.health: HealthActor | None = None
         """The health actor's supervision (once the runtime directory exists)."""
+        self.acme: AcmeActor | None = None
+        """The ACME actor's supervision (likewise)."""
         self.startup: Startup | None = None
         self.reload: Reload | None = None
         self.reload_waiters: list[PendingReply] = []
@@ -131,6 +136,9 @@ class Master:
         """A reload was asked for while one ran: run another when it ends (the file may
         have changed after the actor read it)."""
         self.next_waiters: list[PendingReply] = []
+        self.tickets = TicketRotation()
+        self.rotation_waiters: list[PendingReply] = []
+        """ctl clients waiting for the rotation in progress."""
         self.stop: Stop | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -162,6 +170,7 @@ class Master:
             self.control = ControlServer(control_socket_path(config))
             self.runtime_dir = private_directory(runtime_base())
             metrics_listener = self.metrics_listener(self.loaded)
+            acme_listener = self.acme_listener(self.loaded)
         except (StartError, TlsSetupError, ControlError) as exc:
             self.say(f"error: {exc}", "error")
             self.listeners.close_all()
@@ -175,14 +184,19 @@ class Master:
         self._install_signals()
         self.start_actor()
         self.health = HealthActor(self.forker, self.runtime_dir, self.say)
+        self.acme = AcmeActor(self.forker, self.runtime_dir, self.say,
+                              current=lambda: self.current or self.starting)
         count = worker_count(self.loaded)
         shared = SharedState.create(layout_for(config, count))
         shared.publish_cert_not_after(tls.not_after_s if tls is not None else 0)
         self.starting = Generation(0, self.loaded, shared, tls,
                                    [self.listeners[a] for a in config.server.listen],
-                                   [WorkerSlot(i) for i in range(count)], metrics_listener)
-        # Probing starts with the workers, so peers can be ready when they accept.
+                                   [WorkerSlot(i) for i in range(count)], metrics_listener,
+                                   acme_listener)
+        # Probing starts with the workers, so peers can be ready when they accept; so
+        # does issuance, whose HTTP-01 challenges the workers answer.
         self.health.maintain(self.starting, time.monotonic())
+        self.acme.maintain(self.starting, time.monotonic())
         try:
             ready = self.start_workers(self.starting)
         except (StartError, OSError) as exc:
@@ -208,6 +222,7 @@ class Master:
             self._begin_stop(graceful=False, exit_code=EXIT_START)
             return
         self.current, self.starting = generation, None
+        self._follow_generation(now)
         self._banner()
         sdnotify.ready(f"serving, generation 0, config {self.loaded.hash}")
         self._run_queued_reload()
@@ -248,6 +263,15 @@ class Master:
             metrics_env.prepare_directory(os.path.join(self.runtime_dir, "metrics"))
         key = metrics_key(metrics.listen)
         self.listeners.ensure(metrics.listen, key=key)
+        return self.listeners[key]
+
+    def acme_listener(self, loaded: LoadedConfig) -> socket.socket | None:
+        """Bind (or reuse) the plain-HTTP listener that answers ACME HTTP-01."""
+        tls = loaded.config.server.tls
+        if tls.mode != "lets_encrypt":
+            return None
+        key = acme_key(tls.lets_encrypt.http01_bind)
+        self.listeners.ensure(tls.lets_encrypt.http01_bind, key=key)
         return self.listeners[key]
 
     def _banner(self) -> None:
@@ -301,7 +325,8 @@ class Master:
 
     def _children_alive(self) -> bool:
         health = self.health.pid if self.health is not None else 0
-        return bool(self.actor_pid or health) or any(g.live for g in self._generations())
+        acme = self.acme.pid if self.acme is not None else 0
+        return bool(self.actor_pid or health or acme) or any(g.live for g in self._generations())
 
     def _reaped(self, exits: list[reaper.Exited], now: float) -> None:
         for exited in exits:
@@ -312,6 +337,9 @@ class Master:
                     self.say(f"reload actor exited ({exited.describe()}); restarting", "warn")
                 continue
             if self.health is not None and self.health.reaped(
+                    exited.pid, exited.describe(), now, self.stopping):
+                continue
+            if self.acme is not None and self.acme.reaped(
                     exited.pid, exited.describe(), now, self.stopping):
                 continue
             for generation in self._generations():
@@ -354,9 +382,14 @@ class Master:
             self._reaped(reaper.reap(), now)  # the master's only waitpid
             if self.health is not None:
                 self.health.read()
+            if self.acme is not None:
+                self.acme.read()
             if control_ready and self.control is not None:
                 pending = self.control.serve_one(self._control)
-                if pending is not None:  # ctl reload: answered when the reload ends
+                if pending is not None and pending.command == "rotate-tickets":
+                    self.tickets.asked = True  # answered when the rotation ends
+                    self.tickets.waiters.append(pending)
+                elif pending is not None:  # ctl reload: answered when the reload ends
                     self._request_reload(pending)
             if self.stop is not None:
                 if self._step_stop(self.stop, now):
@@ -366,6 +399,7 @@ class Master:
                 self._step_startup(self.startup, now)
                 continue
             self._step_reload(now)
+            self._maybe_rotate_tickets(now)
             if self._crash_loop(now):
                 self.say(f"error: workers crashed {reaper.CRASH_LIMIT} times within "
                          f"{reaper.CRASH_WINDOW:.0f}s of starting; giving up", "error")
@@ -400,20 +434,25 @@ class Master:
         timeouts += [s.respawn_at - now for s in self.slots if s.pid == 0]
         if self.actor_pid == 0 and not self.stopping:
             timeouts.append(self.actor_respawn_at - now)
-        if self.health is not None and not self.stopping:
-            due = self.health.wake_in(now)
-            if due is not None:
-                timeouts.append(due)
+        for actor in (self.health, self.acme):
+            if actor is not None and not self.stopping:
+                due = actor.wake_in(now)
+                if due is not None:
+                    timeouts.append(due)
         if self.stop is not None and not self.stop.killed:
             timeouts.append(self.stop.kill_at - now)
         if self.startup is not None:
             timeouts.append(self.startup.deadline - now)
+        rotation = self.tickets.wake_in(now)
+        if rotation is not None and not self.stopping:
+            timeouts.append(rotation)
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
         if self.control is not None:
             poller.register(self.control.fileno(), zmq.POLLIN)
-        if self.health is not None and self.health.inbox is not None:
-            poller.register(self.health.inbox.socket, zmq.POLLIN)
+        for actor in (self.health, self.acme):
+            if actor is not None and actor.inbox is not None:
+                poller.register(actor.inbox.socket, zmq.POLLIN)
         if self.startup is not None and self.startup.ready.fd != -1:
             poller.register(self.startup.ready.fileno(), zmq.POLLIN)
         if self.reload is not None:
@@ -453,6 +492,8 @@ class Master:
             self.start_actor()
         if self.health is not None:
             self.health.maintain(self.current, now)
+        if self.acme is not None:
+            self.acme.maintain(self.current, now)
         self._rotate_logs(now)
 
     def _retired(self, generation: Generation) -> None:
@@ -491,10 +532,53 @@ class Master:
             return
         outcome = self.reload.step(now)
         if outcome is not None:
-            self.reload = None
-            self._reload_done(outcome)
+            rotation, self.reload = self.reload.rotation, None
+            if rotation:
+                self._rotation_done(outcome)
+            else:
+                self._reload_done(outcome)
+
+    # -- session ticket rotation ------------------------------------------------------------
+
+    def _follow_generation(self, now: float) -> None:
+        """A generation may have become current: its ticket keys are new."""
+        if self.current is not None:
+            self.tickets.follow(self.current.number, self.current.loaded.config.server.tls,
+                                now, time.time())
+
+    def _maybe_rotate_tickets(self, now: float) -> None:
+        if (self.reload is not None or self.startup is not None or self.stopping
+                or self.current is None or self.reload_client is None
+                or not self.tickets.wanted(now)):
+            return
+        self.rotation_waiters = self.tickets.started()
+        self.reload = Reload(self, self.reload_client, self.source, now,
+                             rotate=self.current.loaded)
+        self._step_reload(now)
+
+    def _rotation_done(self, outcome: Outcome, *, notify: bool = True) -> None:
+        now = time.monotonic()
+        if notify:
+            sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
+        metrics_env.count_ticket_rotation(outcome.result)
+        if outcome.result == "ok":
+            self.tickets.rotations += 1
+            self._follow_generation(now)
+            self.say(f"session tickets rotated: generation {outcome.generation}, next "
+                     f"rotation {self.tickets.status()['next_rotation']}")
+        else:
+            self.tickets.failed(now, time.time())
+            self.say(f"session ticket rotation failed, the current keys stay: "
+                     f"{outcome.reason}", "error")
+        waiters, self.rotation_waiters = self.rotation_waiters, []
+        for waiter in waiters:
+            waiter.answer({"ok": outcome.result == "ok", **outcome.reply()})
+        self._run_queued_reload()
+
+    # -- reload results -------------------------------------------------------------------
 
     def _reload_done(self, outcome: Outcome, *, notify: bool = True) -> None:
+        self._follow_generation(time.monotonic())
         if notify:
             sdnotify.ready(f"serving, generation {self.current.number if self.current else 0}")
         result = outcome.reply()
@@ -538,6 +622,15 @@ class Master:
             return {"ok": True, **self.status()}
         if command == "reload":
             return DEFER  # answered by _reload_done
+        if command == "renew":
+            if self.acme is None or not self.acme.renew():
+                return {"ok": False, "error": "no ACME actor runs (tls.mode is not "
+                                              "lets_encrypt, or it is restarting)"}
+            self.say("ctl renew: the ACME actor renews the certificate now")
+            return {"ok": True}
+        if command == "rotate-tickets":
+            refusal = self.tickets.refusal()
+            return {"ok": False, "error": refusal} if refusal else DEFER
         self.reopen()
         return {"ok": True}
 
@@ -593,11 +686,14 @@ class Master:
             "workers": workers, "upstreams": peers, "budgets": budgets, "queues": queues,
             "actors": [{"name": "reload", "pid": self.actor_pid,
                         "state": "running" if self.actor_pid else "restarting"},
-                       *([self.health.status()] if self.health is not None else [])],
+                       *[a.status() for a in (self.health, self.acme) if a is not None]],
             "last_reload": {**self.last_reload, "result": last},
             "reloading": self.reload.phase.value if self.reload is not None else None,
             "control_socket": self.control.path if self.control else "",
-            "certificates": [current.tls.cert.status(datetime.datetime.now(datetime.UTC))]
+            "tickets": self.tickets.status(),
+            "certificates": [{**current.tls.cert.status(datetime.datetime.now(datetime.UTC)),
+                              **({"next_renewal": self.acme.next_renewal}
+                                 if self.acme is not None and self.acme.pid else {})}]
             if current.tls is not None else [],
         }
 
@@ -621,8 +717,14 @@ class Master:
         self.reload_again = False
         if self.reload is not None:
             outcome = self.reload.abort("the master is stopping")
-            self.reload = None
-            self._reload_done(outcome, notify=False)
+            rotation, self.reload = self.reload.rotation, None
+            if rotation:
+                self._rotation_done(outcome, notify=False)
+            else:
+                self._reload_done(outcome, notify=False)
+        for waiter in self.tickets.started():  # asked, not begun
+            waiter.answer({"ok": False, "result": "failed", "line": 0,
+                           "reason": "rotation interrupted: the master is stopping"})
         for waiter in self.next_waiters:
             waiter.answer({"ok": False, "result": "failed", "line": 0,
                            "reason": "reload interrupted: the master is stopping"})
@@ -640,8 +742,9 @@ class Master:
         if self.actor_pid:  # the actor holds nothing to drain, and may be stalled
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.actor_pid, signal.SIGKILL)
-        if self.health is not None:
-            self.health.stop()
+        for actor in (self.health, self.acme):
+            if actor is not None:
+                actor.stop()
         shutdown = max((g.loaded.config.server.shutdown_timeout for g in self._generations()),
                        default=0) / 1000
         self.stop = Stop(exit_code, now + (shutdown + KILL_GRACE if graceful else KILL_GRACE))
@@ -656,8 +759,9 @@ class Master:
             return False
         if self.reload_client is not None:
             self.reload_client.close()
-        if self.health is not None:
-            self.health.close()
+        for actor in (self.health, self.acme):
+            if actor is not None:
+                actor.close()
         if self.runtime_dir:
             remove_directory(self.runtime_dir)
         if self.rotator is not None:

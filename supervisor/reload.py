@@ -23,6 +23,10 @@ Theory of operation. A reload (SIGHUP or ``ctl reload``) goes through these phas
 - WAITING_READY: the new workers report ready through a pipe the main loop polls. If one
   dies first, the pipe closes or :data:`READY_TIMEOUT` passes, the new generation is
   killed and handed to the retiring list, what STARTING added is closed: "failed".
+- A ticket-key rotation (``ctl rotate-tickets`` or ``ticket_rotation`` due) is a reload
+  that skips the actor and the comparison: it starts at STARTING with the running
+  config, so the new generation gets a fresh listener context, hence new session ticket
+  keys (supervisor/tls.py), and the old one drains as on any reload.
 - RETIRING_OLD: every new worker accepts; the new generation becomes current and the old
   one gets SIGTERM (it stops accepting and drains). The reload reports "ok" once no old
   worker accepts any more (at most :data:`STOP_ACCEPTING_WAIT`), so every connection
@@ -58,7 +62,7 @@ from li_httpd.ops.log.master import MasterLog
 from li_httpd.ops.log.records import Level
 
 from .generations import Generation, ReadyPipe, next_generation
-from .listeners import Listeners, StartError, metrics_key
+from .listeners import Listeners, StartError, acme_key, metrics_key
 from .tls import TlsSetupError, server_tls
 
 ACTOR_TIMEOUT = 30.0
@@ -76,6 +80,9 @@ class Phase(enum.Enum):
     RETIRING_OLD = "retiring old"
     DONE = "done"
 
+
+ROTATED = "session tickets rotated"
+"""The outcome's detail when a rotation took effect."""
 
 ReloadResult = Literal["ok", "unchanged", "failed"]
 LastResult = Literal["none", "ok", "unchanged", "failed"]
@@ -126,6 +133,7 @@ class Host(Protocol):
     def prepare_logs(self, loaded: LoadedConfig) -> tuple[MasterLog, Rotator]: ...
     def use_logs(self, log: MasterLog, rotator: Rotator) -> None: ...
     def metrics_listener(self, loaded: LoadedConfig) -> socket.socket | None: ...
+    def acme_listener(self, loaded: LoadedConfig) -> socket.socket | None: ...
     def start_workers(self, generation: Generation) -> ReadyPipe: ...
 
 
@@ -134,7 +142,7 @@ class Reload:
     every wakeup until :attr:`outcome` is set."""
 
     def __init__(self, host: Host, client: ReloadClient, source: str | None,
-                 now: float) -> None:
+                 now: float, *, rotate: LoadedConfig | None = None) -> None:
         self.host = host
         self.client = client
         self.source = source
@@ -149,6 +157,12 @@ class Reload:
         self.new: Generation | None = None
         self.old: Generation | None = None
         self.ready: ReadyPipe | None = None
+        self.rotation = rotate is not None
+        """A ticket-key rotation: the running config again, in a new generation."""
+        if rotate is not None:
+            self.loaded = rotate
+            self.phase = Phase.STARTING
+            return
         if host.actor_pid == 0:  # died since the loop last looked: do not ask a ghost
             host.start_actor()
         self.actor_pid = host.actor_pid
@@ -261,6 +275,11 @@ class Reload:
             if metrics.enabled and metrics_key(metrics.listen) not in host.listeners:
                 self.bound.append(metrics_key(metrics.listen))
             metrics_listener = host.metrics_listener(loaded)
+            acme = loaded.config.server.tls
+            if acme.mode == "lets_encrypt" \
+                    and acme_key(acme.lets_encrypt.http01_bind) not in host.listeners:
+                self.bound.append(acme_key(acme.lets_encrypt.http01_bind))
+            acme_listener = host.acme_listener(loaded)
         except (StartError, TlsSetupError) as exc:
             self._fail_start(str(exc))
             return
@@ -270,6 +289,7 @@ class Reload:
             self._fail_start(f"cannot prepare the new generation: {exc}")
             return
         generation.metrics_listener = metrics_listener
+        generation.acme_listener = acme_listener
         self.new = host.starting = generation
         try:
             self.ready = host.start_workers(generation)
@@ -318,7 +338,8 @@ class Reload:
         listeners.close([a for a in old.loaded.config.server.listen
                          if a not in loaded.config.server.listen and a in listeners
                          and id(listeners[a]) not in keep])
-        self._finish(Outcome("ok", config_hash=loaded.hash, generation=new.number))
+        self._finish(Outcome("ok", ROTATED if self.rotation else "",
+                             config_hash=loaded.hash, generation=new.number))
 
     # -- failure and interruption ---------------------------------------------------------------
 
@@ -348,8 +369,8 @@ class Reload:
             self.client.reset()
         if self.phase is Phase.RETIRING_OLD:  # the switch was made: it took effect
             assert self.loaded is not None and self.new is not None
-            self._finish(Outcome("ok", config_hash=self.loaded.hash,
-                                 generation=self.new.number))
+            self._finish(Outcome("ok", ROTATED if self.rotation else "",
+                                 config_hash=self.loaded.hash, generation=self.new.number))
         else:
             self._finish(failed(f"reload interrupted: {why}"))
         assert self.outcome is not None

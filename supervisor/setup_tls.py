@@ -1,5 +1,5 @@
 """`li-httpd setup-tls --self-signed`: provision a development certificate without
-starting the gateway.
+starting the gateway (``--acme`` is setup_acme.py).
 
 Writes ``dev.crt`` and ``dev.key`` (both 0600, the directory 0700) for the given names,
 then prints the paths and the ``[server.tls]`` lines that use them. Existing files are
@@ -39,7 +39,11 @@ def split_hosts(hosts: str) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    dns, ips = split_hosts(args.hosts)
+    if args.acme:
+        from .setup_acme import run as run_acme
+
+        return run_acme(args)
+    dns, ips = split_hosts(args.hosts or "")
     if not dns and not ips:
         print("li-httpd setup-tls: --hosts needs at least one name", file=sys.stderr)
         return EXIT_FAILED

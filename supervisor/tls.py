@@ -4,8 +4,11 @@
 generates (with ``cryptography``) an ECDSA P-256 certificate under ``cert_dir`` (created
 0700, key file 0600) whose names cover localhost, the listen addresses, ``server.host``
 and every exact route host; its SHA-256 fingerprint is printed so a developer can pin
-it. ``lets_encrypt`` needs the ACME renewal actor, which this build does not include:
-starting with it fails with a clear message instead of serving without a certificate.
+it. ``lets_encrypt`` serves ``cert_dir/acme.crt`` and ``acme.key``, which the ACME actor
+(actors/acme.py) obtains and renews. Until they first exist, ``while_missing`` decides:
+``self_signed`` serves a temporary self-signed certificate, ``wait`` refuses every
+handshake (a handshake_failure alert from the callback below; the listener is bound and
+accepts TCP connections) until the first certificate arrives.
 
 Protocol settings (:func:`_harden`): TLS 1.2 or 1.3 per ``min_protocol`` (1.3 is
 preferred whenever the client offers it), ALPN ``http/1.1`` only (there is no HTTP/2
@@ -16,7 +19,11 @@ Certificate swap. The listener context never holds the certificate itself: its
 ``sni_callback`` (run for every handshake, with or without SNI) moves the connection to
 the process's current *certificate context*. Session tickets stay encrypted with the
 listener context's keys, which the workers share because it is built before the fork, so
-sessions resume across a swap. A reload whose certificate files changed (the config
+sessions resume across a swap. OpenSSL makes those keys at random with the context and
+never changes them, and Python cannot set them: rotating them means a new listener
+context, hence a new worker generation (the master does it every ``ticket_rotation``,
+or on ``ctl rotate-tickets``; supervisor/reload.py). ``session_tickets = false`` sends
+no tickets at all. A reload whose certificate files changed (the config
 being equal) validates the new pair in the master (:meth:`ServerTls.refresh`) and bumps
 a counter in a shared anonymous mapping; each worker notices it at its next handshake and
 loads the files itself (an ``SSLContext`` cannot cross a process boundary). Established
@@ -46,6 +53,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from li_httpd.config.acme_paths import ACME_CERT, ACME_KEY
 from li_httpd.config.checks import split_host_port
 from li_httpd.config.model import Config, Tls
 
@@ -110,6 +118,10 @@ def _harden(context: ssl.SSLContext, tls: Tls) -> None:
     context.options |= (ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
                         | ssl.OP_CIPHER_SERVER_PREFERENCE)
     context.set_alpn_protocols(["http/1.1"])
+    if not tls.session_tickets:
+        # TLS 1.2 tickets off, and no TLS 1.3 tickets sent (the only resumption 1.3 has).
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     if tls.client_auth != "off":
         _require_client_certificates(context, tls.client_auth == "required", tls.client_ca)
 
@@ -143,9 +155,12 @@ class _Switch:
     Lives in the listener context's callback, so fork gives each worker its own copy;
     only the counter (a MAP_SHARED anonymous page made before the fork) is shared."""
 
-    def __init__(self, tls: Tls, cert: str, key: str, current: ssl.SSLContext) -> None:
+    def __init__(self, tls: Tls, cert: str, key: str, current: ssl.SSLContext,
+                 refuse: bool = False) -> None:
         self.tls, self.cert, self.key = tls, cert, key
         self.current = current
+        self.refuse = refuse
+        """Refuse handshakes until the first load of ``cert``/``key`` (ACME, wait)."""
         self.counter = mmap.mmap(-1, _COUNTER.size)
         self.seen = 0
 
@@ -155,7 +170,7 @@ class _Switch:
         _COUNTER.pack_into(self.counter, 0, _COUNTER.unpack_from(self.counter, 0)[0] + 1)
 
     def __call__(self, connection: ssl.SSLObject | ssl.SSLSocket, name: str | None,
-                 listener: ssl.SSLContext) -> None:
+                 listener: ssl.SSLContext) -> int | None:
         wanted = _COUNTER.unpack_from(self.counter, 0)[0]
         if wanted != self.seen:
             self.seen = wanted  # also on failure: do not retry the load every handshake
@@ -163,7 +178,11 @@ class _Switch:
             # keep serving the previous certificate.
             with contextlib.suppress(TlsSetupError):
                 self.current = certificate_context(self.tls, self.cert, self.key)
+                self.refuse = False
+        if self.refuse:
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
         connection.context = self.current
+        return None
 
 
 class ServerTls:
@@ -188,6 +207,8 @@ class ServerTls:
         TlsSetupError (the old certificate keeps serving) when the new pair fails."""
         tls = config.server.tls
         cert, key = _pair(config)
+        if tls.mode == "lets_encrypt" and not acme_issued(tls):
+            return False  # still waiting for the first certificate
         info = _read_pair(cert, key, tls.mode)
         if info.digest == self.cert.digest:
             return False
@@ -204,9 +225,22 @@ def _pair(config: Config) -> tuple[str, str]:
         return tls.manual.cert, tls.manual.key
     if tls.mode == "self_signed":
         return ensure_self_signed(config)
-    raise TlsSetupError("tls mode lets_encrypt needs the ACME renewal actor, which this "
-                        "build does not include; use mode = \"manual\" with a certificate "
-                        "from your ACME client, or self_signed for development")
+    return acme_pair(tls)
+
+
+def acme_pair(tls: Tls) -> tuple[str, str]:
+    """Where the ACME actor writes the certificate chain and its key."""
+    return os.path.join(tls.cert_dir, ACME_CERT), os.path.join(tls.cert_dir, ACME_KEY)
+
+
+def acme_issued(tls: Tls) -> bool:
+    """Whether the ACME pair exists and loads (else: ``while_missing`` applies)."""
+    cert, key = acme_pair(tls)
+    try:
+        certificate_context(tls, cert, key)
+    except TlsSetupError:
+        return False
+    return True
 
 
 def _note(tls: Tls, info: CertInfo) -> str:
@@ -221,17 +255,24 @@ def server_tls(config: Config) -> ServerTls | None:
     if tls.mode == "off":
         return None
     cert, key = _pair(config)
-    current = certificate_context(tls, cert, key)
-    info = _read_pair(cert, key, tls.mode)
+    serving, source, refuse = (cert, key), str(tls.mode), False
+    if tls.mode == "lets_encrypt" and not acme_issued(tls):
+        # Until the actor's first certificate: a temporary self-signed one, served
+        # (self_signed) or only held so that the contexts are complete (wait).
+        serving, source = ensure_self_signed(config), "self_signed (until ACME issues)"
+        refuse = tls.lets_encrypt.while_missing == "wait"
+    current = certificate_context(tls, *serving)
+    info = _read_pair(*serving, source)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context, tls)
     # The listener context also holds the pair, so a handshake is never left without a
     # certificate; the callback replaces it with the current one.
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(*serving)
     except (OSError, ssl.SSLError) as exc:  # replaced since certificate_context read it
-        raise TlsSetupError(f"cannot load certificate {cert} / key {key}: {exc}") from exc
-    switch = _Switch(tls, cert, key, current)
+        raise TlsSetupError(f"cannot load certificate {serving[0]} / key {serving[1]}: "
+                            f"{exc}") from exc
+    switch = _Switch(tls, cert, key, current, refuse)
     context.sni_callback = switch
     return ServerTls(context, _note(tls, info), info, switch)
 

@@ -11,6 +11,8 @@ steps, in order, each able to refuse:
 4. header policy: a ``require``\\ d ingress header is missing → 400;
    the client's ``x-request-id`` is kept when ingress allows it and it is well-formed;
 5. auth: ``auth = "api_key"`` without a valid bearer key → 401 + ``WWW-Authenticate``;
+   ``auth = "client_cert"`` without a verified client certificate identity → 403, with
+   one that no ``[auth] keys`` entry names → 403 (an unknown client);
    a route whose rate limit is keyed by ``client_cert`` without a verified client
    certificate identity on the connection → 403;
 6. limits: the route's GCRA rate and concurrent-stream cap in shared memory → 429 +
@@ -46,7 +48,8 @@ from .policy import request_id_from
 from .shared_limits import RemoteVerdict, key_digest
 
 RejectReason = Literal["body_too_large", "bad_path", "no_route", "method_not_allowed",
-                       "missing_header", "no_key", "bad_key", "no_client_cert", "rate",
+                       "missing_header", "no_key", "bad_key", "no_client_cert",
+                       "unknown_client", "rate",
                        "streams", "table_full", "backend_down"]
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
@@ -58,6 +61,7 @@ _LIMIT_MESSAGES: dict[str, str] = {
     "rate": "rate limit exceeded",
     "streams": "too many concurrent streams for this key",
     "table_full": "rate limit state is full; retry shortly"}
+_NO_CLIENT_CERT = "a verified client certificate with an identity is required"
 _CHALLENGE = b'Bearer realm="li-httpd"'
 _CHALLENGE_INVALID = b'Bearer realm="li-httpd", error="invalid_token"'
 
@@ -153,7 +157,18 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
                       f"missing required header {missing.decode()}", plan=plan)
     if policy.accepts_request_id:
         request_id = request_id_from(head.headers) or request_id
-    caller = ctx.keyring.identify(head.headers, plan.x_api_key) if ctx.keyring else _NOBODY
+    if plan.requires_cert:
+        if client_cert is None:
+            return Reject(403, "no_client_cert", request_id, _NO_CLIENT_CERT, plan=plan)
+        caller = ctx.keyring.certified(client_cert)
+        if caller.key_id is None:
+            return Reject(403, "unknown_client", request_id,
+                          "this client certificate is not an accepted client", plan=plan,
+                          caller=caller)
+    elif ctx.keyring:
+        caller = ctx.keyring.identify(head.headers, plan.x_api_key)
+    else:
+        caller = _NOBODY
     if plan.requires_key and caller.key_id is None:
         if caller.presented:
             return Reject(401, "bad_key", request_id, "a valid API key is required",
@@ -166,9 +181,8 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
         return Admitted(plan, path, result.upstream_path, request_id, caller, None, None)
     if limit.key_kind == "client_cert":
         if client_cert is None:  # never one shared bucket for every unnamed client
-            return Reject(403, "no_client_cert", request_id,
-                          "a verified client certificate with an identity is required",
-                          plan=plan, caller=caller)
+            return Reject(403, "no_client_cert", request_id, _NO_CLIENT_CERT, plan=plan,
+                          caller=caller)
         value = b"cert:" + client_cert.encode()
     else:
         value = limit_key_value(limit.key_kind, caller, head.headers, client_ip,

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 
-IDENTITY_MAX = 256
+from li_httpd.config.checks import CLIENT_IDENTITY_MAX
+
+IDENTITY_MAX = CLIENT_IDENTITY_MAX
 
 _SAN_TYPES = {"san_dns": "DNS", "san_uri": "URI", "san_email": "email"}
 

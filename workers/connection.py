@@ -33,11 +33,13 @@ from collections.abc import Awaitable
 
 import orjson
 import trio
+from li_httpd.config.acme_paths import ACME_CHALLENGE_PATH
 from li_httpd.ops.log.records import Decision, TokenUsage
 from li_httpd.ops.log.redact import logged_path
 from li_httpd.shm import gcra
 from trio.lowlevel import checkpoint
 
+from .acme_responder import challenge_response
 from .admission import Admitted, Limited, Reject, admit, settle
 from .censor import Hits
 from .client_cert import client_identity
@@ -51,6 +53,7 @@ from .static_response import serve_static
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO
 
 _HEALTH_BODY = orjson.dumps({"status": "ok"})
+_ACME_PREFIX = ACME_CHALLENGE_PATH.encode()
 _AFTER_TIMEOUT_SEND = 1.0
 _QUIET_REASONS: frozenset[DeadlineReason] = frozenset({"idle", "client_gone", "send",
                                                        "handshake"})
@@ -203,6 +206,15 @@ class ClientConnection:
     async def _handle(self, exchange: Exchange) -> Handled:
         """Admit and answer one request."""
         ctx = self.ctx
+        head = exchange.head
+        if ctx.acme_challenges and head.path.startswith(_ACME_PREFIX):
+            # Reserved for ACME HTTP-01 (config rule acme_reserved): never routed.
+            keep = head.keep_alive and not head.has_body
+            status, response = challenge_response(ctx.acme_challenges, head.method,
+                                                  head.path, exchange.request_id,
+                                                  ctx.housekeeping.date, keep)
+            await self.respond(status, response, Phase.FRAMED)
+            return Handled("completed" if status == 200 else "rejected", keep)
         pending = admit(exchange.head, self.client_ip, exchange.request_id, ctx,
                         self.client_cert)
         if isinstance(pending, Limited):  # only with [state] backend = "redis"

@@ -17,6 +17,7 @@ from typing import cast
 
 import orjson
 from li_httpd.config import Found, LoadedConfig, Router, effective_deny_paths
+from li_httpd.config.acme_paths import challenge_directory
 from li_httpd.config.checks import parse_redis_url
 from li_httpd.config.model import Config, Model, RateLimit, Route, State
 from li_httpd.ops.log.writer import WorkerLog
@@ -72,6 +73,9 @@ class RoutePlan:
     static: StaticSite | None
     healthcheck: bool
     requires_key: bool
+    requires_cert: bool
+    """``auth = "client_cert"``: the caller is the [auth] entry naming the connection's
+    verified client certificate."""
     limit: RouteLimit | None
     ttfb_timeout: float
     """Seconds to wait for the upstream's response head."""
@@ -187,27 +191,11 @@ def _seed(config: LoadedConfig) -> bytes:
 
 
 class WorkerContext:
-    __slots__ = (
-        "budgets",
-        "client_identity",
-        "config",
-        "groups",
-        "housekeeping",
-        "keyring",
-        "limits",
-        "log",
-        "metrics",
-        "model_lists",
-        "models",
-        "plans",
-        "remote",
-        "request_ids",
-        "resolved",
-        "router",
-        "server_tls",
-        "shared",
-        "timeouts",
-    )
+    __slots__ = ("acme_challenges", "budgets", "client_identity", "config", "groups",
+                 "housekeeping", "keyring",
+                 "limits", "log",
+                 "metrics", "model_lists", "models", "plans", "remote", "request_ids",
+                 "resolved", "router", "server_tls", "shared", "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
                  shared: SharedState | None = None, slot: int = 0,
@@ -221,6 +209,9 @@ class WorkerContext:
         self.client_identity: str | None = (tls.client_identity if server_tls is not None
                                             and tls.client_auth != "off" else None)
         """The configured client-certificate identity field, when clients present one."""
+        self.acme_challenges = (challenge_directory(tls.cert_dir)
+                                if tls.mode == "lets_encrypt" else "")
+        """The HTTP-01 token store ("" = no ACME: the reserved path is routed like any)."""
         self.shared = shared or SharedState.create(layout_for(config, 1))
         self.shared.slot = slot
         self.keyring = KeyRing(config.auth.keys)
@@ -275,6 +266,7 @@ class WorkerContext:
                 static=sites.get(route.static) if route.static else None,
                 healthcheck=route.static == "healthcheck",
                 requires_key=route.auth == "api_key",
+                requires_cert=route.auth == "client_cert",
                 limit=RouteLimit.of(limit) if limit else None,
                 ttfb_timeout=timers.ttfb_timeout / 1000,
                 idle_timeout=timers.stream_idle_timeout / 1000,

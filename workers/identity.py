@@ -3,7 +3,12 @@
 API keys are configured as SHA-256 digests with an id (``[auth] keys``). A request's
 ``Authorization: Bearer <token>`` is hashed and looked up; the digest comparison uses
 :func:`hmac.compare_digest`. Raw tokens are never stored or logged; only the key id
-leaves this module.
+leaves this module. An ``[auth] keys`` entry may instead name a verified client
+certificate identity (``client_cert``): on a route with ``auth = "client_cert"`` the
+connection's identity is looked up (:meth:`KeyRing.certified`) and the entry's id is the
+caller, so models, token and dollar budgets, rate limits and the audit record work as
+for an API key. The identity comes from a certificate the TLS handshake verified, so an
+exact lookup is enough (it is no secret to compare in constant time).
 
 The rate-limit key is an enum (SPEC §7): ``api_key`` (the authenticated key id, else
 one shared "anonymous" key), ``agent_id`` (an authenticated key's well-formed
@@ -51,16 +56,25 @@ class KeyRing:
     says nothing about any configured key.
     """
 
-    __slots__ = ("_by_prefix",)
+    __slots__ = ("_by_certificate", "_by_prefix")
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._by_prefix: dict[bytes, list[tuple[bytes, str]]] = {}
+        self._by_certificate: dict[str, str] = {}
         for key in keys:
+            if key.client_cert:
+                self._by_certificate[key.client_cert] = key.id
+                continue
             digest = bytes.fromhex(key.sha256)
             self._by_prefix.setdefault(digest[:8], []).append((digest, key.id))
 
     def __bool__(self) -> bool:
-        return bool(self._by_prefix)
+        return bool(self._by_prefix) or bool(self._by_certificate)
+
+    def certified(self, client_cert: str) -> Caller:
+        """The entry naming this verified client-certificate identity (key_id None: an
+        unknown client)."""
+        return Caller(self._by_certificate.get(client_cert), True)
 
     def identify(self, headers: Iterable[Header], x_api_key: bool = False) -> Caller:
         """The caller's key from ``Authorization: Bearer``, or (``x_api_key``: the route

@@ -1,4 +1,5 @@
 """The metrics listener: ``GET <metrics.path>`` → Prometheus text, anything else → 404.
+(:func:`answer_one_request` also serves the ACME HTTP-01 listener.)
 
 Connections on the metrics listener never reach the router; each gets one answer and is
 closed (scrapers open a connection per scrape). The exposition is built in a thread
@@ -8,6 +9,7 @@ closed (scrapers open a connection per scrape). The exposition is built in a thr
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 from li_httpd.config import PathError, normalize_path
@@ -22,7 +24,17 @@ READ_TIMEOUT = 10.0
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
+Answer = Callable[[WorkerContext, RequestHead, bytes, bytes], Awaitable[bytes]]
+"""A side listener's whole response to one request head (request id, Date)."""
+
+
 async def handle_metrics_connection(ctx: WorkerContext, sock: socket.socket) -> None:
+    await answer_one_request(ctx, sock, _answer)
+
+
+async def answer_one_request(ctx: WorkerContext, sock: socket.socket, answer: Answer) -> None:
+    """Read one request head (within :data:`READ_TIMEOUT`), send ``answer``'s response,
+    close: the whole life of a connection on a side listener (metrics, ACME HTTP-01)."""
     scope = trio.CancelScope(deadline=trio.current_time() + READ_TIMEOUT)
     io = SocketIO(sock, Deadline(scope), READ_TIMEOUT)
     request_id = ctx.request_ids.next()
@@ -41,7 +53,7 @@ async def handle_metrics_connection(ctx: WorkerContext, sock: socket.socket) -> 
                 return
             if not isinstance(event, RequestHead):
                 return
-            await io.send_all(await _answer(ctx, event, request_id, date))
+            await io.send_all(await answer(ctx, event, request_id, date))
     except PeerGone:
         pass
     finally:

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 from li_httpd.config import LoadedConfig
@@ -33,6 +33,7 @@ from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.shm import SharedState
 from trio.lowlevel import checkpoint, wait_readable
 
+from .acme_responder import handle_http01_connection
 from .connection import handle_connection
 from .context import WorkerContext
 from .metrics_server import handle_metrics_connection
@@ -48,7 +49,8 @@ last bytes (the master's kill grace is longer)."""
 def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                ready_fd: int | None, server_tls: ssl.SSLContext | None = None,
                shared: SharedState | None = None, slot: int = 0,
-               metrics_listener: socket.socket | None = None) -> int:
+               metrics_listener: socket.socket | None = None,
+               acme_listener: socket.socket | None = None) -> int:
     """Body of a forked worker process; returns its exit status."""
     signal.set_wakeup_fd(-1)
     for number in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD):
@@ -60,14 +62,15 @@ def run_worker(loaded: LoadedConfig, listeners: Sequence[socket.socket],
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     trio.run(serve, loaded, listeners, ready_fd, os.getppid(), server_tls, shared, slot,
-             metrics_listener)
+             metrics_listener, acme_listener)
     return 0
 
 
 async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                 ready_fd: int | None, parent_pid: int | None = None,
                 server_tls: ssl.SSLContext | None = None, shared: SharedState | None = None,
-                slot: int = 0, metrics_listener: socket.socket | None = None) -> None:
+                slot: int = 0, metrics_listener: socket.socket | None = None,
+                acme_listener: socket.socket | None = None) -> None:
     log = WorkerLog(loaded.config.log)
     ctx = WorkerContext(loaded, server_tls, shared, slot, log)
     ctx.shared.worker_started(os.getpid())
@@ -96,16 +99,22 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
                                 acceptors.start_soon(_accept_loop, ctx, listener,
                                                      connections, limiter)
                             if metrics_listener is not None:
-                                acceptors.start_soon(_accept_metrics, ctx, metrics_listener,
-                                                     connections)
+                                acceptors.start_soon(_accept_side, metrics_listener,
+                                                     connections, ctx,
+                                                     handle_metrics_connection, None)
+                            if acme_listener is not None:
+                                # Public (port 80): counted in max_connections.
+                                acceptors.start_soon(_accept_side, acme_listener,
+                                                     connections, ctx,
+                                                     handle_http01_connection, limiter)
                             if ready_fd is not None:
                                 os.write(ready_fd, b"R")
                                 os.close(ready_fd)
                                 ready_fd = None
                     # This process's copies only: other workers (a reload's new
                     # generation) may still accept on the same sockets.
-                    for listener in (*listeners, *(
-                            [metrics_listener] if metrics_listener else [])):
+                    side = [s for s in (metrics_listener, acme_listener) if s is not None]
+                    for listener in (*listeners, *side):
                         listener.close()
                 root.cancel_scope.cancel()
     finally:
@@ -204,19 +213,35 @@ class _LogDrops:
                 self.seen[kind] = total
 
 
-async def _accept_metrics(ctx: WorkerContext, listener: socket.socket,
-                          connections: trio.Nursery) -> None:
+async def _accept_side(listener: socket.socket, connections: trio.Nursery,
+                       ctx: WorkerContext,
+                       handler: Callable[[WorkerContext, socket.socket], Awaitable[None]],
+                       limiter: trio.Semaphore | None) -> None:
+    """Accept on a side listener (metrics, ACME HTTP-01): one answer per connection;
+    with ``limiter``, each connection holds one of the worker's connection slots."""
     while True:
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            await wait_readable(listener)
-            continue
-        except OSError:
-            await trio.sleep(0.1)
-            continue
+        if limiter is not None:
+            await limiter.acquire()
+        while True:
+            try:
+                sock, _ = listener.accept()
+                break
+            except BlockingIOError:
+                await wait_readable(listener)
+            except OSError:
+                await trio.sleep(0.1)
         sock.setblocking(False)
-        connections.start_soon(handle_metrics_connection, ctx, sock)
+        connections.start_soon(_side_connection, ctx, sock, handler, limiter)
+
+
+async def _side_connection(ctx: WorkerContext, sock: socket.socket,
+                           handler: Callable[[WorkerContext, socket.socket], Awaitable[None]],
+                           limiter: trio.Semaphore | None) -> None:
+    try:
+        await handler(ctx, sock)
+    finally:
+        if limiter is not None:
+            limiter.release()
 
 
 async def _connection(ctx: WorkerContext, sock: socket.socket, peer: object,

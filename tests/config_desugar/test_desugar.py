@@ -196,3 +196,34 @@ def test_units_and_sections_golden(config_env: Any) -> None:
     assert log["audit"] == {"enabled": True, "path": "/srv/audit/audit.jsonl", "level": "info",
                             "format": "json"}
     assert log["rotation"]["max_size"] == "1g" and log["rotation"]["max_age"] == "2d"
+
+
+CLIENT_KEYS = """
+[server]
+listen = "127.0.0.1:8443"
+profile = "dev"
+
+[server.tls]
+mode = "self_signed"
+client_auth = "required"
+client_ca = "@CLIENT_CA@"
+
+[auth]
+keys = [{ id = "alice", client_cert = "alice" }@MORE@]
+
+[upstreams.p]
+peers = ["http://127.0.0.1:9"]
+
+[routes]
+"GET /health" = "static:healthcheck"
+"/v1/*" = "proxy:p"
+"""
+BEARER = ', { id = "b", sha256 = "' + "ab" * 32 + '" }'
+
+
+@pytest.mark.parametrize(("extra", "proxy_auth"), [("", "client_cert"), (BEARER, "api_key")],
+                         ids=["only_certificates", "with_a_bearer_key"])
+def test_default_auth_follows_the_kind_of_keys(config_env: Any, extra: str,
+                                                proxy_auth: str) -> None:
+    config = load_text(config_env.fill(CLIENT_KEYS.replace("@MORE@", extra)), "c.toml").config
+    assert [route.auth for route in config.route] == ["none", proxy_auth]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,3 +169,46 @@ def test_optional_client_certificates_and_the_client_cert_rate_key(
     assert record["client_cert"] == "spiffe://test/alice"
     # bob has a bucket of his own, although alice's is empty
     assert _chat(gateway, _context(tmp_path, pki.bob)).status_code == 200
+
+
+def test_client_certificates_as_principals_with_their_own_budgets(
+        mock: MockUpstream, start_gateway, tmp_path: Path, pki: Pki) -> None:
+    """[auth] entries naming client certificates: each client has its own token budget,
+    model allowlist and audit id; a certificate from the same CA without an entry is an
+    unknown client."""
+    keys = ('[auth]\nkeys = [\n'
+            '  { id = "team-a", client_cert = "alice", tokens_per_minute = 400 },\n'
+            '  { id = "team-b", client_cert = "bob", tokens_per_minute = 400, '
+            'models = ["mock-chat"] },\n]\n\n'
+            '[models."mock-chat"]\npool = "main"\n\n[models."other"]\npool = "main"\n')
+    gateway = _start(start_gateway, mock, tmp_path, pki, "required", "\n" + keys)
+    carol = _client(tmp_path / "pki", pki.ca, "carol")
+    body = {"model": "mock-chat", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hi"}]}
+
+    def post(cert: tuple[str, str], payload: dict[str, object]) -> httpx.Response:
+        with httpx.Client(base_url=gateway.url, verify=_context(tmp_path, cert),
+                          timeout=10) as client:
+            return client.post("/v1/chat/completions", json=payload)
+
+    left = 60 - time.time() % 60
+    if left < 15:  # token budgets are per minute: keep the test inside one
+        time.sleep(left + 0.05)
+    first = post(pki.alice, body)
+    assert first.status_code == 200, first.text
+    assert gateway.audit_record(first.headers["x-request-id"])["key_id"] == "team-a"
+    statuses = [first.status_code]
+    while statuses[-1] == 200 and len(statuses) < 40:  # until alice's minute is spent
+        statuses.append(post(pki.alice, body).status_code)
+    assert statuses[-1] == 429, statuses
+    # bob's budget is his own: untouched by alice's
+    second = post(pki.bob, body)
+    assert second.status_code == 200, second.text
+    assert gateway.audit_record(second.headers["x-request-id"])["key_id"] == "team-b"
+    assert post(pki.bob, {**body, "model": "other"}).status_code == 403  # not his model
+    budgets = {b["key"]: b for b in gateway.status()["budgets"]}
+    assert set(budgets) == {"team-a", "team-b"}
+    assert budgets["team-b"]["tokens"] < budgets["team-a"]["tokens"]
+    unknown = post(carol, body)
+    assert unknown.status_code == 403
+    assert "not an accepted client" in unknown.json()["error"]["message"]

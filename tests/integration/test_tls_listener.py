@@ -9,7 +9,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -83,20 +82,6 @@ def test_manual_certificate(mock: MockUpstream, start_gateway, tmp_path: Path) -
     response = httpx.get(f"{gateway.url}/health", verify=context, timeout=10)
     assert response.status_code == 200
     assert response.extensions["http_version"] == b"HTTP/1.1"
-
-
-def test_lets_encrypt_without_the_acme_actor_fails_to_start(tmp_path: Path) -> None:
-    config = tmp_path / "le.toml"
-    config.write_text('[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nhost = "a.example"\n'
-                      '[server.tls]\nmode = "lets_encrypt"\n[server.tls.lets_encrypt]\n'
-                      'email = "ops@a.example"\ndomains = ["a.example"]\n'
-                      'environment = "staging"\n[routes]\n"GET /health" = '
-                      f'"static:healthcheck"\n[log]\ndir = "{tmp_path}/logs"\n')
-    result = subprocess.run([sys.executable, "-m", "li_httpd.supervisor.cli", "start", "-c",
-                             str(config)], capture_output=True, text=True, timeout=30,
-                            check=False)
-    assert result.returncode == 2
-    assert "ACME" in result.stderr
 
 
 def test_bad_tls_record_from_a_client_does_not_mark_the_peer_down(mock: MockUpstream,

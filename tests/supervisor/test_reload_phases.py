@@ -20,7 +20,7 @@ from li_httpd.config import LoadedConfig, load_text
 from li_httpd.shm import SharedState, layout_for
 from li_httpd.supervisor.generations import Generation, ReadyPipe, WorkerSlot
 from li_httpd.supervisor.listeners import Listeners
-from li_httpd.supervisor.reload import ACTOR_TIMEOUT, READY_TIMEOUT, Phase, Reload
+from li_httpd.supervisor.reload import ACTOR_TIMEOUT, READY_TIMEOUT, ROTATED, Phase, Reload
 
 BASE = '[server]\nlisten = "127.0.0.1:0"\nprofile = "dev"\nworkers = 2\n'
 V1 = BASE + '[routes]\n"GET /health" = "static:healthcheck"\n'
@@ -72,6 +72,9 @@ class RecordingHost:
     def metrics_listener(self, loaded: LoadedConfig) -> socket.socket | None:
         return None
 
+    def acme_listener(self, loaded: LoadedConfig) -> socket.socket | None:
+        return None
+
     def start_workers(self, generation: Generation) -> ReadyPipe:
         for slot in generation.slots:
             worker = subprocess.Popen(["sleep", "60"])
@@ -116,6 +119,24 @@ def test_a_valid_config_goes_through_every_phase(sleepers) -> None:
     assert reload.phase is Phase.DONE
     assert host.current is not old and host.starting is None
     assert old is not None and old.retiring and host.retiring == [old]
+    os.close(host.ready_w)
+
+
+def test_a_ticket_rotation_starts_a_generation_with_the_running_config(sleepers) -> None:
+    host, client = _setup(sleepers)
+    old = host.current
+    assert old is not None
+    reload = Reload(host, client, "gw.toml", NOW, rotate=old.loaded)  # type: ignore[arg-type]
+    # no actor, no comparison with the running config (it is the same one): forked at once
+    assert client.asked == [] and reload.rotation
+    assert reload.step(NOW) is None and reload.phase is Phase.WAITING_READY
+    os.write(host.ready_w, b"RR")
+    outcome = reload.step(NOW + 1)
+    assert outcome is not None and outcome.reply() == {
+        "result": "ok", "config_hash": old.loaded.hash, "generation": 1,
+        "detail": ROTATED}
+    assert host.current is not old and host.current.loaded is old.loaded
+    assert old.retiring
     os.close(host.ready_w)
 
 

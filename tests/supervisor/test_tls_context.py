@@ -4,6 +4,7 @@ sessions resume across the swap, a broken pair is refused)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import ssl
@@ -276,3 +277,16 @@ def test_a_swapped_certificate_keeps_verifying_client_certificates(tmp_path: Pat
         with pytest.raises(ssl.SSLError):
             without.handshake()
             without.echo(b"hi")  # TLS 1.3: the refusal may show on the first read
+
+
+
+@pytest.mark.parametrize("tickets", [True, False])
+def test_session_tickets_switch(tmp_path: Path, tickets: bool) -> None:
+    _write_pair(tmp_path, "a.example")
+    config = _config(tmp_path)
+    tls = dataclasses.replace(config.server.tls, session_tickets=tickets)
+    made = server_tls(dataclasses.replace(config, server=dataclasses.replace(config.server,
+                                                                            tls=tls)))
+    assert made is not None
+    assert bool(made.context.options & ssl.OP_NO_TICKET) is not tickets
+    assert made.context.num_tickets == (2 if tickets else 0)

@@ -230,7 +230,7 @@ def test_route_resolutions_are_remembered_within_bounds(
     assert isinstance(other, Reject) and other.status == 405
 
 
-CERT_CONFIG = """
+MTLS_SERVER = """
 [server]
 listen = "127.0.0.1:8443"
 profile = "dev"
@@ -239,7 +239,8 @@ profile = "dev"
 mode = "self_signed"
 client_auth = "optional"
 client_ca = "@CLIENT_CA@"
-
+"""
+CERT_CONFIG = MTLS_SERVER + """
 [upstreams.pool]
 peers = ["http://127.0.0.1:9"]
 
@@ -277,6 +278,60 @@ def test_client_cert_rate_key(config_env: Any) -> None:
         bob = admit(request, "127.0.0.1", b"gw-4", context, "bob")
         assert isinstance(bob, Admitted)
         bob.release(context)
+    finally:
+        context.close()
+        shared.close()
+
+
+CLIENTS_CONFIG = MTLS_SERVER + """
+[auth]
+keys = [
+  { id = "team-a", client_cert = "alice", tokens_per_minute = 100 },
+  { id = "team-b", client_cert = "bob" },
+  { id = "bearer", sha256 = "@BEARER@" },
+]
+
+[upstreams.pool]
+peers = ["http://127.0.0.1:9"]
+
+[[route]]
+name = "certified"
+match.path = { type = "prefix", value = "/v1/" }
+proxy = "pool"
+auth = "client_cert"
+
+[[route]]
+name = "keyed"
+match.path = { type = "prefix", value = "/k/" }
+proxy = "pool"
+""".replace("@BEARER@", _digest("sk-alice"))
+
+
+@pytest.mark.parametrize(("path", "identity", "bearer", "expected"), [
+    ("/v1/chat", "alice", False, "team-a"),
+    ("/v1/chat", "bob", True, "team-b"),  # the certificate decides, not a bearer key
+    ("/v1/chat", "mallory", False, (403, "unknown_client")),
+    ("/v1/chat", None, True, (403, "no_client_cert")),
+    ("/k/x", "alice", False, (401, "no_key")),  # an api_key route ignores certificates
+    ("/k/x", "alice", True, "bearer"),
+], ids=["alice", "bob_with_bearer", "unknown", "no_certificate", "api_key_route",
+        "api_key_route_with_key"])
+def test_client_cert_principals(config_env: Any, path: str, identity: str | None,
+                                bearer: bool, expected: str | tuple[int, str]) -> None:
+    loaded = load_text(config_env.fill(CLIENTS_CONFIG), "clients.toml")
+    assert loaded.config.route[1].auth == "api_key"  # the default with a bearer key
+    shared = SharedState.create(layout_for(loaded.config, 1), Clock())
+    context = WorkerContext(loaded, shared=shared)
+    try:
+        request = head(f"POST {path} HTTP/1.1\nhost: a\n" + (KEY if bearer else ""))
+        result = admit(request, "127.0.0.1", b"gw-1", context, identity)
+        if isinstance(expected, str):
+            assert isinstance(result, Admitted), result
+            assert result.caller.key_id == expected
+            result.release(context)
+        else:
+            assert isinstance(result, Reject)
+            assert (result.status, result.reason) == expected
     finally:
         context.close()
         shared.close()

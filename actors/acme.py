@@ -1,0 +1,187 @@
+"""The ACME actor: a forked process that keeps ``cert_dir/acme.crt`` valid.
+
+Started by the master for the current generation when ``tls.mode = "lets_encrypt"``
+(supervisor/acme.py restarts it with backoff when it dies). It is synchronous: the
+acme library blocks (network, one-second polls), and nothing else runs here.
+
+Loop: empty the token store (a killed predecessor may have left tokens); when the
+certificate on disk is missing, expired, does not name every configured domain, or its
+renewal time has come (or the master forwarded ``ctl renew`` as SIGUSR1), order a new
+one (actors/acme_client.py, HTTP-01 answered by the workers from the token store);
+otherwise sleep until the renewal time (actors/acme_schedule.py), waking every
+:data:`TICK` seconds to notice SIGUSR1 or the master's death. A failure keeps the old
+files (the workers go on serving the old certificate) and retries after a backoff of 1
+minute doubling to 1 hour.
+
+Every step is one message to the master (PUSH over ``ipc://`` in its 0700 runtime
+directory, orjson), which logs it, counts it and, for ``issued``, validates the new pair
+and switches every worker to it:
+
+- ``{"acme": "attempt", "domains": [...], "reason": ...}``
+- ``{"acme": "issued", "not_after": ISO, "chain": N}``
+- ``{"acme": "failed", "kind": FailureKind, "detail": ..., "retry_in_s": S}``
+- ``{"acme": "scheduled", "next_renewal": ISO, "unix": S}``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zmq
+from li_httpd.config import LoadedConfig
+from li_httpd.config.acme_paths import ACME_CERT, challenge_directory
+from li_httpd.config.model import Tls
+
+from .acme_client import AcmeClient, AcmeError
+from .acme_schedule import needs_issue, renewal_time, retry_delay
+from .acme_tokens import TokenStore
+
+TICK = 0.25
+Report = Callable[[dict[str, Any]], None]
+
+
+def _iso(when: datetime.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class OnDisk:
+    names: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    pem: bytes
+
+
+def on_disk(cert_path: str) -> OnDisk | None:
+    """The certificate the workers serve (None: missing or unreadable)."""
+    from cryptography import x509
+
+    try:
+        with open(cert_path, "rb") as handle:
+            pem = handle.read()
+        leaf = x509.load_pem_x509_certificate(pem)
+        alternatives = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    return OnDisk(tuple(alternatives.value.get_values_for_type(x509.DNSName)),
+                  leaf.not_valid_before_utc, leaf.not_valid_after_utc, pem)
+
+
+class Renewer:
+    def __init__(self, tls: Tls, report: Report, alive: Callable[[], bool]) -> None:
+        self.tls = tls
+        self.settings = tls.lets_encrypt
+        self.report = report
+        self.alive = alive
+        self.forced = False
+        self.client: AcmeClient | None = None
+        self.failures = 0
+        self.store = TokenStore(challenge_directory(tls.cert_dir))
+        self.cert_path = os.path.join(tls.cert_dir, ACME_CERT)
+
+    def force(self, *_: object) -> None:
+        self.forced = True
+
+    def run(self) -> None:
+        self.store.clear()
+        scheduled = ""
+        while self.alive():
+            now = datetime.datetime.now(datetime.UTC)
+            current = on_disk(self.cert_path)
+            reason = self._reason(current, now)
+            if reason is None:
+                assert current is not None
+                when = self._renewal_time(current)
+                if _iso(when) != scheduled:
+                    scheduled = _iso(when)
+                    self.report({"acme": "scheduled", "next_renewal": scheduled,
+                                 "unix": int(when.timestamp())})
+                self._sleep_until(when)
+                continue
+            self.forced = False
+            scheduled = ""
+            self._attempt(reason, current, now)
+
+    def _reason(self, current: OnDisk | None, now: datetime.datetime) -> str | None:
+        domains = self.settings.domains
+        if current is None:
+            return "no certificate yet"
+        if needs_issue(current.names, current.not_after, domains, now):
+            return "expired" if current.not_after <= now else "the domains changed"
+        if self.forced:
+            return "renewal forced (ctl renew)"
+        return None
+
+    def _renewal_time(self, current: OnDisk) -> datetime.datetime:
+        if current.not_after <= datetime.datetime.now(datetime.UTC):
+            return current.not_after
+        ari = None
+        with contextlib.suppress(AcmeError):
+            ari = self._client().ari_time(current.pem)
+        before = datetime.timedelta(milliseconds=self.settings.renew_before)
+        return renewal_time(current.not_before, current.not_after, before,
+                            random.random(), ari)
+
+    def _client(self) -> AcmeClient:
+        if self.client is None:
+            self.client = AcmeClient(self.settings, self.tls.cert_dir)
+        return self.client
+
+    def _attempt(self, reason: str, current: OnDisk | None, now: datetime.datetime) -> None:
+        self.report({"acme": "attempt", "domains": list(self.settings.domains),
+                     "reason": reason})
+        try:
+            issued = self._client().issue(self.settings.domains, self.store)
+        except AcmeError as failure:
+            self.client = None  # a fresh directory, nonce and account lookup next time
+            self.failures += 1
+            delay = retry_delay(self.failures, now, current.not_after if current else None)
+            self.report({"acme": "failed", "kind": failure.kind, "detail": failure.detail,
+                         "retry_in_s": int(delay.total_seconds())})
+            self._sleep_until(now + delay)
+            return
+        self.failures = 0
+        self.report({"acme": "issued", "not_after": _iso(issued.not_after),
+                     "chain": issued.chain_length})
+
+    def _sleep_until(self, when: datetime.datetime) -> None:
+        """Sleep until ``when``, ``ctl renew`` or the master's death."""
+        while self.alive() and not self.forced:
+            left = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+            if left <= 0:
+                return
+            time.sleep(min(TICK, left))
+
+
+def run_actor(endpoint: str, loaded: LoadedConfig) -> int:
+    """Body of the forked actor process: keep the certificate valid until the master
+    goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master coordinates stops
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
+    context = zmq.Context()
+    socket = context.socket(zmq.PUSH)
+    socket.setsockopt(zmq.LINGER, 1000)  # the last "issued" must reach the master
+    socket.connect(endpoint)
+
+    def report(message: dict[str, Any]) -> None:
+        with contextlib.suppress(zmq.Again):
+            socket.send(orjson.dumps(message), zmq.NOBLOCK)
+
+    renewer = Renewer(loaded.config.server.tls, report, lambda: os.getppid() == parent)
+    signal.signal(signal.SIGUSR1, renewer.force)  # ctl renew
+    try:
+        renewer.run()
+    finally:
+        socket.close()
+        context.term()
+    return 0
