@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from .paths import PathError, normalize_path
@@ -336,4 +336,60 @@ def peer_url(value: Any) -> str | None:
     except ValueError:
         if host_value(host):
             return f"peer {value!r} has an invalid host {host!r}"
+    return None
+
+
+class RedisUrl(NamedTuple):
+    """A parsed ``[state] url``."""
+
+    tls: bool
+    host: str
+    port: int
+    db: int
+    username: str
+
+
+def parse_redis_url(value: str) -> RedisUrl | str:
+    """``redis://[USER@]HOST:PORT[/DB]`` or ``rediss://...``, or why not (a message).
+    A password in the URL is refused: it would sit in the config file, in
+    ``explain-config`` output and in logs; it comes from password_file or password_env."""
+    userinfo = value.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    if ":" in userinfo:  # checked first: no later message may echo the password
+        return ("a Redis URL with a password: never put the password in the config; set "
+                "[state] password_file or password_env (a user name alone, "
+                "redis://USER@HOST:PORT, is fine)")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return f"{value!r} is not a valid URL: {exc}"
+    if parts.scheme not in ("redis", "rediss"):
+        return f"{value!r} must start with redis:// or rediss://"
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return f"{value!r} must not contain a query or fragment"
+    if port is None:
+        return f"{value!r} must name its port explicitly (redis://host:6379)"
+    host = parts.hostname or ""
+    if not host:
+        return f"{value!r} has no host"
+    db_text = parts.path.removeprefix("/")
+    if db_text and (not db_text.isdigit() or int(db_text) > 15):
+        return f"{value!r}: the path is a database number 0-15 (redis://host:port/0)"
+    return RedisUrl(parts.scheme == "rediss", host, port, int(db_text or "0"),
+                    parts.username or "")
+
+
+def redis_url(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "the Redis URL must be a string"
+    if not value:
+        return None  # backend = local; the state rule requires it for redis
+    parsed = parse_redis_url(value)
+    return parsed if isinstance(parsed, str) else None
+
+
+def redis_key_prefix(value: Any) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > 64 or any(
+            ord(c) <= 0x20 or ord(c) >= 0x7F for c in value):
+        return "key_prefix is 1 to 64 printable ASCII characters without spaces"
     return None

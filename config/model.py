@@ -39,6 +39,8 @@ LogLevel = Literal["trace", "debug", "info", "warn", "error"]
 LogFormat = Literal["human", "json"]
 HostKind = Literal["any", "exact", "suffix"]
 PathKind = Literal["exact", "prefix", "prefix_strip", "glob_one", "glob_rest"]
+StateBackend = Literal["local", "redis"]
+OnBackendError = Literal["local", "allow", "deny"]
 
 
 def _empty_map() -> Mapping[str, str]:
@@ -208,6 +210,54 @@ class Limits:
                                    minimum=1, maximum=65536)
     max_rate_keys: int = setting(65536, doc="Rate-limit keys tracked at once (shared "
                                  "memory is sized from this).", minimum=16, maximum=1 << 20)
+
+
+# -- [state] ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class State:
+    backend: StateBackend = setting("local", doc="Where per-key limits live: `local` = "
+                                    "this host's shared memory (exact across its "
+                                    "workers); `redis` = a Redis or Valkey server shared "
+                                    "by several gateway instances.")
+    url: str = setting("", doc="With backend = redis: `redis://HOST:PORT[/DB]` or "
+                       "`rediss://...` (TLS), optionally with a user name "
+                       "(`redis://USER@HOST:PORT`); never a password (see password_file, "
+                       "password_env).", check=checks.redis_url, check_rule="state_url")
+    ca_file: str = setting("", doc="rediss:// only: CA certificates (PEM) the server's "
+                           "certificate must chain to; empty = the system store.")
+    password_file: str = setting("", doc="File whose content (trailing newline removed) "
+                                 "is the Redis password.")
+    password_env: str = setting("", doc="Environment variable holding the Redis password.")
+    key_prefix: str = setting("li-httpd:", doc="Prefix of every Redis key the gateway "
+                              "writes (several deployments may share one server).",
+                              check=checks.redis_key_prefix, check_rule="state")
+    timeout: Millis = setting(Millis(50), doc="Longest a request waits for one Redis "
+                              "decision (connect included); past it the decision follows "
+                              "on_backend_error.", minimum=1, maximum=SECOND)
+    retry_after: Millis = setting(Millis(1 * SECOND), doc="After a failed call, how long "
+                                  "the backend counts as down (no call is made) before "
+                                  "one request probes it again.", minimum=100,
+                                  maximum=MINUTE)
+    pool_size: int = setting(4, doc="Redis connections per worker; requests take them "
+                             "in turn, and concurrent ones share a connection "
+                             "(pipelined).", minimum=1, maximum=64)
+    lease_time: Millis = setting(Millis(30 * SECOND), doc="A stream slot held in Redis "
+                                 "expires this long after its holder last renewed it "
+                                 "(holders renew every third of it), so a host that dies "
+                                 "frees its slots within it.", minimum=3 * SECOND,
+                                 maximum=10 * MINUTE)
+    on_backend_error: OnBackendError = setting("local", doc="When Redis fails or is down: "
+                                               "`local` (this host's shared memory: limits "
+                                               "become per host), `allow` (admit) or `deny` "
+                                               "(503). The default for every kind below.")
+    limits_on_error: OnBackendError | None = setting(None, doc="on_backend_error for rate "
+                                                     "limits and stream caps; unset = "
+                                                     "on_backend_error.")
+    budgets_on_error: OnBackendError | None = setting(None, doc="on_backend_error for API "
+                                                      "keys' token and dollar budgets; "
+                                                      "unset = on_backend_error.")
 
 
 # -- [upstreams.NAME] ---------------------------------------------------------------------------
@@ -825,6 +875,8 @@ class Config:
                                                factory=_empty_static,
                                                key_check=checks.identifier,
                                                check_rule="name")
+    state: State = setting(doc="Where per-key limits are kept (this host or Redis).",
+                           factory=State)
     auth: Auth = setting(doc="API keys.", factory=Auth)
     log: Log = setting(doc="Logging.", factory=Log)
     metrics: Metrics = setting(doc="Prometheus metrics.", factory=Metrics)

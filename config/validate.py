@@ -159,6 +159,12 @@ RULES: tuple[Rule, ...] = (
                              "and differs from the main listeners."),
     Rule("circuit_breaker", "An enabled circuit_breaker counts at least one kind of "
                             "failure (failures is not empty)."),
+    Rule("state_url", "[state] url is redis://[USER@]HOST:PORT[/DB] or rediss://...; never "
+                      "with a password (use password_file or password_env)."),
+    Rule("state", "[state] backend = redis needs url; url, ca_file, password_file and "
+                  "password_env only with backend = redis; ca_file only with rediss:// "
+                  "and readable; password_file readable, or password_env set (not both); "
+                  "key_prefix is 1-64 printable ASCII characters without spaces."),
     Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),
 )
 
@@ -830,6 +836,39 @@ def _check_censor(config: Config, problems: Problems) -> None:
                        "[route.leak_censor]")
 
 
+def _check_state(config: Config, problems: Problems) -> None:
+    state = config.state
+    base: KeyPath = ("state",)
+    if state.backend == "local":
+        for name in ("url", "ca_file", "password_file", "password_env"):
+            if getattr(state, name):
+                problems.error((*base, name), "state",
+                               f"{name} is set but backend = \"local\"; set backend = "
+                               "\"redis\" or remove it")
+        return
+    if not state.url:
+        problems.error((*base, "backend"), "state",
+                       "backend = \"redis\" needs url = \"redis://HOST:PORT\"")
+        return
+    if state.ca_file:
+        if not state.url.startswith("rediss://"):
+            problems.error((*base, "ca_file"), "state",
+                           "ca_file needs a rediss:// (TLS) url")
+        elif not os.path.isfile(state.ca_file) or not os.access(state.ca_file, os.R_OK):
+            problems.error((*base, "ca_file"), "state",
+                           f"{state.ca_file!r} is not a readable file")
+    if state.password_file and state.password_env:
+        problems.error((*base, "password_env"), "state",
+                       "set password_file or password_env, not both")
+    elif state.password_file and (not os.path.isfile(state.password_file)
+                                  or not os.access(state.password_file, os.R_OK)):
+        problems.error((*base, "password_file"), "state",
+                       f"{state.password_file!r} is not a readable file")
+    elif state.password_env and state.password_env not in os.environ:
+        problems.error((*base, "password_env"), "state",
+                       f"environment variable {state.password_env} is not set")
+
+
 # What each rule reads, as key paths of the canonical config. Routes also depend on
 # what desugaring filled into them: server.host (their default host) and auth.keys
 # (their default auth).
@@ -863,4 +902,5 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_header_policies, (*_ROUTES, _DEFAULTS)),
     (_check_auth, (*_ROUTES, ("auth",), _TLS)),
     (_check_censor, (*_ROUTES, _DEFAULTS, ("leak_censor",))),
+    (_check_state, (("state",),)),
 )

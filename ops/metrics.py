@@ -75,6 +75,10 @@ class NoMetrics:
         """How a request left its route's queue: released, timeout, overflow,
         disconnected."""
 
+    def state_backend(self, kind: str, event: str) -> None:
+        """The shared-state backend (Redis): ``event`` = down or up (a transition), or
+        the on_backend_error policy a ``kind`` decision followed (local, allow, deny)."""
+
 
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
 
@@ -122,6 +126,10 @@ class Metrics(NoMetrics):
         self._queued = Counter("li_route_queue_total", "Requests that waited in a route's "
                                "queue, by how they left it (released, timeout, overflow, "
                                "disconnected).", ["route", "outcome"])
+        self._backend = Counter("li_state_backend_total", "Shared-state backend (Redis) "
+                                "events: down/up transitions, and decisions taken by the "
+                                "on_backend_error policy (local, allow, deny) by kind.",
+                                ["kind", "event"])
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, family: Any, *labels: str) -> Any:
@@ -153,6 +161,9 @@ class Metrics(NoMetrics):
 
     def queue_outcome(self, route: bytes, outcome: str) -> None:
         self._child(self._queued, route.decode(), outcome).inc()
+
+    def state_backend(self, kind: str, event: str) -> None:
+        self._child(self._backend, kind, event).inc()
 
     def connection(self, delta: int) -> None:
         self._connections.inc(delta)

@@ -121,6 +121,15 @@ def on_trip(circuit: Circuit, now: int, policy: Policy) -> Circuit:
     return Circuit(OPEN, now + policy.open_ns, circuit.floor, circuit.transitions + 1)
 
 
+def adopt_open(circuit: Circuit, until_ns: int) -> Circuit:
+    """Another gateway instance opened this peer's circuit (shared through Redis): a
+    closed circuit opens until ``until_ns``; an open or half-open one is left alone
+    (this instance is already sparing the peer and probes it on its own)."""
+    if circuit.state != CLOSED:
+        return circuit
+    return Circuit(OPEN, until_ns, circuit.floor, circuit.transitions + 1)
+
+
 def admit(circuit: Circuit, now: int, probes: Probes,
           policy: Policy) -> tuple[Circuit, Admission]:
     """Whether a request may go to the peer, given the live probes of all workers. A

@@ -356,6 +356,23 @@ class SharedState:
         finally:
             self._unlock(_LOCK_BUCKETS + bucket)
 
+    def hold_entry(self, key: int) -> int:
+        """Claim ``key``'s entry and count one stream on it, without any limit check
+        (the Redis backend decided): the entry meters the request's body bytes and is
+        not reused while held. -1 when the table is full. Undone by
+        :meth:`release_stream`."""
+        bucket = key % self.layout.buckets
+        self._lock(_LOCK_BUCKETS + bucket)
+        try:
+            try:
+                index = self._entry_for(key, self.clock())
+            except TableFull:
+                return -1
+            self.streams[index * self.layout.worker_slots + self.slot] += 1
+            return index
+        finally:
+            self._unlock(_LOCK_BUCKETS + bucket)
+
     def release_stream(self, index: int) -> None:
         """Close a stream opened by :meth:`admit` in this worker (own column: no lock)."""
         self.streams[index * self.layout.worker_slots + self.slot] -= 1
@@ -791,6 +808,20 @@ class SharedState:
         finally:
             self._unlock(_LOCK_CIRCUITS + peer)
 
+    def circuit_adopt_open(self, peer: int, remaining_ns: int) -> CircuitStep | None:
+        """Another instance opened ``peer``'s circuit for ``remaining_ns`` more: open
+        it here too if it is closed (:func:`.circuit.adopt_open`); the step if it did."""
+        self._lock(_LOCK_CIRCUITS + peer)
+        try:
+            before = self.circuit(peer)
+            after = breaker.adopt_open(before, self.clock() + remaining_ns)
+            if after == before:
+                return None
+            self._store_circuit(peer, after)
+            return CircuitStep("closed", before.state, after.state)
+        finally:
+            self._unlock(_LOCK_CIRCUITS + peer)
+
     def circuit_probe_abandoned(self, peer: int, policy: breaker.Policy) -> None:
         """A probe ended with no result to count (the client left, a timer fired)."""
         self._probe_done(peer, self.clock(), policy, None)
@@ -909,10 +940,12 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class BudgetGrant:
-    """A reservation made by :meth:`SharedState.budget_reserve`."""
+    """A reservation made by :meth:`SharedState.budget_reserve` (or, ``remote``, by the
+    Redis backend: then it is settled there)."""
 
     key_index: int
     grant: budget.Grant
+    remote: bool = False
 
     @property
     def tokens(self) -> int:

@@ -9,9 +9,9 @@ Modules: master.py (the main loop, startup, stopping, status), listeners.py (bin
 and close listening sockets), generations.py (worker slots and generations, forking
 workers and the actor), reaper.py (reaping and the crash policy, pure functions),
 reload.py (a reload as phases the main loop steps), control.py (the control socket
-protocol), tls.py (contexts and the certificate swap), tickets.py (when the session
-ticket keys rotate), sdnotify.py, runtime.py, and the
-CLI (cli.py, commands.py, ctl.py, setup_tls.py).
+protocol), shared_state.py (releasing a dead worker's Redis stream leases), tls.py
+(contexts and the certificate swap), tickets.py (when the session ticket keys rotate),
+sdnotify.py, runtime.py, and the CLI (cli.py, commands.py, ctl.py, setup_tls.py).
 
 May import: li_httpd.actors, li_httpd.config, li_httpd.ops, li_httpd.shm, li_httpd.workers.
 """

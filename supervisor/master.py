@@ -69,6 +69,7 @@ from .health import HealthActor
 from .listeners import Listeners, StartError, acme_key, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
+from .shared_state import release_worker_leases
 from .tickets import TicketRotation
 from .tls import TlsSetupError, server_tls
 
@@ -352,6 +353,12 @@ class Master:
         slot.pid = 0
         # Streams, in-flight requests and statistics the dead worker held are gone.
         generation.shared.clear_worker(slot.index)
+        state = generation.loaded.config.state
+        if state.backend == "redis":  # its stream leases in Redis too
+            released = release_worker_leases(state, slot.index)
+            if isinstance(released, str):
+                self.say(f"worker {slot.index}: could not release its Redis stream leases "
+                         f"({released}); they expire after lease_time", "warn")
         if self.stopping or generation.retiring:
             return
         decision = reaper.after_exit(slot.started, slot.crashes, now)

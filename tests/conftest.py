@@ -38,10 +38,11 @@ tries the same examples again. Under ``dev``, ``--hypothesis-seed=N`` fixes the 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +109,10 @@ def cli() -> RunCli:
 
 
 def make_certificate(directory: Path, name: str, *, not_before: datetime.datetime,
-                     not_after: datetime.datetime) -> tuple[Path, Path]:
-    """A self-signed EC certificate and its key, written as PEM files."""
+                     not_after: datetime.datetime, ip: str | None = None
+                     ) -> tuple[Path, Path]:
+    """A self-signed EC certificate and its key, written as PEM files (``ip``: also valid
+    for that address)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.com")])
     certificate = (
@@ -120,8 +123,9 @@ def make_certificate(directory: Path, name: str, *, not_before: datetime.datetim
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("api.example.com")]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("api.example.com"),
+            *([x509.IPAddress(ipaddress.ip_address(ip))] if ip else [])]), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path = directory / f"{name}.pem"
@@ -240,3 +244,92 @@ def make_generated_censor_files(directory: Path) -> dict[str, str]:
     foreign.write_text('json_deny_paths = ["$..password"]\n')
     out["GEN_FOREIGN"] = str(foreign)
     return out
+
+
+# -- redis-server --------------------------------------------------------------------------
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    """A private ``redis-server`` on a loopback port (no persistence)."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More redis-server options (TLS, requirepass)."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it (again, on the same port) and wait until it answers PING."""
+        import socket
+        import time
+
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             "--protected-mode", "no", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        give_up = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith((b"+PONG", b"-NOAUTH")):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > give_up or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def command(self, *args: str) -> bytes:
+        """One command over a fresh connection; the raw reply (for test checks)."""
+        import socket
+
+        payload = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(payload)
+            return conn.recv(65536)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for servers that cannot take port 0)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def require_redis() -> None:
+    """Skip when redis-server is not installed; fail instead under
+    ``LI_HTTPD_REQUIRE_EXTERNAL=1`` (CI installs it)."""
+    if not os.path.exists(REDIS_SERVER):
+        if os.environ.get("LI_HTTPD_REQUIRE_EXTERNAL") == "1":
+            pytest.fail(f"{REDIS_SERVER} not installed (LI_HTTPD_REQUIRE_EXTERNAL=1)")
+        pytest.skip(f"{REDIS_SERVER} not installed")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server per test module."""
+    require_redis()
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

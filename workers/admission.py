@@ -17,7 +17,10 @@ steps, in order, each able to refuse:
    certificate identity on the connection → 403;
 6. limits: the route's GCRA rate and concurrent-stream cap in shared memory → 429 +
    ``Retry-After``. An admitted request holds a stream slot until the connection actor
-   releases it (:meth:`Admitted.release`).
+   releases it (:meth:`Admitted.release`). With ``[state] backend = "redis"`` this step
+   needs a round trip: :func:`admit` returns :class:`Limited` instead, the connection
+   actor awaits the Redis decision (:mod:`.shared_limits`) and :func:`settle` turns it
+   into Admitted or Reject (429, or 503 under ``on_backend_error = "deny"``).
 
 The only state touched is the shared-memory limit table (step 6), which is why this runs
 once per request and the result is never recomputed; and a memo of recent route
@@ -42,11 +45,12 @@ from .exchange import ByteMeter
 from .http1 import Header, RequestHead
 from .identity import Caller, key_hash, limit_key_value
 from .policy import request_id_from
+from .shared_limits import RemoteVerdict, key_digest
 
 RejectReason = Literal["body_too_large", "bad_path", "no_route", "method_not_allowed",
                        "missing_header", "no_key", "bad_key", "no_client_cert",
                        "unknown_client", "rate",
-                       "streams", "table_full"]
+                       "streams", "table_full", "backend_down"]
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
                                     "OPTIONS")}
@@ -87,15 +91,34 @@ class Admitted(NamedTuple):
     """The shared limit-table entry whose stream count this request holds, if limited."""
     meter: ByteMeter | None
     """Where request-body bytes are charged, if the route meters them."""
+    lease: bytes = b""
+    """The stream lease held in Redis (backend = redis), if any."""
 
     def release(self, ctx: WorkerContext) -> None:
         """Give back the stream slot (exactly once, when the request has ended)."""
         if self.stream_entry is not None:
             ctx.shared.release_stream(self.stream_entry)
+        if self.lease and ctx.remote is not None:
+            ctx.remote.release(self.lease)
+
+
+class Limited(NamedTuple):
+    """Admitted up to the limit step, which the Redis backend decides (see :func:`settle`)."""
+
+    plan: RoutePlan
+    path: str
+    upstream_path: str
+    request_id: bytes
+    caller: Caller
+    key: int
+    """The key's hash in the local table (body bytes, the ``local`` fallback)."""
+    digest: bytes
+    """The key's name in Redis (the same on every host)."""
 
 
 def admit(head: RequestHead, client_ip: str, request_id: bytes,
-          ctx: WorkerContext, client_cert: str | None = None) -> Admitted | Reject:
+          ctx: WorkerContext, client_cert: str | None = None
+          ) -> Admitted | Limited | Reject:
     """Run the admission steps for ``head``; ``request_id`` is the gateway's fresh id,
     which a client's allowed ``x-request-id`` may replace; ``client_cert`` is the
     connection's verified client-certificate identity. See the module docstring."""
@@ -165,14 +188,55 @@ def admit(head: RequestHead, client_ip: str, request_id: bytes,
         value = limit_key_value(limit.key_kind, caller, head.headers, client_ip,
                                 agent_header_allowed=policy.accepts_agent_id)
     key = key_hash(plan.name_bytes, value, ctx.shared.key_secret)
+    if ctx.remote is not None:
+        return Limited(plan, path, result.upstream_path, request_id, caller, key,
+                       key_digest(plan.name_bytes, value))
+    return _admit_local(plan, path, result.upstream_path, request_id, caller, key, ctx)
+
+
+def _admit_local(plan: RoutePlan, path: str, upstream_path: str, request_id: bytes,
+                 caller: Caller, key: int, ctx: WorkerContext) -> Admitted | Reject:
+    limit = plan.limit
+    assert limit is not None
     admission = ctx.shared.admit(key, limit.rate, limit.max_streams)
     if not admission.allowed:
-        reason = admission.reason or "rate"
-        retry = b"%d" % gcra.retry_after_seconds(admission.retry_after_ns)
-        return Reject(429, reason, request_id, _LIMIT_MESSAGES[reason],
-                      ((b"retry-after", retry),), plan=plan, caller=caller)
-    return Admitted(plan, path, result.upstream_path, request_id, caller, admission.index,
+        return _limited(admission.reason or "rate", admission.retry_after_ns, request_id,
+                        plan, caller)
+    return Admitted(plan, path, upstream_path, request_id, caller, admission.index,
                     ByteMeter(admission.index, key, limit.byte_rate))
 
 
-__all__ = ["Admitted", "Reject", "RejectReason", "admit"]
+def _limited(reason: Literal["rate", "streams", "table_full"], retry_after_ns: int,
+             request_id: bytes, plan: RoutePlan, caller: Caller) -> Reject:
+    retry = b"%d" % gcra.retry_after_seconds(retry_after_ns)
+    return Reject(429, reason, request_id, _LIMIT_MESSAGES[reason],
+                  ((b"retry-after", retry),), plan=plan, caller=caller)
+
+
+def settle(pending: Limited, verdict: RemoteVerdict, ctx: WorkerContext) -> Admitted | Reject:
+    """The limit step of ``pending`` as the Redis backend decided it, or as its
+    ``on_backend_error`` policy says when it could not: ``local`` = the shared-memory
+    limits of this host, ``allow`` = admitted, ``deny`` = 503."""
+    plan = pending.plan
+    limit = plan.limit
+    assert limit is not None
+    fallback = verdict.fallback
+    if fallback == "local":
+        return _admit_local(plan, pending.path, pending.upstream_path, pending.request_id,
+                            pending.caller, pending.key, ctx)
+    if fallback == "deny":
+        return Reject(503, "backend_down", pending.request_id,
+                      "rate limit state is unavailable; retry shortly",
+                      ((b"retry-after", b"1"),), plan=plan, caller=pending.caller)
+    if not fallback and not verdict.allowed:
+        return _limited(verdict.reason or "rate", verdict.retry_after_ns,
+                        pending.request_id, plan, pending.caller)
+    # Admitted by Redis (or by the allow policy): the local entry meters body bytes.
+    index = ctx.shared.hold_entry(pending.key)
+    return Admitted(plan, pending.path, pending.upstream_path, pending.request_id,
+                    pending.caller, index if index >= 0 else None,
+                    ByteMeter(index, pending.key, limit.byte_rate) if index >= 0 else None,
+                    verdict.lease)
+
+
+__all__ = ["Admitted", "Limited", "Reject", "RejectReason", "admit", "settle"]

@@ -40,7 +40,7 @@ from li_httpd.shm import gcra
 from trio.lowlevel import checkpoint
 
 from .acme_responder import challenge_response
-from .admission import Admitted, Reject, admit
+from .admission import Admitted, Limited, Reject, admit, settle
 from .censor import Hits
 from .client_cert import client_identity
 from .context import WorkerContext
@@ -215,8 +215,12 @@ class ClientConnection:
                                                   ctx.housekeeping.date, keep)
             await self.respond(status, response, Phase.FRAMED)
             return Handled("completed" if status == 200 else "rejected", keep)
-        verdict = admit(exchange.head, self.client_ip, exchange.request_id, ctx,
+        pending = admit(exchange.head, self.client_ip, exchange.request_id, ctx,
                         self.client_cert)
+        if isinstance(pending, Limited):  # only with [state] backend = "redis"
+            verdict = await self._limit_remote(pending)
+        else:
+            verdict = pending
         plan = verdict.plan
         exchange.admitted(verdict.request_id, plan.name_bytes if plan else None,
                           plan is not None and plan.group is not None, verdict.caller,
@@ -232,6 +236,21 @@ class ClientConnection:
         finally:
             exchange.meter = None
             verdict.release(ctx)
+
+    async def _limit_remote(self, pending: Limited) -> Admitted | Reject:
+        """Ask Redis for the limit decision (at most ``[state] timeout``)."""
+        ctx = self.ctx
+        remote = ctx.remote
+        assert remote is not None
+        limit = pending.plan.limit
+        assert limit is not None
+        verdict = await remote.admit(pending.digest, limit.rate.interval_ns,
+                                     limit.rate.tolerance_ns, limit.max_streams)
+        if remote.transitions:
+            ctx.report_backend()
+        if verdict.fallback:
+            ctx.metrics.state_backend("limits", verdict.fallback)
+        return settle(pending, verdict, ctx)
 
     async def _dispatch(self, exchange: Exchange, admitted: Admitted) -> Handled:
         ctx = self.ctx
@@ -442,7 +461,11 @@ class ClientConnection:
             micro = max(grant.micro_usd, math.ceil(usage[4] * 1_000_000))
         else:
             tokens, micro = grant.tokens, grant.micro_usd
-        self.ctx.shared.budget_settle(grant, tokens, micro)
+        remote = self.ctx.remote
+        if grant.remote and remote is not None and exchange.key_id is not None:
+            remote.settle_budget(exchange.key_id, grant, tokens, micro)
+        else:
+            self.ctx.shared.budget_settle(grant, tokens, micro)
 
     def _log_abnormal(self, exchange: Exchange, outcome: Outcome, bytes_out: int) -> None:
         """The one error-log line of a request that ended abnormally."""

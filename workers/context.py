@@ -18,7 +18,8 @@ from typing import cast
 import orjson
 from li_httpd.config import Found, LoadedConfig, Router, effective_deny_paths
 from li_httpd.config.acme_paths import challenge_directory
-from li_httpd.config.model import Config, Model, RateLimit, Route
+from li_httpd.config.checks import parse_redis_url
+from li_httpd.config.model import Config, Model, RateLimit, Route, State
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.ops.metrics import for_config as metrics_for
 from li_httpd.shm import SharedState, budget_limits, gcra, layout_for, peer_ids, queue_ids
@@ -28,7 +29,9 @@ from .housekeeping import Housekeeping
 from .http1 import DECISION_HEADERS, ParseLimits
 from .identity import KeyRing
 from .policy import HeaderPolicy
+from .redis_client import RedisPool
 from .retry import FallbackPolicy, FallbackTrigger
+from .shared_limits import RemoteLimits, host_id, read_password
 from .static import StaticSite
 from .upstream import UpstreamGroup
 from .usage import Price
@@ -191,8 +194,8 @@ class WorkerContext:
     __slots__ = ("acme_challenges", "budgets", "client_identity", "config", "groups",
                  "housekeeping", "keyring",
                  "limits", "log",
-                 "metrics", "model_lists", "models", "plans", "request_ids", "resolved",
-                 "router", "server_tls", "shared", "timeouts")
+                 "metrics", "model_lists", "models", "plans", "remote", "request_ids",
+                 "resolved", "router", "server_tls", "shared", "timeouts")
 
     def __init__(self, loaded: LoadedConfig, server_tls: ssl.SSLContext | None = None,
                  shared: SharedState | None = None, slot: int = 0,
@@ -214,6 +217,9 @@ class WorkerContext:
         self.keyring = KeyRing(config.auth.keys)
         self.log = log or WorkerLog(config.log)
         self.metrics = metrics_for(config)
+        self.remote = remote_limits(config.state, slot) if config.state.backend == "redis" \
+            else None
+        """The Redis limits (``[state] backend = "redis"``), else None."""
         limits = config.limits
         self.limits = ParseLimits(
             single_headers=DECISION_HEADERS | frozenset(
@@ -234,7 +240,7 @@ class WorkerContext:
         self.request_ids = RequestIds(_seed(loaded))
         ids = peer_ids(config)
         self.groups = {name: UpstreamGroup(name, upstream, self.limits, self.shared, index,
-                                           ids[name], self.log)
+                                           ids[name], self.log, self.remote)
                        for index, (name, upstream) in enumerate(config.upstreams.items())}
         self.housekeeping.sweepers.extend(g.sweep for g in self.groups.values())
         self.models = {name: ModelPlan.of(model, self.groups[model.pool])
@@ -284,6 +290,33 @@ class WorkerContext:
                 if route.queue is not None else None,
             )
 
+    def report_backend(self) -> None:
+        """Log and count the Redis backend's up/down changes (once per change)."""
+        remote = self.remote
+        if remote is None:
+            return
+        for change in remote.transitions:
+            event = change.partition(":")[0]
+            self.metrics.state_backend("backend", event)
+            if event == "down":
+                self.log.diagnostic("error", "shared state backend down; decisions follow "
+                                    "on_backend_error until it answers again",
+                                    error=change.partition(": ")[2])
+            else:
+                self.log.diagnostic("warn", "shared state backend answers again")
+        remote.transitions.clear()
+
     def close(self) -> None:
         for group in self.groups.values():
             group.close_all()
+
+
+def remote_limits(state: State, slot: int) -> RemoteLimits:
+    """The Redis limits of one worker (``slot``: its column, part of its lease ids)."""
+    url = parse_redis_url(state.url)
+    if isinstance(url, str):
+        raise ValueError(url)  # validation refused this config already
+    context = ssl.create_default_context(cafile=state.ca_file or None) if url.tls else None
+    pool = RedisPool(url, read_password(state), state.pool_size, state.timeout / 1000,
+                     context)
+    return RemoteLimits(state, pool, slot, host_id())

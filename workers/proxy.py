@@ -487,7 +487,26 @@ class _Proxy:
         micro = 0 if price is None else math.ceil(estimate * price.input
                                                   + output * price.output)
         index, limits = budget
-        grant = ctx.shared.budget_reserve(index, limits, estimate + output, micro)
+        remote = ctx.remote
+        if remote is None:
+            grant = ctx.shared.budget_reserve(index, limits, estimate + output, micro)
+        else:  # [state] backend = "redis"
+            key_id = exchange.key_id
+            assert key_id is not None, "only a key with a budget reserves"
+            shared = await remote.reserve_budget(key_id, limits, estimate + output, micro)
+            if remote.transitions:
+                ctx.report_backend()
+            if shared is None:  # Redis could not decide: budgets_on_error
+                policy = remote.budgets_on_error
+                ctx.metrics.state_backend("budgets", policy)
+                if policy == "allow":
+                    return None
+                if policy == "deny":
+                    return await self.client.reject(
+                        503, message="budget state is unavailable; retry shortly",
+                        headers=((b"retry-after", b"1"),), error_type="budget_unavailable")
+                shared = ctx.shared.budget_reserve(index, limits, estimate + output, micro)
+            grant = shared
         if isinstance(grant, BudgetDenied):
             what = "token" if grant.limit == "tokens" else "dollar"
             return await self.client.reject(

@@ -19,6 +19,7 @@ import socket
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ import trio
 from li_httpd.config.model import Upstream
 from li_httpd.ops.log.writer import WorkerLog
 from li_httpd.shm import CircuitPolicy, CircuitStep, SharedState, peer_cap
+from li_httpd.shm.circuit import OPEN as CIRCUIT_OPEN
 from li_httpd.shm.circuit import STATE_NAMES
 from li_httpd.shm.saturation import SATURATED
 from trio.lowlevel import wait_writable
@@ -33,6 +35,7 @@ from trio.lowlevel import wait_writable
 from . import sockio
 from .http1 import ParseLimits, ResponseReader
 from .retry import HealthFailure
+from .shared_limits import RemoteLimits
 from .sockio import Deadline, PeerGone, SocketIO
 from .tls_io import StreamIO, TlsHandshakeError, TlsSocketIO, client_context
 
@@ -215,11 +218,11 @@ class UpstreamGroup:
     """
 
     __slots__ = ("_breaker", "_caps", "_ids", "_probed", "_rotate", "_weights", "log", "name",
-                 "peers", "pool_index", "pools", "probe_taken", "settings", "shared")
+                 "peers", "pool_index", "pools", "probe_taken", "remote", "settings", "shared")
 
     def __init__(self, name: str, settings: Upstream, limits: ParseLimits, shared: SharedState,
                  pool_index: int, shared_ids: tuple[int, ...],
-                 log: WorkerLog | None = None) -> None:
+                 log: WorkerLog | None = None, remote: RemoteLimits | None = None) -> None:
         self.name = name
         self.log = log
         """Where a peer marked down or up gets its line (one line, from the one worker
@@ -234,6 +237,13 @@ class UpstreamGroup:
         self._rotate = 0
         self._probed = settings.health_check is not None
         self._breaker = CircuitPolicy.of(settings.circuit_breaker)
+        self.remote = remote if self._breaker.enabled else None
+        """With ``[state] backend = "redis"``: where this pool's circuit openings are
+        published, and openings by other instances come from."""
+        if self.remote is not None:
+            for peer in self.peers:
+                self.remote.watch_circuit(self._circuit_name(peer),
+                                          partial(self._adopt_open, peer))
         self.probe_taken = False
         """Whether the last :meth:`pick` admitted its peer as a half-open probe (read it
         at once, before any await): that attempt reports with :meth:`circuit_result`,
@@ -377,6 +387,16 @@ class UpstreamGroup:
         if step is not None:
             self._log_circuit(peer, step, f"a probe got {failure or 'an answer'}"
                               if probe else "the error rate")
+            if step.after == CIRCUIT_OPEN and self.remote is not None:
+                self.remote.publish_open(self._circuit_name(peer), breaker.open_ns)
+
+    def _circuit_name(self, peer: PeerTarget) -> bytes:
+        return f"{self.name}:{peer.label}".encode()
+
+    def _adopt_open(self, peer: PeerTarget, remaining_ns: int) -> None:
+        step = self.shared.circuit_adopt_open(peer.shared_id, remaining_ns)
+        if step is not None:
+            self._log_circuit(peer, step, "another gateway instance opened it")
 
     def circuit_abandoned(self, peer: PeerTarget) -> None:
         """A probe attempt ended with no result (cancelled): its place is free."""

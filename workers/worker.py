@@ -83,6 +83,8 @@ async def serve(loaded: LoadedConfig, listeners: Sequence[socket.socket],
             async with trio.open_nursery() as root:
                 await root.start(log.run)
                 await root.start(ctx.housekeeping.run)
+                if ctx.remote is not None:
+                    await root.start(ctx.remote.run)
                 async with trio.open_nursery() as connections:
                     accepting = trio.CancelScope()
                     stop = _Stopper(ctx, accepting, connections.cancel_scope, root,

@@ -42,6 +42,7 @@ OPENAI_PATH = "/v1/chat/completions"
 # AI gateways: they reshape answers (headers, usage events), so a failed check is
 # reported but does not fail the run, and only the OpenAI requests of [verify] apply.
 AI_GATEWAYS = frozenset({"litellm", "portkey"})
+REDIS_SERVER = "redis-server"
 
 
 class Upstreams:
@@ -87,6 +88,32 @@ class Upstreams:
             server.stop()
 
 
+class Redis:
+    """A private redis-server for a scenario with ``[redis] start = true``: variants'
+    ``extra`` TOML names it as ``@REDIS_URL@``."""
+
+    def __init__(self, config: Mapping[str, Any], work: Path) -> None:
+        self.server: Server | None = None
+        if get(config, "redis.start", False):
+            port = free_port()
+            self.server = Server("redis", [REDIS_SERVER, "--port", str(port), "--bind",
+                                           "127.0.0.1", "--save", "", "--appendonly", "no",
+                                           "--dir", str(work)], port, work / "redis.log")
+
+    def start(self) -> None:
+        if self.server is not None:
+            self.server.start()
+
+    def fill(self, text: str) -> str:
+        if self.server is None:
+            return text
+        return text.replace("@REDIS_URL@", f"redis://127.0.0.1:{self.server.port}")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 def _variants(config: Mapping[str, Any], lang: str) -> list[tuple[str, Mapping[str, Any]]]:
     """(variant name, spec) to run for ``lang``: li may be measured in several
     configurations (``[li.variants.NAME]`` with ``extra`` TOML and/or ``request_logs``)
@@ -97,7 +124,8 @@ def _variants(config: Mapping[str, Any], lang: str) -> list[tuple[str, Mapping[s
 
 
 def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence[str],
-             variant: Mapping[str, Any] | None = None) -> Server | str:
+             variant: Mapping[str, Any] | None = None, redis: Redis | None = None
+             ) -> Server | str:
     """A started gateway, or the reason it cannot run."""
     port = free_port()
     static_root = work / "static"
@@ -111,7 +139,7 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
         spec = variant or {}
         conf.write_text(render.gateway_li(config, work, port, origins, static_root,
                                           spec.get("request_logs", ()))
-                        + str(spec.get("extra", "")))
+                        + (redis.fill if redis else str)(str(spec.get("extra", ""))))
         python = str(spec.get("python", sys.executable))
         server = Server("li", [python, "-m", "li_httpd.supervisor.cli", "start", "-c",
                                str(conf)], port, work / "li.log")
@@ -183,8 +211,10 @@ class Scenario:
         work.chmod(0o755)
         fixtures = render.write_fixtures(self.config, work / "static")
         upstreams = Upstreams(self.config, work)
+        redis = Redis(self.config, work)
         try:
             upstreams.start()
+            redis.start()
             # Rounds alternate the servers and variants so that drift on a busy machine
             # (CPU frequency, noisy neighbours) lands on all of them alike.
             for round_index in range(rounds):
@@ -196,7 +226,8 @@ class Scenario:
                         self.failed = self.failed or (lang in peers.SYSTEM and peers.required())
                         continue
                     for variant, spec in _variants(self.config, lang):
-                        server = _gateway(lang, self.config, work, upstreams.origins, spec)
+                        server = _gateway(lang, self.config, work, upstreams.origins, spec,
+                                          redis)
                         if isinstance(server, str):
                             if round_index == 0:
                                 self.note(lang, server)
@@ -210,6 +241,7 @@ class Scenario:
                             server.stop()
             self._report_wrk()
         finally:
+            redis.stop()
             upstreams.stop()
             shutil.rmtree(work, ignore_errors=True)
 

@@ -160,11 +160,12 @@ class MockUpstream(Process):
 
 
 def _spawn(args: list[str], pattern: re.Pattern[str], env: dict[str, str] | None = None,
-           ) -> tuple[subprocess.Popen[str], _Lines, re.Match[str]]:
+           own_group: bool = False) -> tuple[subprocess.Popen[str], _Lines, re.Match[str]]:
+    """``own_group``: in a process group of its own (a test may SIGKILL the group)."""
     merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     merged.pop("LI_HTTPD_CONFIG", None)
     popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=merged)
+                             text=True, env=merged, process_group=0 if own_group else None)
     lines = _Lines(popen.stdout)
     try:
         found = lines.wait_for(pattern, START_TIMEOUT)
@@ -201,7 +202,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
     def start(config: str, *, name: str = "gateway.toml",
-              env: dict[str, str] | None = None) -> Gateway:
+              env: dict[str, str] | None = None, own_group: bool = False) -> Gateway:
         path = tmp_path / name
         if "control_socket" not in config:
             # A private control socket per gateway (tests run many at once); unix socket
@@ -211,7 +212,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         if "\n[log]" not in "\n" + config:
             config += f'\n[log]\ndir = "{tmp_path / "logs"}"\n'
         path.write_text(config)
-        popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER, env)
+        popen, lines, found = _spawn(cli_command("start", "-c", str(path)), BANNER, env,
+                                     own_group)
         gateway = Gateway(popen, found.group(1), lines, path)
         started.append(gateway)
         return gateway

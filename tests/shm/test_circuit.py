@@ -192,3 +192,12 @@ def test_a_floor_from_wider_buckets_does_not_blind_the_window() -> None:
     assert window_totals(buckets, 100, 101) == (0, 0)  # just closed: nothing counts
     assert window_totals(buckets, 100, 100) == (10, 5)
     assert window_totals(buckets, 100, 6_000) == (12, 6)
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (Circuit(CLOSED, 0, 7, 2), Circuit(OPEN, 500, 7, 3)),
+    (Circuit(OPEN, 100, 7, 3), Circuit(OPEN, 100, 7, 3)),
+    (Circuit(HALF_OPEN, 100, 7, 4), Circuit(HALF_OPEN, 100, 7, 4)),
+])
+def test_adopt_open(before: Circuit, after: Circuit) -> None:
+    assert circuit.adopt_open(before, 500) == after

@@ -309,3 +309,15 @@ def test_a_stale_probe_ending_late_frees_no_place_of_a_newer_one(
     state.slot = 1
     state.circuit_probe_abandoned(1, POLICY)  # probe 2 ends too: the place is free
     assert state.circuit_admit(1, POLICY).admission == "probe"
+
+
+def test_an_opening_from_another_instance_opens_only_a_closed_circuit(
+        state: SharedState, clock: FakeClock) -> None:
+    step = state.circuit_adopt_open(0, 3 * NS)
+    assert step is not None and step.changed and state.circuit(0).state == OPEN
+    assert state.circuit(0).until_ns == clock.now + 3 * NS
+    assert state.circuit_adopt_open(0, 9 * NS) is None  # already open: left alone
+    assert state.circuit(0).until_ns == clock.now + 3 * NS
+    _open(state, 1)
+    until = state.circuit(1).until_ns
+    assert state.circuit_adopt_open(1, 1) is None and state.circuit(1).until_ns == until

@@ -85,14 +85,20 @@ class Clock:
         return self.ns
 
 
-@pytest.fixture
-def ctx() -> Iterator[WorkerContext]:
-    loaded = load_text(CONFIG, "admission.toml")
+def context_for(text: str) -> Iterator[WorkerContext]:
+    """A worker context compiled from config ``text``, with a private limit table on a
+    virtual clock (for fixtures)."""
+    loaded = load_text(text, "admission.toml")
     shared = SharedState.create(layout_for(loaded.config, 1), Clock())
     context = WorkerContext(loaded, shared=shared)
     yield context
     context.close()
     shared.close()
+
+
+@pytest.fixture
+def ctx() -> Iterator[WorkerContext]:
+    yield from context_for(CONFIG)
 
 
 def head(raw: str) -> RequestHead:
