@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -21,74 +21,14 @@ from li_httpd.ops.bench import benchconfig, loads, peers, render, render_peers
 from li_httpd.ops.bench import tls as bench_tls
 from li_httpd.ops.bench.procs import Server
 
+from .test_peers import _tool
+
 PEERS = ["http://127.0.0.1:9001"]
 TLS_SCENARIOS = ("tls_small", "tls_handshake")
 
 
 def _config(name: str) -> dict[str, Any]:
     return benchconfig.scenario_config(name, benchconfig.load_profile("full"), [])
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("LI_HTTPD_REQUIRE_EXTERNAL") == "1":
-            pytest.fail(f"{name} not installed (bash ops/setup-system)")
-        pytest.skip(f"{name} not installed")
-    return path
-
-
-def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> ssl.SSLObject:
-    """A TLS handshake over memory BIOs (no sockets); returns the client's end."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client_end = client.wrap_bio(c_in, c_out, server_hostname=name)
-    server_end = server.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        done = 0
-        for end in (client_end, server_end):
-            try:
-                end.do_handshake()
-                done += 1
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if done == 2:
-            return client_end
-    raise AssertionError("handshake did not finish")
-
-
-def _server_context(tls: bench_tls.BenchTls) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls.cert, tls.key)
-    return context
-
-
-def test_the_throwaway_certificate_is_trusted_for_localhost_and_loopback(
-        tmp_path: Path) -> None:
-    tls = bench_tls.make(tmp_path)
-    assert tls.cert.parent == tmp_path / "tls"
-    for private in (tls.key, tls.combined):
-        assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    combined = tls.combined.read_bytes()
-    assert combined == tls.cert.read_bytes() + tls.key.read_bytes()
-    client = bench_tls.client_context(tls.ca)
-    for name in ("localhost", "127.0.0.1"):
-        assert _handshake(_server_context(tls), client, name).version() == "TLSv1.3"
-    # HAProxy's one file serves as chain and key alike.
-    combined_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    combined_context.load_cert_chain(tls.combined)
-    _handshake(combined_context, client, "127.0.0.1")
-
-
-def test_a_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "ours").mkdir()
-    (tmp_path / "theirs").mkdir()
-    ours, theirs = bench_tls.make(tmp_path / "ours"), bench_tls.make(tmp_path / "theirs")
-    with pytest.raises(ssl.SSLCertVerificationError):
-        _handshake(_server_context(theirs), bench_tls.client_context(ours.ca), "127.0.0.1")
-    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
-        _handshake(_server_context(ours), bench_tls.client_context(ours.ca), "example.com")
 
 
 def test_every_server_is_rendered_with_the_certificate(tmp_path: Path) -> None:
@@ -168,7 +108,9 @@ def _serving(tls: bench_tls.BenchTls | None) -> Iterator[int]:
     """A loopback HTTP server (over TLS with ``tls``) answering GET /small."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Small)
     if tls:
-        httpd.socket = _server_context(tls).wrap_socket(httpd.socket, server_side=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert, tls.key)
+        httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -179,6 +121,36 @@ def _serving(tls: bench_tls.BenchTls | None) -> Iterator[int]:
 
 
 SMALL = [{"method": "GET", "path": "/small", "status": 200, "body": "hello world\n"}]
+
+
+def _tls_version(port: int, client: ssl.SSLContext, name: str) -> str | None:
+    """The protocol a handshake with ``client`` for ``name`` agrees on (raises on a
+    certificate that is not trusted for ``name``)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            client.wrap_socket(raw, server_hostname=name) as wrapped:
+        return wrapped.version()
+
+
+def test_the_throwaway_certificate_is_trusted_for_localhost_and_loopback(
+        tmp_path: Path) -> None:
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    tls, theirs = bench_tls.make(tmp_path / "ours"), bench_tls.make(tmp_path / "theirs")
+    assert tls.cert.parent == tmp_path / "ours" / "tls"
+    for private in (tls.key, tls.combined):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert tls.combined.read_bytes() == tls.cert.read_bytes() + tls.key.read_bytes()
+    client = bench_tls.client_context(tls.ca)
+    with _serving(tls) as port:
+        for name in ("localhost", "127.0.0.1"):
+            assert _tls_version(port, client, name) == "TLSv1.3"
+        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+            _tls_version(port, client, "example.com")
+    with _serving(theirs) as port, pytest.raises(ssl.SSLCertVerificationError):
+        _tls_version(port, client, "127.0.0.1")
+    # HAProxy's one file serves as chain and key alike.
+    combined = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    combined.load_cert_chain(tls.combined)
 
 
 def test_verify_speaks_https_and_checks_the_certificate(tmp_path: Path) -> None:
