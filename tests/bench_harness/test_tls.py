@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from li_httpd.config import load_text
-from li_httpd.ops.bench import benchconfig, loads, peers, render, render_peers
+from li_httpd.ops.bench import benchconfig, harness, loads, peers, render, render_peers
 from li_httpd.ops.bench import tls as bench_tls
 from li_httpd.ops.bench.procs import Server
 
@@ -165,3 +165,27 @@ def test_verify_speaks_https_and_checks_the_certificate(tmp_path: Path) -> None:
         # A TLS scenario must not pass against a plain-HTTP listener.
         assert loads.verify(port, SMALL, {}) == []
         assert loads.verify(port, SMALL, {}, ours.ca) != []
+
+
+def test_the_harness_verifies_over_https_once_and_retries_only_a_failing_peer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, Path | None]] = []
+    answers = {"li": [], "haproxy": ["GET /small: status 502"]}
+
+    def fake_verify(port: int, requests: Any, fixtures: Any, ca: Path | None = None
+                    ) -> list[str]:
+        calls.append((lang, ca))
+        return answers[lang]
+
+    monkeypatch.setattr(loads, "verify", fake_verify)
+    monkeypatch.setattr(harness.time, "sleep", lambda seconds: None)
+    config = _config("tls_small")
+    scenario = harness.Scenario(config, timing=False, rows=[])
+    scenario.tls = bench_tls.make(tmp_path)
+    upstreams = harness.Upstreams(config, tmp_path)
+    for lang in ("li", "haproxy"):
+        server = Server(lang, ["true"], 8086, tmp_path / f"{lang}.log", scheme="https")
+        scenario._serve(lang, "default", server, upstreams, {})
+    assert calls == [("li", scenario.tls.ca), ("haproxy", scenario.tls.ca),
+                     ("haproxy", scenario.tls.ca)]
+    assert scenario.failed
