@@ -27,11 +27,12 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from . import loads, peers, render
+from . import tls as bench_tls
 from .benchconfig import HERE, BenchConfigError, get, load_profile, parse_value, scenario_config
 from .procs import Sampler, Server, free_port
 from .report import Row, compare_table, median_metrics, plot, read_csv, write_csv
@@ -124,25 +125,29 @@ def _variants(config: Mapping[str, Any], lang: str) -> list[tuple[str, Mapping[s
 
 
 def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence[str],
-             variant: Mapping[str, Any] | None = None, redis: Redis | None = None
-             ) -> Server | str:
-    """A started gateway, or the reason it cannot run."""
+             variant: Mapping[str, Any] | None = None, redis: Redis | None = None,
+             tls: bench_tls.BenchTls | None = None) -> Server | str:
+    """A started gateway, or the reason it cannot run. ``tls``: every server listens
+    with that certificate (the AI gateways are run as plain HTTP servers only)."""
+    if tls and lang in AI_GATEWAYS:
+        return "unavailable: run over plain HTTP only"
     port = free_port()
+    scheme: Literal["http", "https"] = "https" if tls else "http"
     static_root = work / "static"
     if lang == "nginx":
         conf = work / "gateway-nginx.conf"
-        conf.write_text(render.gateway_nginx(config, work, port, origins, static_root))
+        conf.write_text(render.gateway_nginx(config, work, port, origins, static_root, tls))
         server = Server("nginx", ["nginx", "-p", str(work), "-c", str(conf)], port,
-                        work / "nginx.log")
+                        work / "nginx.log", scheme=scheme)
     elif lang == "li":
         conf = work / "gateway-li.toml"
         spec = variant or {}
         conf.write_text(render.gateway_li(config, work, port, origins, static_root,
-                                          spec.get("request_logs", ()))
+                                          spec.get("request_logs", ()), tls)
                         + (redis.fill if redis else str)(str(spec.get("extra", ""))))
         python = str(spec.get("python", sys.executable))
         server = Server("li", [python, "-m", "li_httpd.supervisor.cli", "start", "-c",
-                               str(conf)], port, work / "li.log")
+                               str(conf)], port, work / "li.log", scheme=scheme)
     elif lang == "litellm":
         if not (LITELLM_VENV / "bin" / "litellm").exists():
             return "unavailable: not installed (bash ops/bench/litellm/setup)"
@@ -159,7 +164,7 @@ def _gateway(lang: str, config: Mapping[str, Any], work: Path, origins: Sequence
                                     "--port", str(port), "--num_workers", workers],
                         port, work / "litellm.log")
     elif lang in peers.LANGS:
-        started = peers.server(lang, config, work, port, origins)
+        started = peers.server(lang, config, work, port, origins, tls)
         if isinstance(started, str):
             return started
         server = started
@@ -190,6 +195,7 @@ class Scenario:
         self.failed = False
         self.wrk_runs: dict[tuple[str, str], list[dict[str, tuple[float, str]]]] = {}
         self.shares: dict[tuple[str, str], list[int]] = {}
+        self.tls: bench_tls.BenchTls | None = None
 
     def add(self, lang: str, variant: str, metrics: Mapping[str, tuple[float, str]]) -> None:
         for metric, (value, unit) in sorted(metrics.items()):
@@ -210,6 +216,7 @@ class Scenario:
         # nginx started as root serves files as "nobody": let it read the fixtures.
         work.chmod(0o755)
         fixtures = render.write_fixtures(self.config, work / "static")
+        self.tls = bench_tls.make(work) if get(self.config, "server.tls", False) else None
         upstreams = Upstreams(self.config, work)
         redis = Redis(self.config, work)
         try:
@@ -227,7 +234,7 @@ class Scenario:
                         continue
                     for variant, spec in _variants(self.config, lang):
                         server = _gateway(lang, self.config, work, upstreams.origins, spec,
-                                          redis)
+                                          redis, self.tls)
                         if isinstance(server, str):
                             if round_index == 0:
                                 self.note(lang, server)
@@ -253,7 +260,8 @@ class Scenario:
         extra = peers.client_headers(lang, upstreams.origins)
         if extra:
             requests = [_with_headers(r, extra) for r in requests]
-        failures = loads.verify(server.port, requests, fixtures)
+        ca = self.tls.ca if self.tls else None
+        failures = loads.verify(server.port, requests, fixtures, ca)
         retried = ""
         if failures and lang != "li":
             # A peer is an oracle, not the system under test: one transient failure of
@@ -261,7 +269,7 @@ class Scenario:
             # retried once and reported; li-httpd gets no second chance.
             retried = "; ".join(failures)[:200]
             time.sleep(1.0)
-            failures = loads.verify(server.port, requests, fixtures)
+            failures = loads.verify(server.port, requests, fixtures, ca)
         if first_round or failures:
             self.add(lang, "verify", {"verify_passed": (0.0 if failures else 1.0, "bool")})
         if failures:

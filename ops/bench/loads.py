@@ -11,12 +11,15 @@ import hashlib
 import http.client
 import json
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .tls import client_context
 
 Metrics = dict[str, tuple[float, str]]
 
@@ -123,19 +126,22 @@ def latency_metrics(report: Mapping[str, Any]) -> dict[str, Metrics]:
 
 
 def verify(port: int, requests: Sequence[Mapping[str, Any]],
-           fixtures: Mapping[str, bytes]) -> list[str]:
-    """Check each ``[verify]`` request; returns the failures (empty when all pass)."""
+           fixtures: Mapping[str, bytes], ca: Path | None = None) -> list[str]:
+    """Check each ``[verify]`` request; returns the failures (empty when all pass). With
+    ``ca`` the requests go over https, the server's certificate checked against it."""
+    context = client_context(ca) if ca else None
     failures: list[str] = []
     for spec in requests:
         for _ in range(int(spec.get("repeat", 1))):
-            failure = _check(port, spec, fixtures)
+            failure = _check(port, spec, fixtures, context)
             if failure:
                 failures.append(failure)
                 break
     return failures
 
 
-def _check(port: int, spec: Mapping[str, Any], fixtures: Mapping[str, bytes]) -> str | None:
+def _check(port: int, spec: Mapping[str, Any], fixtures: Mapping[str, bytes],
+           context: ssl.SSLContext | None = None) -> str | None:
     method = spec.get("method", "GET")
     path = spec["path"]
     body = spec.get("request_body")
@@ -145,7 +151,9 @@ def _check(port: int, spec: Mapping[str, Any], fixtures: Mapping[str, bytes]) ->
     if body is not None:
         headers.setdefault("content-type", "application/json")
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection = (http.client.HTTPSConnection("127.0.0.1", port, timeout=30,
+                                                  context=context) if context else
+                      http.client.HTTPConnection("127.0.0.1", port, timeout=30))
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         content = response.read()

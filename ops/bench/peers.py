@@ -16,11 +16,12 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import render_peers
 from .benchconfig import HERE
 from .procs import Server
+from .tls import BenchTls
 
 PORTKEY = HERE / "portkey"
 PORTKEY_DIR = HERE / ".portkey"
@@ -48,21 +49,22 @@ def missing(lang: str) -> str | None:
 
 
 def server(lang: str, config: Mapping[str, Any], work: Path, port: int,
-           origins: Sequence[str]) -> Server | str:
+           origins: Sequence[str], tls: BenchTls | None = None) -> Server | str:
     """The (not yet started) server for ``lang``, or why it cannot serve this scenario."""
+    scheme: Literal["http", "https"] = "https" if tls else "http"
     try:
         if lang == "haproxy":
             conf = work / "haproxy.cfg"
-            conf.write_text(render_peers.gateway_haproxy(config, work, port, origins))
+            conf.write_text(render_peers.gateway_haproxy(config, work, port, origins, tls))
             # -db: foreground, no daemon; -W would add a master process for reloads only.
             return Server("haproxy", ["haproxy", "-db", "-f", str(conf)], port,
-                          work / "haproxy.log")
+                          work / "haproxy.log", scheme=scheme)
         if lang == "caddy":
             conf = work / "Caddyfile"
-            conf.write_text(render_peers.gateway_caddy(config, work, port, origins))
+            conf.write_text(render_peers.gateway_caddy(config, work, port, origins, tls))
             return Server("caddy", ["caddy", "run", "--adapter", "caddyfile", "--config",
                                     str(conf)], port, work / "caddy.log",
-                          env=render_peers.caddy_env(config, work))
+                          env=render_peers.caddy_env(config, work), scheme=scheme)
     except ValueError as exc:
         return f"unavailable: {exc}"
     if lang == "portkey":

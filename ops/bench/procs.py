@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -55,6 +56,7 @@ class Server:
     port: int
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    scheme: Literal["http", "https"] = "http"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -77,7 +79,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         process = self.process

@@ -15,6 +15,7 @@ from string import Template
 from typing import Any
 
 from .benchconfig import HERE, get
+from .tls import BenchTls
 
 SMALL_BODY = "hello world\n"
 UPSTREAM_KEEPALIVE = 64
@@ -44,13 +45,20 @@ def write_fixtures(config: Mapping[str, Any], directory: Path) -> dict[str, byte
 
 
 def nginx_config(name: str, work: Path, port: int, workers: int, upstream: str,
-                 locations: str, http_extra: str = "") -> str:
+                 locations: str, http_extra: str = "", tls: BenchTls | None = None) -> str:
     """templates/nginx.conf.in filled in: pid and error log under ``work``, one server on
-    127.0.0.1:``port``; ``upstream`` and ``http_extra`` go into the http block."""
+    127.0.0.1:``port``; ``upstream`` and ``http_extra`` go into the http block. With
+    ``tls`` the server listens with TLS 1.2 and 1.3 (nginx 1.22's default would also
+    allow 1.0 and 1.1) and nginx's other TLS defaults (session tickets on, no session
+    cache)."""
     template = Template((HERE / "templates" / "nginx.conf.in").read_text())
+    server_extra = (f"        ssl_certificate {tls.cert};\n"
+                    f"        ssl_certificate_key {tls.key};\n"
+                    f"        ssl_protocols TLSv1.2 TLSv1.3;\n" if tls else "")
     return template.substitute(name=name, work=work, port=port, workers=workers,
                                upstream=upstream + ("\n    " + http_extra if http_extra else ""),
-                               locations=locations)
+                               locations=locations, listen_flags=" ssl" if tls else "",
+                               server_extra=server_extra)
 
 
 def upstream_nginx(work: Path, port: int, static_root: Path) -> str:
@@ -61,14 +69,14 @@ def upstream_nginx(work: Path, port: int, static_root: Path) -> str:
 
 
 def gateway_nginx(config: Mapping[str, Any], work: Path, port: int, peers: Sequence[str],
-                  static_root: Path) -> str:
+                  static_root: Path, tls: BenchTls | None = None) -> str:
     workers = int(get(config, "global.workers", 2))
     kind = get(config, "server.kind", "proxy")
     extra_location = get(config, "nginx.location", "")
     if kind == "static":
         locations = f"        location /files/ {{ root {static_root}; {extra_location} }}"
         return nginx_config("gateway", work, port, workers, "", locations,
-                            get(config, "nginx.http", ""))
+                            get(config, "nginx.http", ""), tls)
     balance = "least_conn;" if get(config, "server.balance") == "least_conn" else ""
     servers = " ".join(f"server {peer.removeprefix('http://')};" for peer in peers)
     upstream = (f"    upstream up {{ {balance} {servers} "
@@ -78,18 +86,23 @@ def gateway_nginx(config: Mapping[str, Any], work: Path, port: int, peers: Seque
     locations = (f"        location / {{ proxy_pass http://up; proxy_http_version 1.1; "
                  f"proxy_set_header Connection \"\"; {sse} {extra_location} }}")
     return nginx_config("gateway", work, port, workers, upstream, locations,
-                        get(config, "nginx.http", ""))
+                        get(config, "nginx.http", ""), tls)
 
 
 def gateway_li(config: Mapping[str, Any], work: Path, port: int, peers: Sequence[str],
-               static_root: Path, request_logs: Sequence[str] = ()) -> str:
+               static_root: Path, request_logs: Sequence[str] = (),
+               tls: BenchTls | None = None) -> str:
     """``request_logs``: sinks to turn on ("access", "audit"); by default none, for parity
-    with nginx's ``access_log off``."""
+    with nginx's ``access_log off``. ``tls``: a manual-mode certificate with li-httpd's
+    TLS defaults (min_protocol 1.3, session tickets)."""
     workers = int(get(config, "global.workers", 2))
     kind = get(config, "server.kind", "proxy")
     lines = [
         "[server]", f'listen = "127.0.0.1:{port}"', 'profile = "dev"', f"workers = {workers}",
         f'control_socket = "{work}/li-control.sock"', "",
+        *(['[server.tls]', 'mode = "manual"',
+           "[server.tls.manual]", f'cert = "{tls.cert}"', f'key = "{tls.key}"', ""]
+          if tls else []),
         "[limits]", "keepalive_requests = 1000000", "max_connections = 8192", "",
         "[log]", f'dir = "{work}/li-logs"',
         "[log.access]", f"enabled = {'true' if 'access' in request_logs else 'false'}",

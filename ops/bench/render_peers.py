@@ -17,6 +17,7 @@ from typing import Any
 
 from .benchconfig import get
 from .render import UPSTREAM_KEEPALIVE
+from .tls import BenchTls
 
 # li-httpd's and nginx's read timeout for SSE is 5 minutes; a stream must not be cut by
 # the proxy before the load ends.
@@ -34,8 +35,9 @@ def _proxy_only(config: Mapping[str, Any], server: str) -> None:
 
 
 def gateway_haproxy(config: Mapping[str, Any], work: Path, port: int,
-                    peers: Sequence[str]) -> str:
-    """haproxy.cfg for ``haproxy -db -f FILE`` (foreground, one process)."""
+                    peers: Sequence[str], tls: BenchTls | None = None) -> str:
+    """haproxy.cfg for ``haproxy -db -f FILE`` (foreground, one process). ``tls``: the
+    listener terminates TLS with HAProxy's defaults (TLS 1.2 and up, tickets on)."""
     _proxy_only(config, "haproxy")
     workers = int(get(config, "global.workers", 2))
     balance = "leastconn" if get(config, "server.balance") == "least_conn" else "roundrobin"
@@ -72,7 +74,7 @@ defaults
 {streaming}
 
 frontend gateway
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{f" ssl crt {tls.combined}" if tls else ""}
     default_backend up
 
 backend up
@@ -82,14 +84,17 @@ backend up
 
 
 def gateway_caddy(config: Mapping[str, Any], work: Path, port: int,
-                  peers: Sequence[str]) -> str:
-    """A Caddyfile for ``caddy run --adapter caddyfile --config FILE``."""
+                  peers: Sequence[str], tls: BenchTls | None = None) -> str:
+    """A Caddyfile for ``caddy run --adapter caddyfile --config FILE``. ``tls``: the site
+    is served over TLS with the given certificate (Caddy's defaults: TLS 1.2 and up)
+    and nothing obtained automatically."""
     _proxy_only(config, "caddy")
     balance = "least_conn" if get(config, "server.balance") == "least_conn" else "round_robin"
     sse = bool(get(config, "server.sse"))
     upstreams = " ".join(_hosts(peers))
     flush = ("        # SSE: write each chunk to the client as soon as it is read.\n"
              "        flush_interval -1\n" if sse else "")
+    scheme, certificate = ("https", f"    tls {tls.cert} {tls.key}\n") if tls else ("http", "")
     return f"""\
 # Rendered by ops/bench/render_peers.py from the scenario's TOML; do not edit the output.
 {{
@@ -102,8 +107,8 @@ def gateway_caddy(config: Mapping[str, Any], work: Path, port: int,
 }}
 
 # No `log` directive: no access log, as nginx (access_log off) and li-httpd.
-http://127.0.0.1:{port} {{
-    reverse_proxy {upstreams} {{
+{scheme}://127.0.0.1:{port} {{
+{certificate}    reverse_proxy {upstreams} {{
         lb_policy {balance}
 {flush}        transport http {{
             # The idle keep-alive pool to the upstream, as nginx's `keepalive`.

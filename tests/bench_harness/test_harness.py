@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from li_httpd.config import load_text
 from li_httpd.ops.bench import benchconfig, harness, loads, render, report
+from li_httpd.ops.bench import tls as bench_tls
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:9000/small
   2 threads and 64 connections
@@ -76,7 +77,8 @@ def test_li_config_is_valid_for_every_scenario(tmp_path: Path) -> None:
         config = benchconfig.scenario_config(name, profile, [])
         peers = [f"http://127.0.0.1:{9000 + i}" for i in range(
             int(benchconfig.get(config, "upstream.count", 1)))]
-        text = render.gateway_li(config, tmp_path, 8080, peers, tmp_path / "static")
+        tls = bench_tls.make(tmp_path) if benchconfig.get(config, "server.tls") else None
+        text = render.gateway_li(config, tmp_path, 8080, peers, tmp_path / "static", (), tls)
         loaded = load_text(text, f"{name}.toml")  # raises on any config error
         assert loaded.config.server.workers == config["global"]["workers"]
         nginx = render.gateway_nginx(config, tmp_path, 8081, peers, tmp_path / "static")

@@ -1,5 +1,6 @@
 """The peers for real: each installed one is started by the harness in front of the mock
-upstream(s) and must pass the scenario's [verify] (``--profile ci`` for one scenario).
+upstream(s) and must pass the scenario's [verify] (``--profile ci`` for one scenario),
+over TLS too.
 
 HAProxy and Caddy are skipped when not installed, and fail under
 ``LI_HTTPD_REQUIRE_EXTERNAL=1`` (CI installs them); Portkey, optional like LiteLLM, is
@@ -32,6 +33,14 @@ def _verified(scenario_name: str, lang: str) -> list[report.Row]:
 def test_proxy_peer_relays_a_stream_from_two_mock_upstreams(lang: str) -> None:
     rows = _verified("sse_streams_light", lang)
     assert report.Row("sse_streams_light", lang, "verify", 2, "verify_passed", "1",
+                      "bool") in rows
+
+
+@pytest.mark.parametrize("lang", ["nginx", "haproxy", "caddy", "li"])
+def test_every_proxy_serves_the_tls_scenario_with_its_certificate(lang: str) -> None:
+    # verify goes over https and checks the chain against the run's throwaway CA.
+    rows = _verified("tls_handshake", lang)
+    assert report.Row("tls_handshake", lang, "verify", 2, "verify_passed", "1",
                       "bool") in rows
 
 
