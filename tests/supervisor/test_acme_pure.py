@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from li_httpd.actors.acme_client import AcmeError, classify
 from li_httpd.actors.acme_schedule import needs_issue, renewal_time, retry_delay
 from li_httpd.actors.acme_tokens import TokenStore
 from li_httpd.config.acme_paths import challenge_token
+from li_httpd.supervisor import acme as supervisor_acme
 from li_httpd.workers.acme_responder import key_authorization
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -176,3 +178,24 @@ def _failed_authz(detail: str) -> messages.AuthorizationResource:
 def test_classify(exc: BaseException, kind: str, detail: str) -> None:
     failure = classify(exc)
     assert failure.kind == kind and detail in failure.detail
+
+
+def test_a_renewal_asked_while_the_actor_cannot_hear_it_is_asked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ctl renew` right after a reload reaches the old actor (being killed) or the new
+    # one before it installs its SIGUSR1 handler (ignored): the actor then reports a
+    # schedule instead of an attempt, and the master must ask again rather than have
+    # answered "ok" for nothing.
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(supervisor_acme.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    actor = supervisor_acme.AcmeActor(None, str(tmp_path), lambda *_: None,  # type: ignore[arg-type]
+                                      current=lambda: None)
+    actor.pid = 4242
+    assert actor.renew()
+    assert sent == [(4242, signal.SIGUSR1)]
+    actor.pid = 4343  # the replacement actor, which never saw the signal
+    actor.handle({"acme": "scheduled", "next_renewal": "2027-01-01T00:00:00Z"})
+    assert sent[-1] == (4343, signal.SIGUSR1)
+    actor.handle({"acme": "attempt", "domains": ["gw.test"], "reason": "forced"})
+    actor.handle({"acme": "scheduled", "next_renewal": "2027-01-02T00:00:00Z"})
+    assert len(sent) == 2  # heard: no more signals
