@@ -13,6 +13,7 @@ config file's directory, which the model does not know.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from collections.abc import Callable, Iterable
@@ -34,6 +35,7 @@ from .model import (
     RouteCensor,
     RouteTimeouts,
     Tls,
+    TlsLetsEncrypt,
 )
 from .problems import Problems
 from .schema import suggest
@@ -102,6 +104,8 @@ RULES: tuple[Rule, ...] = (
     Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route hosts, "
                          "and environment = staging or production, or a directory_url "
                          "(then no environment)."),
+    Rule("tls_mode_settings", "[server.tls.lets_encrypt] is only set with mode = "
+                              "lets_encrypt (another mode would ignore it)."),
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
@@ -546,6 +550,14 @@ def _check_listeners(config: Config, problems: Problems) -> None:
 def _check_lets_encrypt(config: Config, problems: Problems) -> None:
     tls = config.server.tls
     if tls.mode != "lets_encrypt":
+        unused = TlsLetsEncrypt()
+        for field in dataclasses.fields(TlsLetsEncrypt):
+            if getattr(tls.lets_encrypt, field.name) != getattr(unused, field.name):
+                problems.error(("server", "tls", "lets_encrypt", field.name),
+                               "tls_mode_settings",
+                               f"lets_encrypt.{field.name} is set but mode = {tls.mode!r} "
+                               "does not use it; set mode = \"lets_encrypt\" or remove "
+                               "[server.tls.lets_encrypt]")
         return
     le = tls.lets_encrypt
     base: KeyPath = ("server", "tls", "lets_encrypt")
