@@ -109,19 +109,26 @@ class Renewer:
     def run(self) -> None:
         self.store.clear()
         scheduled = ""
+        planned: tuple[bytes, datetime.datetime] | None = None
+        """The renewal time of the certificate on disk, drawn once per certificate (a
+        new jitter draw on every turn could move it past ``now`` again and again)."""
         while self.alive():
             now = datetime.datetime.now(datetime.UTC)
             current = on_disk(self.cert_path, self.key_path)
             reason = self._reason(current, now)
             if reason is None:
                 assert current is not None
-                when = self._renewal_time(current)
-                if _iso(when) != scheduled:
-                    scheduled = _iso(when)
-                    self.report({"acme": "scheduled", "next_renewal": scheduled,
-                                 "unix": int(when.timestamp())})
-                self._sleep_until(when)
-                continue
+                if planned is None or planned[0] != current.pem:
+                    planned = current.pem, self._renewal_time(current)
+                when = planned[1]
+                if when > now:
+                    if _iso(when) != scheduled:
+                        scheduled = _iso(when)
+                        self.report({"acme": "scheduled", "next_renewal": scheduled,
+                                     "unix": int(when.timestamp())})
+                    self._sleep_until(when)
+                    continue
+                reason = "renewal due"
             self.forced = False
             scheduled = ""
             self._attempt(reason, current, now)
