@@ -5,7 +5,8 @@ Started by the master for the current generation when ``tls.mode = "lets_encrypt
 acme library blocks (network, one-second polls), and nothing else runs here.
 
 Loop: empty the token store (a killed predecessor may have left tokens); when the
-certificate on disk is missing, expired, does not name every configured domain, or its
+certificate on disk is missing, expired, does not name every configured domain, is not
+the pair of the key beside it (an actor killed between the two renames), or its
 renewal time has come (or the master forwarded ``ctl renew`` as SIGUSR1), order a new
 one (actors/acme_client.py, HTTP-01 answered by the workers from the token store);
 otherwise sleep until the renewal time (actors/acme_schedule.py), waking every
@@ -38,7 +39,7 @@ from typing import Any
 import orjson
 import zmq
 from li_httpd.config import LoadedConfig
-from li_httpd.config.acme_paths import ACME_CERT, challenge_directory
+from li_httpd.config.acme_paths import ACME_CERT, ACME_KEY, challenge_directory
 from li_httpd.config.model import Tls
 
 from .acme_client import AcmeClient, AcmeError
@@ -59,11 +60,16 @@ class OnDisk:
     not_before: datetime.datetime
     not_after: datetime.datetime
     pem: bytes
+    key_matches: bool
+    """Whether the key file holds the leaf's private key. The key and the chain are two
+    renames (actors/acme_client.py): an actor killed between them leaves the new key
+    beside the old chain, a pair no new generation could load."""
 
 
-def on_disk(cert_path: str) -> OnDisk | None:
+def on_disk(cert_path: str, key_path: str) -> OnDisk | None:
     """The certificate the workers serve (None: missing or unreadable)."""
     from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
     try:
         with open(cert_path, "rb") as handle:
@@ -72,8 +78,16 @@ def on_disk(cert_path: str) -> OnDisk | None:
         alternatives = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except (OSError, ValueError, x509.ExtensionNotFound):
         return None
+    try:
+        with open(key_path, "rb") as handle:
+            key = serialization.load_pem_private_key(handle.read(), password=None)
+        public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        key_matches = key.public_key().public_bytes(*public) == \
+            leaf.public_key().public_bytes(*public)
+    except (OSError, ValueError, TypeError):
+        key_matches = False
     return OnDisk(tuple(alternatives.value.get_values_for_type(x509.DNSName)),
-                  leaf.not_valid_before_utc, leaf.not_valid_after_utc, pem)
+                  leaf.not_valid_before_utc, leaf.not_valid_after_utc, pem, key_matches)
 
 
 class Renewer:
@@ -87,6 +101,7 @@ class Renewer:
         self.failures = 0
         self.store = TokenStore(challenge_directory(tls.cert_dir))
         self.cert_path = os.path.join(tls.cert_dir, ACME_CERT)
+        self.key_path = os.path.join(tls.cert_dir, ACME_KEY)
 
     def force(self, *_: object) -> None:
         self.forced = True
@@ -94,19 +109,26 @@ class Renewer:
     def run(self) -> None:
         self.store.clear()
         scheduled = ""
+        planned: tuple[bytes, datetime.datetime] | None = None
+        """The renewal time of the certificate on disk, drawn once per certificate (a
+        new jitter draw on every turn could move it past ``now`` again and again)."""
         while self.alive():
             now = datetime.datetime.now(datetime.UTC)
-            current = on_disk(self.cert_path)
+            current = on_disk(self.cert_path, self.key_path)
             reason = self._reason(current, now)
             if reason is None:
                 assert current is not None
-                when = self._renewal_time(current)
-                if _iso(when) != scheduled:
-                    scheduled = _iso(when)
-                    self.report({"acme": "scheduled", "next_renewal": scheduled,
-                                 "unix": int(when.timestamp())})
-                self._sleep_until(when)
-                continue
+                if planned is None or planned[0] != current.pem:
+                    planned = current.pem, self._renewal_time(current)
+                when = planned[1]
+                if when > now:
+                    if _iso(when) != scheduled:
+                        scheduled = _iso(when)
+                        self.report({"acme": "scheduled", "next_renewal": scheduled,
+                                     "unix": int(when.timestamp())})
+                    self._sleep_until(when)
+                    continue
+                reason = "renewal due"
             self.forced = False
             scheduled = ""
             self._attempt(reason, current, now)
@@ -117,6 +139,8 @@ class Renewer:
             return "no certificate yet"
         if needs_issue(current.names, current.not_after, domains, now):
             return "expired" if current.not_after <= now else "the domains changed"
+        if not current.key_matches:
+            return "the key does not match the certificate"
         if self.forced:
             return "renewal forced (ctl renew)"
         return None

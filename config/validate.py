@@ -13,7 +13,9 @@ config file's directory, which the model does not know.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from .model import (
     RouteCensor,
     RouteTimeouts,
     Tls,
+    TlsLetsEncrypt,
 )
 from .problems import Problems
 from .schema import suggest
@@ -99,9 +102,11 @@ RULES: tuple[Rule, ...] = (
     Rule("public_tls", "A public (non-loopback) listener requires TLS."),
     Rule("self_signed_public", "self_signed on a public listener requires "
                                "server.tls.self_signed.dev = true."),
-    Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route hosts, "
-                         "and environment = staging or production, or a directory_url "
-                         "(then no environment)."),
+    Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route host "
+                         "names (not IP addresses), and environment = staging or "
+                         "production, or a directory_url (then no environment)."),
+    Rule("tls_mode_settings", "[server.tls.lets_encrypt] is only set with mode = "
+                              "lets_encrypt (another mode would ignore it)."),
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
@@ -552,6 +557,14 @@ def _check_listeners(config: Config, problems: Problems) -> None:
 def _check_lets_encrypt(config: Config, problems: Problems) -> None:
     tls = config.server.tls
     if tls.mode != "lets_encrypt":
+        unused = TlsLetsEncrypt()
+        for field in dataclasses.fields(TlsLetsEncrypt):
+            if getattr(tls.lets_encrypt, field.name) != getattr(unused, field.name):
+                problems.error(("server", "tls", "lets_encrypt", field.name),
+                               "tls_mode_settings",
+                               f"lets_encrypt.{field.name} is set but mode = {tls.mode!r} "
+                               "does not use it; set mode = \"lets_encrypt\" or remove "
+                               "[server.tls.lets_encrypt]")
         return
     le = tls.lets_encrypt
     base: KeyPath = ("server", "tls", "lets_encrypt")
@@ -571,11 +584,26 @@ def _check_lets_encrypt(config: Config, problems: Problems) -> None:
     if not le.domains:
         problems.error((*base, "domains"), "lets_encrypt", "lets_encrypt needs domains")
     for position, domain in enumerate(le.domains):
+        if _is_ip_address(domain):
+            # The certificate request names DNS identifiers; the CA refuses an address
+            # there, so every attempt would fail and the actor retry forever.
+            problems.error((*base, "domains", position), "lets_encrypt",
+                           f"domain {domain!r} is an IP address; lets_encrypt certificates "
+                           "name DNS names only")
+            continue
         if not any(r.match.host.kind != "any" and host_matches(r.match.host, domain)
                    for r in config.route):
             problems.error((*base, "domains", position), "lets_encrypt",
                            f"domain {domain!r} is not the host of any route; certificates "
                            "are only requested for names this gateway serves")
+
+
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _check_manual_cert(config: Config, problems: Problems) -> None:

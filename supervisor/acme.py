@@ -37,6 +37,11 @@ class AcmeActor(SupervisedActor):
         self.current = current
         """The generation whose certificate an ``issued`` message swaps."""
         self.next_renewal = "-"
+        self.renew_pending = False
+        """``ctl renew`` was answered but no attempt has been reported since. SIGUSR1 is
+        lost when it reaches an actor that is being replaced (a reload) or that has not
+        installed its handler yet (the forked child ignores it until then); the actor's
+        first ``scheduled`` report comes after that, so the signal is sent again then."""
 
     def wanted(self, generation: Generation | None) -> bool:
         return generation is not None and \
@@ -50,19 +55,26 @@ class AcmeActor(SupervisedActor):
         """``ctl renew``: ask the running actor for a renewal now (False: none runs)."""
         if not self.pid:
             return False
+        self.renew_pending = True
+        self._ask_renewal()
+        return True
+
+    def _ask_renewal(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGUSR1)
-        return True
 
     def handle(self, message: dict[str, Any]) -> None:
         event = message.get("acme")
         if event == "attempt":
+            self.renew_pending = False  # forced or not, a new certificate is on its way
             domains = ",".join(str(d) for d in message.get("domains", []))
             self.say(f"acme: requesting a certificate for {domains} "
                      f"({message.get('reason')})", "info")
         elif event == "scheduled":
             self.next_renewal = str(message.get("next_renewal", "-"))
             self.say(f"acme: next renewal at {self.next_renewal}", "info")
+            if self.renew_pending and self.pid:
+                self._ask_renewal()
             # The actor found a valid certificate on disk: make sure it is the one served
             # (a generation started by a reload while the files were being replaced
             # would otherwise keep the previous, or temporary, certificate).

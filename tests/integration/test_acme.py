@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .conftest import Gateway, cli_command
 from .pebble import Pebble, acme_config, free_port
@@ -199,6 +200,30 @@ def test_a_certificate_placed_in_cert_dir_is_served_once_the_actor_sees_it(
     os.kill(pid, signal.SIGKILL)
     gateway.output.wait_for(re.compile(r"acme: serving the certificate in cert_dir"), TIMEOUT)
     assert issued_by_pebble(gateway.port)
+
+
+def test_a_torn_pair_is_reissued_at_once(
+        pebble: Pebble, start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    # The actor killed between renaming the new key and the new chain into place leaves
+    # a key that does not match the certificate. The restarted actor must not take the
+    # (valid) certificate alone as current: a new generation (reload, ticket rotation)
+    # could not load the pair and would refuse every handshake until the next renewal.
+    gateway = start_gateway(config(pebble, tmp_path, while_missing="wait"))
+    gateway.output.wait_for(ISSUED, TIMEOUT)
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "certs" / "acme.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    pid = {a["name"]: a for a in gateway.status()["actors"]}["acme"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    gateway.output.wait_for(re.compile(
+        r"acme: requesting a certificate for localhost \(the key does not match"), TIMEOUT)
+    wait_until(lambda: len(ISSUED.findall(gateway.output.text())) == 2, "the new pair")
+    rotated = gateway.ctl("rotate-tickets")  # a new generation loads the pair from disk
+    assert rotated.returncode == 0, rotated.stderr
+    wait_until(lambda: gateway.status()["certificates"][0]["source"] == "lets_encrypt",
+               "the new generation")
+    assert get_health(gateway.port, verified_context(pebble, tmp_path)) == 200
 
 
 def test_reserved_path_on_the_main_listener(pebble: Pebble,

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from acme import challenges, errors, messages
 from hypothesis import given
 from hypothesis import strategies as st
+from li_httpd.actors.acme import Renewer
 from li_httpd.actors.acme_client import AcmeError, classify
 from li_httpd.actors.acme_schedule import needs_issue, renewal_time, retry_delay
 from li_httpd.actors.acme_tokens import TokenStore
 from li_httpd.config.acme_paths import challenge_token
+from li_httpd.config.model import Tls, TlsLetsEncrypt
+from li_httpd.supervisor import acme as supervisor_acme
 from li_httpd.workers.acme_responder import key_authorization
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -176,3 +182,42 @@ def _failed_authz(detail: str) -> messages.AuthorizationResource:
 def test_classify(exc: BaseException, kind: str, detail: str) -> None:
     failure = classify(exc)
     assert failure.kind == kind and detail in failure.detail
+
+
+def test_a_renewal_asked_while_the_actor_cannot_hear_it_is_asked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ctl renew` right after a reload reaches the old actor (being killed) or the new
+    # one before it installs its SIGUSR1 handler (ignored): the actor then reports a
+    # schedule instead of an attempt, and the master must ask again rather than have
+    # answered "ok" for nothing.
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(supervisor_acme.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    actor = supervisor_acme.AcmeActor(None, str(tmp_path), lambda *_: None,  # type: ignore[arg-type]
+                                      current=lambda: None)
+    actor.pid = 4242
+    assert actor.renew()
+    assert sent == [(4242, signal.SIGUSR1)]
+    actor.pid = 4343  # the replacement actor, which never saw the signal
+    actor.handle({"acme": "scheduled", "next_renewal": "2027-01-01T00:00:00Z"})
+    assert sent[-1] == (4343, signal.SIGUSR1)
+    actor.handle({"acme": "attempt", "domains": ["gw.test"], "reason": "forced"})
+    actor.handle({"acme": "scheduled", "next_renewal": "2027-01-02T00:00:00Z"})
+    assert len(sent) == 2  # heard: no more signals
+
+
+def test_the_renewal_time_starts_an_issuance(tmp_path: Path, config_env: Any) -> None:
+    # A valid certificate past its renewal time (5 days left of 85: renewal was due 30
+    # days before expiry) must be renewed now, not served until it expires while the
+    # actor loops rescheduling a time already gone.
+    shutil.copy(config_env.placeholders["EXPIRING_CERT"], tmp_path / "acme.crt")
+    shutil.copy(config_env.placeholders["EXPIRING_KEY"], tmp_path / "acme.key")
+    tls = Tls(mode="lets_encrypt", cert_dir=str(tmp_path), lets_encrypt=TlsLetsEncrypt(
+        email="ops@example.com", domains=("api.example.com",),
+        # Nothing listens here: the attempt fails at once (network), no CA needed.
+        directory_url="https://127.0.0.1:9/dir"))
+    reports: list[dict[str, object]] = []
+    turns = iter(range(8))  # then "the master is gone": the backoff sleep ends
+    Renewer(tls, reports.append, lambda: next(turns, None) is not None).run()
+    events = [r["acme"] for r in reports]
+    assert events[:2] == ["attempt", "failed"], reports[:5]
+    assert reports[0]["reason"] == "renewal due"
