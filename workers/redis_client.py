@@ -110,6 +110,8 @@ class Connection:
         except BaseException:
             for waiter in waiters:
                 waiter.abandoned = True
+            if not self.reading:  # it may have been the one woken to read: pass it on
+                self._wake_next_reader()
             raise
         return [waiter.reply for waiter in waiters]
 
@@ -154,10 +156,16 @@ class Connection:
             raise
         finally:
             self.reading = False
-            for waiter in self.pending:  # the next request still waiting reads on
-                if not waiter.abandoned:
-                    waiter.last.event.set()  # its asker waits on its last reply
-                    break
+            self._wake_next_reader()
+
+    def _wake_next_reader(self) -> None:
+        """Wake the first request still waiting, to read on (a reader that gave up is
+        marked abandoned only after this runs in :meth:`_read_until`, so
+        :meth:`request` calls it again then)."""
+        for waiter in self.pending:
+            if not waiter.abandoned:
+                waiter.last.event.set()  # its asker waits on its last reply
+                break
 
     def _break(self, why: str) -> None:
         if self.broken:
