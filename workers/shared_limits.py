@@ -13,8 +13,10 @@ atomically, on the server's clock (``TIME``), so the hosts' clocks do not matter
   expiry (ms); expired leases are dropped before counting, so the slots of a host that
   died free up after ``lease_time``. Holders renew their leases every third of it
   (:meth:`RemoteLimits.run`);
-- each lease is also listed in its holder's set ``PREFIXholder:<host>.<pid>:<slot>`` so the
-  master can release a killed worker's leases at once (:func:`release_holder`).
+- each lease is also listed in its holder's set ``PREFIXholder:<host>.<pid>:<worker pid>``
+  so the master can release a killed worker's leases at once (:func:`release_holder`).
+  The worker's pid, not its slot: after a reload a new worker may have the slot of a
+  retiring one that still holds leases.
 
 The key digest is an unkeyed BLAKE2b-128 of (route, key value): the same on every host
 (the shared-memory table's per-host secret would split one key across hosts).
@@ -220,8 +222,8 @@ def host_id() -> str:
     return f"{socket.gethostname()}.{os.getppid()}"
 
 
-def holder_key(prefix: str, host: str, slot: int) -> bytes:
-    return f"{prefix}holder:{host}:{slot}".encode()
+def holder_key(prefix: str, host: str, worker: int) -> bytes:
+    return f"{prefix}holder:{host}:{worker}".encode()
 
 
 def key_digest(route: bytes, value: bytes) -> bytes:
@@ -242,7 +244,7 @@ def read_password(state: State) -> str | None:
 class RemoteLimits:
     """One worker's view of the Redis limits: its pool, health and live leases."""
 
-    def __init__(self, state: State, pool: RedisPool, slot: int, host: str) -> None:
+    def __init__(self, state: State, pool: RedisPool, worker: int, host: str) -> None:
         self.prefix = state.key_prefix.encode()
         self.pool = pool
         self.lease_ms = state.lease_time
@@ -250,8 +252,8 @@ class RemoteLimits:
         self.budgets_on_error: OnError = state.budgets_on_error or state.on_backend_error
         self.health = BackendHealth(state.retry_after * 1_000_000)
         self.host = host
-        self.holder = holder_key(state.key_prefix, host, slot)
-        self._lease_prefix = f"{host}:{slot}:".encode()
+        self.holder = holder_key(state.key_prefix, host, worker)
+        self._lease_prefix = f"{host}:{worker}:".encode()
         self._next = 0
         self.leases: set[bytes] = set()
         """Leases this worker holds (renewed by :meth:`run`)."""
