@@ -291,7 +291,7 @@ class RemoteLimits:
                 raise BackendError(f"unexpected reply to the admit script: {reply!r:.80}")
         except _FAILURES as exc:
             self._unanswered(batch, streams + b" " + lease_id)
-            self._failed(now, exc)
+            self._failed(exc)
             return RemoteVerdict(self.on_error, False, 0, "", b"")
         except trio.Cancelled:
             self._unanswered(batch, streams + b" " + lease_id)
@@ -329,7 +329,7 @@ class RemoteLimits:
                     isinstance(v, int) for v in reply):
                 raise BackendError(f"unexpected reply to the budget script: {reply!r:.80}")
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
             return None
         self._succeeded()
         ok, first, second, reason = (int(v) for v in reply)  # type: ignore[arg-type]
@@ -370,9 +370,10 @@ class RemoteLimits:
         if len(self._released) == 1:
             self._wake.set()
 
-    def _failed(self, now: int, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.pool.reset()  # a server that failed one may have closed them all
-        if self.health.failed(now):
+        # Down from now, when the call failed (up to the timeout after it started).
+        if self.health.failed(time.monotonic_ns()):
             self.transitions.append(f"down: {exc}")
 
     def _succeeded(self) -> None:
@@ -421,7 +422,7 @@ class RemoteLimits:
         try:
             reply = await self.pool.run_script(CIRCUITS_OPEN, tuple(self._circuit_keys), ())
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
             return
         self._succeeded()
         if not isinstance(reply, list):
@@ -437,7 +438,7 @@ class RemoteLimits:
         try:
             await self.pool.call(*args)
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
         else:
             self._succeeded()
 
@@ -449,7 +450,7 @@ class RemoteLimits:
         try:
             await self.pool.run_script(script, keys, args)
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
         else:
             self._succeeded()
 

@@ -177,6 +177,24 @@ async def test_a_down_backend_is_not_called_until_retry_after(
     assert limits.transitions[-1] == "up"
 
 
+async def test_the_down_period_starts_when_the_call_failed(
+        redis_server: RedisServer, silent_port: int) -> None:
+    """retry_after counts from the failure, not from the start of the call that failed:
+    with a timeout longer than retry_after, the backend is still down right after the
+    timeout (no request pays the timeout again at once)."""
+    state = _state(redis_server, timeout=300, retry_after=200, on_backend_error="allow")
+    pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.3)
+    limits = RemoteLimits(state, pool, 0, "hostH")
+    digest = key_digest(b"route", b"down-key")
+    rate = gcra.Rate.of(10, 10)
+    assert (await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+            ).fallback == "allow"
+    started = time.monotonic()
+    assert (await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+            ).fallback == "allow"
+    assert time.monotonic() - started < 0.1, "down: decided at once, no call"
+
+
 async def test_per_kind_override_wins(redis_server: RedisServer, silent_port: int) -> None:
     state = _state(redis_server, on_backend_error="allow", limits_on_error="deny")
     pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.05)
