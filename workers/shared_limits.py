@@ -195,6 +195,8 @@ _FAILURES: tuple[type[BaseException], ...] = (BackendError, *connection_errors()
 
 RELEASE_BATCH = 64
 """Leases given back per round trip at most."""
+RELEASE_KEPT = 4096
+"""Releases kept while Redis is down at most (older ones are left to expire)."""
 RELEASE_DELAY_S = 0.02
 """How long a released lease waits for an admission to carry it to Redis before the
 background task sends it alone (a freed stream slot shows up in Redis that much later
@@ -363,8 +365,9 @@ class RemoteLimits:
         self._wake.set()
 
     def release(self, lease: bytes) -> None:
-        """Give a lease back (no await: :meth:`run` sends it; if that fails, the lease
-        expires on its own)."""
+        """Give a lease back (no await: :meth:`run` or the next admission sends it; while
+        Redis is down it is kept, up to :data:`RELEASE_KEPT`, else it expires on its
+        own)."""
         self.leases.discard(lease)
         self._released.append(lease)
         if len(self._released) == 1:
@@ -407,9 +410,12 @@ class RemoteLimits:
             if self._released:
                 batch = tuple(self._released[:RELEASE_BATCH])
                 del self._released[:RELEASE_BATCH]
-                if self._released:
-                    self._wake.set()
-                await self._send(RELEASE, (self.holder,), batch)
+                if await self._send(RELEASE, (self.holder,), batch):
+                    if self._released:
+                        self._wake.set()
+                else:  # kept for the next admission or tick (dropped, a lease would
+                    # hold its slot for lease_time after Redis is back)
+                    self._released = [*batch, *self._released][:RELEASE_KEPT]
             if trio.current_time() >= next_renewal:
                 next_renewal = trio.current_time() + renew_every
                 if self.leases:
@@ -443,16 +449,18 @@ class RemoteLimits:
             self._succeeded()
 
     async def _send(self, script: Script, keys: tuple[bytes, ...],
-                    args: tuple[bytes | int, ...]) -> None:
+                    args: tuple[bytes | int, ...]) -> bool:
+        """Whether the script ran (False: Redis is down, or the call failed)."""
         now = time.monotonic_ns()
         if not self.health.usable(now):
-            return
+            return False
         try:
             await self.pool.run_script(script, keys, args)
         except _FAILURES as exc:
             self._failed(exc)
-        else:
-            self._succeeded()
+            return False
+        self._succeeded()
+        return True
 
 
 __all__ = ["ADMIT", "BUDGET_RESERVE", "BUDGET_SETTLE", "CIRCUITS_OPEN", "RELEASE",
