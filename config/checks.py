@@ -353,7 +353,9 @@ def parse_redis_url(value: str) -> RedisUrl | str:
     """``redis://[USER@]HOST:PORT[/DB]`` or ``rediss://...``, or why not (a message).
     A password in the URL is refused: it would sit in the config file, in
     ``explain-config`` output and in logs; it comes from password_file or password_env."""
-    userinfo = value.partition("://")[2].partition("/")[0].rpartition("@")[0]
+    # Up to the last "@" anywhere, not only before the first "/": a password may hold a
+    # "/" (base64 ones do), and no "@" belongs after the host (the path is a number).
+    userinfo = value.partition("://")[2].rpartition("@")[0]
     if ":" in userinfo:  # checked first: no later message may echo the password
         return ("a Redis URL with a password: never put the password in the config; set "
                 "[state] password_file or password_env (a user name alone, "

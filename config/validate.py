@@ -35,6 +35,7 @@ from .model import (
     Route,
     RouteCensor,
     RouteTimeouts,
+    State,
     Tls,
     TlsLetsEncrypt,
 )
@@ -166,8 +167,8 @@ RULES: tuple[Rule, ...] = (
                             "failure (failures is not empty)."),
     Rule("state_url", "[state] url is redis://[USER@]HOST:PORT[/DB] or rediss://...; never "
                       "with a password (use password_file or password_env)."),
-    Rule("state", "[state] backend = redis needs url; url, ca_file, password_file and "
-                  "password_env only with backend = redis; ca_file only with rediss:// "
+    Rule("state", "[state] backend = redis needs url; every other [state] setting "
+                  "only with backend = redis; ca_file only with rediss:// "
                   "and readable; password_file readable, or password_env set (not both); "
                   "key_prefix is 1-64 printable ASCII characters without spaces."),
     Rule("value", "A value that fails a field-specific check (e.g. a non-5xx retry status)."),
@@ -868,8 +869,11 @@ def _check_state(config: Config, problems: Problems) -> None:
     state = config.state
     base: KeyPath = ("state",)
     if state.backend == "local":
-        for name in ("url", "ca_file", "password_file", "password_env"):
-            if getattr(state, name):
+        # Every Redis setting, not only the connection: a timeout or a failure policy
+        # given with the local backend would be accepted and silently ignored.
+        defaults = State()
+        for name in (field.name for field in dataclasses.fields(State)):
+            if name != "backend" and getattr(state, name) != getattr(defaults, name):
                 problems.error((*base, name), "state",
                                f"{name} is set but backend = \"local\"; set backend = "
                                "\"redis\" or remove it")

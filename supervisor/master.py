@@ -355,7 +355,7 @@ class Master:
         generation.shared.clear_worker(slot.index)
         state = generation.loaded.config.state
         if state.backend == "redis":  # its stream leases in Redis too
-            released = release_worker_leases(state, slot.index)
+            released = release_worker_leases(state, exited.pid)
             if isinstance(released, str):
                 self.say(f"worker {slot.index}: could not release its Redis stream leases "
                          f"({released}); they expire after lease_time", "warn")

@@ -1,6 +1,6 @@
 """The master's one Redis operation: release a dead worker's stream leases at once.
 
-A worker's leases carry its holder id (host, master pid, worker slot) and are listed in
+A worker's leases carry its holder id (host, master pid, worker pid) and are listed in
 its holder set (:mod:`li_httpd.workers.shared_limits`). When the master reaps a worker
 it runs the holder-release script, so a worker SIGKILLed mid-request frees its slots
 immediately, as the shared-memory backend does by zeroing the worker's column. If Redis
@@ -38,8 +38,9 @@ def master_host_id() -> str:
     return f"{socket.gethostname()}.{os.getpid()}"
 
 
-def release_worker_leases(state: State, slot: int, deadline: float = DEADLINE) -> int | str:
-    """Release every lease worker ``slot`` held; the count, or why it failed."""
+def release_worker_leases(state: State, worker: int, deadline: float = DEADLINE) -> int | str:
+    """Release every lease the worker whose pid was ``worker`` held; the count, or why it
+    failed."""
     url = parse_redis_url(state.url)
     if isinstance(url, str):
         return url
@@ -57,7 +58,7 @@ def release_worker_leases(state: State, slot: int, deadline: float = DEADLINE) -
                                                if url.username else ("AUTH", password)))
             if url.db:
                 _call(conn, parser, give_up, "SELECT", url.db)
-            key = holder_key(state.key_prefix, master_host_id(), slot)
+            key = holder_key(state.key_prefix, master_host_id(), worker)
             reply = _call(conn, parser, give_up, "EVAL", RELEASE_HOLDER.text, 1, key)
     except (OSError, ValueError, ProtocolError) as exc:
         return str(exc) or type(exc).__name__

@@ -217,8 +217,8 @@ class WorkerContext:
         self.keyring = KeyRing(config.auth.keys)
         self.log = log or WorkerLog(config.log)
         self.metrics = metrics_for(config)
-        self.remote = remote_limits(config.state, slot) if config.state.backend == "redis" \
-            else None
+        self.remote = remote_limits(config.state, os.getpid()) \
+            if config.state.backend == "redis" else None
         """The Redis limits (``[state] backend = "redis"``), else None."""
         limits = config.limits
         self.limits = ParseLimits(
@@ -311,12 +311,14 @@ class WorkerContext:
             group.close_all()
 
 
-def remote_limits(state: State, slot: int) -> RemoteLimits:
-    """The Redis limits of one worker (``slot``: its column, part of its lease ids)."""
+def remote_limits(state: State, worker: int) -> RemoteLimits:
+    """The Redis limits of one worker (``worker``: its pid, part of its lease ids; not its
+    slot, which a reload may give a new worker while the retiring one still holds
+    leases)."""
     url = parse_redis_url(state.url)
     if isinstance(url, str):
         raise ValueError(url)  # validation refused this config already
     context = ssl.create_default_context(cafile=state.ca_file or None) if url.tls else None
     pool = RedisPool(url, read_password(state), state.pool_size, state.timeout / 1000,
                      context)
-    return RemoteLimits(state, pool, slot, host_id())
+    return RemoteLimits(state, pool, worker, host_id())

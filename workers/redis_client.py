@@ -46,15 +46,17 @@ class Script:
 
 
 class _Waiter:
-    """One expected reply on a connection, and whether its asker still waits for it."""
+    """One expected reply on a connection, and whether its asker still waits for it.
+    ``last`` is the last waiter of the same request: the one its asker waits on."""
 
-    __slots__ = ("abandoned", "done", "event", "reply")
+    __slots__ = ("abandoned", "done", "event", "last", "reply")
 
     def __init__(self) -> None:
         self.done = False
         self.abandoned = False
         self.reply: Reply = None
         self.event = trio.Event()
+        self.last = self
 
 
 class Connection:
@@ -88,9 +90,11 @@ class Connection:
         if self.broken:
             raise BackendError(self.broken)
         waiters = [_Waiter() for _ in range(replies)]
+        last = waiters[-1]
+        for waiter in waiters:
+            waiter.last = last
         self.pending.extend(waiters)
         self.unsent.append(payload)
-        last = waiters[-1]
         try:
             if not self.writing:
                 await self._write()
@@ -106,6 +110,8 @@ class Connection:
         except BaseException:
             for waiter in waiters:
                 waiter.abandoned = True
+            if not self.reading:  # it may have been the one woken to read: pass it on
+                self._wake_next_reader()
             raise
         return [waiter.reply for waiter in waiters]
 
@@ -150,10 +156,16 @@ class Connection:
             raise
         finally:
             self.reading = False
-            for waiter in self.pending:  # the next one still waiting reads on
-                if not waiter.abandoned:
-                    waiter.event.set()
-                    break
+            self._wake_next_reader()
+
+    def _wake_next_reader(self) -> None:
+        """Wake the first request still waiting, to read on (a reader that gave up is
+        marked abandoned only after this runs in :meth:`_read_until`, so
+        :meth:`request` calls it again then)."""
+        for waiter in self.pending:
+            if not waiter.abandoned:
+                waiter.last.event.set()  # its asker waits on its last reply
+                break
 
     def _break(self, why: str) -> None:
         if self.broken:

@@ -11,7 +11,8 @@ The server is trusted but the bytes still cross a network, so the parser is tota
 malformed input raises :class:`ProtocolError` with what was wrong, and every size is
 bounded before bytes are awaited (a line longer than :data:`MAX_LINE`, a bulk string
 longer than :data:`MAX_BULK`, an array of more than :data:`MAX_ARRAY` elements or nested
-deeper than :data:`MAX_DEPTH` is an error, not a wait for more input). The replies the
+deeper than :data:`MAX_DEPTH`, or a reply of more than :data:`MAX_REPLY` bytes in all,
+is an error, not a wait for more input). The replies the
 gateway's scripts send are a few small integers and strings, far below these bounds.
 
 Reply values: ``bytes`` (simple and bulk strings), ``int``, ``None`` (nil), ``list``
@@ -32,6 +33,9 @@ MAX_ARRAY = 4096
 """Most elements in one array reply."""
 MAX_DEPTH = 8
 """Deepest array nesting."""
+MAX_REPLY = 4 * 1024 * 1024
+"""Most bytes in one whole reply (arrays of strings, each within its bound, would
+otherwise add up to gigabytes held while the reply is assembled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +111,14 @@ class ReplyParser:
     """Incremental reply parser: :meth:`feed` bytes, then :meth:`next` until it returns
     :data:`NEED_MORE`. After a :class:`ProtocolError` the parser stays failed."""
 
-    __slots__ = ("_buffer", "_failed", "_stack")
+    __slots__ = ("_buffer", "_failed", "_size", "_stack")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._stack: list[_Array] = []
         self._failed = ""
+        self._size = 0
+        """Bytes of the reply being assembled consumed so far (bounded by MAX_REPLY)."""
 
     def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
@@ -149,6 +155,13 @@ class ReplyParser:
             if b"\n" in line or b"\r" in line:
                 raise ProtocolError("bare CR or LF in a reply line")
             value: Reply
+            used = end + 2  # the bytes this step consumes (the line, and a bulk's data)
+            if kind == 0x24:
+                size = _integer(line)
+                if size > 0:
+                    used += size + 2
+            if self._size + used > MAX_REPLY:
+                raise ProtocolError(f"a reply larger than {MAX_REPLY} bytes")
             if kind == 0x2B:  # +
                 value = line
                 del buffer[:end + 2]
@@ -159,7 +172,6 @@ class ReplyParser:
                 value = _integer(line)
                 del buffer[:end + 2]
             elif kind == 0x24:  # $
-                size = _integer(line)
                 if size == -1:
                     value = None
                     del buffer[:end + 2]
@@ -187,11 +199,13 @@ class ReplyParser:
                     if len(self._stack) >= MAX_DEPTH:
                         raise ProtocolError(f"arrays nested deeper than {MAX_DEPTH}")
                     del buffer[:end + 2]
+                    self._size += used
                     self._stack.append(_Array(count))
                     continue
             else:
                 raise ProtocolError(f"unknown reply type byte {kind:#04x}")
             # A whole value: hand it out, or add it to the array being assembled.
+            self._size += used
             while self._stack:
                 top = self._stack[-1]
                 top.items.append(value)
@@ -201,6 +215,7 @@ class ReplyParser:
                 self._stack.pop()
                 value = top.items
             else:
+                self._size = 0
                 return value
 
 

@@ -13,8 +13,10 @@ atomically, on the server's clock (``TIME``), so the hosts' clocks do not matter
   expiry (ms); expired leases are dropped before counting, so the slots of a host that
   died free up after ``lease_time``. Holders renew their leases every third of it
   (:meth:`RemoteLimits.run`);
-- each lease is also listed in its holder's set ``PREFIXholder:<host>.<pid>:<slot>`` so the
-  master can release a killed worker's leases at once (:func:`release_holder`).
+- each lease is also listed in its holder's set ``PREFIXholder:<host>.<pid>:<worker pid>``
+  so the master can release a killed worker's leases at once (:func:`release_holder`).
+  The worker's pid, not its slot: after a reload a new worker may have the slot of a
+  retiring one that still holds leases.
 
 The key digest is an unkeyed BLAKE2b-128 of (route, key value): the same on every host
 (the shared-memory table's per-host secret would split one key across hosts).
@@ -193,6 +195,8 @@ _FAILURES: tuple[type[BaseException], ...] = (BackendError, *connection_errors()
 
 RELEASE_BATCH = 64
 """Leases given back per round trip at most."""
+RELEASE_KEPT = 4096
+"""Releases kept while Redis is down at most (older ones are left to expire)."""
 RELEASE_DELAY_S = 0.02
 """How long a released lease waits for an admission to carry it to Redis before the
 background task sends it alone (a freed stream slot shows up in Redis that much later
@@ -220,8 +224,8 @@ def host_id() -> str:
     return f"{socket.gethostname()}.{os.getppid()}"
 
 
-def holder_key(prefix: str, host: str, slot: int) -> bytes:
-    return f"{prefix}holder:{host}:{slot}".encode()
+def holder_key(prefix: str, host: str, worker: int) -> bytes:
+    return f"{prefix}holder:{host}:{worker}".encode()
 
 
 def key_digest(route: bytes, value: bytes) -> bytes:
@@ -242,7 +246,7 @@ def read_password(state: State) -> str | None:
 class RemoteLimits:
     """One worker's view of the Redis limits: its pool, health and live leases."""
 
-    def __init__(self, state: State, pool: RedisPool, slot: int, host: str) -> None:
+    def __init__(self, state: State, pool: RedisPool, worker: int, host: str) -> None:
         self.prefix = state.key_prefix.encode()
         self.pool = pool
         self.lease_ms = state.lease_time
@@ -250,8 +254,8 @@ class RemoteLimits:
         self.budgets_on_error: OnError = state.budgets_on_error or state.on_backend_error
         self.health = BackendHealth(state.retry_after * 1_000_000)
         self.host = host
-        self.holder = holder_key(state.key_prefix, host, slot)
-        self._lease_prefix = f"{host}:{slot}:".encode()
+        self.holder = holder_key(state.key_prefix, host, worker)
+        self._lease_prefix = f"{host}:{worker}:".encode()
         self._next = 0
         self.leases: set[bytes] = set()
         """Leases this worker holds (renewed by :meth:`run`)."""
@@ -289,7 +293,7 @@ class RemoteLimits:
                 raise BackendError(f"unexpected reply to the admit script: {reply!r:.80}")
         except _FAILURES as exc:
             self._unanswered(batch, streams + b" " + lease_id)
-            self._failed(now, exc)
+            self._failed(exc)
             return RemoteVerdict(self.on_error, False, 0, "", b"")
         except trio.Cancelled:
             self._unanswered(batch, streams + b" " + lease_id)
@@ -327,7 +331,7 @@ class RemoteLimits:
                     isinstance(v, int) for v in reply):
                 raise BackendError(f"unexpected reply to the budget script: {reply!r:.80}")
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
             return None
         self._succeeded()
         ok, first, second, reason = (int(v) for v in reply)  # type: ignore[arg-type]
@@ -361,16 +365,18 @@ class RemoteLimits:
         self._wake.set()
 
     def release(self, lease: bytes) -> None:
-        """Give a lease back (no await: :meth:`run` sends it; if that fails, the lease
-        expires on its own)."""
+        """Give a lease back (no await: :meth:`run` or the next admission sends it; while
+        Redis is down it is kept, up to :data:`RELEASE_KEPT`, else it expires on its
+        own)."""
         self.leases.discard(lease)
         self._released.append(lease)
         if len(self._released) == 1:
             self._wake.set()
 
-    def _failed(self, now: int, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.pool.reset()  # a server that failed one may have closed them all
-        if self.health.failed(now):
+        # Down from now, when the call failed (up to the timeout after it started).
+        if self.health.failed(time.monotonic_ns()):
             self.transitions.append(f"down: {exc}")
 
     def _succeeded(self) -> None:
@@ -404,9 +410,12 @@ class RemoteLimits:
             if self._released:
                 batch = tuple(self._released[:RELEASE_BATCH])
                 del self._released[:RELEASE_BATCH]
-                if self._released:
-                    self._wake.set()
-                await self._send(RELEASE, (self.holder,), batch)
+                if await self._send(RELEASE, (self.holder,), batch):
+                    if self._released:
+                        self._wake.set()
+                else:  # kept for the next admission or tick (dropped, a lease would
+                    # hold its slot for lease_time after Redis is back)
+                    self._released = [*batch, *self._released][:RELEASE_KEPT]
             if trio.current_time() >= next_renewal:
                 next_renewal = trio.current_time() + renew_every
                 if self.leases:
@@ -419,7 +428,7 @@ class RemoteLimits:
         try:
             reply = await self.pool.run_script(CIRCUITS_OPEN, tuple(self._circuit_keys), ())
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
             return
         self._succeeded()
         if not isinstance(reply, list):
@@ -435,21 +444,23 @@ class RemoteLimits:
         try:
             await self.pool.call(*args)
         except _FAILURES as exc:
-            self._failed(now, exc)
+            self._failed(exc)
         else:
             self._succeeded()
 
     async def _send(self, script: Script, keys: tuple[bytes, ...],
-                    args: tuple[bytes | int, ...]) -> None:
+                    args: tuple[bytes | int, ...]) -> bool:
+        """Whether the script ran (False: Redis is down, or the call failed)."""
         now = time.monotonic_ns()
         if not self.health.usable(now):
-            return
+            return False
         try:
             await self.pool.run_script(script, keys, args)
         except _FAILURES as exc:
-            self._failed(now, exc)
-        else:
-            self._succeeded()
+            self._failed(exc)
+            return False
+        self._succeeded()
+        return True
 
 
 __all__ = ["ADMIT", "BUDGET_RESERVE", "BUDGET_SETTLE", "CIRCUITS_OPEN", "RELEASE",

@@ -23,6 +23,9 @@ REFUSED = [
     ("redis://:hunter2@127.0.0.1:6379", "password"),
     ("redis://user:hunter2@127.0.0.1:6379", "password"),
     ("rediss://user:hunter2@host:bad/9", "password"),
+    # A password with a slash (base64 makes them) must not pass for a path and be echoed.
+    ("redis://user:hun/ter2@127.0.0.1:6379", "password"),
+    ("redis://:12/hunter2@127.0.0.1:6379", "password"),
     ("http://127.0.0.1:6379", "redis:// or rediss://"),
     ("redis://127.0.0.1", "port explicitly"),
     ("redis://127.0.0.1:6379/16", "database number"),
@@ -38,4 +41,4 @@ def test_refused_with_a_clear_message(url: str, message: str) -> None:
     problem = parse_redis_url(url)
     assert isinstance(problem, str)
     assert message in problem
-    assert "hunter2" not in problem
+    assert "hunter2" not in problem and "ter2" not in problem

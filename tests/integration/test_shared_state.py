@@ -259,3 +259,37 @@ def test_a_circuit_opened_on_one_instance_opens_on_the_other(
     finally:
         peer.release.set()
         peer.close()
+
+
+def test_a_reload_does_not_mix_the_generations_leases(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway],
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """A reload that needs a new shared-memory segment (here: a pool added) gives the
+    new workers the slot numbers of the retiring ones. Their leases must still be their
+    own: a stream on the retiring worker and two on the new one count as three, and
+    when the retiring worker exits the master releases its leases only."""
+    gateway = start_gateway(_config(mock, redis_server, tmp_path / "gw", rps=1000,
+                                    burst=1000, streams=2).replace("workers = 2",
+                                                                   "workers = 1"))
+    old = gateway.workers()
+    first, status = _open_stream(gateway)  # on the old generation's worker
+    assert status == 200
+    config = gateway.config_path.read_text()
+    gateway.config_path.write_text(config.replace(
+        "[upstreams.main]", f'[upstreams.spare]\npeers = ["{mock.origin}"]\n\n[upstreams.main]'))
+    result = gateway.ctl("reload")
+    assert result.returncode == 0, result.stdout + result.stderr
+    _wait(lambda: bool(gateway.workers()) and gateway.workers() != old)
+    second, status = _open_stream(gateway)  # on the new generation's worker
+    assert status == 200
+    third, status = _open_stream(gateway)
+    assert status == 429, "first and second hold the 2 streams"
+    third.close()
+    first.close()  # the old worker drains and exits; the master releases its leases
+    _wait(lambda: not {w["pid"] for w in gateway.status()["workers"]} & set(old))
+    fourth, status = _open_stream(gateway)
+    assert status == 200
+    fifth, status = _open_stream(gateway)
+    assert status == 429, "second and fourth hold the 2 streams"
+    for sock in (second, fourth, fifth):
+        sock.close()

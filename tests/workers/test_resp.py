@@ -10,6 +10,7 @@ from li_httpd.workers.resp import (
     MAX_BULK,
     MAX_DEPTH,
     MAX_LINE,
+    MAX_REPLY,
     NEED_MORE,
     ProtocolError,
     Reply,
@@ -175,3 +176,15 @@ def test_arbitrary_bytes_never_hang_nor_crash(wire: bytes) -> None:
             raise AssertionError("more replies than bytes")
     except ProtocolError:
         pass
+
+
+def test_one_reply_is_bounded_in_total_not_only_per_part() -> None:
+    """Each bulk string and array is within its bound, but together they would make one
+    reply of gigabytes: refused once it passes MAX_REPLY, not held in memory."""
+    parser = ReplyParser()
+    chunk = b"$%d\r\n%s\r\n" % (MAX_BULK, b"x" * MAX_BULK)
+    parser.feed(b"*%d\r\n" % MAX_ARRAY)
+    with pytest.raises(ProtocolError, match="larger than"):
+        for _ in range(MAX_REPLY // MAX_BULK + 2):
+            parser.feed(chunk)
+            assert parser.next() is NEED_MORE

@@ -177,6 +177,46 @@ async def test_a_down_backend_is_not_called_until_retry_after(
     assert limits.transitions[-1] == "up"
 
 
+async def test_the_down_period_starts_when_the_call_failed(
+        redis_server: RedisServer, silent_port: int) -> None:
+    """retry_after counts from the failure, not from the start of the call that failed:
+    with a timeout longer than retry_after, the backend is still down right after the
+    timeout (no request pays the timeout again at once)."""
+    state = _state(redis_server, timeout=300, retry_after=200, on_backend_error="allow")
+    pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.3)
+    limits = RemoteLimits(state, pool, 0, "hostH")
+    digest = key_digest(b"route", b"down-key")
+    rate = gcra.Rate.of(10, 10)
+    assert (await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+            ).fallback == "allow"
+    started = time.monotonic()
+    assert (await limits.admit(digest, rate.interval_ns, rate.tolerance_ns, 5)
+            ).fallback == "allow"
+    assert time.monotonic() - started < 0.1, "down: decided at once, no call"
+
+
+async def test_a_release_made_while_the_backend_is_down_is_sent_once_it_is_up(
+        redis_server: RedisServer) -> None:
+    """A stream that ends while Redis counts as down (or an admission that got no
+    answer: its lease may exist) keeps its release for later instead of dropping it:
+    the lease is given back once Redis answers, not left to hold the slot for
+    lease_time."""
+    limits = RemoteLimits(_state(redis_server, retry_after=200), _pool(redis_server), 0,
+                          "hostI")
+    digest = key_digest(b"route", b"release-while-down")
+    allowed, _, lease = await _admit(limits, digest)
+    assert allowed
+    async with trio.open_nursery() as nursery:
+        await nursery.start(limits.run)
+        limits.health.failed(time.monotonic_ns())  # down for 200 ms
+        limits.release(lease)
+        await trio.sleep(0.1)  # the background task sees it while down
+        await trio.sleep(1.1)  # up again; the next renewal tick (every 1 s) sends it
+        streams = b"t:{" + digest + b"}:streams"
+        assert await limits.pool.call("ZCARD", streams) == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_per_kind_override_wins(redis_server: RedisServer, silent_port: int) -> None:
     state = _state(redis_server, on_backend_error="allow", limits_on_error="deny")
     pool = RedisPool(RedisUrl(False, "127.0.0.1", silent_port, 0, ""), None, 2, 0.05)
