@@ -69,7 +69,7 @@ from .health import HealthActor
 from .listeners import Listeners, StartError, acme_key, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
-from .shared_state import release_worker_leases
+from .shared_state import LeaseRelease
 from .tickets import TicketRotation
 from .tls import TlsSetupError, server_tls
 
@@ -137,6 +137,7 @@ class Master:
         have changed after the actor read it)."""
         self.next_waiters: list[PendingReply] = []
         self.tickets = TicketRotation()
+        self.release_leases = LeaseRelease()
         self.rotation_waiters: list[PendingReply] = []
         """ctl clients waiting for the rotation in progress."""
         self.stop: Stop | None = None
@@ -355,7 +356,7 @@ class Master:
         generation.shared.clear_worker(slot.index)
         state = generation.loaded.config.state
         if state.backend == "redis":  # its stream leases in Redis too
-            released = release_worker_leases(state, exited.pid)
+            released = self.release_leases(state, exited.pid, now)
             if isinstance(released, str):
                 self.say(f"worker {slot.index}: could not release its Redis stream leases "
                          f"({released}); they expire after lease_time", "warn")

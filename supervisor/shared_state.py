@@ -6,8 +6,11 @@ it runs the holder-release script, so a worker SIGKILLed mid-request frees its s
 immediately, as the shared-memory backend does by zeroing the worker's column. If Redis
 cannot be reached the leases still expire after ``lease_time``.
 
-The master is synchronous, so this is a blocking socket with a short deadline (it
-delays the main loop by at most that), speaking RESP2 through the workers' codec.
+The master is synchronous, so this is a blocking socket with a short deadline (four
+times ``[state] timeout``, at most one second), speaking RESP2 through the workers'
+codec. After a failure :class:`LeaseRelease` does not try again for
+:data:`QUIET_AFTER_FAILURE`: a reload retiring every worker while Redis is away costs
+the main loop one deadline, not one per worker.
 """
 
 from __future__ import annotations
@@ -31,6 +34,26 @@ from li_httpd.workers.shared_limits import RELEASE_HOLDER, holder_key, read_pass
 
 DEADLINE = 1.0
 """Longest the master waits for Redis per released worker (seconds)."""
+
+QUIET_AFTER_FAILURE = 10.0
+"""Seconds after a failed release during which dead workers' leases are left to expire."""
+
+
+class LeaseRelease:
+    """The master's releases, skipped for a while after one failed."""
+
+    def __init__(self) -> None:
+        self.quiet_until = 0.0
+
+    def __call__(self, state: State, worker: int, now: float) -> int | str | None:
+        """The released count, why it failed, or None when skipped after a failure."""
+        if now < self.quiet_until:
+            return None
+        deadline = min(DEADLINE, 4 * state.timeout / 1000)
+        result = release_worker_leases(state, worker, deadline)
+        if isinstance(result, str):
+            self.quiet_until = now + QUIET_AFTER_FAILURE
+        return result
 
 
 def master_host_id() -> str:
@@ -84,4 +107,4 @@ def _call(conn: socket.socket, parser: ReplyParser, give_up: float,
         parser.feed(data)
 
 
-__all__ = ["release_worker_leases"]
+__all__ = ["LeaseRelease", "release_worker_leases"]

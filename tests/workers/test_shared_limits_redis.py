@@ -21,6 +21,7 @@ import pytest
 import trio
 from li_httpd.config.checks import RedisUrl
 from li_httpd.config.model import State
+from li_httpd.config.units import Millis
 from li_httpd.shm import gcra
 from li_httpd.workers.redis_client import BackendError, RedisPool
 from li_httpd.workers.shared_limits import (
@@ -250,6 +251,34 @@ def test_the_master_gives_up_quickly_when_redis_is_away(silent_port: int) -> Non
     problem = release_worker_leases(state, 0, deadline=0.2)
     assert isinstance(problem, str), problem
     assert time.monotonic() - started < 1.0
+
+
+def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> None:
+    """A reload retiring every worker while Redis is away stalls the master's loop for
+    one deadline (4 x timeout), not one per worker; it tries again after the quiet time."""
+    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, LeaseRelease
+
+    with socket.socket() as listener:  # accepts (backlog) and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        port = int(listener.getsockname()[1])
+        state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
+        release = LeaseRelease()
+        started = time.monotonic()
+        assert isinstance(release(state, 1, 100.0), str)
+        assert time.monotonic() - started < 0.2 + 0.3  # 4 x 50 ms, not DEADLINE
+        assert release(state, 2, 101.0) is None
+        assert release(state, 3, 100.0 + QUIET_AFTER_FAILURE - 0.1) is None
+        connections = 0
+        while True:
+            try:
+                listener.accept()[0].close()
+            except BlockingIOError:
+                break
+            connections += 1
+        assert connections == 1
+        assert isinstance(release(state, 4, 100.0 + QUIET_AFTER_FAILURE), str)
 
 
 async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: RedisServer
