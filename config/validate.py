@@ -38,6 +38,8 @@ from .model import (
     State,
     Tls,
     TlsLetsEncrypt,
+    TlsManual,
+    TlsSelfSigned,
 )
 from .problems import Problems
 from .schema import suggest
@@ -106,8 +108,9 @@ RULES: tuple[Rule, ...] = (
     Rule("lets_encrypt", "lets_encrypt needs a valid email, domains that are route host "
                          "names (not IP addresses), and environment = staging or "
                          "production, or a directory_url (then no environment)."),
-    Rule("tls_mode_settings", "[server.tls.lets_encrypt] is only set with mode = "
-                              "lets_encrypt (another mode would ignore it)."),
+    Rule("tls_mode_settings", "[server.tls.manual], [server.tls.self_signed] and "
+                              "[server.tls.lets_encrypt] are only set with their mode "
+                              "(another mode would ignore them)."),
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
@@ -555,17 +558,25 @@ def _check_listeners(config: Config, problems: Problems) -> None:
                            "the metrics listener must use a port of its own")
 
 
+def _check_mode_settings(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    sections: tuple[tuple[str, object, object], ...] = (
+        ("manual", tls.manual, TlsManual()), ("self_signed", tls.self_signed, TlsSelfSigned()),
+        ("lets_encrypt", tls.lets_encrypt, TlsLetsEncrypt()))
+    for mode, section, unused in sections:
+        if tls.mode == mode:
+            continue
+        for field in dataclasses.fields(unused):  # type: ignore[arg-type]
+            if getattr(section, field.name) != getattr(unused, field.name):
+                problems.error(("server", "tls", mode, field.name), "tls_mode_settings",
+                               f"{mode}.{field.name} is set but mode = {tls.mode!r} does "
+                               f"not use it; set mode = \"{mode}\" or remove "
+                               f"[server.tls.{mode}]")
+
+
 def _check_lets_encrypt(config: Config, problems: Problems) -> None:
     tls = config.server.tls
     if tls.mode != "lets_encrypt":
-        unused = TlsLetsEncrypt()
-        for field in dataclasses.fields(TlsLetsEncrypt):
-            if getattr(tls.lets_encrypt, field.name) != getattr(unused, field.name):
-                problems.error(("server", "tls", "lets_encrypt", field.name),
-                               "tls_mode_settings",
-                               f"lets_encrypt.{field.name} is set but mode = {tls.mode!r} "
-                               "does not use it; set mode = \"lets_encrypt\" or remove "
-                               "[server.tls.lets_encrypt]")
         return
     le = tls.lets_encrypt
     base: KeyPath = ("server", "tls", "lets_encrypt")
@@ -924,6 +935,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_upstreams, (("upstreams",),)),
     (_check_static_root, (("static",), *_LOG, _TLS, ("server", "control_socket"))),
     (_check_listeners, (_LISTEN, _TLS, ("metrics",))),
+    (_check_mode_settings, (_TLS,)),
     (_check_lets_encrypt, (*_ROUTES, _TLS)),
     (_check_manual_cert, (_TLS,)),
     (_check_client_auth, (_TLS,)),
