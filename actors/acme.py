@@ -1,13 +1,13 @@
-"""The ACME actor: a forked process that keeps ``cert_dir/acme.crt`` valid.
+"""The ACME actor: a forked process that keeps ``cert_dir/acme.pem`` valid.
 
 Started by the master for the current generation when ``tls.mode = "lets_encrypt"``
 (supervisor/acme.py restarts it with backoff when it dies). It is synchronous: the
 acme library blocks (network, one-second polls), and nothing else runs here.
 
 Loop: empty the token store (a killed predecessor may have left tokens); when the
-certificate on disk is missing, expired, does not name every configured domain, is not
-the pair of the key beside it (an actor killed between the two renames), or its
-renewal time has come (or the master forwarded ``ctl renew`` as SIGUSR1), order a new
+certificate on disk is missing, expired, does not name every configured domain, does
+not hold the key of its certificate (a file edited by hand), or its renewal time has
+come (or the master forwarded ``ctl renew`` as SIGUSR1), order a new
 one (actors/acme_client.py, HTTP-01 answered by the workers from the token store);
 otherwise sleep until the renewal time (actors/acme_schedule.py), waking every
 :data:`TICK` seconds to notice SIGUSR1 or the master's death. A failure keeps the old
@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 import zmq
 from li_httpd.config import LoadedConfig
-from li_httpd.config.acme_paths import ACME_CERT, ACME_KEY, challenge_directory
+from li_httpd.config.acme_paths import ACME_PAIR, challenge_directory
 from li_httpd.config.model import Tls
 
 from .acme_client import AcmeClient, AcmeError
@@ -61,9 +61,9 @@ class OnDisk:
     not_after: datetime.datetime
     pem: bytes
     key_matches: bool
-    """Whether the key file holds the leaf's private key. The key and the chain are two
-    renames (actors/acme_client.py): an actor killed between them leaves the new key
-    beside the old chain, a pair no new generation could load."""
+    """Whether the key in the file is the leaf's private key. The actor writes both in
+    one file with one rename, so a mismatch means the file was changed by hand or
+    damaged: it is reissued at once rather than kept until the renewal time."""
 
 
 def on_disk(cert_path: str, key_path: str) -> OnDisk | None:
@@ -100,8 +100,7 @@ class Renewer:
         self.client: AcmeClient | None = None
         self.failures = 0
         self.store = TokenStore(challenge_directory(tls.cert_dir))
-        self.cert_path = os.path.join(tls.cert_dir, ACME_CERT)
-        self.key_path = os.path.join(tls.cert_dir, ACME_KEY)
+        self.cert_path = self.key_path = os.path.join(tls.cert_dir, ACME_PAIR)
 
     def force(self, *_: object) -> None:
         self.forced = True

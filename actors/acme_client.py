@@ -7,9 +7,9 @@ renamed so a reader never sees half of one):
 - ``acme-account.key``: the account key (EC P-256, ES256), made once and reused;
 - ``acme-account.json``: the account URL per directory (registration is idempotent: the
   CA answers an existing key with its account, which is then stored again);
-- ``acme.key`` / ``acme.crt``: the certificate's own key (a new one per issuance) and
-  the full chain (leaf first). The key is renamed into place before the chain, and a
-  reader validates the pair before using it.
+- ``acme.pem``: the full chain (leaf first) followed by the certificate's own key (a
+  new one per issuance), in one file so one rename replaces both: a reader never sees a
+  new key beside an old chain.
 
 HTTP-01: each challenge's key authorization goes through a :class:`Publisher` (the token
 store the workers read, or setup-tls's own responder) before the CA is told to validate,
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.b64 import b64encode
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
-from li_httpd.config.acme_paths import ACCOUNT_FILE, ACCOUNT_KEY, ACME_CERT, ACME_KEY
+from li_httpd.config.acme_paths import ACCOUNT_FILE, ACCOUNT_KEY, ACME_PAIR
 from li_httpd.config.model import TlsLetsEncrypt
 
 FailureKind = Literal["acme_error", "network", "validation", "timeout", "local"]
@@ -70,8 +70,8 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Issued:
-    cert_path: str
-    key_path: str
+    path: str
+    """The chain (leaf first), then its key."""
     not_after: datetime.datetime
     chain_length: int
 
@@ -233,16 +233,15 @@ class AcmeClient:
             final = self.acme.poll_and_finalize(order, deadline)
             chain = final.fullchain_pem.encode()
             leaf = x509.load_pem_x509_certificate(chain)
-            cert_path = os.path.join(self.cert_dir, ACME_CERT)
-            key_path = os.path.join(self.cert_dir, ACME_KEY)
-            _write(key_path, key_pem)
-            _write(cert_path, chain)
+            pair_path = os.path.join(self.cert_dir, ACME_PAIR)
+            # One file, one rename: the chain and its key change together.
+            _write(pair_path, chain.rstrip(b"\n") + b"\n" + key_pem)
         except Exception as exc:
             raise classify(exc) from exc
         finally:
             for token in published:
                 publisher.withdraw(token)
-        return Issued(cert_path, key_path, leaf.not_valid_after_utc,
+        return Issued(pair_path, leaf.not_valid_after_utc,
                       chain.count(b"-----BEGIN CERTIFICATE-----"))
 
     def ari_time(self, cert_pem: bytes) -> datetime.datetime | None:

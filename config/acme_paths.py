@@ -3,8 +3,9 @@ path), the workers' responder, ``setup-tls --acme``, the ACME actor and the mast
 setup. Pure.
 
 Files under ``cert_dir``: the account (:data:`ACCOUNT_KEY`, :data:`ACCOUNT_FILE`), the
-certificate chain and its key (:data:`ACME_CERT`, :data:`ACME_KEY`) and the HTTP-01 token
-store (:data:`CHALLENGE_DIR`).
+certificate chain followed by its key in one file (:data:`ACME_PAIR`: one rename
+replaces both, so no reader ever sees a new key beside an old chain) and the HTTP-01
+token store (:data:`CHALLENGE_DIR`).
 
 The HTTP-01 challenge path (RFC 8555 section 8.3): the one name the gateway answers below
 ``/.well-known/acme-challenge/``.
@@ -24,8 +25,7 @@ import re
 
 ACCOUNT_KEY = "acme-account.key"
 ACCOUNT_FILE = "acme-account.json"
-ACME_CERT = "acme.crt"
-ACME_KEY = "acme.key"
+ACME_PAIR = "acme.pem"
 CHALLENGE_DIR = "acme-challenges"
 """The token store's directory under ``cert_dir`` (actors/acme_tokens.py says why)."""
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"

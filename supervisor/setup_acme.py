@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.shutdown()
         server.server_close()
-    print(f"wrote {issued.cert_path} ({issued.chain_length} certificates, leaf first)\n"
-          f"wrote {issued.key_path}\n"
+    print(f"wrote {issued.path} ({issued.chain_length} certificates, leaf first, "
+          "then the key)\n"
           f"names {','.join(settings.domains)}  expires "
           f"{issued.not_after:%Y-%m-%d %H:%M:%S} UTC")
     return EXIT_OK

@@ -4,7 +4,7 @@
 generates (with ``cryptography``) an ECDSA P-256 certificate under ``cert_dir`` (created
 0700, key file 0600) whose names cover localhost, the listen addresses, ``server.host``
 and every exact route host; its SHA-256 fingerprint is printed so a developer can pin
-it. ``lets_encrypt`` serves ``cert_dir/acme.crt`` and ``acme.key``, which the ACME actor
+it. ``lets_encrypt`` serves ``cert_dir/acme.pem`` (chain and key), which the ACME actor
 (actors/acme.py) obtains and renews. Until they first exist, ``while_missing`` decides:
 ``self_signed`` serves a temporary self-signed certificate, ``wait`` refuses every
 handshake (a handshake_failure alert from the callback below; the listener is bound and
@@ -53,7 +53,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from li_httpd.config.acme_paths import ACME_CERT, ACME_KEY
+from li_httpd.config.acme_paths import ACME_PAIR
 from li_httpd.config.checks import split_host_port
 from li_httpd.config.model import Config, Tls
 
@@ -230,7 +230,8 @@ def _pair(config: Config) -> tuple[str, str]:
 
 def acme_pair(tls: Tls) -> tuple[str, str]:
     """Where the ACME actor writes the certificate chain and its key."""
-    return os.path.join(tls.cert_dir, ACME_CERT), os.path.join(tls.cert_dir, ACME_KEY)
+    pair = os.path.join(tls.cert_dir, ACME_PAIR)  # the chain, then its key
+    return pair, pair
 
 
 def acme_issued(tls: Tls) -> bool:

@@ -194,24 +194,26 @@ def test_a_certificate_placed_in_cert_dir_is_served_once_the_actor_sees_it(
     assert not issued_by_pebble(gateway.port)
     # ... until a valid certificate appears in cert_dir and the (restarted) actor finds
     # it: the master then serves it, although nothing was issued.
-    for name in ("acme.key", "acme.crt"):
-        (tmp_path / "certs" / name).write_bytes((elsewhere / name).read_bytes())
+    (tmp_path / "certs" / "acme.pem").write_bytes((elsewhere / "acme.pem").read_bytes())
     pid = {a["name"]: a for a in gateway.status()["actors"]}["acme"]["pid"]
     os.kill(pid, signal.SIGKILL)
     gateway.output.wait_for(re.compile(r"acme: serving the certificate in cert_dir"), TIMEOUT)
     assert issued_by_pebble(gateway.port)
 
 
-def test_a_torn_pair_is_reissued_at_once(
+def test_a_pair_whose_key_does_not_match_is_reissued_at_once(
         pebble: Pebble, start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
-    # The actor killed between renaming the new key and the new chain into place leaves
-    # a key that does not match the certificate. The restarted actor must not take the
-    # (valid) certificate alone as current: a new generation (reload, ticket rotation)
-    # could not load the pair and would refuse every handshake until the next renewal.
+    # The actor writes the chain and its key in one file with one rename, so it never
+    # tears the pair itself; a file edited by hand or damaged can still hold a key that
+    # does not match the certificate. The restarted actor must not take the (valid)
+    # certificate alone as current: a new generation (reload, ticket rotation) could not
+    # load the pair and would refuse every handshake until the next renewal.
     gateway = start_gateway(config(pebble, tmp_path, while_missing="wait"))
     gateway.output.wait_for(ISSUED, TIMEOUT)
+    pair = tmp_path / "certs" / "acme.pem"
+    chain = pair.read_bytes().split(b"-----BEGIN PRIVATE KEY-----")[0]
     key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "certs" / "acme.key").write_bytes(key.private_bytes(
+    pair.write_bytes(chain + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     pid = {a["name"]: a for a in gateway.status()["actors"]}["acme"]["pid"]
@@ -238,7 +240,7 @@ def test_reserved_path_on_the_main_listener(pebble: Pebble,
     url = f"https://localhost:{gateway.port}/.well-known/acme-challenge/"
     with urllib.request.urlopen(url + token, context=context, timeout=10) as answer:
         assert answer.read() == f"{token}.thumbprint".encode()
-    for hostile in ("../../acme.key", "%2e%2e%2facme.key", "T" * 44, "x"):
+    for hostile in ("../../acme.pem", "%2e%2e%2facme.pem", "T" * 44, "x"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + hostile, context=context, timeout=10)
         assert refused.value.code in (400, 404), hostile
@@ -315,21 +317,26 @@ def test_setup_tls_acme_issues_a_certificate(pebble: Pebble, tmp_path: Path) -> 
     config.write_text(acme_config(pebble, cert_dir))
     done = _setup(config)
     assert done.returncode == 0, done.stderr
-    cert, key = cert_dir / "acme.crt", cert_dir / "acme.key"
-    assert f"wrote {cert}" in done.stdout and f"wrote {key}" in done.stdout
+    cert = cert_dir / "acme.pem"  # the chain, then its key, in one file
+    assert f"wrote {cert}" in done.stdout
+    assert sorted(p.name for p in cert_dir.iterdir()) == [
+        "acme-account.json", "acme-account.key", "acme-challenges", "acme.pem"]
     assert cert_dir.stat().st_mode & 0o777 == 0o700
-    for private in (cert, key, cert_dir / "acme-account.key", cert_dir / "acme-account.json"):
+    for private in (cert, cert_dir / "acme-account.key", cert_dir / "acme-account.json"):
         assert private.stat().st_mode & 0o777 == 0o600, private
     assert list((cert_dir / "acme-challenges").iterdir()) == []  # tokens withdrawn
     chain = x509.load_pem_x509_certificates(cert.read_bytes())
     names = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    own = serialization.load_pem_private_key(cert.read_bytes(), password=None)
+    assert own.public_key().public_bytes(*spki) == chain[0].public_key().public_bytes(*spki)
     # The chain verifies against this pebble run's root.
     root = tmp_path / "root.pem"
     root.write_bytes(pebble.root())
     context = ssl.create_default_context(cafile=str(root))
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
+    server.load_cert_chain(cert)  # the key from the same file
     _handshake(server, context, "localhost")
 
     # Second run: same account (registration is idempotent), a new certificate.
@@ -367,7 +374,7 @@ def test_setup_tls_acme_reports_a_failed_validation(pebble: Pebble, tmp_path: Pa
     done = _setup(config)
     assert done.returncode == 1
     assert "issuance failed (validation)" in done.stderr and "localhost" in done.stderr
-    assert not (tmp_path / "certs" / "acme.crt").exists()
+    assert not (tmp_path / "certs" / "acme.pem").exists()
 
 
 def test_setup_tls_acme_reports_an_unreachable_ca(pebble: Pebble, tmp_path: Path) -> None:

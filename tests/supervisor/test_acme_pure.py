@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -175,8 +174,8 @@ def _failed_authz(detail: str) -> messages.AuthorizationResource:
     (requests.ConnectionError("refused"), "network", "refused"),
     (requests.exceptions.SSLError("certificate verify failed"), "network", "verify failed"),
     (requests.ReadTimeout("slow"), "timeout", "slow"),
-    (PermissionError(13, "Permission denied", "/certs/acme.key"), "local",
-     "/certs/acme.key Permission denied"),
+    (PermissionError(13, "Permission denied", "/certs/acme.pem"), "local",
+     "/certs/acme.pem Permission denied"),
     (AcmeError("validation", "kept"), "validation", "kept"),
 ])
 def test_classify(exc: BaseException, kind: str, detail: str) -> None:
@@ -209,8 +208,9 @@ def test_the_renewal_time_starts_an_issuance(tmp_path: Path, config_env: Any) ->
     # A valid certificate past its renewal time (5 days left of 85: renewal was due 30
     # days before expiry) must be renewed now, not served until it expires while the
     # actor loops rescheduling a time already gone.
-    shutil.copy(config_env.placeholders["EXPIRING_CERT"], tmp_path / "acme.crt")
-    shutil.copy(config_env.placeholders["EXPIRING_KEY"], tmp_path / "acme.key")
+    (tmp_path / "acme.pem").write_bytes(  # the chain, then its key
+        Path(config_env.placeholders["EXPIRING_CERT"]).read_bytes()
+        + Path(config_env.placeholders["EXPIRING_KEY"]).read_bytes())
     tls = Tls(mode="lets_encrypt", cert_dir=str(tmp_path), lets_encrypt=TlsLetsEncrypt(
         email="ops@example.com", domains=("api.example.com",),
         # Nothing listens here: the attempt fails at once (network), no CA needed.
