@@ -182,12 +182,13 @@ def test_a_worker_killed_holding_a_probe_or_the_lock_leaves_nothing_stuck() -> N
     """Real processes: a child takes the probe place and dies by SIGKILL; another child
     dies holding the circuit lock. The survivor is refused only until the master's
     cleanup, and never blocks on the lock."""
-    state = SharedState.create(Layout(64, 4, 2), time.monotonic_ns)
+    clock = FakeClock()
+    state = SharedState.create(Layout(64, 4, 2), clock)
     try:
         policy = Policy.of(CircuitBreaker(open_duration=Millis(1000), min_requests=1))
         state.circuit_record(0, policy, True, False)
         assert state.circuit(0).state == OPEN
-        time.sleep(1.0)
+        clock.now += 2 * NS  # the open time is over (the children inherit this clock)
         pid = os.fork()
         if pid == 0:
             state.slot = 1
@@ -198,12 +199,16 @@ def test_a_worker_killed_holding_a_probe_or_the_lock_leaves_nothing_stuck() -> N
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status)
         assert state.circuit_admit(0, policy).admission == "refused"
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             state._lock(_LOCK_CIRCUITS + 0)
+            os.write(ready_write, b"x")
             time.sleep(60)
             os._exit(0)
-        time.sleep(0.2)
+        assert os.read(ready_read, 1) == b"x"  # the child holds the lock now
+        os.close(ready_read)
+        os.close(ready_write)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         state.clear_worker(1)
