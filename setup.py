@@ -42,6 +42,7 @@ COMPILED = [
     "workers/policy.py",
     "workers/port.py",
     "workers/proxy.py",
+    "workers/redis_blocking.py",
     "workers/redis_client.py",
     "workers/resp.py",
     "workers/responses.py",

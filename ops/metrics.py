@@ -7,7 +7,8 @@ files there; the master calls ``mark_process_dead`` for every worker it reaps. A
 of ``[metrics] listen`` + ``path`` is answered by whichever worker accepts it: it merges
 all processes' files (:class:`MultiProcessCollector`) and adds the gauges that live in
 shared memory (peer health and in-flight requests, per-worker connections, what is left
-of each API key's budget), in a thread so the event loop never waits for that file I/O.
+of each API key's budget, read from Redis when the budgets live there), in a thread so
+the event loop never waits for that I/O.
 
 Labels follow the audit log's field names (``route``, ``method``, ``status``, ``peer``,
 ``outcome``).
@@ -23,11 +24,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from li_httpd.config.model import Config
-from li_httpd.shm import SharedState, budget_limits, peer_cap, peer_ids, queue_ids
+from li_httpd.shm import BudgetUsage, SharedState, budget_limits, peer_cap, peer_ids, queue_ids
 from li_httpd.shm.circuit import STATE_NAMES, shown_state
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -191,12 +192,20 @@ def for_config(config: Config) -> NoMetrics:
     return Metrics() if config.metrics.enabled and os.environ.get(ENV) else NoMetrics()
 
 
-class _SharedStateCollector:
-    """Gauges read from shared memory at scrape time."""
+RemoteBudgets = Callable[[], "Mapping[str, BudgetUsage] | str | None"]
+"""Reads the budgets another store holds (Redis), by API key id; a str says why it
+could not; None: the budgets are in shared memory."""
 
-    def __init__(self, config: Config, shared: SharedState) -> None:
+
+class _SharedStateCollector:
+    """Gauges read from shared memory at scrape time (budgets from Redis when they live
+    there)."""
+
+    def __init__(self, config: Config, shared: SharedState,
+                 remote_budgets: RemoteBudgets | None = None) -> None:
         self.config = config
         self.shared = shared
+        self.remote_budgets = remote_budgets
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -259,11 +268,14 @@ class _SharedStateCollector:
             "li_budget_remaining", "What is left of an API key's budget in its current "
             "window: tokens this minute, or dollars this budget window.",
             labels=["key_id", "kind"])
+        remote = self.remote_budgets() if self.remote_budgets is not None else None
         for index, key in enumerate(self.config.auth.keys):
             limits = budget_limits(key)
-            if not limits.any:
+            # Redis unreadable: no sample rather than this host's stale counters.
+            if not limits.any or isinstance(remote, str):
                 continue
-            usage = self.shared.budget_usage(index, limits)  # lock-free: we are a thread
+            usage = (remote[key.id] if remote is not None  # lock-free: we are a thread
+                     else self.shared.budget_usage(index, limits))
             if limits.tokens_per_minute:
                 remaining.add_metric([key.id, "tokens"],
                                      float(max(0, limits.tokens_per_minute - usage.tokens)))
@@ -280,14 +292,16 @@ class _SharedStateCollector:
             yield expiry
 
 
-def render(config: Config, shared: SharedState) -> bytes:
+def render(config: Config, shared: SharedState,
+           remote_budgets: RemoteBudgets | None = None) -> bytes:
     """The text exposition of every process's metrics plus the shared-memory gauges
-    (blocking file reads: run it in a thread)."""
+    (blocking file reads, and a Redis read with ``remote_budgets``: run it in a
+    thread)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(_SharedStateCollector(config, shared))
+    registry.register(_SharedStateCollector(config, shared, remote_budgets))
     return generate_latest(registry)
 
 

@@ -685,11 +685,7 @@ class SharedState:
         rollover may pair the old total with the new window for that instant, which a
         display can live with (decisions are only ever made under the lock)."""
         now = self.wall_clock() if now_ns is None else now_ns
-        usage = self._budget_load(key_index).current(limits, now)
-        return BudgetUsage(usage.tokens, budget.window_end_ns(usage.token_window,
-                                                              budget.MINUTE_NS),
-                           usage.micro_usd, budget.window_end_ns(usage.usd_window,
-                                                                 limits.window_ns))
+        return BudgetUsage.at(self._budget_load(key_index), limits, now)
 
     def _budget_locked_load(self, index: int) -> budget.Usage:
         self._lock(_LOCK_BUDGETS + index)
@@ -964,3 +960,10 @@ class BudgetUsage:
     tokens_window_end_ns: int
     micro_usd: int
     usd_window_end_ns: int
+
+    @classmethod
+    def at(cls, stored: budget.Usage, limits: budget.Limits, now_ns: int) -> BudgetUsage:
+        """The stored counters as of ``now_ns`` (an ended window reads 0)."""
+        usage = stored.current(limits, now_ns)
+        return cls(usage.tokens, budget.window_end_ns(usage.token_window, budget.MINUTE_NS),
+                   usage.micro_usd, budget.window_end_ns(usage.usd_window, limits.window_ns))

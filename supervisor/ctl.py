@@ -112,7 +112,10 @@ def render_status(status: dict[str, Any]) -> str:
                   f"{b['usd']:.2f}/" + (f"{b['usd_budget']:.2f}" if b["usd_budget"] else "-"),
                   _utc(b["usd_window_end"]) if b["usd_budget"] else ""]
                  for b in status["budgets"]]
-        lines += ["budgets", _table(rows)]
+        where = " (from Redis)" if status.get("budgets_from") == "redis" else ""
+        lines += [f"budgets{where}", _table(rows)]
+    elif str(status.get("budgets_from", "")).startswith("unavailable"):
+        lines.append(f"budgets  {status['budgets_from']} (Redis holds them)")
     tickets = status.get("tickets")
     if tickets and tickets["session_tickets"]:
         lines.append(f"tickets  keys rotated every {_duration(tickets['rotation_s'])}, next "

@@ -38,7 +38,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +50,17 @@ from li_httpd.ops import metrics as metrics_env
 from li_httpd.ops.log.files import Rotator
 from li_httpd.ops.log.master import MasterLog
 from li_httpd.ops.log.records import Level
-from li_httpd.shm import SharedState, budget_limits, layout_for, peer_cap, peer_ids, queue_ids
+from li_httpd.shm import (
+    BudgetUsage,
+    SharedState,
+    budget_limits,
+    layout_for,
+    peer_cap,
+    peer_ids,
+    queue_ids,
+)
 from li_httpd.shm.circuit import shown_state
+from li_httpd.workers.redis_blocking import remote_budgets
 
 from . import reaper, sdnotify
 from .acme import AcmeActor
@@ -677,14 +686,19 @@ class Master:
                   for route in current.loaded.config.route if route.queue is not None]
         tls = current.tls is not None
         last: LastResult = self.last_reload["result"]
-        budgets = budget_status(current.shared, current.loaded.config.auth.keys,
-                                time.time_ns())
+        config = current.loaded.config
+        remote = remote_budgets(config.state, config.auth.keys)
+        budgets = ([] if isinstance(remote, str) else
+                   budget_status(current.shared, config.auth.keys, time.time_ns(), remote))
         return {
             "version": VERSION, "pid": os.getpid(), "config_hash": current.loaded.hash,
             "config_file": current.loaded.filename, "generation": current.number,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "listen": [listener_url(s, tls) for s in current.listeners],
-            "workers": workers, "upstreams": peers, "budgets": budgets, "queues": queues,
+            "workers": workers, "upstreams": peers, "budgets": budgets,
+            "budgets_from": ("shared memory" if remote is None else "redis"
+                             if isinstance(remote, dict) else f"unavailable: {remote}"),
+            "queues": queues,
             "actors": [{"name": "reload", "pid": self.actor_pid,
                         "state": "running" if self.actor_pid else "restarting"},
                        *[a.status() for a in (self.health, self.acme) if a is not None]],
@@ -772,16 +786,18 @@ class Master:
         return True
 
 
-def budget_status(shared: SharedState, keys: Sequence[ApiKey],
-                  now_ns: int) -> list[dict[str, Any]]:
+def budget_status(shared: SharedState, keys: Sequence[ApiKey], now_ns: int,
+                  remote: Mapping[str, BudgetUsage] | None = None) -> list[dict[str, Any]]:
     """Per API key with a budget: what it used in the current windows, its limits (0 =
-    none) and when each window ends (Unix seconds)."""
+    none) and when each window ends (Unix seconds); from ``remote`` (what Redis holds)
+    when given, else from this host's shared memory."""
     rows: list[dict[str, Any]] = []
     for index, key in enumerate(keys):
         limits = budget_limits(key)
         if not limits.any:
             continue
-        usage = shared.budget_usage(index, limits, now_ns)
+        usage = (remote[key.id] if remote is not None
+                 else shared.budget_usage(index, limits, now_ns))
         rows.append({"key": key.id,
                      "tokens": usage.tokens, "tokens_per_minute": key.tokens_per_minute,
                      "tokens_window_end": usage.tokens_window_end_ns // 1_000_000_000,

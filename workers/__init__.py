@@ -26,7 +26,11 @@ Modules, in the order a request meets them:
 - :mod:`.sockio`, :mod:`.tls_io` — non-blocking socket I/O and deadlines; TLS over it;
 - :mod:`.housekeeping` — the per-worker timer task: deadlines, disconnect watch, Date;
 - :mod:`.responses` — response heads and the gateway's JSON errors (pure);
-- :mod:`.metrics_server` — answering ``/metrics`` scrapes.
+- :mod:`.metrics_server` — answering ``/metrics`` scrapes;
+- :mod:`.resp` (pure), :mod:`.redis_client`, :mod:`.backend_health`,
+  :mod:`.shared_limits` — limits, leases and budgets kept in Redis
+  (``[state] backend = "redis"``); :mod:`.redis_blocking` — a blocking Redis connection
+  for the master and the metrics thread.
 
 Handlers (:mod:`.proxy`, :mod:`.static_response`) never import :mod:`.connection`.
 """

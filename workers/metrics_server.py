@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 from li_httpd.config import PathError, normalize_path
@@ -17,6 +18,7 @@ from li_httpd.ops.metrics import render
 
 from .context import WorkerContext
 from .http1 import NEED_DATA, HttpError, RequestHead, RequestReader
+from .redis_blocking import remote_budgets
 from .responses import error_response, render_head
 from .sockio import Deadline, PeerGone, SocketIO
 
@@ -72,7 +74,8 @@ async def _answer(ctx: WorkerContext, head: RequestHead, request_id: bytes,
     if head.method not in (b"GET", b"HEAD"):
         return error_response(405, request_id, date, keep_alive=False,
                               extra=[(b"allow", b"GET, HEAD")])
-    body = await trio.to_thread.run_sync(render, config, ctx.shared)
+    remote = partial(remote_budgets, config.state, config.auth.keys)
+    body = await trio.to_thread.run_sync(render, config, ctx.shared, remote)
     head_bytes = render_head(200, [(b"content-type", CONTENT_TYPE),
                                    (b"content-length", b"%d" % len(body)),
                                    (b"date", date), (b"connection", b"close")])

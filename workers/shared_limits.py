@@ -37,11 +37,12 @@ from typing import Literal, NamedTuple
 
 import trio
 from li_httpd.config.model import State
-from li_httpd.shm import BudgetDenied, BudgetGrant, BudgetLimits
-from li_httpd.shm.budget import Grant
+from li_httpd.shm import BudgetDenied, BudgetGrant, BudgetLimits, BudgetUsage
+from li_httpd.shm.budget import Grant, Usage
 
 from .backend_health import BackendHealth, OnError
 from .redis_client import BackendError, RedisPool, Script, ScriptCall, connection_errors
+from .resp import Reply
 
 ADMIT = Script("""
 local t = redis.call('TIME')
@@ -233,6 +234,33 @@ def key_digest(route: bytes, value: bytes) -> bytes:
     return hashlib.blake2b(route + b"\0" + value, digest_size=16).hexdigest().encode()
 
 
+def budget_key(prefix: bytes, key_id: str) -> bytes:
+    """The Redis hash of an API key's budget counters (fields as in :data:`BUDGET_RESERVE`)."""
+    return prefix + b"budget:{" + key_id.encode() + b"}"
+
+
+def remote_budget_usage(values: list[Reply], limits: BudgetLimits,
+                        now_ms: int) -> BudgetUsage | str:
+    """A budget hash's ``tw``, ``t``, ``uw``, ``u`` (nil where absent) as of the Redis
+    time ``now_ms``, read as :data:`BUDGET_RESERVE` reads them; or what is wrong with
+    them."""
+    numbers: list[int] = []
+    for value in values:
+        if value is None:
+            numbers.append(0)
+            continue
+        if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
+            return f"unexpected budget field {value!r:.40}"
+        numbers.append(int(value))
+    token_window, tokens, usd_window, micro = numbers
+    if values[0] is None:
+        token_window = tokens = 0
+    if values[2] is None:
+        usd_window = micro = 0
+    return BudgetUsage.at(Usage(token_window, tokens, usd_window, micro), limits,
+                          now_ms * 1_000_000)
+
+
 def read_password(state: State) -> str | None:
     """The Redis password from password_file or password_env (validated to exist)."""
     if state.password_file:
@@ -349,7 +377,7 @@ class RemoteLimits:
         self._wake.set()
 
     def _budget_key(self, key_id: str) -> bytes:
-        return self.prefix + b"budget:{" + key_id.encode() + b"}"
+        return budget_key(self.prefix, key_id)
 
     def watch_circuit(self, name: bytes, opened: Callable[[int], None]) -> None:
         """Call ``opened(remaining_ns)`` when another instance has the circuit ``name``
@@ -464,5 +492,5 @@ class RemoteLimits:
 
 
 __all__ = ["ADMIT", "BUDGET_RESERVE", "BUDGET_SETTLE", "CIRCUITS_OPEN", "RELEASE",
-           "RELEASE_HOLDER", "RENEW", "RemoteLimits", "RemoteVerdict", "holder_key", "host_id",
-           "key_digest", "read_password"]
+           "RELEASE_HOLDER", "RENEW", "RemoteLimits", "RemoteVerdict", "budget_key", "holder_key",
+           "host_id", "key_digest", "read_password", "remote_budget_usage"]

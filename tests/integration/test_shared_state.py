@@ -25,6 +25,7 @@ from tests.conftest import RedisServer
 
 from .conftest import Gateway, MockUpstream, gateway_config
 from .test_limits import Client, _open_stream, _wait
+from .test_metrics import _free_port, _samples
 
 pytestmark = pytest.mark.integration
 
@@ -196,9 +197,11 @@ def test_two_instances_share_a_keys_token_budget(
              f'[auth]\nkeys = [{{ id = "team", sha256 = "{digest}", '
              f'tokens_per_minute = {budget} }}]\n')
     gateways = []
-    for name in ("a", "b"):
+    metrics_ports = [_free_port(), _free_port()]
+    for name, port in zip(("a", "b"), metrics_ports, strict=True):
         prefix = f'[state]\nbackend = "redis"\nurl = "{redis_server.url}"\n' \
-                 f'key_prefix = "{tmp_path.name[-40:]}:"\n'
+                 f'key_prefix = "{tmp_path.name[-40:]}:"\n' \
+                 f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
         config = gateway_config(mock.origin, extra=f'{prefix}{extra}\n[log]\ndir = '
                                 f'"{tmp_path / name}"\n', routes='"/v1/*" = "proxy:main"\n')
         gateways.append(start_gateway(config, name=f"{name}.toml"))
@@ -223,6 +226,24 @@ def test_two_instances_share_a_keys_token_budget(
         time.sleep(0.25)  # the settle reaches Redis before the next reservation
     assert refused == {0, 1}
     assert budget - 200 <= used <= budget, used
+    # Each instance reports what Redis holds (both hosts' usage), not its own share.
+    for gateway, port in zip(gateways, metrics_ports, strict=True):
+        status = gateway.status()
+        assert status["budgets_from"] == "redis"
+        assert [(b["key"], b["tokens"]) for b in status["budgets"]] == [("team", used)]
+        assert "budgets (from Redis)" in gateway.ctl("status").stdout
+        remaining = _samples(port)[("li_budget_remaining",
+                                    (("key_id", "team"), ("kind", "tokens")))]
+        assert remaining == budget - used
+    # Redis gone: no numbers rather than this host's share of them.
+    redis_server.stop()
+    try:
+        status = gateways[0].status()
+        assert status["budgets"] == [] and status["budgets_from"].startswith("unavailable")
+        assert ("li_budget_remaining", (("key_id", "team"), ("kind", "tokens"))) \
+            not in _samples(metrics_ports[0])
+    finally:
+        redis_server.start()
 
 
 def test_a_circuit_opened_on_one_instance_opens_on_the_other(

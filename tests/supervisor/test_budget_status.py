@@ -50,3 +50,26 @@ def test_remaining_gauge() -> None:
                for s in families["li_budget_remaining"].samples}
     assert samples == {("team", "tokens"): 3800.0, ("team", "usd"): 18.5,
                        ("bot", "usd"): 1.25}
+
+
+def test_redis_held_budgets_replace_this_hosts_counters() -> None:
+    """With the Redis backend the status rows and the gauge show what Redis holds;
+    when Redis cannot be read the gauge has no sample (not this host's share)."""
+    from li_httpd.shm import BudgetUsage
+
+    shared, config = _shared()
+    shared.wall_clock = lambda: NOW
+    remote = {"team": BudgetUsage(4000, 1_800_000_060 * 10**9, 19_000_000,
+                                  1_800_057_600 * 10**9),
+              "bot": BudgetUsage(0, 1_800_000_060 * 10**9, 0, 1_800_003_600 * 10**9)}
+    rows = budget_status(shared, config.auth.keys, NOW, remote)
+    assert [(r["key"], r["tokens"], r["usd"]) for r in rows] == [("team", 4000, 19.0),
+                                                                 ("bot", 0, 0.0)]
+    families = {f.name: f for f in _SharedStateCollector(config, shared,
+                                                         lambda: remote).collect()}
+    assert {tuple(s.labels.values()): s.value
+            for s in families["li_budget_remaining"].samples} == {
+        ("team", "tokens"): 1000.0, ("team", "usd"): 1.0, ("bot", "usd"): 1.5}
+    families = {f.name: f for f in _SharedStateCollector(
+        config, shared, lambda: "Redis did not answer in time").collect()}
+    assert families["li_budget_remaining"].samples == []

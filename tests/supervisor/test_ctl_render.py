@@ -54,6 +54,11 @@ def test_budgets_show_use_over_limit_and_the_window_end() -> None:
         "  ci-bot  7/100       0.25/-",
     ]
     assert "budgets" not in render_status(_status({"result": "none"}))
+    status["budgets_from"] = "redis"
+    assert "budgets (from Redis)" in render_status(status).splitlines()
+    status.update(budgets=[], budgets_from="unavailable: Redis did not answer in time")
+    assert render_status(status).splitlines()[-1] == (
+        "budgets  unavailable: Redis did not answer in time (Redis holds them)")
 
 
 def test_capped_peers_show_active_over_max_and_queues_their_depth() -> None:

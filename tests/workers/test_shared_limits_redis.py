@@ -22,7 +22,8 @@ import trio
 from li_httpd.config.checks import RedisUrl
 from li_httpd.config.model import State
 from li_httpd.config.units import Millis
-from li_httpd.shm import gcra
+from li_httpd.shm import BudgetUsage, gcra
+from li_httpd.workers.redis_blocking import read_budgets
 from li_httpd.workers.redis_client import BackendError, RedisPool
 from li_httpd.workers.shared_limits import (
     ADMIT,
@@ -321,6 +322,23 @@ async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: Redi
         nursery.cancel_scope.cancel()
     stored = redis_server.command("HGET", "t:budget:{key-1}", "t")
     assert stored == b"$2\r\n%d\r\n" % usage.tokens
+    # What ctl status and /metrics read back: the same usage, on Redis's clock.
+    state = _state(redis_server)
+    read = read_budgets(state, [("key-1", limits), ("key-unused", limits)], 1.0)
+    assert isinstance(read, dict), read
+    now = time.time_ns()
+    assert read["key-1"] == BudgetUsage.at(usage, limits, now)
+    assert read["key-unused"] == BudgetUsage.at(budget.Usage(), limits, now)
+
+
+def test_budgets_cannot_be_read_from_a_silent_server(silent_port: int) -> None:
+    from li_httpd.shm import budget
+
+    state = State(backend="redis", url=f"redis://127.0.0.1:{silent_port}", key_prefix="t:")
+    started = time.monotonic()
+    read = read_budgets(state, [("k", budget.Limits.of(10, 0, 60_000))], 0.2)
+    assert read == "Redis did not answer in time"
+    assert time.monotonic() - started < 1.0
 
 
 async def test_releases_ride_along_with_the_next_admission(redis_server: RedisServer

@@ -1,0 +1,149 @@
+"""A blocking Redis connection for callers outside a worker's event loop.
+
+Two callers use Redis without trio: the master, which releases a reaped worker's stream
+leases and reads Redis-backed budgets for ``ctl status``, and the ``/metrics`` scrape,
+which builds the exposition in a thread. Each opens one short-lived connection with one
+overall deadline (connect, TLS, AUTH, SELECT and every reply share it), speaking RESP2
+through the workers' codec (:mod:`.resp`); the event loop's pipelined client
+(:mod:`.redis_client`) is not usable from a plain thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from li_httpd.config.checks import parse_redis_url
+from li_httpd.config.model import ApiKey, State
+from li_httpd.shm import BudgetLimits, BudgetUsage, budget_limits
+
+from .resp import Arg, NeedMore, ProtocolError, Reply, ReplyError, ReplyParser, encode_command
+from .shared_limits import budget_key, read_password, remote_budget_usage
+
+FAILURES = (OSError, ValueError, ProtocolError)
+"""What a blocking call may raise: unreachable, refused, timed out, TLS, an error reply,
+malformed bytes. Callers turn it into a message with :func:`failure_text`."""
+
+
+def failure_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class BlockingRedis:
+    """One connection, closed when the ``with`` block ends; every call shares the
+    deadline given to :meth:`open`."""
+
+    def __init__(self, conn: socket.socket, give_up: float) -> None:
+        self.conn = conn
+        self.give_up = give_up
+        self.parser = ReplyParser()
+
+    @classmethod
+    def open(cls, state: State, deadline: float) -> BlockingRedis:
+        """Connect, authenticate and select the database of ``state.url`` within
+        ``deadline`` seconds; raises one of :data:`FAILURES`."""
+        url = parse_redis_url(state.url)
+        if isinstance(url, str):
+            raise ValueError(url)
+        give_up = time.monotonic() + deadline
+        raw = socket.create_connection((url.host, url.port), timeout=deadline)
+        try:
+            conn: socket.socket = raw
+            if url.tls:
+                context = ssl.create_default_context(cafile=state.ca_file or None)
+                conn = context.wrap_socket(raw, server_hostname=url.host)
+            client = cls(conn, give_up)
+            password = read_password(state)
+            if password is not None:
+                client.call(*(("AUTH", url.username, password) if url.username
+                              else ("AUTH", password)))
+            if url.db:
+                client.call("SELECT", url.db)
+        except BaseException:
+            raw.close()
+            raise
+        return client
+
+    def __enter__(self) -> BlockingRedis:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.conn.close()
+
+    def call(self, *args: Arg) -> Reply:
+        """One command and its reply (an error reply raises ValueError)."""
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Reply]:
+        """Send every command in one write, then read their replies in order."""
+        self.conn.sendall(b"".join(encode_command(*command) for command in commands))
+        return [self._reply() for _ in commands]
+
+    def _reply(self) -> Reply:
+        while True:
+            reply = self.parser.next()
+            if not isinstance(reply, NeedMore):
+                if isinstance(reply, ReplyError):
+                    raise ValueError(f"Redis error: {reply.message[:200]}")
+                return reply
+            left = self.give_up - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("Redis did not answer in time")
+            self.conn.settimeout(left)
+            try:
+                data = self.conn.recv(16 * 1024)
+            except TimeoutError:
+                raise TimeoutError("Redis did not answer in time") from None
+            if not data:
+                raise ConnectionError("connection closed by Redis")
+            self.parser.feed(data)
+
+
+def read_budgets(state: State, keys: Sequence[tuple[str, BudgetLimits]],
+                 deadline: float) -> dict[str, BudgetUsage] | str:
+    """What each API key (id, limits) has used of its Redis-backed budget in the current
+    windows, on the Redis server's clock: one round trip (TIME and one HMGET per key);
+    or why Redis could not tell."""
+    if not keys:
+        return {}
+    prefix = state.key_prefix.encode()
+    try:
+        with BlockingRedis.open(state, deadline) as redis:
+            replies = redis.pipeline([("TIME",), *(
+                ("HMGET", budget_key(prefix, key_id), "tw", "t", "uw", "u")
+                for key_id, _ in keys)])
+    except FAILURES as exc:
+        return failure_text(exc)
+    clock, fields = replies[0], replies[1:]
+    parts = [p for p in clock if isinstance(p, bytes) and p.isdigit()] \
+        if isinstance(clock, list) else []
+    if not isinstance(clock, list) or len(clock) != 2 or len(parts) != 2:
+        return f"unexpected reply to TIME: {clock!r:.60}"
+    seconds, micros = int(parts[0]), int(parts[1])
+    now_ms = seconds * 1000 + micros // 1000
+    usage: dict[str, BudgetUsage] = {}
+    for (key_id, limits), values in zip(keys, fields, strict=True):
+        if not (isinstance(values, list) and len(values) == 4):
+            return f"unexpected reply to HMGET: {values!r:.60}"
+        read = remote_budget_usage(values, limits, now_ms)
+        if isinstance(read, str):
+            return read
+        usage[key_id] = read
+    return usage
+
+
+def remote_budgets(state: State, keys: Sequence[ApiKey]) -> dict[str, BudgetUsage] | str | None:
+    """What Redis holds of each API key's budget (``ctl status``, ``/metrics``), or why
+    it could not be read; None with the local backend (the budgets are in shared
+    memory). Waits at most four times ``[state] timeout``, and never over a second."""
+    if state.backend != "redis":
+        return None
+    wanted = [(key.id, limits) for key in keys if (limits := budget_limits(key)).any]
+    return read_budgets(state, wanted, min(1.0, 4 * state.timeout / 1000))
+
+
+__all__ = ["FAILURES", "BlockingRedis", "failure_text", "read_budgets", "remote_budgets"]
