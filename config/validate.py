@@ -114,6 +114,8 @@ RULES: tuple[Rule, ...] = (
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
+    Rule("acme_challenge_port", "The HTTP-01 listener (lets_encrypt http01_bind) uses a port "
+                             "of its own: not a server.listen or metrics port."),
     Rule("acme_reserved", "With lets_encrypt, no route may match "
                           "/.well-known/acme-challenge/."),
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
@@ -595,6 +597,7 @@ def _check_lets_encrypt(config: Config, problems: Problems) -> None:
                        f"ca_bundle {le.ca_bundle!r} is not a readable file")
     if not le.domains:
         problems.error((*base, "domains"), "lets_encrypt", "lets_encrypt needs domains")
+    _check_http01_port(config, problems)
     for position, domain in enumerate(le.domains):
         if _is_ip_address(domain):
             # The certificate request names DNS identifiers; the CA refuses an address
@@ -608,6 +611,24 @@ def _check_lets_encrypt(config: Config, problems: Problems) -> None:
             problems.error((*base, "domains", position), "lets_encrypt",
                            f"domain {domain!r} is not the host of any route; certificates "
                            "are only requested for names this gateway serves")
+
+
+def _check_http01_port(config: Config, problems: Problems) -> None:
+    """The challenge listener is bound beside the others at start: a port they use would
+    fail there ("cannot listen"), so it is refused here, where the file is named."""
+    bind = checks.split_host_port(config.server.tls.lets_encrypt.http01_bind)
+    if bind is None:
+        return  # its own setting check reports the format
+    taken = [(address, "server.listen") for address in config.server.listen]
+    if config.metrics.enabled:
+        taken.append((config.metrics.listen, "the metrics listener"))
+    for address, what in taken:
+        parsed = checks.split_host_port(address)
+        if parsed is not None and parsed[1] == bind[1]:
+            problems.error(("server", "tls", "lets_encrypt", "http01_bind"), "acme_challenge_port",
+                           f"http01_bind port {bind[1]} is also {what}'s ({address!r}); "
+                           "the HTTP-01 listener needs a port of its own (usually 80)")
+            return
 
 
 def _is_ip_address(value: str) -> bool:
