@@ -42,7 +42,7 @@ from li_httpd.config import LoadedConfig
 from li_httpd.config.acme_paths import ACME_PAIR, challenge_directory
 from li_httpd.config.model import Tls
 
-from .acme_client import AcmeClient, AcmeError
+from .acme_client import AcmeClient, AcmeError, contact_of, directory_url, recorded_contact
 from .acme_schedule import needs_issue, renewal_time, retry_delay
 from .acme_tokens import TokenStore
 
@@ -107,6 +107,7 @@ class Renewer:
 
     def run(self) -> None:
         self.store.clear()
+        self._refresh_contact()
         scheduled = ""
         planned: tuple[bytes, datetime.datetime] | None = None
         """The renewal time of the certificate on disk, drawn once per certificate (a
@@ -153,6 +154,24 @@ class Renewer:
         before = datetime.timedelta(milliseconds=self.settings.renew_before)
         return renewal_time(current.not_before, current.not_after, before,
                             random.random(), ari)
+
+    def _refresh_contact(self) -> None:
+        """An account registered here earlier with another contact (the email changed in
+        the config) gets the configured one now, not at the next issuance; after a
+        failure the next issuance's registration tries again."""
+        recorded = recorded_contact(self.tls.cert_dir, directory_url(self.settings))
+        if recorded is None or recorded == contact_of(self.settings):
+            return
+        try:
+            client = self._client()
+            client.register()
+        except AcmeError as failure:
+            self.client = None
+            self.report({"acme": "contact_failed", "kind": failure.kind,
+                         "detail": failure.detail})
+            return
+        if client.contact_updated:
+            self.report({"acme": "contact_updated", "contact": client.contact_updated})
 
     def _client(self) -> AcmeClient:
         if self.client is None:

@@ -149,14 +149,35 @@ def _account_key(cert_dir: str) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _accounts(cert_dir: str) -> dict[str, str]:
+def _account_file(cert_dir: str) -> dict[str, object]:
+    """acme-account.json: ``{directory URL: account URL, ..., "contacts": {directory
+    URL: "mailto:..."}}`` (absent or damaged: empty; the CA finds the account again
+    from its key)."""
     try:
         with open(os.path.join(cert_dir, ACCOUNT_FILE), "rb") as handle:
             data = json.load(handle)
     except (FileNotFoundError, ValueError):
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) \
-        else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _strings(data: object) -> dict[str, str]:
+    return {k: v for k, v in data.items() if isinstance(v, str)} \
+        if isinstance(data, dict) else {}
+
+
+def recorded_contact(cert_dir: str, directory: str) -> str | None:
+    """The contact last registered at ``directory`` (None: no account recorded there;
+    "" for an account recorded before contacts were)."""
+    data = _account_file(cert_dir)
+    if directory not in _strings(data):
+        return None
+    return _strings(data.get("contacts")).get(directory, "")
+
+
+def contact_of(settings: TlsLetsEncrypt) -> str:
+    """The account contact the config asks for, as the CA stores it."""
+    return f"mailto:{settings.email}" if settings.email else ""
 
 
 class AcmeClient:
@@ -180,9 +201,13 @@ class AcmeClient:
         except Exception as exc:
             raise classify(exc) from exc
         self.account_url = ""
+        self.contact_updated = ""
 
     def register(self) -> str:
-        """Create or find the account of this key; returns (and stores) its URL."""
+        """Create or find the account of this key; returns (and stores) its URL. An
+        existing account whose contact is not the configured email gets it (the CA's
+        expiry and problem mail must reach whoever runs the gateway now):
+        :attr:`contact_updated` then holds the new contact."""
         registration = messages.NewRegistration.from_data(
             email=self.settings.email or None, terms_of_service_agreed=True)
         try:
@@ -191,13 +216,20 @@ class AcmeClient:
                 url = account.uri
             except errors.ConflictError as exc:  # the key already has an account
                 url = exc.location
-                self.net.account = messages.RegistrationResource(
-                    uri=url, body=messages.Registration())
-            accounts = _accounts(self.cert_dir)
-            if accounts.get(self.directory) != url:
-                accounts[self.directory] = url
-                _write(os.path.join(self.cert_dir, ACCOUNT_FILE),
-                       json.dumps(accounts, indent=1, sort_keys=True).encode())
+                existing = self.acme.query_registration(messages.RegistrationResource(
+                    uri=url, body=messages.Registration()))
+                if tuple(existing.body.contact) != tuple(registration.contact):
+                    self.acme.update_registration(
+                        existing, messages.Registration(contact=registration.contact))
+                    self.contact_updated = ", ".join(registration.contact)
+            data = _account_file(self.cert_dir)
+            accounts, contacts = _strings(data), _strings(data.get("contacts"))
+            contact = ", ".join(registration.contact)
+            if accounts.get(self.directory) != url or contacts.get(self.directory) != contact:
+                _write(os.path.join(self.cert_dir, ACCOUNT_FILE), json.dumps(
+                    {**accounts, self.directory: url,
+                     "contacts": {**contacts, self.directory: contact}},
+                    indent=1, sort_keys=True).encode())
         except Exception as exc:
             raise classify(exc) from exc
         self.account_url = url

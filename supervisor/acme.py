@@ -87,6 +87,12 @@ class AcmeActor(SupervisedActor):
                      "keeps serving", "error")
         elif event == "issued":
             self._swap(message, issued=True)
+        elif event == "contact_updated":
+            self.say(f"acme: account contact updated to {message.get('contact')}", "info")
+        elif event == "contact_failed":
+            self.say(f"acme: could not update the account contact "
+                     f"({message.get('kind')}): {message.get('detail')}; the next "
+                     "issuance tries again", "warn")
 
     def _swap(self, message: dict[str, Any], issued: bool) -> None:
         generation = self.current()

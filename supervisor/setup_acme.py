@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         acme = AcmeClient(settings, tls.cert_dir)
         account = acme.register()
         print(f"account {account}", flush=True)
+        if acme.contact_updated:
+            print(f"account contact updated to {acme.contact_updated}", flush=True)
         issued = acme.issue(settings.domains, store)
     except AcmeError as exc:
         print(f"li-httpd setup-tls --acme: issuance failed ({exc.kind}): {exc.detail}",

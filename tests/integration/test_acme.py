@@ -1,8 +1,8 @@
 """ACME against a real pebble. ``li-httpd setup-tls --acme`` issues a certificate for
 the config's domains answering HTTP-01 itself (private files chaining to pebble's root,
-the account reused on a second run, failures classified). The ACME actor in a real
-``li-httpd start``: first issuance
-(answered by the workers on http01_bind), a forced renewal under keep-alive TLS load
+the account reused on a second run, a new email made its contact, failures
+classified). The ACME actor in a real ``li-httpd start``: first issuance (answered by
+the workers on http01_bind), a forced renewal under keep-alive TLS load
 (no failed request, no dropped connection, new handshakes see the new certificate),
 pebble down during a renewal (the old certificate keeps serving, the failure is logged
 and counted, the next attempt succeeds), the actor SIGKILLed (restarted, serving
@@ -346,6 +346,48 @@ def test_setup_tls_acme_issues_a_certificate(pebble: Pebble, tmp_path: Path) -> 
     assert again.returncode == 0, again.stderr
     assert (cert_dir / "acme-account.json").read_text() == account
     assert cert.read_bytes() != first
+
+
+def test_setup_tls_acme_updates_a_changed_account_email(pebble: Pebble,
+                                                         tmp_path: Path) -> None:
+    """The account key already has an account: a new email in the config becomes its
+    contact at the CA (and in acme-account.json); an unchanged one is left alone."""
+    import json
+
+    cert_dir = tmp_path / "certs"
+    config = tmp_path / "gw.toml"
+    config.write_text(acme_config(pebble, cert_dir))
+    first = _setup(config)
+    assert first.returncode == 0, first.stderr
+    assert "contact updated" not in first.stdout  # a new account gets it at creation
+    recorded = json.loads((cert_dir / "acme-account.json").read_text())
+    assert recorded["contacts"] == {pebble.url: "mailto:ops@example.com"}
+    config.write_text(acme_config(pebble, cert_dir).replace("ops@example.com",
+                                                            "oncall@example.com"))
+    changed = _setup(config)
+    assert changed.returncode == 0, changed.stderr
+    assert "account contact updated to mailto:oncall@example.com" in changed.stdout
+    recorded = json.loads((cert_dir / "acme-account.json").read_text())
+    assert recorded["contacts"] == {pebble.url: "mailto:oncall@example.com"}
+    # The CA holds the new contact: the next run finds nothing to update.
+    again = _setup(config)
+    assert again.returncode == 0, again.stderr
+    assert "contact updated" not in again.stdout
+
+
+def test_a_reload_with_a_new_email_updates_the_account_contact(
+        pebble: Pebble, start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """Not at the next issuance weeks later: the new generation's actor updates the
+    contact at once, and issues nothing."""
+    gateway = start_gateway(config(pebble, tmp_path))
+    gateway.output.wait_for(ISSUED, TIMEOUT)
+    gateway.config_path.write_text(gateway.config_path.read_text().replace(
+        "ops@example.com", "oncall@example.com"))
+    result = gateway.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    gateway.output.wait_for(re.compile(
+        r"acme: account contact updated to mailto:oncall@example\.com"), TIMEOUT)
+    assert len(ISSUED.findall(gateway.output.text())) == 1
 
 
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> None:
