@@ -257,7 +257,7 @@ def test_the_master_gives_up_quickly_when_redis_is_away(silent_port: int) -> Non
 def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> None:
     """A reload retiring every worker while Redis is away stalls the master's loop for
     one deadline (4 x timeout), not one per worker; it tries again after the quiet time."""
-    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, LeaseRelease
+    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, MasterRedis
 
     with socket.socket() as listener:  # accepts (backlog) and never answers
         listener.bind(("127.0.0.1", 0))
@@ -265,7 +265,7 @@ def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> N
         listener.setblocking(False)
         port = int(listener.getsockname()[1])
         state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
-        release = LeaseRelease()
+        release = MasterRedis().release_leases
         started = time.monotonic()
         assert isinstance(release(state, 1, 100.0), str)
         assert time.monotonic() - started < 0.2 + 0.3  # 4 x 50 ms, not DEADLINE
@@ -280,6 +280,46 @@ def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> N
             connections += 1
         assert connections == 1
         assert isinstance(release(state, 4, 100.0 + QUIET_AFTER_FAILURE), str)
+
+
+def test_after_a_failed_budget_read_ctl_status_does_not_ask_again() -> None:
+    """ctl status polled while Redis is away stalls the master's loop for one deadline,
+    not one per request: the failure is shown again without asking for the quiet time,
+    and a failed lease release quiets the read too (and the other way round)."""
+    from li_httpd.config.model import ApiKey
+    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, MasterRedis
+
+    keys = (ApiKey(id="team", sha256="0" * 64, tokens_per_minute=100),)
+    with socket.socket() as listener:  # accepts (backlog) and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)
+        port = int(listener.getsockname()[1])
+        state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
+
+        def connections() -> int:
+            count = 0
+            while True:
+                try:
+                    listener.accept()[0].close()
+                except BlockingIOError:
+                    return count
+                count += 1
+
+        redis = MasterRedis()
+        assert redis.budgets(state, keys, 100.0) == "Redis did not answer in time"
+        started = time.monotonic()
+        for now in (100.5, 101.0, 100.0 + QUIET_AFTER_FAILURE - 0.1):
+            shown = redis.budgets(state, keys, now)
+            assert isinstance(shown, str) and shown.startswith("Redis did not answer in time")
+        assert redis.release_leases(state, 7, 105.0) is None
+        assert redis.budgets(state, (), 105.0) == {}  # no key has a budget: no failure
+        assert time.monotonic() - started < 0.1
+        assert connections() == 1
+        assert isinstance(redis.release_leases(state, 7, 100.0 + QUIET_AFTER_FAILURE), str)
+        assert isinstance(redis.budgets(state, keys, 100.0 + QUIET_AFTER_FAILURE + 1), str)
+        assert connections() == 1
+        assert redis.budgets(State(), keys, 111.0) is None  # local: shared memory
 
 
 async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: RedisServer
