@@ -53,6 +53,9 @@ class BlockingRedis:
         try:
             conn: socket.socket = raw
             if url.tls:
+                # The handshake waits up to the socket's timeout: what is left, not a
+                # whole deadline more after a slow connect.
+                raw.settimeout(_left(give_up))
                 context = ssl.create_default_context(cafile=state.ca_file or None)
                 conn = context.wrap_socket(raw, server_hostname=url.host)
             client = cls(conn, give_up)
@@ -80,6 +83,7 @@ class BlockingRedis:
 
     def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Reply]:
         """Send every command in one write, then read their replies in order."""
+        self.conn.settimeout(_left(self.give_up))
         self.conn.sendall(b"".join(encode_command(*command) for command in commands))
         return [self._reply() for _ in commands]
 
@@ -90,10 +94,7 @@ class BlockingRedis:
                 if isinstance(reply, ReplyError):
                     raise ValueError(f"Redis error: {reply.message[:200]}")
                 return reply
-            left = self.give_up - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("Redis did not answer in time")
-            self.conn.settimeout(left)
+            self.conn.settimeout(_left(self.give_up))
             try:
                 data = self.conn.recv(16 * 1024)
             except TimeoutError:
@@ -101,6 +102,13 @@ class BlockingRedis:
             if not data:
                 raise ConnectionError("connection closed by Redis")
             self.parser.feed(data)
+
+
+def _left(give_up: float) -> float:
+    left = give_up - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("Redis did not answer in time")
+    return left
 
 
 def read_budgets(state: State, keys: Sequence[tuple[str, BudgetLimits]],

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -379,6 +380,26 @@ def test_budgets_cannot_be_read_from_a_silent_server(silent_port: int) -> None:
     read = read_budgets(state, [("k", budget.Limits.of(10, 0, 60_000))], 0.2)
     assert read == "Redis did not answer in time"
     assert time.monotonic() - started < 1.0
+
+
+def test_a_slow_connect_leaves_the_tls_handshake_only_what_is_left(
+        silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One deadline for connect, TLS handshake and replies: a connect that took most of
+    it does not buy the handshake a whole deadline more."""
+    from li_httpd.shm import budget
+
+    connect = socket.create_connection
+
+    def slow_connect(*args: Any, **kwargs: Any) -> socket.socket:
+        time.sleep(0.3)  # e.g. a SYN retransmitted
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", slow_connect)
+    state = State(backend="redis", url=f"rediss://127.0.0.1:{silent_port}", key_prefix="t:")
+    started = time.monotonic()
+    read = read_budgets(state, [("k", budget.Limits.of(10, 0, 60_000))], 0.5)
+    assert isinstance(read, str) and "timed out" in read
+    assert time.monotonic() - started < 0.5 + 0.15
 
 
 async def test_releases_ride_along_with_the_next_admission(redis_server: RedisServer
