@@ -50,8 +50,8 @@ class BlockingRedis:
             raise ValueError(url)
         give_up = time.monotonic() + deadline
         raw = socket.create_connection((url.host, url.port), timeout=deadline)
+        conn: socket.socket = raw
         try:
-            conn: socket.socket = raw
             if url.tls:
                 # The handshake waits up to the socket's timeout: what is left, not a
                 # whole deadline more after a slow connect.
@@ -66,6 +66,7 @@ class BlockingRedis:
             if url.db:
                 client.call("SELECT", url.db)
         except BaseException:
+            conn.close()  # the TLS socket once wrapped (it took over raw's descriptor)
             raw.close()
             raise
         return client

@@ -479,6 +479,55 @@ async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> Non
         server.stop()
 
 
+def test_budgets_read_over_rediss_with_auth(tmp_path: Path) -> None:
+    """The blocking client (ctl status, /metrics) over TLS: the right CA and password
+    read the budgets; a wrong password or CA is a message naming neither the password
+    nor leaving the TLS socket open."""
+    import datetime
+    import gc
+    import warnings
+
+    from li_httpd.shm import budget
+
+    from tests.conftest import free_port, make_certificate, require_redis
+
+    require_redis()
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = make_certificate(tmp_path, "redis", not_before=now - datetime.timedelta(1),
+                                 not_after=now + datetime.timedelta(30), ip="127.0.0.1")
+    other, _ = make_certificate(tmp_path, "other", not_before=now - datetime.timedelta(1),
+                                not_after=now + datetime.timedelta(30), ip="127.0.0.1")
+    plain, tls = free_port(), free_port()
+    server = RedisServer(plain, tmp_path, extra=(
+        "--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-auth-clients", "no", "--requirepass", "right-secret"))
+    server.start()
+    keys = [("team", budget.Limits.of(100, 0, 60_000))]
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("right-secret\n")
+    wrong.write_text("hunter2\n")
+    url = f"rediss://127.0.0.1:{tls}"
+    try:
+        read = read_budgets(State(backend="redis", url=url, ca_file=str(cert),
+                                  password_file=str(right)), keys, 2.0)
+        assert isinstance(read, dict) and read["team"].tokens == 0, read
+        gc.collect()  # earlier tests' garbage is not ours
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            problem = read_budgets(State(backend="redis", url=url, ca_file=str(cert),
+                                         password_file=str(wrong)), keys, 2.0)
+            stranger = read_budgets(State(backend="redis", url=url, ca_file=str(other),
+                                          password_file=str(right)), keys, 2.0)
+            gc.collect()
+        assert isinstance(problem, str) and "WRONGPASS" in problem
+        assert "hunter2" not in problem
+        assert isinstance(stranger, str) and "certificate verify failed" in stranger
+        assert [str(w.message) for w in caught
+                if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        server.stop()
+
+
 async def test_concurrent_requests_share_a_connection_and_get_their_own_replies(
         redis_server: RedisServer) -> None:
     """One connection, many tasks at once, some giving up early (their replies are read
