@@ -260,10 +260,7 @@ def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> N
     one deadline (4 x timeout), not one per worker; it tries again after the quiet time."""
     from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, MasterRedis
 
-    with socket.socket() as listener:  # accepts (backlog) and never answers
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.setblocking(False)
+    with _silent_listener() as listener:
         port = int(listener.getsockname()[1])
         state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
         release = MasterRedis().release_leases
@@ -272,15 +269,28 @@ def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> N
         assert time.monotonic() - started < 0.2 + 0.3  # 4 x 50 ms, not DEADLINE
         assert release(state, 2, 101.0) is None
         assert release(state, 3, 100.0 + QUIET_AFTER_FAILURE - 0.1) is None
-        connections = 0
-        while True:
-            try:
-                listener.accept()[0].close()
-            except BlockingIOError:
-                break
-            connections += 1
-        assert connections == 1
+        assert _accepted(listener) == 1
         assert isinstance(release(state, 4, 100.0 + QUIET_AFTER_FAILURE), str)
+
+
+def _silent_listener() -> socket.socket:
+    """A non-blocking listener that accepts connections (backlog) and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
+def _accepted(listener: socket.socket) -> int:
+    """How many connections were made to ``listener`` since last asked."""
+    count = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return count
+        count += 1
 
 
 def test_after_a_failed_budget_read_ctl_status_does_not_ask_again() -> None:
@@ -291,22 +301,9 @@ def test_after_a_failed_budget_read_ctl_status_does_not_ask_again() -> None:
     from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, MasterRedis
 
     keys = (ApiKey(id="team", sha256="0" * 64, tokens_per_minute=100),)
-    with socket.socket() as listener:  # accepts (backlog) and never answers
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.setblocking(False)
+    with _silent_listener() as listener:
         port = int(listener.getsockname()[1])
         state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
-
-        def connections() -> int:
-            count = 0
-            while True:
-                try:
-                    listener.accept()[0].close()
-                except BlockingIOError:
-                    return count
-                count += 1
-
         redis = MasterRedis()
         assert redis.budgets(state, keys, 100.0) == "Redis did not answer in time"
         started = time.monotonic()
@@ -316,10 +313,10 @@ def test_after_a_failed_budget_read_ctl_status_does_not_ask_again() -> None:
         assert redis.release_leases(state, 7, 105.0) is None
         assert redis.budgets(state, (), 105.0) == {}  # no key has a budget: no failure
         assert time.monotonic() - started < 0.1
-        assert connections() == 1
+        assert _accepted(listener) == 1
         assert isinstance(redis.release_leases(state, 7, 100.0 + QUIET_AFTER_FAILURE), str)
         assert isinstance(redis.budgets(state, keys, 100.0 + QUIET_AFTER_FAILURE + 1), str)
-        assert connections() == 1
+        assert _accepted(listener) == 1
         assert redis.budgets(State(), keys, 111.0) is None  # local: shared memory
 
 
@@ -449,9 +446,10 @@ async def test_auth_with_the_password_from_a_file(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> None:
+def _tls_redis(tmp_path: Path, *extra: str) -> tuple[RedisServer, int, Path, Path]:
+    """A started redis-server with a TLS port: the server, that port, the CA file that
+    verifies it and one that does not."""
     import datetime
-    import ssl
 
     from tests.conftest import free_port, make_certificate, require_redis
 
@@ -464,8 +462,15 @@ async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> Non
     plain, tls = free_port(), free_port()
     server = RedisServer(plain, tmp_path, extra=(
         "--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-auth-clients", "no"))
+        "--tls-auth-clients", "no", *extra))
     server.start()
+    return server, tls, cert, other
+
+
+async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> None:
+    import ssl
+
+    server, tls, cert, other = _tls_redis(tmp_path)
     try:
         url = RedisUrl(True, "127.0.0.1", tls, 0, "")
         trusted = RedisPool(url, None, 1, 2.0, ssl.create_default_context(cafile=str(cert)))
@@ -483,25 +488,12 @@ def test_budgets_read_over_rediss_with_auth(tmp_path: Path) -> None:
     """The blocking client (ctl status, /metrics) over TLS: the right CA and password
     read the budgets; a wrong password or CA is a message naming neither the password
     nor leaving the TLS socket open."""
-    import datetime
     import gc
     import warnings
 
     from li_httpd.shm import budget
 
-    from tests.conftest import free_port, make_certificate, require_redis
-
-    require_redis()
-    now = datetime.datetime.now(datetime.UTC)
-    cert, key = make_certificate(tmp_path, "redis", not_before=now - datetime.timedelta(1),
-                                 not_after=now + datetime.timedelta(30), ip="127.0.0.1")
-    other, _ = make_certificate(tmp_path, "other", not_before=now - datetime.timedelta(1),
-                                not_after=now + datetime.timedelta(30), ip="127.0.0.1")
-    plain, tls = free_port(), free_port()
-    server = RedisServer(plain, tmp_path, extra=(
-        "--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-auth-clients", "no", "--requirepass", "right-secret"))
-    server.start()
+    server, tls, cert, other = _tls_redis(tmp_path, "--requirepass", "right-secret")
     keys = [("team", budget.Limits.of(100, 0, 60_000))]
     right, wrong = tmp_path / "right", tmp_path / "wrong"
     right.write_text("right-secret\n")
