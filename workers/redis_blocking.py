@@ -49,7 +49,7 @@ class BlockingRedis:
         if isinstance(url, str):
             raise ValueError(url)
         give_up = time.monotonic() + deadline
-        raw = socket.create_connection((url.host, url.port), timeout=deadline)
+        raw = _connect(url.host, url.port, give_up)
         conn: socket.socket = raw
         try:
             if url.tls:
@@ -103,6 +103,26 @@ class BlockingRedis:
             if not data:
                 raise ConnectionError("connection closed by Redis")
             self.parser.feed(data)
+
+
+def _connect(host: str, port: int, give_up: float) -> socket.socket:
+    """A TCP connection to the first of ``host``'s addresses that answers, each attempt
+    waiting an equal share of what is left: an unreachable first address (IPv6 without
+    a route, say) leaves the next one time to connect and to talk, as the workers'
+    client does by trying addresses in parallel."""
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"{host} has no address")
+    for index, (family, kind, proto, _, address) in enumerate(addresses):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(give_up) / (len(addresses) - index))
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+        else:
+            return sock
+    raise failure
 
 
 def _left(give_up: float) -> float:

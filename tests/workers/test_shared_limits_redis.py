@@ -385,18 +385,44 @@ def test_a_slow_connect_leaves_the_tls_handshake_only_what_is_left(
     it does not buy the handshake a whole deadline more."""
     from li_httpd.shm import budget
 
-    connect = socket.create_connection
+    resolve = socket.getaddrinfo
 
-    def slow_connect(*args: Any, **kwargs: Any) -> socket.socket:
-        time.sleep(0.3)  # e.g. a SYN retransmitted
-        return connect(*args, **kwargs)
+    def slow_resolve(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # a slow name server, or a SYN retransmitted
+        return resolve(*args, **kwargs)
 
-    monkeypatch.setattr(socket, "create_connection", slow_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", slow_resolve)
     state = State(backend="redis", url=f"rediss://127.0.0.1:{silent_port}", key_prefix="t:")
     started = time.monotonic()
     read = read_budgets(state, [("k", budget.Limits.of(10, 0, 60_000))], 0.5)
     assert isinstance(read, str) and "timed out" in read
     assert time.monotonic() - started < 0.5 + 0.15
+
+
+def test_an_unreachable_first_address_leaves_the_next_one_time(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis host name with an address that never answers a SYN (IPv6 without a
+    route, say) before the one that works: the budgets are still read within the
+    deadline, not lost to the first address's wait."""
+    from li_httpd.shm import budget
+
+    with socket.socket() as blackhole:  # a full accept queue: further SYNs are dropped
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        queued = socket.create_connection(blackhole.getsockname())
+        resolve = socket.getaddrinfo
+
+        def two_addresses(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            return [*resolve(host, blackhole.getsockname()[1], *args, **kwargs),
+                    *resolve(host, port, *args, **kwargs)]
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        started = time.monotonic()
+        read = read_budgets(_state(redis_server), [("k", budget.Limits.of(10, 0, 60_000))],
+                            0.6)
+        queued.close()
+    assert isinstance(read, dict), read
+    assert time.monotonic() - started < 0.6 + 0.15
 
 
 async def test_releases_ride_along_with_the_next_admission(redis_server: RedisServer
