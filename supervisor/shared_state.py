@@ -46,15 +46,20 @@ class MasterRedis:
     def __init__(self) -> None:
         self.quiet_until = 0.0
         self.failure = ""
+        self.failed_url = ""
+        """The server that failed: a reload naming another one asks it at once."""
+
+    def _quiet(self, state: State, now: float) -> bool:
+        return now < self.quiet_until and state.url == self.failed_url
 
     def release_leases(self, state: State, worker: int, now: float) -> int | str | None:
         """The released count, why it failed, or None when skipped after a failure."""
-        if now < self.quiet_until:
+        if self._quiet(state, now):
             return None
         deadline = min(DEADLINE, 4 * state.timeout / 1000)
         released = release_worker_leases(state, worker, deadline)
         if isinstance(released, str):
-            self._failed(released, now)
+            self._failed(state, released, now)
         return released
 
     def budgets(self, state: State, keys: Sequence[ApiKey],
@@ -62,16 +67,17 @@ class MasterRedis:
         """What Redis holds of each key's budget (:func:`remote_budgets`); after a
         failure, for the quiet time, the last failure without asking again."""
         asks = state.backend == "redis" and any(budget_limits(key).any for key in keys)
-        if asks and now < self.quiet_until:
+        if asks and self._quiet(state, now):
             return f"{self.failure} (asked again in {self.quiet_until - now:.0f} s)"
         read = remote_budgets(state, keys)  # None or {} without asking when not ``asks``
         if isinstance(read, str):
-            self._failed(read, now)
+            self._failed(state, read, now)
         return read
 
-    def _failed(self, why: str, now: float) -> None:
+    def _failed(self, state: State, why: str, now: float) -> None:
         self.quiet_until = now + QUIET_AFTER_FAILURE
         self.failure = why
+        self.failed_url = state.url
 
 
 def master_host_id() -> str:

@@ -318,6 +318,10 @@ def test_after_a_failed_budget_read_ctl_status_does_not_ask_again() -> None:
         assert isinstance(redis.budgets(state, keys, 100.0 + QUIET_AFTER_FAILURE + 1), str)
         assert _accepted(listener) == 1
         assert redis.budgets(State(), keys, 111.0) is None  # local: shared memory
+        # Quiet for that server only: a reload naming another one asks it at once.
+        moved = State(backend="redis", url="redis://127.0.0.1:1", timeout=Millis(50))
+        shown = redis.budgets(moved, keys, 111.0)
+        assert isinstance(shown, str) and "asked again" not in shown, shown
 
 
 async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: RedisServer
