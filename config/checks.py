@@ -277,6 +277,19 @@ def listen_address(value: Any) -> str | None:
     return None
 
 
+def same_socket_address(first: str, second: str) -> bool:
+    """Whether two listen addresses cannot both be bound as the master binds them: the
+    same (non-zero) port, the same address family and the same host or one of them all
+    interfaces. Different hosts of one family, or IPv4 beside IPv6 (bound
+    IPV6_V6ONLY), share a port fine; port 0 is a fresh port each time."""
+    a, b = split_host_port(first), split_host_port(second)
+    if a is None or b is None or a[1] != b[1] or a[1] == 0:
+        return False
+    host_a, host_b = ipaddress.ip_address(a[0]), ipaddress.ip_address(b[0])
+    return host_a.version == host_b.version and (
+        host_a == host_b or host_a.is_unspecified or host_b.is_unspecified)
+
+
 def is_loopback(address: str) -> bool:
     parsed = split_host_port(address)
     if parsed is None:

@@ -114,8 +114,9 @@ RULES: tuple[Rule, ...] = (
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
-    Rule("acme_challenge_port", "The HTTP-01 listener (lets_encrypt http01_bind) uses a port "
-                             "of its own: not a server.listen or metrics port."),
+    Rule("acme_challenge_port", "The HTTP-01 listener (lets_encrypt http01_bind) does not "
+                             "share a server.listen or metrics listener's port on the same "
+                             "host or all interfaces."),
     Rule("acme_reserved", "With lets_encrypt, no route may match "
                           "/.well-known/acme-challenge/."),
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
@@ -614,20 +615,20 @@ def _check_lets_encrypt(config: Config, problems: Problems) -> None:
 
 
 def _check_http01_port(config: Config, problems: Problems) -> None:
-    """The challenge listener is bound beside the others at start: a port they use would
-    fail there ("cannot listen"), so it is refused here, where the file is named."""
-    bind = checks.split_host_port(config.server.tls.lets_encrypt.http01_bind)
-    if bind is None:
-        return  # its own setting check reports the format
+    """The challenge listener is bound beside the others at start: an address they hold
+    would fail there ("cannot listen"), or be taken for the same socket when it is the
+    very same address, so it is refused here, where the file is named."""
+    bind = config.server.tls.lets_encrypt.http01_bind
     taken = [(address, "server.listen") for address in config.server.listen]
     if config.metrics.enabled:
         taken.append((config.metrics.listen, "the metrics listener"))
     for address, what in taken:
-        parsed = checks.split_host_port(address)
-        if parsed is not None and parsed[1] == bind[1]:
+        if checks.same_socket_address(bind, address):
+            port = address.rpartition(":")[2]
             problems.error(("server", "tls", "lets_encrypt", "http01_bind"), "acme_challenge_port",
-                           f"http01_bind port {bind[1]} is also {what}'s ({address!r}); "
-                           "the HTTP-01 listener needs a port of its own (usually 80)")
+                           f"http01_bind port {port} is also {what}'s ({address!r}); "
+                           "the HTTP-01 listener cannot share it (give it another port, "
+                           "usually 80, or another address)")
             return
 
 

@@ -60,7 +60,6 @@ from li_httpd.shm import (
     queue_ids,
 )
 from li_httpd.shm.circuit import shown_state
-from li_httpd.workers.redis_blocking import remote_budgets
 
 from . import reaper, sdnotify
 from .acme import AcmeActor
@@ -78,7 +77,7 @@ from .health import HealthActor
 from .listeners import Listeners, StartError, acme_key, bind_listener, listener_url, metrics_key
 from .reload import READY_TIMEOUT, LastResult, Outcome, Reload
 from .runtime import control_socket_path, private_directory, remove_directory, runtime_base
-from .shared_state import LeaseRelease
+from .shared_state import MasterRedis
 from .tickets import TicketRotation
 from .tls import TlsSetupError, server_tls
 
@@ -146,7 +145,7 @@ class Master:
         have changed after the actor read it)."""
         self.next_waiters: list[PendingReply] = []
         self.tickets = TicketRotation()
-        self.release_leases = LeaseRelease()
+        self.redis = MasterRedis()
         self.rotation_waiters: list[PendingReply] = []
         """ctl clients waiting for the rotation in progress."""
         self.stop: Stop | None = None
@@ -365,7 +364,7 @@ class Master:
         generation.shared.clear_worker(slot.index)
         state = generation.loaded.config.state
         if state.backend == "redis":  # its stream leases in Redis too
-            released = self.release_leases(state, exited.pid, now)
+            released = self.redis.release_leases(state, exited.pid, now)
             if isinstance(released, str):
                 self.say(f"worker {slot.index}: could not release its Redis stream leases "
                          f"({released}); they expire after lease_time", "warn")
@@ -687,7 +686,7 @@ class Master:
         tls = current.tls is not None
         last: LastResult = self.last_reload["result"]
         config = current.loaded.config
-        remote = remote_budgets(config.state, config.auth.keys)
+        remote = self.redis.budgets(config.state, config.auth.keys, time.monotonic())
         budgets = ([] if isinstance(remote, str) else
                    budget_status(current.shared, config.auth.keys, time.time_ns(), remote))
         return {

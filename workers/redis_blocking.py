@@ -49,10 +49,13 @@ class BlockingRedis:
         if isinstance(url, str):
             raise ValueError(url)
         give_up = time.monotonic() + deadline
-        raw = socket.create_connection((url.host, url.port), timeout=deadline)
+        raw = _connect(url.host, url.port, give_up)
+        conn: socket.socket = raw
         try:
-            conn: socket.socket = raw
             if url.tls:
+                # The handshake waits up to the socket's timeout: what is left, not a
+                # whole deadline more after a slow connect.
+                raw.settimeout(_left(give_up))
                 context = ssl.create_default_context(cafile=state.ca_file or None)
                 conn = context.wrap_socket(raw, server_hostname=url.host)
             client = cls(conn, give_up)
@@ -63,6 +66,7 @@ class BlockingRedis:
             if url.db:
                 client.call("SELECT", url.db)
         except BaseException:
+            conn.close()  # the TLS socket once wrapped (it took over raw's descriptor)
             raw.close()
             raise
         return client
@@ -80,6 +84,7 @@ class BlockingRedis:
 
     def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Reply]:
         """Send every command in one write, then read their replies in order."""
+        self.conn.settimeout(_left(self.give_up))
         self.conn.sendall(b"".join(encode_command(*command) for command in commands))
         return [self._reply() for _ in commands]
 
@@ -90,10 +95,7 @@ class BlockingRedis:
                 if isinstance(reply, ReplyError):
                     raise ValueError(f"Redis error: {reply.message[:200]}")
                 return reply
-            left = self.give_up - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("Redis did not answer in time")
-            self.conn.settimeout(left)
+            self.conn.settimeout(_left(self.give_up))
             try:
                 data = self.conn.recv(16 * 1024)
             except TimeoutError:
@@ -101,6 +103,33 @@ class BlockingRedis:
             if not data:
                 raise ConnectionError("connection closed by Redis")
             self.parser.feed(data)
+
+
+def _connect(host: str, port: int, give_up: float) -> socket.socket:
+    """A TCP connection to the first of ``host``'s addresses that answers, each attempt
+    waiting an equal share of what is left: an unreachable first address (IPv6 without
+    a route, say) leaves the next one time to connect and to talk, as the workers'
+    client does by trying addresses in parallel."""
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"{host} has no address")
+    for index, (family, kind, proto, _, address) in enumerate(addresses):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_left(give_up) / (len(addresses) - index))
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+        else:
+            return sock
+    raise failure
+
+
+def _left(give_up: float) -> float:
+    left = give_up - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("Redis did not answer in time")
+    return left
 
 
 def read_budgets(state: State, keys: Sequence[tuple[str, BudgetLimits]],

@@ -314,3 +314,30 @@ def test_a_reload_does_not_mix_the_generations_leases(
     assert status == 429, "second and fourth hold the 2 streams"
     for sock in (second, fourth, fifth):
         sock.close()
+
+
+def test_ctl_status_polled_while_redis_is_silent_stalls_the_master_once(
+        mock: MockUpstream, start_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A Redis that accepts and never answers costs the master's loop one deadline
+    (4 x [state] timeout, here 1 s) for the first ctl status, not one per request: the
+    next ones show the failure at once, and the master keeps answering."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        extra = (f'[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:'
+                 f'{silent.getsockname()[1]}"\ntimeout = "250ms"\n\n'
+                 f'[auth]\nkeys = [{{ id = "team", sha256 = "{"0" * 64}", '
+                 f'tokens_per_minute = 1000 }}]\n')
+        gateway = start_gateway(gateway_config(mock.origin, extra=extra))
+        started = time.monotonic()
+        first = gateway.status()
+        assert first["budgets"] == [] and first["budgets_from"] == \
+            "unavailable: Redis did not answer in time"
+        assert 0.9 < time.monotonic() - started < 3.0
+        for _ in range(3):
+            started = time.monotonic()
+            status = gateway.status()
+            assert time.monotonic() - started < 0.5
+            assert status["budgets_from"].startswith(
+                "unavailable: Redis did not answer in time (asked again in ")
+        assert "Redis holds them" in gateway.ctl("status").stdout

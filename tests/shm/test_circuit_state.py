@@ -5,6 +5,7 @@ by the kernel when a lock holder dies, state carried across a reload."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 import time
@@ -190,27 +191,35 @@ def test_a_worker_killed_holding_a_probe_or_the_lock_leaves_nothing_stuck() -> N
         assert state.circuit(0).state == OPEN
         clock.now += 2 * NS  # the open time is over (the children inherit this clock)
         pid = os.fork()
-        if pid == 0:
-            state.slot = 1
-            code = 0 if state.circuit_admit(0, policy).admission == "probe" else 3
-            if code == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-            os._exit(code)
+        if pid == 0:  # never returns into pytest, whatever happens
+            try:
+                state.slot = 1
+                if state.circuit_admit(0, policy).admission == "probe":
+                    os.kill(os.getpid(), signal.SIGKILL)
+            finally:
+                os._exit(3)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status)
         assert state.circuit_admit(0, policy).admission == "refused"
         ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            state._lock(_LOCK_CIRCUITS + 0)
-            os.write(ready_write, b"x")
-            time.sleep(60)
-            os._exit(0)
-        assert os.read(ready_read, 1) == b"x"  # the child holds the lock now
-        os.close(ready_read)
-        os.close(ready_write)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+            try:
+                os.close(ready_read)
+                state._lock(_LOCK_CIRCUITS + 0)
+                os.write(ready_write, b"x")
+                time.sleep(60)
+            finally:
+                os._exit(0)
+        os.close(ready_write)  # a child that dies before signalling reads as EOF
+        try:
+            # The child holds the lock now (bounded: a child stuck before it fails here).
+            assert select.select([ready_read], [], [], 10)[0], "the child never signalled"
+            assert os.read(ready_read, 1) == b"x"
+        finally:
+            os.close(ready_read)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         state.clear_worker(1)
         started = time.monotonic()
         assert state.circuit_admit(0, policy).admission == "probe"

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -257,29 +258,70 @@ def test_the_master_gives_up_quickly_when_redis_is_away(silent_port: int) -> Non
 def test_after_a_failed_release_the_master_leaves_the_next_ones_to_expire() -> None:
     """A reload retiring every worker while Redis is away stalls the master's loop for
     one deadline (4 x timeout), not one per worker; it tries again after the quiet time."""
-    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, LeaseRelease
+    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, MasterRedis
 
-    with socket.socket() as listener:  # accepts (backlog) and never answers
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.setblocking(False)
+    with _silent_listener() as listener:
         port = int(listener.getsockname()[1])
         state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
-        release = LeaseRelease()
+        release = MasterRedis().release_leases
         started = time.monotonic()
         assert isinstance(release(state, 1, 100.0), str)
         assert time.monotonic() - started < 0.2 + 0.3  # 4 x 50 ms, not DEADLINE
         assert release(state, 2, 101.0) is None
         assert release(state, 3, 100.0 + QUIET_AFTER_FAILURE - 0.1) is None
-        connections = 0
-        while True:
-            try:
-                listener.accept()[0].close()
-            except BlockingIOError:
-                break
-            connections += 1
-        assert connections == 1
+        assert _accepted(listener) == 1
         assert isinstance(release(state, 4, 100.0 + QUIET_AFTER_FAILURE), str)
+
+
+def _silent_listener() -> socket.socket:
+    """A non-blocking listener that accepts connections (backlog) and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
+def _accepted(listener: socket.socket) -> int:
+    """How many connections were made to ``listener`` since last asked."""
+    count = 0
+    while True:
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            return count
+        count += 1
+
+
+def test_after_a_failed_budget_read_ctl_status_does_not_ask_again() -> None:
+    """ctl status polled while Redis is away stalls the master's loop for one deadline,
+    not one per request: the failure is shown again without asking for the quiet time,
+    and a failed lease release quiets the read too (and the other way round)."""
+    from li_httpd.config.model import ApiKey
+    from li_httpd.supervisor.shared_state import QUIET_AFTER_FAILURE, MasterRedis
+
+    keys = (ApiKey(id="team", sha256="0" * 64, tokens_per_minute=100),)
+    with _silent_listener() as listener:
+        port = int(listener.getsockname()[1])
+        state = State(backend="redis", url=f"redis://127.0.0.1:{port}", timeout=Millis(50))
+        redis = MasterRedis()
+        assert redis.budgets(state, keys, 100.0) == "Redis did not answer in time"
+        started = time.monotonic()
+        for now in (100.5, 101.0, 100.0 + QUIET_AFTER_FAILURE - 0.1):
+            shown = redis.budgets(state, keys, now)
+            assert isinstance(shown, str) and shown.startswith("Redis did not answer in time")
+        assert redis.release_leases(state, 7, 105.0) is None
+        assert redis.budgets(state, (), 105.0) == {}  # no key has a budget: no failure
+        assert time.monotonic() - started < 0.1
+        assert _accepted(listener) == 1
+        assert isinstance(redis.release_leases(state, 7, 100.0 + QUIET_AFTER_FAILURE), str)
+        assert isinstance(redis.budgets(state, keys, 100.0 + QUIET_AFTER_FAILURE + 1), str)
+        assert _accepted(listener) == 1
+        assert redis.budgets(State(), keys, 111.0) is None  # local: shared memory
+        # Quiet for that server only: a reload naming another one asks it at once.
+        moved = State(backend="redis", url="redis://127.0.0.1:1", timeout=Millis(50))
+        shown = redis.budgets(moved, keys, 111.0)
+        assert isinstance(shown, str) and "asked again" not in shown, shown
 
 
 async def test_budgets_reserve_and_settle_as_in_shared_memory(redis_server: RedisServer
@@ -341,6 +383,52 @@ def test_budgets_cannot_be_read_from_a_silent_server(silent_port: int) -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_a_slow_connect_leaves_the_tls_handshake_only_what_is_left(
+        silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One deadline for connect, TLS handshake and replies: a connect that took most of
+    it does not buy the handshake a whole deadline more."""
+    from li_httpd.shm import budget
+
+    resolve = socket.getaddrinfo
+
+    def slow_resolve(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # a slow name server, or a SYN retransmitted
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_resolve)
+    state = State(backend="redis", url=f"rediss://127.0.0.1:{silent_port}", key_prefix="t:")
+    started = time.monotonic()
+    read = read_budgets(state, [("k", budget.Limits.of(10, 0, 60_000))], 0.5)
+    assert isinstance(read, str) and "timed out" in read
+    assert time.monotonic() - started < 0.5 + 0.15
+
+
+def test_an_unreachable_first_address_leaves_the_next_one_time(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis host name with an address that never answers a SYN (IPv6 without a
+    route, say) before the one that works: the budgets are still read within the
+    deadline, not lost to the first address's wait."""
+    from li_httpd.shm import budget
+
+    with socket.socket() as blackhole:  # a full accept queue: further SYNs are dropped
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        queued = socket.create_connection(blackhole.getsockname())
+        resolve = socket.getaddrinfo
+
+        def two_addresses(host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+            return [*resolve(host, blackhole.getsockname()[1], *args, **kwargs),
+                    *resolve(host, port, *args, **kwargs)]
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        started = time.monotonic()
+        read = read_budgets(_state(redis_server), [("k", budget.Limits.of(10, 0, 60_000))],
+                            0.6)
+        queued.close()
+    assert isinstance(read, dict), read
+    assert time.monotonic() - started < 0.6 + 0.15
+
+
 async def test_releases_ride_along_with_the_next_admission(redis_server: RedisServer
                                                            ) -> None:
     """A release waiting to be sent goes in the same write as the next admission, also
@@ -388,9 +476,10 @@ async def test_auth_with_the_password_from_a_file(tmp_path: Path) -> None:
         server.stop()
 
 
-async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> None:
+def _tls_redis(tmp_path: Path, *extra: str) -> tuple[RedisServer, int, Path, Path]:
+    """A started redis-server with a TLS port: the server, that port, the CA file that
+    verifies it and one that does not."""
     import datetime
-    import ssl
 
     from tests.conftest import free_port, make_certificate, require_redis
 
@@ -403,8 +492,15 @@ async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> Non
     plain, tls = free_port(), free_port()
     server = RedisServer(plain, tmp_path, extra=(
         "--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-auth-clients", "no"))
+        "--tls-auth-clients", "no", *extra))
     server.start()
+    return server, tls, cert, other
+
+
+async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> None:
+    import ssl
+
+    server, tls, cert, other = _tls_redis(tmp_path)
     try:
         url = RedisUrl(True, "127.0.0.1", tls, 0, "")
         trusted = RedisPool(url, None, 1, 2.0, ssl.create_default_context(cafile=str(cert)))
@@ -414,6 +510,42 @@ async def test_rediss_verifies_the_server_against_ca_file(tmp_path: Path) -> Non
         stranger = RedisPool(url, None, 1, 2.0, ssl.create_default_context(cafile=str(other)))
         with pytest.raises(BackendError, match="certificate verify failed"):
             await stranger.call("PING")
+    finally:
+        server.stop()
+
+
+def test_budgets_read_over_rediss_with_auth(tmp_path: Path) -> None:
+    """The blocking client (ctl status, /metrics) over TLS: the right CA and password
+    read the budgets; a wrong password or CA is a message naming neither the password
+    nor leaving the TLS socket open."""
+    import gc
+    import warnings
+
+    from li_httpd.shm import budget
+
+    server, tls, cert, other = _tls_redis(tmp_path, "--requirepass", "right-secret")
+    keys = [("team", budget.Limits.of(100, 0, 60_000))]
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("right-secret\n")
+    wrong.write_text("hunter2\n")
+    url = f"rediss://127.0.0.1:{tls}"
+    try:
+        read = read_budgets(State(backend="redis", url=url, ca_file=str(cert),
+                                  password_file=str(right)), keys, 2.0)
+        assert isinstance(read, dict) and read["team"].tokens == 0, read
+        gc.collect()  # earlier tests' garbage is not ours
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            problem = read_budgets(State(backend="redis", url=url, ca_file=str(cert),
+                                         password_file=str(wrong)), keys, 2.0)
+            stranger = read_budgets(State(backend="redis", url=url, ca_file=str(other),
+                                          password_file=str(right)), keys, 2.0)
+            gc.collect()
+        assert isinstance(problem, str) and "WRONGPASS" in problem
+        assert "hunter2" not in problem
+        assert isinstance(stranger, str) and "certificate verify failed" in stranger
+        assert [str(w.message) for w in caught
+                if issubclass(w.category, ResourceWarning)] == []
     finally:
         server.stop()
 
