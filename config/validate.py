@@ -555,8 +555,7 @@ def _check_listeners(config: Config, problems: Problems) -> None:
             problems.error(("metrics", "listen"), "metrics_listener",
                            f"{metrics.listen!r} is not loopback; set allow_non_loopback = "
                            "true to expose metrics beyond this host")
-        parsed = checks.split_host_port(metrics.listen)
-        if parsed is not None and any(parsed[1] == port for _, port in seen):
+        if any(checks.same_socket_address(metrics.listen, a) for a in config.server.listen):
             problems.error(("metrics", "listen"), "metrics_listener",
                            "the metrics listener must use a port of its own")
 
