@@ -19,65 +19,33 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping, Sequence
 
-from li_httpd.config.model import ApiKey, State
-from li_httpd.shm import BudgetUsage, budget_limits
+from li_httpd.config.model import State
 from li_httpd.workers.redis_blocking import (
     FAILURES,
+    QUIET_AFTER_FAILURE,
     BlockingRedis,
+    QuietRedis,
     failure_text,
-    remote_budgets,
 )
 from li_httpd.workers.shared_limits import RELEASE_HOLDER, holder_key
 
 DEADLINE = 1.0
 """Longest the master waits for Redis per released worker (seconds)."""
 
-QUIET_AFTER_FAILURE = 10.0
-"""Seconds after a failed call during which the master does not ask Redis: dead workers'
-leases are left to expire, and ``ctl status`` shows the budgets as unavailable."""
-
-
-class MasterRedis:
-    """The master's Redis calls, skipped for a while after one failed (any of them:
-    Redis away fails them all)."""
-
-    def __init__(self) -> None:
-        self.quiet_until = 0.0
-        self.failure = ""
-        self.failed_url = ""
-        """The server that failed: a reload naming another one asks it at once."""
-
-    def _quiet(self, state: State, now: float) -> bool:
-        return now < self.quiet_until and state.url == self.failed_url
+class MasterRedis(QuietRedis):
+    """The master's Redis calls: lease releases and ``ctl status`` budget reads, skipped
+    for a while after any of them failed (Redis away fails them all)."""
 
     def release_leases(self, state: State, worker: int, now: float) -> int | str | None:
         """The released count, why it failed, or None when skipped after a failure."""
-        if self._quiet(state, now):
+        if self.quiet(state, now):
             return None
         deadline = min(DEADLINE, 4 * state.timeout / 1000)
         released = release_worker_leases(state, worker, deadline)
         if isinstance(released, str):
-            self._failed(state, released, now)
+            self.failed(state, released, now)
         return released
-
-    def budgets(self, state: State, keys: Sequence[ApiKey],
-                now: float) -> Mapping[str, BudgetUsage] | str | None:
-        """What Redis holds of each key's budget (:func:`remote_budgets`); after a
-        failure, for the quiet time, the last failure without asking again."""
-        asks = state.backend == "redis" and any(budget_limits(key).any for key in keys)
-        if asks and self._quiet(state, now):
-            return f"{self.failure} (asked again in {self.quiet_until - now:.0f} s)"
-        read = remote_budgets(state, keys)  # None or {} without asking when not ``asks``
-        if isinstance(read, str):
-            self._failed(state, read, now)
-        return read
-
-    def _failed(self, state: State, why: str, now: float) -> None:
-        self.quiet_until = now + QUIET_AFTER_FAILURE
-        self.failure = why
-        self.failed_url = state.url
 
 
 def master_host_id() -> str:
@@ -97,4 +65,4 @@ def release_worker_leases(state: State, worker: int, deadline: float = DEADLINE)
     return reply if isinstance(reply, int) else f"unexpected reply {reply!r:.60}"
 
 
-__all__ = ["MasterRedis", "release_worker_leases"]
+__all__ = ["QUIET_AFTER_FAILURE", "MasterRedis", "release_worker_leases"]

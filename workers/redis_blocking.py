@@ -175,4 +175,42 @@ def remote_budgets(state: State, keys: Sequence[ApiKey]) -> dict[str, BudgetUsag
     return read_budgets(state, wanted, min(1.0, 4 * state.timeout / 1000))
 
 
-__all__ = ["FAILURES", "BlockingRedis", "failure_text", "read_budgets", "remote_budgets"]
+QUIET_AFTER_FAILURE = 10.0
+"""Seconds after a failed blocking call during which that Redis is not asked again."""
+
+
+class QuietRedis:
+    """Blocking calls from one process (the master, or a worker's metrics scrapes),
+    skipped for :data:`QUIET_AFTER_FAILURE` after one failed, so a caller polling while
+    Redis is away pays one deadline, not one per call. The quiet time holds for the
+    server that failed only: a reload naming another url asks it at once. (Scrape
+    threads may race on these fields; the worst is one extra call.)"""
+
+    def __init__(self) -> None:
+        self.quiet_until = 0.0
+        self.failure = ""
+        self.failed_url = ""
+
+    def quiet(self, state: State, now: float) -> bool:
+        return now < self.quiet_until and state.url == self.failed_url
+
+    def failed(self, state: State, why: str, now: float) -> None:
+        self.quiet_until = now + QUIET_AFTER_FAILURE
+        self.failure = why
+        self.failed_url = state.url
+
+    def budgets(self, state: State, keys: Sequence[ApiKey],
+                now: float) -> dict[str, BudgetUsage] | str | None:
+        """What Redis holds of each key's budget (:func:`remote_budgets`); during the
+        quiet time, the last failure without asking again."""
+        asks = state.backend == "redis" and any(budget_limits(key).any for key in keys)
+        if asks and self.quiet(state, now):
+            return f"{self.failure} (asked again in {self.quiet_until - now:.0f} s)"
+        read = remote_budgets(state, keys)  # None or {} without asking when not ``asks``
+        if isinstance(read, str):
+            self.failed(state, read, now)
+        return read
+
+
+__all__ = ["FAILURES", "QUIET_AFTER_FAILURE", "BlockingRedis", "QuietRedis", "failure_text",
+           "read_budgets", "remote_budgets"]
