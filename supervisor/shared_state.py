@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 
-from li_httpd.config.model import State
+from li_httpd.config.model import ApiKey, State
+from li_httpd.shm import BudgetUsage
 from li_httpd.workers.redis_blocking import (
     FAILURES,
     QUIET_AFTER_FAILURE,
@@ -33,19 +35,27 @@ from li_httpd.workers.shared_limits import RELEASE_HOLDER, holder_key
 DEADLINE = 1.0
 """Longest the master waits for Redis per released worker (seconds)."""
 
-class MasterRedis(QuietRedis):
+class MasterRedis:
     """The master's Redis calls: lease releases and ``ctl status`` budget reads, skipped
     for a while after any of them failed (Redis away fails them all)."""
 
+    def __init__(self) -> None:
+        self.calls = QuietRedis()  # compiled: held, not subclassed
+
     def release_leases(self, state: State, worker: int, now: float) -> int | str | None:
         """The released count, why it failed, or None when skipped after a failure."""
-        if self.quiet(state, now):
+        if self.calls.quiet(state, now):
             return None
         deadline = min(DEADLINE, 4 * state.timeout / 1000)
         released = release_worker_leases(state, worker, deadline)
         if isinstance(released, str):
-            self.failed(state, released, now)
+            self.calls.failed(state, released, now)
         return released
+
+    def budgets(self, state: State, keys: Sequence[ApiKey],
+                now: float) -> dict[str, BudgetUsage] | str | None:
+        """What Redis holds of each key's budget, or why not (:meth:`QuietRedis.budgets`)."""
+        return self.calls.budgets(state, keys, now)
 
 
 def master_host_id() -> str:
