@@ -112,7 +112,11 @@ def render_status(status: dict[str, Any]) -> str:
                   f"{b['usd']:.2f}/" + (f"{b['usd_budget']:.2f}" if b["usd_budget"] else "-"),
                   _utc(b["usd_window_end"]) if b["usd_budget"] else ""]
                  for b in status["budgets"]]
-        where = " (from Redis)" if status.get("budgets_from") == "redis" else ""
+        source = str(status.get("budgets_from", ""))
+        where = (" (from Redis)" if source == "redis" else
+                 f" (this host's own counters, which decide meanwhile: "
+                 f"{source.removeprefix('shared memory (').removesuffix(')')})"
+                 if source.startswith("shared memory (") else "")
         lines += [f"budgets{where}", _table(rows)]
     elif str(status.get("budgets_from", "")).startswith("unavailable"):
         lines.append(f"budgets  {status['budgets_from']} (Redis holds them)")

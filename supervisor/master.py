@@ -45,7 +45,7 @@ from typing import Any
 import zmq
 from li_httpd.actors.reload import ReloadClient
 from li_httpd.config import VERSION, LoadedConfig
-from li_httpd.config.model import ApiKey
+from li_httpd.config.model import ApiKey, State
 from li_httpd.ops import metrics as metrics_env
 from li_httpd.ops.log.files import Rotator
 from li_httpd.ops.log.master import MasterLog
@@ -687,16 +687,17 @@ class Master:
         last: LastResult = self.last_reload["result"]
         config = current.loaded.config
         remote = self.redis.budgets(config.state, config.auth.keys, time.monotonic())
-        budgets = ([] if isinstance(remote, str) else
-                   budget_status(current.shared, config.auth.keys, time.time_ns(), remote))
+        budgets_from = budget_source(config.state, remote)
+        budgets = ([] if budgets_from.startswith("unavailable") else
+                   budget_status(current.shared, config.auth.keys, time.time_ns(),
+                                 None if isinstance(remote, str) else remote))
         return {
             "version": VERSION, "pid": os.getpid(), "config_hash": current.loaded.hash,
             "config_file": current.loaded.filename, "generation": current.number,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "listen": [listener_url(s, tls) for s in current.listeners],
             "workers": workers, "upstreams": peers, "budgets": budgets,
-            "budgets_from": ("shared memory" if remote is None else "redis"
-                             if isinstance(remote, dict) else f"unavailable: {remote}"),
+            "budgets_from": budgets_from,
             "queues": queues,
             "actors": [{"name": "reload", "pid": self.actor_pid,
                         "state": "running" if self.actor_pid else "restarting"},
@@ -783,6 +784,19 @@ class Master:
         if self.log is not None:
             self.log.close()
         return True
+
+
+def budget_source(state: State, remote: Mapping[str, BudgetUsage] | str | None) -> str:
+    """Where the budgets ``ctl status`` shows come from. While Redis cannot be read,
+    this host's counters are what decides under ``budgets_on_error = "local"``, so they
+    are shown (labelled); under allow or deny nothing is counted, so nothing is."""
+    if remote is None:
+        return "shared memory"
+    if not isinstance(remote, str):
+        return "redis"
+    if (state.budgets_on_error or state.on_backend_error) == "local":
+        return f"shared memory (Redis unavailable: {remote})"
+    return f"unavailable: {remote}"
 
 
 def budget_status(shared: SharedState, keys: Sequence[ApiKey], now_ns: int,

@@ -235,11 +235,20 @@ def test_two_instances_share_a_keys_token_budget(
         remaining = _samples(port)[("li_budget_remaining",
                                     (("key_id", "team"), ("kind", "tokens")))]
         assert remaining == budget - used
-    # Redis gone: no numbers rather than this host's share of them.
+    # Redis gone: budgets_on_error = "local" (the default) admits against this host's
+    # own counters, and ctl status shows those, labelled; the gauge shows nothing rather
+    # than a number from another source.
     redis_server.stop()
     try:
+        reply = httpx.post(f"{gateways[0].url}/v1/chat/completions", json=body,
+                           params={"tokens": "60"}, timeout=10,
+                           headers={"authorization": f"Bearer {key}"})
+        assert reply.status_code == 200, reply.text
         status = gateways[0].status()
-        assert status["budgets"] == [] and status["budgets_from"].startswith("unavailable")
+        assert status["budgets_from"].startswith("shared memory (Redis unavailable: ")
+        assert [(b["key"], b["tokens"]) for b in status["budgets"]] == [
+            ("team", reply.json()["usage"]["total_tokens"])]
+        assert "this host's own counters" in gateways[0].ctl("status").stdout
         assert ("li_budget_remaining", (("key_id", "team"), ("kind", "tokens"))) \
             not in _samples(metrics_ports[0])
     finally:
@@ -325,7 +334,8 @@ def test_ctl_status_polled_while_redis_is_silent_stalls_the_master_once(
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)
         extra = (f'[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:'
-                 f'{silent.getsockname()[1]}"\ntimeout = "250ms"\n\n'
+                 f'{silent.getsockname()[1]}"\ntimeout = "250ms"\n'
+                 f'budgets_on_error = "deny"\n\n'  # no local counters to show instead
                  f'[auth]\nkeys = [{{ id = "team", sha256 = "{"0" * 64}", '
                  f'tokens_per_minute = 1000 }}]\n')
         gateway = start_gateway(gateway_config(mock.origin, extra=extra))

@@ -73,3 +73,22 @@ def test_redis_held_budgets_replace_this_hosts_counters() -> None:
     families = {f.name: f for f in _SharedStateCollector(
         config, shared, lambda: "Redis did not answer in time").collect()}
     assert families["li_budget_remaining"].samples == []
+
+
+def test_where_ctl_status_takes_budgets_from() -> None:
+    """While Redis cannot be read, the local counters are shown only where they decide
+    (budgets_on_error = "local"); under allow or deny nothing is counted."""
+    from li_httpd.config.model import State
+    from li_httpd.supervisor.master import budget_source
+
+    redis = State(backend="redis", url="redis://127.0.0.1:6379")
+    assert budget_source(State(), None) == "shared memory"
+    assert budget_source(redis, {}) == "redis"
+    assert budget_source(redis, "refused") == "shared memory (Redis unavailable: refused)"
+    for policy in ("allow", "deny"):
+        assert budget_source(State(backend="redis", url=redis.url, on_backend_error=policy),
+                             "refused") == "unavailable: refused"
+        assert budget_source(State(backend="redis", url=redis.url, budgets_on_error=policy),
+                             "refused") == "unavailable: refused"
+    assert budget_source(State(backend="redis", url=redis.url, on_backend_error="deny",
+                               budgets_on_error="local"), "refused").startswith("shared")

@@ -56,6 +56,9 @@ def test_budgets_show_use_over_limit_and_the_window_end() -> None:
     assert "budgets" not in render_status(_status({"result": "none"}))
     status["budgets_from"] = "redis"
     assert "budgets (from Redis)" in render_status(status).splitlines()
+    status["budgets_from"] = "shared memory (Redis unavailable: connection refused)"
+    assert ("budgets (this host's own counters, which decide meanwhile: Redis unavailable: "
+            "connection refused)") in render_status(status).splitlines()
     status.update(budgets=[], budgets_from="unavailable: Redis did not answer in time")
     assert render_status(status).splitlines()[-1] == (
         "budgets  unavailable: Redis did not answer in time (Redis holds them)")
