@@ -4,6 +4,9 @@
 - A shell block that runs a bare ``li-httpd`` belongs to a document that says how to get
   it on PATH (``. .venv/bin/activate`` after ``bash ops/demo``), because the demo and
   test scripts install it into ``.venv`` only.
+- What a reader pastes works: toml blocks parse, a block that is a whole config (a
+  [server] table and routes, no file to make first) validates, links and anchors
+  resolve, and the li_* metrics named are ones the code registers.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from li_httpd.config.loader import load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 # The project's own docs: not those of packages installed under ops/ (hidden venvs).
@@ -102,3 +106,25 @@ def test_metric_names_in_the_docs_are_exported() -> None:
                and name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
                not in registered}
     assert not unknown, sorted(unknown)
+
+
+def _whole_configs() -> list[tuple[str, str]]:
+    """toml blocks that are a whole gateway config (a [server] table and routes) and name
+    no absolute path, i.e. no file the reader is told to make first."""
+    return [(f"{path.name}#{number}", block) for path in USER_DOCS
+            for number, block in enumerate(_TOML_BLOCK.findall(path.read_text("utf-8")))
+            if re.search(r"^\[server\]\s*(#.*)?$", block, re.M)
+            and re.search(r"^(\[routes\]|\[\[route\]\])\s*(#.*)?$", block, re.M)
+            and not re.search(r"=\s*\[?\s*[\"']/", block)]
+
+
+def test_whole_config_blocks_exist() -> None:
+    assert any(name.startswith("README.md") for name, _ in _whole_configs())
+
+
+@pytest.mark.parametrize(("name", "block"), _whole_configs(),
+                         ids=[name for name, _ in _whole_configs()])
+def test_whole_config_blocks_validate(name: str, block: str) -> None:
+    """The README's "save that as gateway.toml" and its likes validate exactly as written
+    (warnings allowed, as validate-config allows them)."""
+    load_text(block, name)  # raises ConfigError, listing every error, when one does not
