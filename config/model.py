@@ -166,8 +166,9 @@ class Server:
                                        "in-flight requests and streams may take to finish.",
                                        minimum=0, maximum=HOUR)
     control_socket: str = setting("auto", doc="Unix socket for `li-httpd ctl`; `auto` = "
-                                  "/run/li-httpd/control.sock as root, else under "
-                                  "$XDG_RUNTIME_DIR or the temp directory.")
+                                  "`control.sock` in `$RUNTIME_DIRECTORY` under systemd, "
+                                  "`/run/li-httpd` as root, else `$XDG_RUNTIME_DIR/li-httpd` "
+                                  "or `<tmp>/li-httpd-<uid>`.")
     expose_upstream_errors: bool = setting(False, doc="Pass upstream 4xx/5xx bodies through "
                                            "unchanged; false answers the gateway's JSON "
                                            "error with the same status (Retry-After "
