@@ -29,9 +29,13 @@ from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split
 from .model import (
     BUILTIN_STATIC,
     RATE_LIMIT_EXEMPT,
+    ApiKey,
+    CircuitBreaker,
     Config,
     Match,
+    Metrics,
     RateLimit,
+    Rng,
     Route,
     RouteCensor,
     RouteTimeouts,
@@ -93,7 +97,8 @@ RULES: tuple[Rule, ...] = (
     Rule("peer_url", "Peers are literal http(s)://host:port origins: no userinfo, path, "
                      "query, fragment or '$'."),
     Rule("duplicate_peer", "The same peer twice in one upstream."),
-    Rule("ca_file", "An upstream's ca_file must be a readable file."),
+    Rule("ca_file", "An upstream's ca_file must be a readable file, and the pool has an "
+                    "https:// peer for it to verify."),
     Rule("health_check", "Health probe paths are origin-form paths on the peer (one "
                          "leading '/', no scheme, host, '//', dot segments, %-escapes, "
                          "spaces or control characters); timeout is shorter than interval."),
@@ -110,7 +115,9 @@ RULES: tuple[Rule, ...] = (
                          "production, or a directory_url (then no environment)."),
     Rule("tls_mode_settings", "[server.tls.manual], [server.tls.self_signed] and "
                               "[server.tls.lets_encrypt] are only set with their mode "
-                              "(another mode would ignore them)."),
+                              "(another mode would ignore them); min_protocol, "
+                              "session_tickets and ticket_rotation need TLS on, and "
+                              "cert_dir mode self_signed or lets_encrypt."),
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
@@ -122,7 +129,8 @@ RULES: tuple[Rule, ...] = (
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
                         "currently valid (a warning when it expires within 30 days)."),
     Rule("client_auth", "client_auth = optional or required needs TLS and client_ca; "
-                        "client_ca and [auth] client_cert entries need client_auth."),
+                        "client_ca, client_identity and [auth] client_cert entries need "
+                 "client_auth."),
     Rule("client_ca", "client_ca is a readable PEM file of at least one CA certificate."),
     Rule("session_tickets", "ticket_rotation is only set when session_tickets is on."),
     Rule("client_cert_key", "rate_limit.key = client_cert needs server.tls.client_auth "
@@ -146,9 +154,12 @@ RULES: tuple[Rule, ...] = (
     Rule("key_models", "A key's models are [models] names."),
     Rule("auth", "Keys: unique ids, hashes and client certificates, each entry exactly one "
                  "of sha256 and client_cert; a route with auth = api_key needs a sha256 "
-                 "key, one with auth = client_cert a client_cert entry."),
+                 "key, one with auth = client_cert a client_cert entry; budget_window "
+                 "only with a usd_budget."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
-                        "mode = bad only under the exploit profile."),
+                        "mode = bad only under the exploit profile; seed only with prng or "
+                        "sim, allow_insecure_rng only with prng, bad_pattern only with "
+                        "bad."),
     Rule("expose_upstream_errors", "expose_upstream_errors is refused under production."),
     Rule("audit_required", "A public listener requires the audit log."),
     Rule("censor_disabled", "Warning: under production the leak censor is off and "
@@ -168,9 +179,11 @@ RULES: tuple[Rule, ...] = (
     Rule("detector", "Detector ids must be built-in ids."),
     Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field / $..field subset."),
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
-                             "and differs from the main listeners."),
+                             "and differs from the main listeners; listen, path and "
+                             "allow_non_loopback only with enabled = true."),
     Rule("circuit_breaker", "An enabled circuit_breaker counts at least one kind of "
-                            "failure (failures is not empty)."),
+                            "failure (failures is not empty); a disabled one sets nothing "
+                            "but enabled = false."),
     Rule("state_url", "[state] url is redis://[USER@]HOST:PORT[/DB] or rediss://...; never "
                       "with a password (use password_file or password_env)."),
     Rule("state", "[state] backend = redis needs url; every other [state] setting "
@@ -431,6 +444,9 @@ def _reaches_below(pattern: PathPattern, prefix: tuple[str, ...]) -> bool:
 # -- upstreams and static -------------------------------------------------------------------
 
 
+_BREAKER_DEFAULTS = CircuitBreaker()
+
+
 def _check_upstreams(config: Config, problems: Problems) -> None:
     for name, pool in config.upstreams.items():
         breaker = pool.circuit_breaker
@@ -440,6 +456,15 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                            "circuit would never open; name at least one of "
                            "connect, reset, malformed, 5xx, ttfb_timeout (or set "
                            "enabled = false)")
+        if not breaker.enabled:
+            # The breaker's state is never made: its tuning would be accepted and ignored.
+            for field in dataclasses.fields(CircuitBreaker):
+                if field.name != "enabled" and getattr(breaker, field.name) \
+                        != getattr(_BREAKER_DEFAULTS, field.name):
+                    problems.error(("upstreams", name, "circuit_breaker", field.name),
+                                   "circuit_breaker",
+                                   f"circuit_breaker.{field.name} is set but enabled = "
+                                   "false; set enabled = true or remove it")
         count = len(pool.peers)
         if not 1 <= count <= MAX_PEERS:
             problems.error(("upstreams", name, "peers"), "peer_count",
@@ -448,6 +473,12 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                                  and os.access(pool.ca_file, os.R_OK)):
             problems.error(("upstreams", name, "ca_file"), "ca_file",
                            f"ca_file {pool.ca_file!r} is not a readable file")
+        if pool.ca_file and pool.peers and not any(
+                peer.url.lower().startswith("https://") for peer in pool.peers):
+            # Nothing would be verified: every peer is spoken to in clear text.
+            problems.error(("upstreams", name, "ca_file"), "ca_file",
+                           "ca_file is set but no peer is https:// (nothing is verified "
+                           "over http); use https:// peers or remove ca_file")
         probe = pool.health_check
         if probe is not None and probe.timeout >= probe.interval:
             problems.error(("upstreams", name, "health_check", "timeout"), "health_check",
@@ -526,6 +557,9 @@ def _private_paths(config: Config) -> list[tuple[str, str]]:
 # -- listeners, TLS, profile ------------------------------------------------------------------
 
 
+_METRICS_DEFAULTS = Metrics()
+
+
 def _check_listeners(config: Config, problems: Problems) -> None:
     seen: dict[tuple[str, int], int] = {}
     for position, address in enumerate(config.server.listen):
@@ -550,6 +584,13 @@ def _check_listeners(config: Config, problems: Problems) -> None:
                        "a self-signed certificate on a public listener needs "
                        "[server.tls.self_signed] dev = true (development only)")
     metrics = config.metrics
+    if not metrics.enabled:
+        # No metrics listener is bound: these would be accepted and ignored.
+        for field in ("listen", "path", "allow_non_loopback"):
+            if getattr(metrics, field) != getattr(_METRICS_DEFAULTS, field):
+                problems.error(("metrics", field), "metrics_listener",
+                               f"{field} is set but [metrics] enabled = false; set "
+                               "enabled = true or remove it")
     if metrics.enabled:
         if not checks.is_loopback(metrics.listen) and not metrics.allow_non_loopback:
             problems.error(("metrics", "listen"), "metrics_listener",
@@ -574,6 +615,26 @@ def _check_mode_settings(config: Config, problems: Problems) -> None:
                                f"{mode}.{field.name} is set but mode = {tls.mode!r} does "
                                f"not use it; set mode = \"{mode}\" or remove "
                                f"[server.tls.{mode}]")
+
+
+_TLS_MODE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("min_protocol", ("manual", "self_signed", "lets_encrypt")),
+    ("session_tickets", ("manual", "self_signed", "lets_encrypt")),
+    ("ticket_rotation", ("manual", "self_signed", "lets_encrypt")),
+    ("cert_dir", ("self_signed", "lets_encrypt")),
+)
+"""[server.tls] keys read only under some modes: with another mode they would be
+accepted and ignored (a ``min_protocol`` with TLS off protects nothing)."""
+
+
+def _check_tls_keys(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    defaults = Tls()
+    for name, modes in _TLS_MODE_KEYS:
+        if tls.mode not in modes and getattr(tls, name) != getattr(defaults, name):
+            problems.error(("server", "tls", name), "tls_mode_settings",
+                           f"{name} is set but mode = {tls.mode!r} does not use it (only "
+                           f"{' or '.join(repr(m) for m in modes)} does); remove it")
 
 
 def _check_lets_encrypt(config: Config, problems: Problems) -> None:
@@ -690,6 +751,11 @@ def _check_client_auth(config: Config, problems: Problems) -> None:
             problems.error((*base, "client_ca"), "client_auth",
                            "client_ca is set but client_auth is off; set client_auth = "
                            "\"optional\" or \"required\", or remove client_ca")
+        if tls.client_identity != Tls().client_identity:
+            problems.error((*base, "client_identity"), "client_auth",
+                           "client_identity is set but client_auth is off (no client "
+                           "certificate is asked for); set client_auth = \"optional\" or "
+                           "\"required\", or remove client_identity")
         return
     if tls.mode == "off":
         problems.error((*base, "client_auth"), "client_auth",
@@ -734,6 +800,13 @@ def _check_profile(config: Config, problems: Problems) -> None:
         elif server.profile != "exploit":
             problems.warning(("server", "rng", "mode"), "rng_profile",
                              "rng.mode = \"prng\": generated secrets are predictable")
+    defaults = Rng()
+    for name, modes in (("seed", ("prng", "sim")), ("allow_insecure_rng", ("prng",)),
+                        ("bad_pattern", ("bad",))):
+        if rng.mode not in modes and getattr(rng, name) != getattr(defaults, name):
+            problems.error(("server", "rng", name), "rng_profile",
+                           f"{name} is set but rng.mode = {rng.mode!r} does not use it "
+                           f"(only {' or '.join(repr(m) for m in modes)} does); remove it")
     if rng.mode == "bad" and server.profile != "exploit":
         problems.error(("server", "rng", "mode"), "rng_profile",
                        "rng.mode = \"bad\" exists for the exploit harness only "
@@ -847,6 +920,9 @@ def _check_header_policies(config: Config, problems: Problems) -> None:
                                f"required header {name!r} is not in ingress.allow")
 
 
+_KEY_DEFAULTS = ApiKey(id="-")
+
+
 def _check_auth(config: Config, problems: Problems) -> None:
     ids: set[str] = set()
     hashes: set[str] = set()
@@ -863,6 +939,10 @@ def _check_auth(config: Config, problems: Problems) -> None:
             problems.error(where, "auth", "the same key hash repeats")
         if key.client_cert in clients:
             problems.error(where, "auth", f"client_cert {key.client_cert!r} repeats")
+        if not key.usd_budget and key.budget_window != _KEY_DEFAULTS.budget_window:
+            problems.error((*where, "budget_window"), "auth",
+                           f"key {key.id!r}: budget_window is set but usd_budget = 0 (no "
+                           "dollar budget to count); set usd_budget or remove it")
         if key.sha256:
             hashes.add(key.sha256)
         if key.client_cert:
@@ -957,6 +1037,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_static_root, (("static",), *_LOG, _TLS, ("server", "control_socket"))),
     (_check_listeners, (_LISTEN, _TLS, ("metrics",))),
     (_check_mode_settings, (_TLS,)),
+    (_check_tls_keys, (_TLS,)),
     (_check_lets_encrypt, (*_ROUTES, _TLS)),
     (_check_manual_cert, (_TLS,)),
     (_check_client_auth, (_TLS,)),
