@@ -147,6 +147,9 @@ RULES: tuple[Rule, ...] = (
     Rule("fallback", "fallback.chain names declared upstreams, each once, other than the "
                      "route's own pool, on a proxy route; fallback.on is not empty."),
     Rule("queue", "A route's [route.queue] needs a proxy route."),
+    Rule("proxy_only", "A static route sets none of the proxy-only route settings (its own "
+                       "timeouts, leak_censor, headers.egress, headers.response, "
+                       "request_buffering, usage_accounting, inject_stream_usage)."),
     Rule("model", "Model names (and owned_by): letters, digits and . _ : / @ + -, at most "
                   "128, starting with a letter or digit."),
     Rule("model_pool", "Every [models] entry's pool is a declared upstream."),
@@ -286,6 +289,44 @@ def _check_queues(config: Config, problems: Problems) -> None:
             problems.error(_route_path(index, "queue"), "queue",
                            "[route.queue] needs a proxy route (this route has no upstream "
                            "to wait for)")
+
+
+_PROXY_ONLY: tuple[tuple[str, ...], ...] = (
+    ("timeouts",), ("leak_censor",), ("headers", "egress"), ("headers", "response"),
+    ("request_buffering",), ("usage_accounting",), ("inject_stream_usage",))
+"""Route settings only a proxy route reads (upstream timers, the response censor and
+header allowlists, request body handling, usage): a static route that sets its own would
+have them accepted and ignored. [defaults] values are not refused: they are for the
+proxy routes."""
+
+
+def _check_proxy_only(config: Config, problems: Problems) -> None:
+    for index, route in enumerate(config.route):
+        if route.proxy is not None or route.static is None:
+            continue
+        for name in _PROXY_ONLY:
+            dotted = ".".join(name)
+            own, inherited = _section(route, dotted), _section(config.defaults, dotted)
+            if own == inherited:
+                continue
+            where = _route_path(index, *name)
+            if dataclasses.is_dataclass(own) and not isinstance(own, type):
+                # [route.timeouts] overrides [defaults.timeouts] key by key; the other
+                # sections are whole (an own section starts from the schema defaults).
+                # `leak_censor.enabled = false` states what a static route gets anyway
+                # (nothing scrubbed), so it misleads nobody and is kept.
+                base = inherited if name == ("timeouts",) else type(own)()
+                changed = [f.name for f in dataclasses.fields(own)
+                           if getattr(own, f.name) != getattr(base, f.name)
+                           and (f.name, getattr(own, f.name)) != ("enabled", False)]
+                if not changed:
+                    continue
+                where = (*where, changed[0])
+                dotted = f"{dotted}.{changed[0]}"
+            problems.error(where, "proxy_only",
+                           f"{dotted} is set on route {route.name!r}, a static route: it "
+                           "applies to proxy routes only (an upstream's request and "
+                           "response); remove it")
 
 
 def _check_models(config: Config, problems: Problems) -> None:
@@ -1028,6 +1069,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_targets, (*_ROUTES, ("upstreams",), ("static",))),
     (_check_fallbacks, (*_ROUTES, ("upstreams",))),
     (_check_queues, _ROUTES),
+    (_check_proxy_only, (*_ROUTES, _DEFAULTS)),
     (_check_models, (*_ROUTES, ("upstreams",), ("models",), ("auth",))),
     (_check_names_and_priorities, _ROUTES),
     (_check_matches, (*_ROUTES, _LISTEN)),
