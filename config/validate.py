@@ -138,7 +138,8 @@ RULES: tuple[Rule, ...] = (
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
                               "or [defaults.rate_limit]), except the built-in healthcheck "
                               "(no upstream call, a constant answer)."),
-    Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true."),
+    Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true, and allow_ip_key "
+                   "is set only with key = ip."),
     Rule("heartbeat", "A non-zero timeouts.heartbeat_interval is shorter than the "
                       "stream_idle_timeout it applies with (else a stalled stream would "
                       "end before its first heartbeat)."),
@@ -158,7 +159,8 @@ RULES: tuple[Rule, ...] = (
     Rule("auth", "Keys: unique ids, hashes and client certificates, each entry exactly one "
                  "of sha256 and client_cert; a route with auth = api_key needs a sha256 "
                  "key, one with auth = client_cert a client_cert entry; budget_window "
-                 "only with a usd_budget."),
+                 "only with a usd_budget; accept_x_api_key only where an API key can be "
+                 "read (sha256 keys declared, the route's auth not client_cert)."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
                         "mode = bad only under the exploit profile; seed only with prng or "
                         "sim, allow_insecure_rng only with prng, bad_pattern only with "
@@ -167,6 +169,9 @@ RULES: tuple[Rule, ...] = (
     Rule("audit_required", "A public listener requires the audit log."),
     Rule("censor_disabled", "Warning: under production the leak censor is off and "
                             "ack_disable_censor is not set."),
+    Rule("censor_off", "A [defaults.leak_censor] or [route.leak_censor] with enabled = "
+                       "false sets no scrubbing setting (only deny_headers, which still "
+                       "applies)."),
     Rule("censor_generated", "include_generated needs leak_censor.generated_file, and a "
                              "generated_file needs a route that includes it."),
     Rule("generated_file", "leak_censor.generated_file (relative to the config file's "
@@ -902,6 +907,10 @@ def _check_rate_limits(config: Config, problems: Problems) -> None:
             problems.error((*base, "rate_limit", "key"), "ip_key",
                            "key = \"ip\" merges every client behind one address; set "
                            "allow_ip_key = true to accept that")
+        if isinstance(limit, RateLimit) and limit.allow_ip_key and limit.key != "ip":
+            problems.error((*base, "rate_limit", "allow_ip_key"), "ip_key",
+                           f"allow_ip_key is set but key = {limit.key!r}; it only permits "
+                           "key = \"ip\", remove it")
         if isinstance(limit, RateLimit) and limit.key == "client_cert" \
                 and config.server.tls.client_auth == "off":
             problems.error((*base, "rate_limit", "key"), "client_cert_key",
@@ -992,7 +1001,18 @@ def _check_auth(config: Config, problems: Problems) -> None:
         problems.error(("auth", "keys"), "client_auth",
                        "[auth] keys name client certificates (client_cert) but "
                        "[server.tls] client_auth is off: no client would ever present one")
+    if config.defaults.accept_x_api_key and not hashes:
+        problems.error(("defaults", "accept_x_api_key"), "auth",
+                       "accept_x_api_key is set but [auth] declares no API keys (sha256): "
+                       "there is no key to take from x-api-key; remove it")
     for index, route in enumerate(config.route):
+        if route.accept_x_api_key and not config.defaults.accept_x_api_key and (
+                not hashes or route.auth == "client_cert"):
+            problems.error(_route_path(index, "accept_x_api_key"), "auth",
+                           f"accept_x_api_key is set but route {route.name!r} "
+                           + ("has auth = \"client_cert\" (no API key is read)"
+                              if hashes else "has no [auth] API key (sha256) to read")
+                           + "; remove it")
         if route.auth == "api_key" and not hashes:
             problems.error(_route_path(index, "auth"), "auth",
                            "auth = \"api_key\" but [auth] declares no keys (sha256): "
@@ -1003,9 +1023,23 @@ def _check_auth(config: Config, problems: Problems) -> None:
                            "nobody could ever call this route")
 
 
+_CENSOR_DEFAULTS = RouteCensor()
+
+
 def _check_censor(config: Config, problems: Problems) -> None:
     for base, route in _policy_sections(config):
         censor = _own(route, config, "leak_censor")
+        if isinstance(censor, RouteCensor) and not censor.enabled:
+            # A section that is off scrubs nothing, and a route's own section starts from
+            # the schema defaults (not from [defaults]), so its scrubbing settings would
+            # be accepted and ignored; deny_headers still applies (header policy).
+            for field in dataclasses.fields(RouteCensor):
+                if field.name not in ("enabled", "deny_headers") and getattr(
+                        censor, field.name) != getattr(_CENSOR_DEFAULTS, field.name):
+                    problems.error((*base, "leak_censor", field.name), "censor_off",
+                                   f"leak_censor.{field.name} is set but this section's "
+                                   "enabled = false (nothing is scrubbed here); remove it "
+                                   "or set enabled = true")
         if isinstance(censor, RouteCensor) and censor.include_generated \
                 and not config.leak_censor.generated_file:
             problems.error((*base, "leak_censor", "include_generated"), "censor_generated",
