@@ -44,6 +44,7 @@ from .model import (
     TlsLetsEncrypt,
     TlsManual,
     TlsSelfSigned,
+    Upstream,
 )
 from .problems import Problems
 from .schema import suggest
@@ -189,6 +190,10 @@ RULES: tuple[Rule, ...] = (
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
                              "and differs from the main listeners; listen, path and "
                              "allow_non_loopback only with enabled = true."),
+    Rule("passive_health", "fail_timeout and health_failures only with max_fails > 0 "
+                           "(max_fails = 0 turns passive health off)."),
+    Rule("saturation", "saturated_status only on a pool where some peer has a "
+                       "max_concurrent cap (else it is never saturated)."),
     Rule("circuit_breaker", "An enabled circuit_breaker counts at least one kind of "
                             "failure (failures is not empty); a disabled one sets nothing "
                             "but enabled = false."),
@@ -491,6 +496,7 @@ def _reaches_below(pattern: PathPattern, prefix: tuple[str, ...]) -> bool:
 
 
 _BREAKER_DEFAULTS = CircuitBreaker()
+_UPSTREAM_DEFAULTS = Upstream(peers=())
 
 
 def _check_upstreams(config: Config, problems: Problems) -> None:
@@ -511,6 +517,19 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                                    "circuit_breaker",
                                    f"circuit_breaker.{field.name} is set but enabled = "
                                    "false; set enabled = true or remove it")
+        # Settings another setting switches off: accepted, they would be ignored.
+        if pool.max_fails == 0:
+            for field in ("fail_timeout", "health_failures"):
+                if getattr(pool, field) != getattr(_UPSTREAM_DEFAULTS, field):
+                    problems.error(("upstreams", name, field), "passive_health",
+                                   f"{field} is set but max_fails = 0 (passive health is "
+                                   "off: no peer is ever marked down); remove it or set "
+                                   "max_fails")
+        capped = pool.max_concurrent > 0 or any(peer.max_concurrent for peer in pool.peers)
+        if not capped and pool.saturated_status != _UPSTREAM_DEFAULTS.saturated_status:
+            problems.error(("upstreams", name, "saturated_status"), "saturation",
+                           "saturated_status is set but no peer has a max_concurrent cap "
+                           "(the pool is never saturated); set max_concurrent or remove it")
         count = len(pool.peers)
         if not 1 <= count <= MAX_PEERS:
             problems.error(("upstreams", name, "peers"), "peer_count",
