@@ -519,10 +519,10 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                                    "false; set enabled = true or remove it")
         # Settings another setting switches off: accepted, they would be ignored.
         if pool.max_fails == 0:
-            for field in ("fail_timeout", "health_failures"):
-                if getattr(pool, field) != getattr(_UPSTREAM_DEFAULTS, field):
-                    problems.error(("upstreams", name, field), "passive_health",
-                                   f"{field} is set but max_fails = 0 (passive health is "
+            for key in ("fail_timeout", "health_failures"):
+                if getattr(pool, key) != getattr(_UPSTREAM_DEFAULTS, key):
+                    problems.error(("upstreams", name, key), "passive_health",
+                                   f"{key} is set but max_fails = 0 (passive health is "
                                    "off: no peer is ever marked down); remove it or set "
                                    "max_fails")
         capped = pool.max_concurrent > 0 or any(peer.max_concurrent for peer in pool.peers)
