@@ -38,6 +38,7 @@ from .model import (
     Rng,
     Route,
     RouteCensor,
+    RouteFallback,
     RouteTimeouts,
     State,
     Tls,
@@ -147,7 +148,8 @@ RULES: tuple[Rule, ...] = (
     Rule("early_stream_head", "timeouts.early_stream_head needs a non-zero "
                               "heartbeat_interval (a committed stream must show it is alive)."),
     Rule("fallback", "fallback.chain names declared upstreams, each once, other than the "
-                     "route's own pool, on a proxy route; fallback.on is not empty."),
+                     "route's own pool, on a proxy route; fallback.on is not empty; on and "
+                     "statuses only with a chain, statuses only with \"status\" in on."),
     Rule("queue", "A route's [route.queue] needs a proxy route."),
     Rule("proxy_only", "A static route sets none of the proxy-only route settings (its own "
                        "timeouts, leak_censor, headers.egress, headers.response, "
@@ -264,11 +266,24 @@ def _check_targets(config: Config, problems: Problems) -> None:
                            f"({', '.join(BUILTIN_STATIC)}){hint}")
 
 
+_FALLBACK_DEFAULTS = RouteFallback()
+
+
 def _check_fallbacks(config: Config, problems: Problems) -> None:
     for index, route in enumerate(config.route):
         fallback = route.fallback
         if not fallback.chain:
+            # No pool to fall back to: when to fall back would be accepted and ignored.
+            for key in ("on", "statuses"):
+                if getattr(fallback, key) != getattr(_FALLBACK_DEFAULTS, key):
+                    problems.error(_route_path(index, "fallback", key), "fallback",
+                                   f"fallback.{key} is set but fallback.chain is empty; "
+                                   "name the pools to try in chain, or remove it")
             continue
+        if "status" not in fallback.on and fallback.statuses != _FALLBACK_DEFAULTS.statuses:
+            problems.error(_route_path(index, "fallback", "statuses"), "fallback",
+                           "fallback.statuses is set but \"status\" is not in fallback.on "
+                           "(no status moves on); add it to on, or remove statuses")
         if route.proxy is None:
             problems.error(_route_path(index, "fallback", "chain"), "fallback",
                            "fallback.chain needs a proxy route (this route has no "
