@@ -238,6 +238,16 @@ def is_public(config: Config) -> bool:
     return any(not checks.is_loopback(a) for a in config.server.listen)
 
 
+def _set_keys(section: object, unset: object,
+              names: Iterable[str] | None = None) -> list[str]:
+    """The keys of ``section`` that differ from ``unset`` (the same section as the schema
+    fills it when the file writes nothing): the ones the file sets. ``names``: only these
+    (default: every field). For the rules that refuse a key its section's switch ignores."""
+    keys = names if names is not None else (
+        f.name for f in dataclasses.fields(section))  # type: ignore[arg-type]
+    return [key for key in keys if getattr(section, key) != getattr(unset, key)]
+
+
 def _route_path(index: int, *rest: str | int) -> KeyPath:
     return ("route", index, *rest)
 
@@ -274,11 +284,10 @@ def _check_fallbacks(config: Config, problems: Problems) -> None:
         fallback = route.fallback
         if not fallback.chain:
             # No pool to fall back to: when to fall back would be accepted and ignored.
-            for key in ("on", "statuses"):
-                if getattr(fallback, key) != getattr(_FALLBACK_DEFAULTS, key):
-                    problems.error(_route_path(index, "fallback", key), "fallback",
-                                   f"fallback.{key} is set but fallback.chain is empty; "
-                                   "name the pools to try in chain, or remove it")
+            for key in _set_keys(fallback, _FALLBACK_DEFAULTS, ("on", "statuses")):
+                problems.error(_route_path(index, "fallback", key), "fallback",
+                               f"fallback.{key} is set but fallback.chain is empty; "
+                               "name the pools to try in chain, or remove it")
             continue
         if "status" not in fallback.on and fallback.statuses != _FALLBACK_DEFAULTS.statuses:
             problems.error(_route_path(index, "fallback", "statuses"), "fallback",
@@ -525,21 +534,19 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                            "enabled = false)")
         if not breaker.enabled:
             # The breaker's state is never made: its tuning would be accepted and ignored.
-            for field in dataclasses.fields(CircuitBreaker):
-                if field.name != "enabled" and getattr(breaker, field.name) \
-                        != getattr(_BREAKER_DEFAULTS, field.name):
-                    problems.error(("upstreams", name, "circuit_breaker", field.name),
+            for key in _set_keys(breaker, _BREAKER_DEFAULTS):
+                if key != "enabled":
+                    problems.error(("upstreams", name, "circuit_breaker", key),
                                    "circuit_breaker",
-                                   f"circuit_breaker.{field.name} is set but enabled = "
-                                   "false; set enabled = true or remove it")
+                                   f"circuit_breaker.{key} is set but enabled = false; "
+                                   "set enabled = true or remove it")
         # Settings another setting switches off: accepted, they would be ignored.
         if pool.max_fails == 0:
-            for key in ("fail_timeout", "health_failures"):
-                if getattr(pool, key) != getattr(_UPSTREAM_DEFAULTS, key):
-                    problems.error(("upstreams", name, key), "passive_health",
-                                   f"{key} is set but max_fails = 0 (passive health is "
-                                   "off: no peer is ever marked down); remove it or set "
-                                   "max_fails")
+            for key in _set_keys(pool, _UPSTREAM_DEFAULTS, ("fail_timeout",
+                                                            "health_failures")):
+                problems.error(("upstreams", name, key), "passive_health",
+                               f"{key} is set but max_fails = 0 (passive health is off: "
+                               "no peer is ever marked down); remove it or set max_fails")
         capped = pool.max_concurrent > 0 or any(peer.max_concurrent for peer in pool.peers)
         if not capped and pool.saturated_status != _UPSTREAM_DEFAULTS.saturated_status:
             problems.error(("upstreams", name, "saturated_status"), "saturation",
@@ -666,11 +673,11 @@ def _check_listeners(config: Config, problems: Problems) -> None:
     metrics = config.metrics
     if not metrics.enabled:
         # No metrics listener is bound: these would be accepted and ignored.
-        for field in ("listen", "path", "allow_non_loopback"):
-            if getattr(metrics, field) != getattr(_METRICS_DEFAULTS, field):
-                problems.error(("metrics", field), "metrics_listener",
-                               f"{field} is set but [metrics] enabled = false; set "
-                               "enabled = true or remove it")
+        for key in _set_keys(metrics, _METRICS_DEFAULTS, ("listen", "path",
+                                                           "allow_non_loopback")):
+            problems.error(("metrics", key), "metrics_listener",
+                           f"{key} is set but [metrics] enabled = false; set enabled = "
+                           "true or remove it")
     if metrics.enabled:
         if not checks.is_loopback(metrics.listen) and not metrics.allow_non_loopback:
             problems.error(("metrics", "listen"), "metrics_listener",
@@ -1067,13 +1074,12 @@ def _check_censor(config: Config, problems: Problems) -> None:
             # A section that is off scrubs nothing, and a route's own section starts from
             # the schema defaults (not from [defaults]), so its scrubbing settings would
             # be accepted and ignored; deny_headers still applies (header policy).
-            for field in dataclasses.fields(RouteCensor):
-                if field.name not in ("enabled", "deny_headers") and getattr(
-                        censor, field.name) != getattr(_CENSOR_DEFAULTS, field.name):
-                    problems.error((*base, "leak_censor", field.name), "censor_off",
-                                   f"leak_censor.{field.name} is set but this section's "
-                                   "enabled = false (nothing is scrubbed here); remove it "
-                                   "or set enabled = true")
+            for key in _set_keys(censor, _CENSOR_DEFAULTS):
+                if key not in ("enabled", "deny_headers"):
+                    problems.error((*base, "leak_censor", key), "censor_off",
+                                   f"leak_censor.{key} is set but this section's enabled "
+                                   "= false (nothing is scrubbed here); remove it or set "
+                                   "enabled = true")
         if isinstance(censor, RouteCensor) and censor.include_generated \
                 and not config.leak_censor.generated_file:
             problems.error((*base, "leak_censor", "include_generated"), "censor_generated",
