@@ -29,17 +29,23 @@ from .matching import GLOB, PathPattern, covers, host_matches, pattern_of, split
 from .model import (
     BUILTIN_STATIC,
     RATE_LIMIT_EXEMPT,
+    ApiKey,
+    CircuitBreaker,
     Config,
     Match,
+    Metrics,
     RateLimit,
+    Rng,
     Route,
     RouteCensor,
+    RouteFallback,
     RouteTimeouts,
     State,
     Tls,
     TlsLetsEncrypt,
     TlsManual,
     TlsSelfSigned,
+    Upstream,
 )
 from .problems import Problems
 from .schema import suggest
@@ -93,7 +99,8 @@ RULES: tuple[Rule, ...] = (
     Rule("peer_url", "Peers are literal http(s)://host:port origins: no userinfo, path, "
                      "query, fragment or '$'."),
     Rule("duplicate_peer", "The same peer twice in one upstream."),
-    Rule("ca_file", "An upstream's ca_file must be a readable file."),
+    Rule("ca_file", "An upstream's ca_file must be a readable file, and the pool has an "
+                    "https:// peer for it to verify."),
     Rule("health_check", "Health probe paths are origin-form paths on the peer (one "
                          "leading '/', no scheme, host, '//', dot segments, %-escapes, "
                          "spaces or control characters); timeout is shorter than interval."),
@@ -110,7 +117,9 @@ RULES: tuple[Rule, ...] = (
                          "production, or a directory_url (then no environment)."),
     Rule("tls_mode_settings", "[server.tls.manual], [server.tls.self_signed] and "
                               "[server.tls.lets_encrypt] are only set with their mode "
-                              "(another mode would ignore them)."),
+                              "(another mode would ignore them); min_protocol, "
+                              "session_tickets and ticket_rotation need TLS on, and "
+                              "cert_dir mode self_signed or lets_encrypt."),
     Rule("acme_directory", "directory_url is an https:// URL without userinfo, query or "
                            "fragment."),
     Rule("acme_ca_bundle", "lets_encrypt ca_bundle must be a readable file."),
@@ -122,7 +131,8 @@ RULES: tuple[Rule, ...] = (
     Rule("manual_cert", "manual TLS: cert and key readable, the certificate parseable and "
                         "currently valid (a warning when it expires within 30 days)."),
     Rule("client_auth", "client_auth = optional or required needs TLS and client_ca; "
-                        "client_ca and [auth] client_cert entries need client_auth."),
+                        "client_ca, client_identity and [auth] client_cert entries need "
+                 "client_auth."),
     Rule("client_ca", "client_ca is a readable PEM file of at least one CA certificate."),
     Rule("session_tickets", "ticket_rotation is only set when session_tickets is on."),
     Rule("client_cert_key", "rate_limit.key = client_cert needs server.tls.client_auth "
@@ -130,15 +140,20 @@ RULES: tuple[Rule, ...] = (
     Rule("public_rate_limit", "Every route on a public listener has a rate limit (its own "
                               "or [defaults.rate_limit]), except the built-in healthcheck "
                               "(no upstream call, a constant answer)."),
-    Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true."),
+    Rule("ip_key", "rate_limit.key = ip requires allow_ip_key = true, and allow_ip_key "
+                   "is set only with key = ip."),
     Rule("heartbeat", "A non-zero timeouts.heartbeat_interval is shorter than the "
                       "stream_idle_timeout it applies with (else a stalled stream would "
                       "end before its first heartbeat)."),
     Rule("early_stream_head", "timeouts.early_stream_head needs a non-zero "
                               "heartbeat_interval (a committed stream must show it is alive)."),
     Rule("fallback", "fallback.chain names declared upstreams, each once, other than the "
-                     "route's own pool, on a proxy route; fallback.on is not empty."),
+                     "route's own pool, on a proxy route; fallback.on is not empty; on and "
+                     "statuses only with a chain, statuses only with \"status\" in on."),
     Rule("queue", "A route's [route.queue] needs a proxy route."),
+    Rule("proxy_only", "A static route sets none of the proxy-only route settings (its own "
+                       "timeouts, leak_censor, headers.egress, headers.response, "
+                       "request_buffering, usage_accounting, inject_stream_usage)."),
     Rule("model", "Model names (and owned_by): letters, digits and . _ : / @ + -, at most "
                   "128, starting with a letter or digit."),
     Rule("model_pool", "Every [models] entry's pool is a declared upstream."),
@@ -146,13 +161,20 @@ RULES: tuple[Rule, ...] = (
     Rule("key_models", "A key's models are [models] names."),
     Rule("auth", "Keys: unique ids, hashes and client certificates, each entry exactly one "
                  "of sha256 and client_cert; a route with auth = api_key needs a sha256 "
-                 "key, one with auth = client_cert a client_cert entry."),
+                 "key, one with auth = client_cert a client_cert entry; budget_window "
+                 "only with a usd_budget; accept_x_api_key only where an API key can be "
+                 "read (sha256 keys declared, the route's auth not client_cert)."),
     Rule("rng_profile", "production refuses rng.mode = prng unless allow_insecure_rng; "
-                        "mode = bad only under the exploit profile."),
+                        "mode = bad only under the exploit profile; seed only with prng or "
+                        "sim, allow_insecure_rng only with prng, bad_pattern only with "
+                        "bad."),
     Rule("expose_upstream_errors", "expose_upstream_errors is refused under production."),
     Rule("audit_required", "A public listener requires the audit log."),
     Rule("censor_disabled", "Warning: under production the leak censor is off and "
                             "ack_disable_censor is not set."),
+    Rule("censor_off", "A [defaults.leak_censor] or [route.leak_censor] with enabled = "
+                       "false sets no scrubbing setting (only deny_headers, which still "
+                       "applies)."),
     Rule("censor_generated", "include_generated needs leak_censor.generated_file, and a "
                              "generated_file needs a route that includes it."),
     Rule("generated_file", "leak_censor.generated_file (relative to the config file's "
@@ -168,9 +190,15 @@ RULES: tuple[Rule, ...] = (
     Rule("detector", "Detector ids must be built-in ids."),
     Rule("json_path", "JSON deny paths use the $.a.b / $.items[*].field / $..field subset."),
     Rule("metrics_listener", "The metrics listener is loopback (unless allow_non_loopback) "
-                             "and differs from the main listeners."),
+                             "and differs from the main listeners; listen, path and "
+                             "allow_non_loopback only with enabled = true."),
+    Rule("passive_health", "fail_timeout and health_failures only with max_fails > 0 "
+                           "(max_fails = 0 turns passive health off)."),
+    Rule("saturation", "saturated_status only on a pool where some peer has a "
+                       "max_concurrent cap (else it is never saturated)."),
     Rule("circuit_breaker", "An enabled circuit_breaker counts at least one kind of "
-                            "failure (failures is not empty)."),
+                            "failure (failures is not empty); a disabled one sets nothing "
+                            "but enabled = false."),
     Rule("state_url", "[state] url is redis://[USER@]HOST:PORT[/DB] or rediss://...; never "
                       "with a password (use password_file or password_env)."),
     Rule("state", "[state] backend = redis needs url; every other [state] setting "
@@ -210,6 +238,16 @@ def is_public(config: Config) -> bool:
     return any(not checks.is_loopback(a) for a in config.server.listen)
 
 
+def _set_keys(section: object, unset: object,
+              names: Iterable[str] | None = None) -> list[str]:
+    """The keys of ``section`` that differ from ``unset`` (the same section as the schema
+    fills it when the file writes nothing): the ones the file sets. ``names``: only these
+    (default: every field). For the rules that refuse a key its section's switch ignores."""
+    keys = names if names is not None else (
+        f.name for f in dataclasses.fields(section))  # type: ignore[arg-type]
+    return [key for key in keys if getattr(section, key) != getattr(unset, key)]
+
+
 def _route_path(index: int, *rest: str | int) -> KeyPath:
     return ("route", index, *rest)
 
@@ -238,11 +276,23 @@ def _check_targets(config: Config, problems: Problems) -> None:
                            f"({', '.join(BUILTIN_STATIC)}){hint}")
 
 
+_FALLBACK_DEFAULTS = RouteFallback()
+
+
 def _check_fallbacks(config: Config, problems: Problems) -> None:
     for index, route in enumerate(config.route):
         fallback = route.fallback
         if not fallback.chain:
+            # No pool to fall back to: when to fall back would be accepted and ignored.
+            for key in _set_keys(fallback, _FALLBACK_DEFAULTS, ("on", "statuses")):
+                problems.error(_route_path(index, "fallback", key), "fallback",
+                               f"fallback.{key} is set but fallback.chain is empty; "
+                               "name the pools to try in chain, or remove it")
             continue
+        if "status" not in fallback.on and fallback.statuses != _FALLBACK_DEFAULTS.statuses:
+            problems.error(_route_path(index, "fallback", "statuses"), "fallback",
+                           "fallback.statuses is set but \"status\" is not in fallback.on "
+                           "(no status moves on); add it to on, or remove statuses")
         if route.proxy is None:
             problems.error(_route_path(index, "fallback", "chain"), "fallback",
                            "fallback.chain needs a proxy route (this route has no "
@@ -273,6 +323,44 @@ def _check_queues(config: Config, problems: Problems) -> None:
             problems.error(_route_path(index, "queue"), "queue",
                            "[route.queue] needs a proxy route (this route has no upstream "
                            "to wait for)")
+
+
+_PROXY_ONLY: tuple[tuple[str, ...], ...] = (
+    ("timeouts",), ("leak_censor",), ("headers", "egress"), ("headers", "response"),
+    ("request_buffering",), ("usage_accounting",), ("inject_stream_usage",))
+"""Route settings only a proxy route reads (upstream timers, the response censor and
+header allowlists, request body handling, usage): a static route that sets its own would
+have them accepted and ignored. [defaults] values are not refused: they are for the
+proxy routes."""
+
+
+def _check_proxy_only(config: Config, problems: Problems) -> None:
+    for index, route in enumerate(config.route):
+        if route.proxy is not None or route.static is None:
+            continue
+        for name in _PROXY_ONLY:
+            dotted = ".".join(name)
+            own, inherited = _section(route, dotted), _section(config.defaults, dotted)
+            if own == inherited:
+                continue
+            where = _route_path(index, *name)
+            if dataclasses.is_dataclass(own) and not isinstance(own, type):
+                # [route.timeouts] overrides [defaults.timeouts] key by key; the other
+                # sections are whole (an own section starts from the schema defaults).
+                # `leak_censor.enabled = false` states what a static route gets anyway
+                # (nothing scrubbed), so it misleads nobody and is kept.
+                base = inherited if name == ("timeouts",) else type(own)()
+                changed = [f.name for f in dataclasses.fields(own)
+                           if getattr(own, f.name) != getattr(base, f.name)
+                           and (f.name, getattr(own, f.name)) != ("enabled", False)]
+                if not changed:
+                    continue
+                where = (*where, changed[0])
+                dotted = f"{dotted}.{changed[0]}"
+            problems.error(where, "proxy_only",
+                           f"{dotted} is set on route {route.name!r}, a static route: it "
+                           "applies to proxy routes only (an upstream's request and "
+                           "response); remove it")
 
 
 def _check_models(config: Config, problems: Problems) -> None:
@@ -431,6 +519,10 @@ def _reaches_below(pattern: PathPattern, prefix: tuple[str, ...]) -> bool:
 # -- upstreams and static -------------------------------------------------------------------
 
 
+_BREAKER_DEFAULTS = CircuitBreaker()
+_UPSTREAM_DEFAULTS = Upstream(peers=())
+
+
 def _check_upstreams(config: Config, problems: Problems) -> None:
     for name, pool in config.upstreams.items():
         breaker = pool.circuit_breaker
@@ -440,6 +532,26 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                            "circuit would never open; name at least one of "
                            "connect, reset, malformed, 5xx, ttfb_timeout (or set "
                            "enabled = false)")
+        if not breaker.enabled:
+            # The breaker's state is never made: its tuning would be accepted and ignored.
+            for key in _set_keys(breaker, _BREAKER_DEFAULTS):
+                if key != "enabled":
+                    problems.error(("upstreams", name, "circuit_breaker", key),
+                                   "circuit_breaker",
+                                   f"circuit_breaker.{key} is set but enabled = false; "
+                                   "set enabled = true or remove it")
+        # Settings another setting switches off: accepted, they would be ignored.
+        if pool.max_fails == 0:
+            for key in _set_keys(pool, _UPSTREAM_DEFAULTS, ("fail_timeout",
+                                                            "health_failures")):
+                problems.error(("upstreams", name, key), "passive_health",
+                               f"{key} is set but max_fails = 0 (passive health is off: "
+                               "no peer is ever marked down); remove it or set max_fails")
+        capped = pool.max_concurrent > 0 or any(peer.max_concurrent for peer in pool.peers)
+        if not capped and pool.saturated_status != _UPSTREAM_DEFAULTS.saturated_status:
+            problems.error(("upstreams", name, "saturated_status"), "saturation",
+                           "saturated_status is set but no peer has a max_concurrent cap "
+                           "(the pool is never saturated); set max_concurrent or remove it")
         count = len(pool.peers)
         if not 1 <= count <= MAX_PEERS:
             problems.error(("upstreams", name, "peers"), "peer_count",
@@ -448,6 +560,12 @@ def _check_upstreams(config: Config, problems: Problems) -> None:
                                  and os.access(pool.ca_file, os.R_OK)):
             problems.error(("upstreams", name, "ca_file"), "ca_file",
                            f"ca_file {pool.ca_file!r} is not a readable file")
+        if pool.ca_file and pool.peers and not any(
+                peer.url.lower().startswith("https://") for peer in pool.peers):
+            # Nothing would be verified: every peer is spoken to in clear text.
+            problems.error(("upstreams", name, "ca_file"), "ca_file",
+                           "ca_file is set but no peer is https:// (nothing is verified "
+                           "over http); use https:// peers or remove ca_file")
         probe = pool.health_check
         if probe is not None and probe.timeout >= probe.interval:
             problems.error(("upstreams", name, "health_check", "timeout"), "health_check",
@@ -526,6 +644,9 @@ def _private_paths(config: Config) -> list[tuple[str, str]]:
 # -- listeners, TLS, profile ------------------------------------------------------------------
 
 
+_METRICS_DEFAULTS = Metrics()
+
+
 def _check_listeners(config: Config, problems: Problems) -> None:
     seen: dict[tuple[str, int], int] = {}
     for position, address in enumerate(config.server.listen):
@@ -550,6 +671,13 @@ def _check_listeners(config: Config, problems: Problems) -> None:
                        "a self-signed certificate on a public listener needs "
                        "[server.tls.self_signed] dev = true (development only)")
     metrics = config.metrics
+    if not metrics.enabled:
+        # No metrics listener is bound: these would be accepted and ignored.
+        for key in _set_keys(metrics, _METRICS_DEFAULTS, ("listen", "path",
+                                                           "allow_non_loopback")):
+            problems.error(("metrics", key), "metrics_listener",
+                           f"{key} is set but [metrics] enabled = false; set enabled = "
+                           "true or remove it")
     if metrics.enabled:
         if not checks.is_loopback(metrics.listen) and not metrics.allow_non_loopback:
             problems.error(("metrics", "listen"), "metrics_listener",
@@ -574,6 +702,26 @@ def _check_mode_settings(config: Config, problems: Problems) -> None:
                                f"{mode}.{field.name} is set but mode = {tls.mode!r} does "
                                f"not use it; set mode = \"{mode}\" or remove "
                                f"[server.tls.{mode}]")
+
+
+_TLS_MODE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("min_protocol", ("manual", "self_signed", "lets_encrypt")),
+    ("session_tickets", ("manual", "self_signed", "lets_encrypt")),
+    ("ticket_rotation", ("manual", "self_signed", "lets_encrypt")),
+    ("cert_dir", ("self_signed", "lets_encrypt")),
+)
+"""[server.tls] keys read only under some modes: with another mode they would be
+accepted and ignored (a ``min_protocol`` with TLS off protects nothing)."""
+
+
+def _check_tls_keys(config: Config, problems: Problems) -> None:
+    tls = config.server.tls
+    defaults = Tls()
+    for name, modes in _TLS_MODE_KEYS:
+        if tls.mode not in modes and getattr(tls, name) != getattr(defaults, name):
+            problems.error(("server", "tls", name), "tls_mode_settings",
+                           f"{name} is set but mode = {tls.mode!r} does not use it (only "
+                           f"{' or '.join(repr(m) for m in modes)} does); remove it")
 
 
 def _check_lets_encrypt(config: Config, problems: Problems) -> None:
@@ -690,6 +838,11 @@ def _check_client_auth(config: Config, problems: Problems) -> None:
             problems.error((*base, "client_ca"), "client_auth",
                            "client_ca is set but client_auth is off; set client_auth = "
                            "\"optional\" or \"required\", or remove client_ca")
+        if tls.client_identity != Tls().client_identity:
+            problems.error((*base, "client_identity"), "client_auth",
+                           "client_identity is set but client_auth is off (no client "
+                           "certificate is asked for); set client_auth = \"optional\" or "
+                           "\"required\", or remove client_identity")
         return
     if tls.mode == "off":
         problems.error((*base, "client_auth"), "client_auth",
@@ -734,6 +887,13 @@ def _check_profile(config: Config, problems: Problems) -> None:
         elif server.profile != "exploit":
             problems.warning(("server", "rng", "mode"), "rng_profile",
                              "rng.mode = \"prng\": generated secrets are predictable")
+    defaults = Rng()
+    for name, modes in (("seed", ("prng", "sim")), ("allow_insecure_rng", ("prng",)),
+                        ("bad_pattern", ("bad",))):
+        if rng.mode not in modes and getattr(rng, name) != getattr(defaults, name):
+            problems.error(("server", "rng", name), "rng_profile",
+                           f"{name} is set but rng.mode = {rng.mode!r} does not use it "
+                           f"(only {' or '.join(repr(m) for m in modes)} does); remove it")
     if rng.mode == "bad" and server.profile != "exploit":
         problems.error(("server", "rng", "mode"), "rng_profile",
                        "rng.mode = \"bad\" exists for the exploit harness only "
@@ -788,6 +948,10 @@ def _check_rate_limits(config: Config, problems: Problems) -> None:
             problems.error((*base, "rate_limit", "key"), "ip_key",
                            "key = \"ip\" merges every client behind one address; set "
                            "allow_ip_key = true to accept that")
+        if isinstance(limit, RateLimit) and limit.allow_ip_key and limit.key != "ip":
+            problems.error((*base, "rate_limit", "allow_ip_key"), "ip_key",
+                           f"allow_ip_key is set but key = {limit.key!r}; it only permits "
+                           "key = \"ip\", remove it")
         if isinstance(limit, RateLimit) and limit.key == "client_cert" \
                 and config.server.tls.client_auth == "off":
             problems.error((*base, "rate_limit", "key"), "client_cert_key",
@@ -847,6 +1011,9 @@ def _check_header_policies(config: Config, problems: Problems) -> None:
                                f"required header {name!r} is not in ingress.allow")
 
 
+_KEY_DEFAULTS = ApiKey(id="-")
+
+
 def _check_auth(config: Config, problems: Problems) -> None:
     ids: set[str] = set()
     hashes: set[str] = set()
@@ -863,6 +1030,10 @@ def _check_auth(config: Config, problems: Problems) -> None:
             problems.error(where, "auth", "the same key hash repeats")
         if key.client_cert in clients:
             problems.error(where, "auth", f"client_cert {key.client_cert!r} repeats")
+        if not key.usd_budget and key.budget_window != _KEY_DEFAULTS.budget_window:
+            problems.error((*where, "budget_window"), "auth",
+                           f"key {key.id!r}: budget_window is set but usd_budget = 0 (no "
+                           "dollar budget to count); set usd_budget or remove it")
         if key.sha256:
             hashes.add(key.sha256)
         if key.client_cert:
@@ -871,7 +1042,18 @@ def _check_auth(config: Config, problems: Problems) -> None:
         problems.error(("auth", "keys"), "client_auth",
                        "[auth] keys name client certificates (client_cert) but "
                        "[server.tls] client_auth is off: no client would ever present one")
+    if config.defaults.accept_x_api_key and not hashes:
+        problems.error(("defaults", "accept_x_api_key"), "auth",
+                       "accept_x_api_key is set but [auth] declares no API keys (sha256): "
+                       "there is no key to take from x-api-key; remove it")
     for index, route in enumerate(config.route):
+        if route.accept_x_api_key and not config.defaults.accept_x_api_key and (
+                not hashes or route.auth == "client_cert"):
+            problems.error(_route_path(index, "accept_x_api_key"), "auth",
+                           f"accept_x_api_key is set but route {route.name!r} "
+                           + ("has auth = \"client_cert\" (no API key is read)"
+                              if hashes else "has no [auth] API key (sha256) to read")
+                           + "; remove it")
         if route.auth == "api_key" and not hashes:
             problems.error(_route_path(index, "auth"), "auth",
                            "auth = \"api_key\" but [auth] declares no keys (sha256): "
@@ -882,9 +1064,22 @@ def _check_auth(config: Config, problems: Problems) -> None:
                            "nobody could ever call this route")
 
 
+_CENSOR_DEFAULTS = RouteCensor()
+
+
 def _check_censor(config: Config, problems: Problems) -> None:
     for base, route in _policy_sections(config):
         censor = _own(route, config, "leak_censor")
+        if isinstance(censor, RouteCensor) and not censor.enabled:
+            # A section that is off scrubs nothing, and a route's own section starts from
+            # the schema defaults (not from [defaults]), so its scrubbing settings would
+            # be accepted and ignored; deny_headers still applies (header policy).
+            for key in _set_keys(censor, _CENSOR_DEFAULTS):
+                if key not in ("enabled", "deny_headers"):
+                    problems.error((*base, "leak_censor", key), "censor_off",
+                                   f"leak_censor.{key} is set but this section's enabled "
+                                   "= false (nothing is scrubbed here); remove it or set "
+                                   "enabled = true")
         if isinstance(censor, RouteCensor) and censor.include_generated \
                 and not config.leak_censor.generated_file:
             problems.error((*base, "leak_censor", "include_generated"), "censor_generated",
@@ -948,6 +1143,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_targets, (*_ROUTES, ("upstreams",), ("static",))),
     (_check_fallbacks, (*_ROUTES, ("upstreams",))),
     (_check_queues, _ROUTES),
+    (_check_proxy_only, (*_ROUTES, _DEFAULTS)),
     (_check_models, (*_ROUTES, ("upstreams",), ("models",), ("auth",))),
     (_check_names_and_priorities, _ROUTES),
     (_check_matches, (*_ROUTES, _LISTEN)),
@@ -957,6 +1153,7 @@ _CHECKS: tuple[tuple[Callable[[Config, Problems], None], tuple[KeyPath, ...]], .
     (_check_static_root, (("static",), *_LOG, _TLS, ("server", "control_socket"))),
     (_check_listeners, (_LISTEN, _TLS, ("metrics",))),
     (_check_mode_settings, (_TLS,)),
+    (_check_tls_keys, (_TLS,)),
     (_check_lets_encrypt, (*_ROUTES, _TLS)),
     (_check_manual_cert, (_TLS,)),
     (_check_client_auth, (_TLS,)),
