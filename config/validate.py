@@ -159,6 +159,9 @@ RULES: tuple[Rule, ...] = (
     Rule("model_pool", "Every [models] entry's pool is a declared upstream."),
     Rule("model_routing", "model_routing needs a proxy route and a [models] catalog."),
     Rule("key_models", "A key's models are [models] names."),
+    Rule("unpriced_budget", "A key with a usd_budget may use at least one [models] entry "
+                            "with an input or output price (a warning: requests for an "
+                            "unpriced model cost $0 against it)."),
     Rule("auth", "Keys: unique ids, hashes and client certificates, each entry exactly one "
                  "of sha256 and client_cert; a route with auth = api_key needs a sha256 "
                  "key, one with auth = client_cert a client_cert entry; budget_window "
@@ -380,6 +383,15 @@ def _check_models(config: Config, problems: Problems) -> None:
                 problems.error(("auth", "keys", index, "models", position), "key_models",
                                f"key {key.id!r}: model {name!r} is not in [models]"
                                f"{suggest(name, config.models)}")
+        usable = key.models or tuple(config.models)
+        if key.usd_budget and not any(
+                name in config.models and (config.models[name].price.input
+                                           or config.models[name].price.output)
+                for name in usable):
+            problems.warning(("auth", "keys", index, "usd_budget"), "unpriced_budget",
+                             f"key {key.id!r} has a usd_budget but no model it may use has "
+                             "a price ([models.NAME] price.input/output): its requests cost "
+                             "$0 and the dollar budget is never spent")
 
 
 def _check_has_routes(config: Config, problems: Problems) -> None:
