@@ -102,10 +102,13 @@ def _trip(gateway: Gateway, peer: Peer) -> None:
     raise AssertionError("the circuit did not open within 20 failing requests")
 
 
+BREAKER_HEAD = "[upstreams.main.circuit_breaker]\n"
+
+
 def _pool(*peers: Peer, balance: str = "round_robin") -> str:
     urls = ", ".join(f'"{peer.origin}"' for peer in peers)
     return (f'[upstreams.main]\npeers = [{urls}]\nbalance = "{balance}"\n'
-            f'[upstreams.main.circuit_breaker]\n{BREAKER}')
+            f'{BREAKER_HEAD}{BREAKER}')
 
 
 def test_errors_open_the_circuit_for_every_worker_and_a_probe_closes_it(
@@ -269,8 +272,9 @@ def test_a_reload_keeps_an_open_circuit_and_turning_the_breaker_off_closes_it(
     assert _circuits(gateway) == ["open"]  # carried into the new segment
     seen = peer.count()
     assert _get(gateway.port)[0] == 503 and peer.count() == seen
-    _reload(gateway, gateway_config("", upstreams=pool.replace("window", "enabled = false\n"
-                                                                "window")))
+    # Off: the tuning goes too (settings of a disabled breaker are refused).
+    _reload(gateway, gateway_config("", upstreams=pool.split(BREAKER_HEAD)[0]
+                                    + BREAKER_HEAD + "enabled = false\n"))
     assert _circuits(gateway) == ["off"]
     peer.mode = "ok"
     assert _get(gateway.port)[0] == 200 and peer.count() == seen + 1
